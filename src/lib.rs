@@ -1,0 +1,4 @@
+//! walwitness: who deleted my rows?
+pub mod cluster;
+pub mod pg;
+pub mod protocol;

@@ -1,0 +1,1 @@
+//! Pure decoding of the replication stream (no I/O).
