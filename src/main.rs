@@ -1,1 +1,77 @@
-fn main(){}
+use clap::Parser;
+
+use walwitness::cli::{Cli, Command};
+use walwitness::error::Exit;
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WALWITNESS_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("walwitness={level}"))
+            }),
+        )
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walwitness: cannot start the async runtime: {e}");
+            std::process::exit(Exit::Internal as i32);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Capture(args) => {
+                let opts = walwitness::capture::options_from_args(args, !cli.quiet);
+                match walwitness::capture::run(opts).await {
+                    Ok(outcome) => {
+                        if !cli.quiet {
+                            eprintln!(
+                                "walwitness: stopped ({}): {} deleted rows and {} truncates in {} transactions, log covers up to LSN {}",
+                                outcome.reason.as_str(),
+                                outcome.deletes,
+                                outcome.truncates,
+                                outcome.transactions,
+                                outcome.last_lsn
+                            );
+                        }
+                        outcome.exit()
+                    }
+                    Err(f) => {
+                        eprintln!("walwitness: error: {f}");
+                        f.exit
+                    }
+                }
+            }
+            Command::Attribution(cmd) => match walwitness::attribution::run_command(cmd).await {
+                Ok(()) => Exit::Ok,
+                Err(f) => {
+                    eprintln!("walwitness: error: {f}");
+                    f.exit
+                }
+            },
+            Command::Demo(args) => match walwitness::demo::run(args).await {
+                Ok(()) => Exit::Ok,
+                Err(f) => {
+                    eprintln!("walwitness demo: error: {f}");
+                    f.exit
+                }
+            },
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code as i32);
+}

@@ -1,0 +1,207 @@
+//! Sampled attribution: `pg_stat_activity` rows of backends that hold a transaction id.
+//!
+//! pgoutput sends a transaction only after it commits, when its backend no longer shows that xid. So a
+//! sampler polls `pg_stat_activity` while transactions are still open and remembers, per xid, who held
+//! it. A transaction that was open during at least one sample is attributed; an autocommit DELETE that
+//! starts and commits between two samples is not (use the trigger source for exact answers).
+//!
+//! Bounded: at most `MAX_ENTRIES` xids, each forgotten `TTL` after it was last seen.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::session::{Session, SessionJson};
+
+pub const MAX_ENTRIES: usize = 200_000;
+pub const TTL: Duration = Duration::from_secs(15 * 60);
+
+struct Entry {
+    session: SessionJson,
+    /// Whether the sampled query looked like the delete itself (preferred over later statements).
+    deleting_query: bool,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+pub struct ActivityMap {
+    inner: Mutex<HashMap<u32, Entry>>,
+}
+
+fn looks_deleting(q: Option<&str>) -> bool {
+    q.is_some_and(|q| {
+        let l = q.to_ascii_lowercase();
+        l.contains("delete") || l.contains("truncate")
+    })
+}
+
+impl ActivityMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one sample's sessions.
+    pub fn record(&self, now: Instant, sessions: Vec<(u32, Session)>) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        for (xid, s) in sessions {
+            let deleting = looks_deleting(s.query.as_deref());
+            match m.get_mut(&xid) {
+                // Keep the sample that shows the deleting statement; otherwise the newest.
+                Some(e) if e.session.pid == s.pid && e.deleting_query && !deleting => {
+                    e.last_seen = now
+                }
+                _ => {
+                    m.insert(
+                        xid,
+                        Entry {
+                            session: SessionJson::new(&s),
+                            deleting_query: deleting,
+                            last_seen: now,
+                        },
+                    );
+                }
+            }
+        }
+        if m.len() > MAX_ENTRIES {
+            m.retain(|_, e| now.duration_since(e.last_seen) < TTL);
+            if m.len() > MAX_ENTRIES {
+                let mut ages: Vec<Instant> = m.values().map(|e| e.last_seen).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() - MAX_ENTRIES];
+                m.retain(|_, e| e.last_seen >= cut);
+            }
+        }
+    }
+
+    /// Drops entries not seen for `TTL`.
+    pub fn expire(&self, now: Instant) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.retain(|_, e| now.duration_since(e.last_seen) < TTL);
+        }
+    }
+
+    pub fn lookup(&self, xid: u32) -> Option<SessionJson> {
+        self.inner.lock().ok()?.get(&xid).map(|e| e.session.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+/// The sampling query: only backends of this database that hold an xid (cheap: pg_stat_activity is an
+/// in-memory view, and the filter keeps the result small).
+pub fn sample_sql() -> String {
+    format!(
+        "SELECT backend_xid::text, pid, to_char(backend_start AT TIME ZONE 'UTC', {TS}), usename::text, application_name, \
+         host(client_addr), client_port, left(query, 8192), \
+         octet_length(query) >= current_setting('track_activity_query_size')::int - 1 OR length(query) > 8192, \
+         to_char(xact_start AT TIME ZONE 'UTC', {TS}), to_char(clock_timestamp() AT TIME ZONE 'UTC', {TS}) \
+         FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database() AND pid <> pg_backend_pid()"
+    )
+}
+
+/// Turns one sample row into (xid, session).
+pub fn session_from_row(row: &tokio_postgres::Row) -> Option<(u32, Session)> {
+    let xid: u32 = row.get::<_, Option<String>>(0)?.parse().ok()?;
+    let port: Option<i32> = row.get(6);
+    Some((
+        xid,
+        Session {
+            attributed_by: "activity".into(),
+            pid: row.get(1),
+            backend_start: row.get(2),
+            user: row.get(3),
+            current_user: None,
+            application_name: row.get(4),
+            client_addr: row.get(5),
+            // -1 means a Unix-socket client.
+            client_port: port.filter(|p| *p >= 0),
+            query: row.get(7),
+            query_truncated: row.get::<_, Option<bool>>(8).unwrap_or(false),
+            xact_start: row.get(9),
+            statement_start: None,
+            trigger_depth: None,
+            sampled_at: row.get(10),
+            conflict: None,
+        },
+    ))
+}
+
+/// Whether the sampling role can see other roles' sessions; without it their query, client address
+/// and start times are hidden (only pid, user, application and xid remain).
+pub async fn can_read_all_stats(c: &tokio_postgres::Client) -> bool {
+    c.query_one(
+        "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') FROM pg_roles WHERE rolname = current_user",
+        &[],
+    )
+    .await
+    .map(|r| r.get::<_, bool>(0))
+    .unwrap_or(false)
+}
+
+/// Samples until the map is dropped by everyone else. Errors are retried quietly: attribution is
+/// best-effort, the capture itself must not stop because a sample failed.
+pub fn spawn_sampler(
+    c: std::sync::Arc<tokio_postgres::Client>,
+    map: std::sync::Arc<ActivityMap>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let sql = sample_sql();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            if std::sync::Arc::strong_count(&map) == 1 {
+                return;
+            }
+            match c.query(&sql, &[]).await {
+                Ok(rows) => map.record(
+                    Instant::now(),
+                    rows.iter().filter_map(session_from_row).collect(),
+                ),
+                Err(e) => tracing::debug!("pg_stat_activity sample failed: {e}"),
+            }
+            n += 1;
+            if n % 1000 == 0 {
+                map.expire(Instant::now());
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(pid: i32, q: &str) -> Session {
+        Session {
+            attributed_by: "activity".into(),
+            pid,
+            query: Some(q.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_the_deleting_statement_and_expires() {
+        let m = ActivityMap::new();
+        let t0 = Instant::now();
+        m.record(t0, vec![(10, s(1, "DELETE FROM t"))]);
+        m.record(t0, vec![(10, s(1, "SELECT 1")), (11, s(2, "UPDATE x"))]);
+        assert_eq!(m.lookup(10).unwrap().pid, 1);
+        assert!(String::from_utf8_lossy(&m.lookup(10).unwrap().json).contains("DELETE FROM t"));
+        m.record(t0, vec![(11, s(2, "delete from t"))]);
+        assert!(String::from_utf8_lossy(&m.lookup(11).unwrap().json).contains("delete from t"));
+        assert!(m.lookup(12).is_none());
+        m.expire(t0 + TTL + Duration::from_secs(1));
+        assert!(m.is_empty());
+    }
+}

@@ -1,0 +1,414 @@
+//! Exact attribution: a statement-level trigger that signs the session's identity into the WAL.
+//!
+//! The trigger function emits `pg_logical_emit_message(true, 'walwitness', '<hmac> <json>')`. Being
+//! transactional, the message is decoded inside the same transaction as the rows, before the rows of its
+//! statement (a BEFORE STATEMENT trigger runs before the executor deletes anything), so it names exactly
+//! the session and statement that deleted them.
+//!
+//! Why an HMAC: `pg_logical_emit_message` is executable by every role, so anyone can emit a message with
+//! our prefix. The key lives in `walwitness.hmac_key`, readable only by the owner of the schema (the role
+//! that installed it); the function is SECURITY DEFINER with a fixed `search_path`, so a table owner or
+//! any other user can neither read the key nor make the function run their code. The key is stored as
+//! the two HMAC pads so the server needs only the core `sha256()`.
+//!
+//! The function never makes the user's statement fail: its body runs in an exception block that
+//! swallows any error (the rows are still logged, without a trigger session).
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use super::session::Session;
+use crate::capture::names::{quote_ident, quote_literal};
+use crate::error::{Exit, Failure};
+
+/// The logical decoding message prefix the trigger uses.
+pub const PREFIX: &str = "walwitness";
+pub const SCHEMA: &str = "walwitness";
+pub const DELETE_TRIGGER: &str = "walwitness_attribution_delete";
+pub const TRUNCATE_TRIGGER: &str = "walwitness_attribution_truncate";
+/// Longest statement text carried in a message.
+pub const QUERY_LIMIT: usize = 8192;
+
+/// Verifies messages with the installed key.
+pub struct Verifier {
+    ipad: Vec<u8>,
+    opad: Vec<u8>,
+}
+
+/// What the trigger sends, before it becomes a [`Session`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct Payload {
+    pub v: u32,
+    pub xid: u64,
+    pub pid: i32,
+    pub backend_start: Option<String>,
+    pub user: Option<String>,
+    pub role: Option<String>,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub client_port: Option<i32>,
+    pub query: Option<String>,
+    #[serde(default)]
+    pub query_truncated: bool,
+    pub xact_start: Option<String>,
+    pub statement_start: Option<String>,
+    pub trigger_depth: Option<i32>,
+    pub schema: String,
+    pub table: String,
+    pub op: String,
+}
+
+impl Payload {
+    pub fn session(&self) -> Session {
+        let current_user = match self.role.as_deref() {
+            None | Some("none") | Some("") => None,
+            Some(r) if Some(r) == self.user.as_deref() => None,
+            Some(r) => Some(r.to_owned()),
+        };
+        Session {
+            attributed_by: "trigger".into(),
+            pid: self.pid,
+            backend_start: self.backend_start.clone(),
+            user: self.user.clone(),
+            current_user,
+            application_name: self.application_name.clone(),
+            client_addr: self.client_addr.clone(),
+            client_port: self.client_port,
+            query: self.query.clone(),
+            query_truncated: self.query_truncated,
+            xact_start: self.xact_start.clone(),
+            statement_start: self.statement_start.clone(),
+            trigger_depth: self.trigger_depth,
+            sampled_at: None,
+            conflict: None,
+        }
+    }
+}
+
+/// HMAC-SHA256 pads for a key (RFC 2104): the key is at most one block, so no pre-hashing.
+pub fn pads(key: &[u8; 32]) -> (Vec<u8>, Vec<u8>) {
+    let mut ipad = vec![0x36u8; 64];
+    let mut opad = vec![0x5cu8; 64];
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    (ipad, opad)
+}
+
+impl Verifier {
+    pub fn from_pads(ipad: Vec<u8>, opad: Vec<u8>) -> Verifier {
+        Verifier { ipad, opad }
+    }
+
+    pub fn mac(&self, payload: &[u8]) -> [u8; 32] {
+        let inner = Sha256::new()
+            .chain_update(&self.ipad)
+            .chain_update(payload)
+            .finalize();
+        Sha256::new()
+            .chain_update(&self.opad)
+            .chain_update(inner)
+            .finalize()
+            .into()
+    }
+
+    /// Checks a message's signature and decodes it. Errors say why it was rejected.
+    pub fn verify(&self, content: &[u8]) -> Result<Payload, String> {
+        let (mac_hex, payload) = match content.iter().position(|&b| b == b' ') {
+            Some(i) => (&content[..i], &content[i + 1..]),
+            None => return Err("no signature".into()),
+        };
+        let given = hex::decode(mac_hex).map_err(|_| "signature is not hex".to_owned())?;
+        let want = self.mac(payload);
+        if given.len() != want.len()
+            || given
+                .iter()
+                .zip(want.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                != 0
+        {
+            return Err("signature does not match the installed key".into());
+        }
+        let p: Payload = serde_json::from_slice(payload)
+            .map_err(|e| format!("signed payload is not understood: {e}"))?;
+        if p.v != 1 {
+            return Err(format!("unknown payload version {}", p.v));
+        }
+        Ok(p)
+    }
+}
+
+fn random_key() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut k = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut k)?;
+    Ok(k)
+}
+
+fn function_sql() -> String {
+    let ts =
+        |e: &str| format!("to_char({e} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {SCHEMA}.attribution_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $walwitness$
+DECLARE
+  k_ipad bytea;
+  k_opad bytea;
+  q text;
+  payload text;
+BEGIN
+  BEGIN
+    SELECT h.ipad, h.opad INTO k_ipad, k_opad FROM {SCHEMA}.hmac_key h WHERE h.id = 1;
+    q := current_query();
+    payload := json_build_object(
+      'v', 1,
+      'xid', txid_current() % 4294967296,
+      'pid', pg_backend_pid(),
+      'backend_start', (SELECT {bs} FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
+      'user', session_user,
+      'role', current_setting('role'),
+      'application_name', current_setting('application_name'),
+      'client_addr', host(inet_client_addr()),
+      'client_port', inet_client_port(),
+      'query', left(q, {QUERY_LIMIT}),
+      'query_truncated', length(q) > {QUERY_LIMIT},
+      'xact_start', {xs},
+      'statement_start', {ss},
+      'trigger_depth', pg_trigger_depth() - 1,
+      'schema', TG_TABLE_SCHEMA,
+      'table', TG_TABLE_NAME,
+      'op', TG_OP)::text;
+    PERFORM pg_logical_emit_message(true, '{PREFIX}',
+      encode(sha256(k_opad || sha256(k_ipad || convert_to(payload, 'UTF8'))), 'hex') || ' ' || payload);
+  EXCEPTION WHEN OTHERS THEN
+    -- Never make the user's statement fail: the rows are still logged, just without this evidence.
+    NULL;
+  END;
+  RETURN NULL;
+END
+$walwitness$"#,
+        bs = ts("a.backend_start"),
+        xs = ts("transaction_timestamp()"),
+        ss = ts("statement_timestamp()"),
+    )
+}
+
+fn q(context: &str, e: tokio_postgres::Error) -> Failure {
+    let exit = if e.code().map(|c| c.code()) == Some("42501") {
+        Exit::Privilege
+    } else {
+        Exit::Internal
+    };
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string());
+    Failure::new(exit, format!("{context}: {msg}"))
+}
+
+/// Installs (idempotently) the schema, key, function and the triggers on `tables` (SQL names).
+pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
+    let owner: Option<String> = c
+        .query_opt(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1",
+            &[&SCHEMA],
+        )
+        .await
+        .map_err(|e| q("cannot read pg_namespace", e))?
+        .map(|r| r.get(0));
+    let me: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(|e| q("cannot read current_user", e))?
+        .get(0);
+    if let Some(o) = &owner {
+        if o.trim_matches('"') != me {
+            return Err(Failure::new(
+                Exit::Privilege,
+                format!("schema {SCHEMA} belongs to {o}, not {me}: install and capture as {o} (the key must stay readable only by its owner)"),
+            ));
+        }
+    }
+    let key = random_key()
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot read /dev/urandom: {e}")))?;
+    let (ipad, opad) = pads(&key);
+    if let Err(e) = c.batch_execute(&format!(
+        "BEGIN; CREATE SCHEMA IF NOT EXISTS {SCHEMA}; REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC; \
+         CREATE TABLE IF NOT EXISTS {SCHEMA}.hmac_key (id int PRIMARY KEY CHECK (id = 1), ipad bytea NOT NULL, opad bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); \
+         REVOKE ALL ON {SCHEMA}.hmac_key FROM PUBLIC; COMMIT"
+    ))
+    .await
+    {
+        let _ = c.batch_execute("ROLLBACK").await;
+        return Err(q(&format!("cannot create schema {SCHEMA}"), e));
+    }
+    c.execute(
+        &format!("INSERT INTO {SCHEMA}.hmac_key (id, ipad, opad) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING"),
+        &[&ipad, &opad],
+    )
+    .await
+    .map_err(|e| q("cannot store the attribution key", e))?;
+    c.batch_execute(&format!(
+        "{}; REVOKE ALL ON FUNCTION {SCHEMA}.attribution_trigger() FROM PUBLIC",
+        function_sql()
+    ))
+    .await
+    .map_err(|e| q("cannot create the attribution function", e))?;
+    for t in tables {
+        let sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '100ms'; \
+             CREATE OR REPLACE TRIGGER {DELETE_TRIGGER} BEFORE DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.attribution_trigger(); \
+             CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.attribution_trigger(); \
+             COMMIT"
+        );
+        with_lock_retries(
+            c,
+            &sql,
+            &format!("cannot install the attribution triggers on {t}"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs DDL that needs a table lock without ever queueing behind a long transaction for long: each
+/// try waits at most `lock_timeout`, then backs off so the application's own statements go first.
+async fn with_lock_retries(c: &Client, sql: &str, context: &str) -> Result<(), Failure> {
+    let mut wait = std::time::Duration::from_millis(50);
+    for attempt in 1..=60 {
+        match c.batch_execute(sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                if e.code().map(|c| c.code()) == Some("55P03") && attempt < 60 {
+                    tracing::info!("{context}: table busy (attempt {attempt}), retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                    continue;
+                }
+                let mut f = q(context, e);
+                if attempt > 1 {
+                    f.message.push_str(&format!(" (after {attempt} attempts)"));
+                }
+                return Err(f);
+            }
+        }
+    }
+    Err(Failure::new(
+        Exit::Internal,
+        format!("{context}: the table stayed locked"),
+    ))
+}
+
+/// Removes the triggers from `tables`; drops the schema (key and function) when no walwitness
+/// trigger is left anywhere in the database.
+pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&SCHEMA],
+        )
+        .await
+        .map_err(|e| q("cannot read pg_namespace", e))?
+        .get(0);
+    for t in tables {
+        let sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '100ms'; DROP TRIGGER IF EXISTS {DELETE_TRIGGER} ON {t}; \
+             DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {t}; COMMIT"
+        );
+        with_lock_retries(
+            c,
+            &sql,
+            &format!("cannot remove the attribution triggers from {t}"),
+        )
+        .await?;
+    }
+    if !exists {
+        return Ok(());
+    }
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname IN ($1, $2)",
+            &[&DELETE_TRIGGER, &TRUNCATE_TRIGGER],
+        )
+        .await
+        .map_err(|e| q("cannot read pg_trigger", e))?
+        .get(0);
+    if left == 0 {
+        c.batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+            .await
+            .map_err(|e| q(&format!("cannot drop schema {SCHEMA}"), e))?;
+    }
+    Ok(())
+}
+
+/// Reads the key for verifying; the capture's role must be the installer (or a superuser).
+pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
+    let row = c
+        .query_opt(&format!("SELECT ipad, opad FROM {SCHEMA}.hmac_key WHERE id = 1"), &[])
+        .await
+        .map_err(|e| {
+            let mut f = q("cannot read the attribution key", e);
+            f.message.push_str(&format!(
+                " (capture with --attribution trigger as the role that installed it, or run walwitness attribution install first); schema {}",
+                quote_literal(SCHEMA)
+            ));
+            f
+        })?
+        .ok_or_else(|| Failure::new(Exit::Internal, "the attribution key is missing: run walwitness attribution install"))?;
+    Ok(Verifier::from_pads(row.get(0), row.get(1)))
+}
+
+pub fn sql_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(v: &Verifier, payload: &str) -> Vec<u8> {
+        format!("{} {payload}", hex::encode(v.mac(payload.as_bytes()))).into_bytes()
+    }
+
+    const P: &str = r#"{"v":1,"xid":1234,"pid":42,"backend_start":"2026-01-01T00:00:00.000000Z","user":"app","role":"none","application_name":"cron","client_addr":null,"client_port":null,"query":"DELETE FROM t","query_truncated":false,"xact_start":null,"statement_start":null,"trigger_depth":0,"schema":"public","table":"t","op":"DELETE"}"#;
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        // Zero-padding the key to 32 bytes does not change HMAC (the key is padded to 64 anyway).
+        let (i, o) = pads(&key);
+        let v = Verifier::from_pads(i, o);
+        assert_eq!(
+            hex::encode(v.mac(b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn accepts_signed_and_rejects_forged() {
+        let (i, o) = pads(&[7u8; 32]);
+        let v = Verifier::from_pads(i, o);
+        let p = v.verify(&signed(&v, P)).unwrap();
+        assert_eq!(p.pid, 42);
+        let s = p.session();
+        assert_eq!(s.attributed_by, "trigger");
+        assert_eq!(s.current_user, None);
+        let mut forged = signed(&v, P);
+        let n = forged.len();
+        forged[n - 3] = b'X';
+        assert!(v.verify(&forged).is_err());
+        let (i2, o2) = pads(&[8u8; 32]);
+        let other = Verifier::from_pads(i2, o2);
+        assert!(v
+            .verify(&signed(&other, P))
+            .unwrap_err()
+            .contains("does not match"));
+        assert!(v.verify(b"nosignature").is_err());
+        assert!(v.verify(b"zz {}").is_err());
+        assert!(v.verify(&signed(&v, "{\"v\":2}")).is_err());
+    }
+}

@@ -1,0 +1,417 @@
+//! `walwitness capture`: preflight, server objects, then the replication stream until a deliberate end.
+//!
+//! ```text
+//! setup (SQL: checks, publication) ─▶ replication connection (slot, START_REPLICATION)
+//!      ─▶ stream loop: frames ─▶ pgoutput decode ─▶ Assembler ─▶ Writer thread (write, fsync)
+//!                         ▲                                            │ durable LSN
+//!                         └──────── standby status updates ◀───────────┘
+//! ```
+pub mod names;
+pub mod setup;
+mod status;
+mod stream;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::attribution::{activity, trigger, Attributor, Sources};
+use crate::cli::AttributionSource;
+use crate::decode::relations::WatchList;
+use crate::decode::Assembler;
+use crate::error::{from_pg, Exit, Failure};
+use crate::pg::config::{redact_dsn, ConnSpec};
+use crate::pg::conn::ReplicationConnection;
+use crate::protocol::Lsn;
+use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, FORMAT_VERSION};
+use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
+use names::{parse_table, quote_ident, quote_literal};
+use setup::{PubOrigin, SlotState};
+pub use stream::StopReason;
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub dsn: String,
+    pub tables: Vec<String>,
+    pub out: Output,
+    pub slot: Option<String>,
+    pub publication: Option<String>,
+    pub keep_slot: bool,
+    pub duration: Option<Duration>,
+    pub endpos: Option<Lsn>,
+    /// For callers embedding a capture (the demo): an end position decided while it runs.
+    pub endpos_later: Option<tokio::sync::watch::Receiver<Option<Lsn>>>,
+    pub progress_interval: Duration,
+    pub status_interval: Duration,
+    /// Show a status line / progress lines on stderr.
+    pub progress: bool,
+    pub attribution: Sources,
+    pub activity_interval: Duration,
+}
+
+/// What a finished capture did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub reason: StopReason,
+    pub deletes: u64,
+    pub truncates: u64,
+    pub transactions: u64,
+    pub last_lsn: Lsn,
+}
+
+impl Outcome {
+    pub fn exit(&self) -> Exit {
+        match self.reason {
+            StopReason::Sigint => Exit::Sigint,
+            StopReason::Sigterm => Exit::Sigterm,
+            StopReason::Endpos | StopReason::Duration => Exit::Ok,
+        }
+    }
+}
+
+fn say(progress: bool, msg: &str) {
+    if progress {
+        eprintln!("{msg}");
+    }
+}
+
+pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
+    let spec = ConnSpec::parse(&opts.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
+    let target = spec.describe();
+    let sql = std::sync::Arc::new(
+        crate::pg::connect_sql(&spec)
+            .await
+            .map_err(|e| from_pg(&format!("cannot connect to {target}"), e))?,
+    );
+
+    // Checks first: refusing must leave the server untouched.
+    let info = setup::server_info(&sql).await?;
+    let mut tables = Vec::new();
+    for t in &opts.tables {
+        let arg = parse_table(t).map_err(|e| Failure::new(Exit::Usage, e))?;
+        let table = setup::resolve_table(&sql, &arg).await?;
+        if !tables.iter().any(|x: &setup::Table| x.oid == table.oid) {
+            tables.push(table);
+        }
+    }
+    let slot = opts
+        .slot
+        .clone()
+        .unwrap_or_else(|| setup::default_slot(&info.database, &tables));
+    let publication = opts
+        .publication
+        .clone()
+        .unwrap_or_else(|| setup::default_publication(&tables));
+    let slot_state = setup::inspect_slot(&sql, &slot, &info.database).await?;
+
+    // The log is opened (and its tail repaired) before the server is changed: an unwritable --out
+    // must not leave a slot behind.
+    let (file, recovery) = match &opts.out {
+        Output::File(p) => {
+            let (f, r) = open_log(p).map_err(|e| Failure::new(Exit::Output, e.to_string()))?;
+            (Some(f), r)
+        }
+        Output::Stdout => (None, Recovery::default()),
+    };
+    if recovery.cut_bytes > 0 {
+        eprintln!(
+            "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",
+            recovery.cut_bytes, recovery.cut_lines
+        );
+    }
+
+    let (pub_origin, warnings) =
+        setup::ensure_publication(&sql, &publication, opts.publication.is_some(), &tables).await?;
+    for w in warnings {
+        eprintln!("walwitness: warning: {w}");
+    }
+
+    let sql_tables: Vec<String> = tables.iter().map(setup::Table::sql_name).collect();
+    let mut attributor = Attributor::default();
+    if opts.attribution.trigger {
+        trigger::install(&sql, &sql_tables).await?;
+        attributor.verifier = Some(std::sync::Arc::new(trigger::load_verifier(&sql).await?));
+        say(
+            opts.progress,
+            &format!(
+                "walwitness: attribution trigger installed on {}",
+                sql_tables.join(", ")
+            ),
+        );
+    }
+    let mut sampler = None;
+    if opts.attribution.activity {
+        if !activity::can_read_all_stats(&sql).await {
+            eprintln!(
+                "walwitness: warning: role {} is not a member of pg_read_all_stats: for other roles' sessions only pid, user and application are visible (no statement, client address or start time); GRANT pg_read_all_stats TO {}",
+                info.user,
+                quote_ident(&info.user)
+            );
+        }
+        let map = std::sync::Arc::new(activity::ActivityMap::new());
+        sampler = Some(activity::spawn_sampler(
+            sql.clone(),
+            map.clone(),
+            opts.activity_interval,
+        ));
+        attributor.activity = Some(map);
+    }
+
+    let result = capture_with_objects(
+        &opts,
+        &spec,
+        &sql,
+        &info,
+        &tables,
+        &slot,
+        &publication,
+        slot_state,
+        file,
+        recovery,
+        attributor,
+    )
+    .await;
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    if opts.attribution.trigger && result.is_ok() && !opts.keep_slot {
+        trigger::remove(&sql, &sql_tables).await?;
+    }
+
+    match &result {
+        Ok(_) if !opts.keep_slot => {
+            // A deliberate end: leave nothing behind.
+            let dropped_slot = setup::drop_slot(&sql, &slot).await;
+            let dropped_pub = if pub_origin != PubOrigin::Given {
+                setup::drop_publication(&sql, &publication).await
+            } else {
+                Ok(())
+            };
+            dropped_slot?;
+            dropped_pub?;
+            say(opts.progress, &format!("walwitness: dropped slot {slot}{}", if pub_origin != PubOrigin::Given { format!(" and publication {publication}") } else { String::new() }));
+        }
+        Ok(_) => say(opts.progress, &format!("walwitness: kept slot {slot} and publication {publication} (--keep-slot); run the same command to resume")),
+        Err(_) if pub_origin == PubOrigin::Created => {
+            // Nothing was captured into a slot that does not exist yet: don't leave a fresh publication.
+            if matches!(setup::inspect_slot(&sql, &slot, &info.database).await, Ok(SlotState::Absent)) {
+                let _ = setup::drop_publication(&sql, &publication).await;
+            }
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn capture_with_objects(
+    opts: &CaptureOptions,
+    spec: &ConnSpec,
+    sql: &std::sync::Arc<tokio_postgres::Client>,
+    info: &setup::ServerInfo,
+    tables: &[setup::Table],
+    slot: &str,
+    publication: &str,
+    slot_state: SlotState,
+    file: Option<std::fs::File>,
+    recovery: Recovery,
+    attributor: Attributor,
+) -> Result<Outcome, Failure> {
+    let target = spec.describe();
+    let mut repl = ReplicationConnection::connect(spec, &[])
+        .await
+        .map_err(|e| {
+            from_pg(
+                &format!("cannot open a replication connection to {target}"),
+                e,
+            )
+        })?;
+    let ident = repl
+        .simple_query("IDENTIFY_SYSTEM")
+        .await
+        .map_err(|e| from_pg("IDENTIFY_SYSTEM failed", e))?;
+    let system_identifier = ident
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .unwrap_or_default();
+
+    let (created, slot_start) = match slot_state {
+        SlotState::Absent => {
+            let cmd = if info.version_num >= 150000 {
+                format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                    quote_ident(slot)
+                )
+            } else {
+                format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                    quote_ident(slot)
+                )
+            };
+            let r = repl
+                .simple_query(&cmd)
+                .await
+                .map_err(|e| from_pg(&format!("cannot create replication slot {slot}"), e))?;
+            let point = r
+                .rows
+                .first()
+                .and_then(|row| row.get(1).cloned().flatten())
+                .unwrap_or_default();
+            (true, point.parse::<Lsn>().unwrap_or_default())
+        }
+        SlotState::Reusable { confirmed_flush } => (
+            false,
+            confirmed_flush
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .unwrap_or_default(),
+        ),
+    };
+    let log_mark = recovery.last_commit_end.unwrap_or_default();
+    let start_lsn = slot_start.max(log_mark);
+
+    let mut proto = match info.version_num {
+        v if v >= 160000 => 4,
+        v if v >= 150000 => 3,
+        _ => 2,
+    };
+    loop {
+        let cmd = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages 'true')",
+            quote_ident(slot),
+            start_lsn,
+            proto,
+            quote_literal(&quote_ident(publication)),
+        );
+        match repl.start_copy_both(&cmd).await {
+            Ok(()) => break,
+            Err(e) if e.sqlstate() == Some("0A000") && proto > 2 => proto -= 1,
+            Err(e) => {
+                return Err(from_pg(
+                    &format!("cannot start replication from slot {slot}"),
+                    e,
+                ))
+            }
+        }
+    }
+
+    let writer = Writer::start(&opts.out, file, recovery.len)
+        .map_err(|e| Failure::new(Exit::Output, format!("cannot start the log writer: {e}")))?;
+    let table_names: Vec<String> = tables.iter().map(setup::Table::qualified).collect();
+    let mut first = bytes::BytesMut::new();
+    push_record(
+        &mut first,
+        &CaptureStarted {
+            kind: "capture_started",
+            time: now_rfc3339(),
+            slot,
+            publication,
+            tables: &table_names,
+            start_lsn,
+            server_version: &info.version,
+            system_identifier: &system_identifier,
+            database: &info.database,
+            walwitness_version: env!("CARGO_PKG_VERSION"),
+            format_version: FORMAT_VERSION,
+            proto_version: proto,
+        },
+    );
+    writer
+        .send(Chunk::Append {
+            data: first.freeze(),
+            boundary: true,
+            ack: None,
+        })
+        .await
+        .map_err(|e| Failure::new(Exit::Output, e))?;
+
+    if opts.progress {
+        let redacted = redact_dsn(&opts.dsn);
+        eprintln!(
+            "walwitness: capturing DELETE and TRUNCATE on {} in database {} ({})",
+            table_names.join(", "),
+            info.database,
+            info.version
+        );
+        eprintln!(
+            "  slot:        {slot} ({})",
+            if created {
+                "created"
+            } else {
+                "reused: resuming"
+            }
+        );
+        eprintln!("  publication: {publication}");
+        eprintln!("  start LSN:   {start_lsn} (pgoutput protocol version {proto})");
+        match &opts.out {
+            Output::File(p) => eprintln!("  log:         {}", p.display()),
+            Output::Stdout => eprintln!("  log:         standard output"),
+        }
+        eprintln!(
+            "  if this process dies, the slot keeps WAL until you resume or remove it:\n    psql {} -c \"SELECT pg_drop_replication_slot('{slot}')\" -c {}",
+            shell_quote(&redacted),
+            shell_quote(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+        );
+    }
+
+    let mut watch = WatchList::new();
+    for t in tables {
+        watch.add(&t.schema, &t.name, t.primary_key.clone());
+    }
+    let assembler = Assembler::new(watch, log_mark, attributor);
+    let wal_sender_timeout = sql
+        .query_one("SELECT setting::bigint * CASE unit WHEN 's' THEN 1000 ELSE 1 END FROM pg_settings WHERE name = 'wal_sender_timeout'", &[])
+        .await
+        .ok()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(ms as u64));
+    let status_every = match wal_sender_timeout {
+        Some(t) => opts.status_interval.min(t / 2),
+        None => opts.status_interval,
+    };
+    let retained = status::spawn_retained_wal_probe(sql.clone(), slot.to_owned());
+    let loop_opts = stream::LoopOptions {
+        endpos: opts.endpos,
+        endpos_later: opts.endpos_later.clone(),
+        duration: opts.duration,
+        status_every,
+        progress: opts.progress,
+        progress_interval: opts.progress_interval,
+    };
+    let outcome = stream::run(repl, writer, assembler, loop_opts, retained, start_lsn).await;
+    outcome
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn output_from_arg(out: &str) -> Output {
+    if out == "-" {
+        Output::Stdout
+    } else {
+        Output::File(PathBuf::from(out))
+    }
+}
+
+pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureOptions {
+    CaptureOptions {
+        dsn: a.dsn,
+        tables: a.tables,
+        out: output_from_arg(&a.out),
+        slot: a.slot,
+        publication: a.publication,
+        keep_slot: a.keep_slot,
+        duration: a.duration,
+        endpos: a.endpos,
+        endpos_later: None,
+        progress_interval: a.progress_interval,
+        status_interval: a.status_interval,
+        progress,
+        attribution: Sources {
+            trigger: a.attribution.contains(&AttributionSource::Trigger),
+            activity: a.attribution.contains(&AttributionSource::Activity),
+        },
+        activity_interval: a.activity_interval,
+    }
+}

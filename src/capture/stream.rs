@@ -1,0 +1,419 @@
+//! The replication loop: one `biased` select over signals, the deadline, the writer's durable
+//! position, a status tick and the socket.
+//!
+//! Progress tracking: the only LSN ever sent to the server as flushed is the writer's durable LSN, which
+//! is the `end_lsn` of the last commit whose lines are fsynced, or a keepalive position passed through the
+//! writer while no transaction was open (so it is ordered after every byte before it). Acknowledging idle
+//! keepalives is what keeps an idle watched table on a busy server from pinning WAL. Status updates go
+//! out on a timer that never waits for the disk: pushing to a full writer queue keeps ticking.
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::status::Progress;
+use super::Outcome;
+use crate::decode::{Assembler, Step};
+use crate::error::{from_pg, Exit, Failure};
+use crate::pg::conn::{CopyEvent, ReplicationConnection};
+use crate::protocol::pgoutput::{self, Message, ParseOptions};
+use crate::protocol::replication::{
+    encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
+};
+use crate::protocol::Lsn;
+use crate::sink::record::{now_rfc3339, push_record, CaptureStopped};
+use crate::sink::writer::{Chunk, Writer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Endpos,
+    Duration,
+    Sigint,
+    Sigterm,
+}
+
+impl StopReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopReason::Endpos => "endpos",
+            StopReason::Duration => "duration",
+            StopReason::Sigint => "sigint",
+            StopReason::Sigterm => "sigterm",
+        }
+    }
+}
+
+pub struct LoopOptions {
+    pub endpos: Option<Lsn>,
+    pub endpos_later: Option<watch::Receiver<Option<Lsn>>>,
+    pub duration: Option<Duration>,
+    pub status_every: Duration,
+    pub progress: bool,
+    pub progress_interval: Duration,
+}
+
+/// Flush a transaction's rows to the writer in pieces of this size, so memory does not grow with it.
+const CHUNK: usize = 256 * 1024;
+const TICK: Duration = Duration::from_millis(100);
+
+struct Loop {
+    repl: ReplicationConnection,
+    writer: Writer,
+    asm: Assembler,
+    out: BytesMut,
+    o: LoopOptions,
+    /// Lowest position we may report: already durable in the log or already confirmed by the slot.
+    floor: Lsn,
+    /// Last flush position sent to the server.
+    sent_flush: Lsn,
+    last_status: Instant,
+    last_reply_request: Instant,
+    /// Highest WAL position the server said it has sent.
+    server_end: Lsn,
+    /// Highest LSN handed to the writer as acknowledgeable.
+    handed: Lsn,
+    progress: Progress,
+    tick: tokio::time::Interval,
+    status_buf: BytesMut,
+}
+
+enum Flow {
+    Go,
+    Stop(StopReason),
+}
+
+fn now_pg_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    unix_micros_to_pg_micros(unix)
+}
+
+pub async fn run(
+    repl: ReplicationConnection,
+    writer: Writer,
+    asm: Assembler,
+    o: LoopOptions,
+    retained: watch::Receiver<Option<i64>>,
+    start_lsn: Lsn,
+) -> Result<Outcome, Failure> {
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGINT: {e}")))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGTERM: {e}")))?;
+    let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut durable = writer.durable();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let now = Instant::now();
+    let progress = Progress::new(o.progress, o.progress_interval, retained);
+    let mut lp = Loop {
+        repl,
+        writer,
+        asm,
+        out: BytesMut::with_capacity(CHUNK * 2),
+        o,
+        floor: start_lsn,
+        sent_flush: Lsn::INVALID,
+        last_status: now,
+        last_reply_request: now,
+        server_end: start_lsn,
+        handed: start_lsn,
+        progress,
+        tick,
+        status_buf: BytesMut::with_capacity(64),
+    };
+    let result: Result<StopReason, Failure> = async {
+        loop {
+            let flow = tokio::select! {
+                biased;
+                _ = sigint.recv() => Flow::Stop(StopReason::Sigint),
+                _ = sigterm.recv() => Flow::Stop(StopReason::Sigterm),
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => Flow::Stop(StopReason::Duration),
+                r = durable.changed() => {
+                    if r.is_err() || durable.borrow().error.is_some() {
+                        return Err(lp.writer_failure());
+                    }
+                    Flow::Go
+                }
+                _ = lp.tick.tick() => {
+                    if let Some(rx) = &lp.o.endpos_later {
+                        if let Some(e) = *rx.borrow() {
+                            lp.o.endpos = Some(e);
+                        }
+                    }
+                    lp.on_tick().await?;
+                    Flow::Go
+                }
+                ev = lp.repl.recv() => match ev {
+                    Ok(CopyEvent::Data(b)) => lp.on_frame(b).await?,
+                    Ok(CopyEvent::Done) => return Err(Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?); run the same command again to resume")),
+                    Err(e) => return Err(from_pg("replication connection lost; run the same command again to resume", e)),
+                },
+            };
+            if let Flow::Stop(r) = flow {
+                return Ok(r);
+            }
+        }
+    }
+    .await;
+    lp.progress.finish();
+    match result {
+        Ok(reason) => lp.stop(reason).await,
+        Err(f) => {
+            // Keep what is durable acknowledged, then give up; the slot stays for a resume.
+            if lp.asm.in_transaction() {
+                let _ = lp.writer.send(Chunk::Rollback).await;
+            }
+            let d = lp.writer.close().await;
+            let flush = d.lsn.max(lp.floor);
+            lp.status_buf.clear();
+            encode_standby_status(
+                &mut lp.status_buf,
+                flush,
+                flush,
+                flush,
+                now_pg_micros(),
+                false,
+            );
+            let _ = lp.repl.send_copy_data(&lp.status_buf).await;
+            if let Some(e) = d.error {
+                return Err(Failure::new(Exit::Output, format!("{e}; nothing after LSN {flush} was acknowledged, so the next run resumes there")));
+            }
+            Err(f)
+        }
+    }
+}
+
+impl Loop {
+    fn writer_failure(&self) -> Failure {
+        let d = self.writer.durable().borrow().clone();
+        Failure::new(
+            Exit::Output,
+            format!(
+                "{}; nothing after LSN {} was acknowledged, so the next run resumes there",
+                d.error.unwrap_or_else(|| "the log writer stopped".into()),
+                d.lsn.max(self.floor)
+            ),
+        )
+    }
+
+    /// Hands bytes to the writer, answering the server on time while the writer is busy.
+    async fn push(&mut self, chunk: Chunk) -> Result<(), Failure> {
+        let writer_tx = self.writer.sender();
+        loop {
+            tokio::select! {
+                biased;
+                permit = writer_tx.reserve() => {
+                    return match permit {
+                        Ok(p) => { p.send(chunk); Ok(()) }
+                        Err(_) => Err(self.writer_failure()),
+                    };
+                }
+                _ = self.tick.tick() => self.on_tick().await?,
+            }
+        }
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), Failure> {
+        let flush = self.writer.durable().borrow().lsn.max(self.floor);
+        self.status_buf.clear();
+        encode_standby_status(
+            &mut self.status_buf,
+            flush,
+            flush,
+            flush,
+            now_pg_micros(),
+            reply_requested,
+        );
+        self.repl
+            .send_copy_data(&self.status_buf)
+            .await
+            .map_err(|e| {
+                from_pg(
+                    "cannot send a status update; run the same command again to resume",
+                    e,
+                )
+            })?;
+        self.sent_flush = flush;
+        self.last_status = Instant::now();
+        if reply_requested {
+            self.last_reply_request = self.last_status;
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Failure> {
+        let durable = self.writer.durable().borrow().clone();
+        if durable.error.is_some() {
+            return Err(self.writer_failure());
+        }
+        let since = self.last_status.elapsed();
+        // Waiting for --endpos on an idle server: ask for a keepalive, which carries the server's position.
+        let want_reply = self.o.endpos.is_some()
+            && !self.asm.in_transaction()
+            && self.last_reply_request.elapsed() >= Duration::from_millis(500);
+        if since >= self.o.status_every
+            || durable.lsn.max(self.floor) > self.sent_flush
+            || want_reply
+        {
+            self.send_status(want_reply).await?;
+        }
+        self.progress
+            .maybe_print(self.server_end, durable.lsn.max(self.floor));
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, payload: Bytes) -> Result<Flow, Failure> {
+        let msg = parse_copy_data(payload).map_err(|e| {
+            Failure::new(
+                Exit::Stream,
+                format!(
+                    "after LSN {}: {e}; this is a bug or a damaged connection, please report it",
+                    self.server_end
+                ),
+            )
+        })?;
+        match msg {
+            ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => {
+                self.server_end = self.server_end.max(wal_end);
+                let m = pgoutput::parse(
+                    &data,
+                    ParseOptions {
+                        in_stream: false,
+                        stream_abort_has_lsn: false,
+                    },
+                )
+                .map_err(|e| Failure::new(Exit::Stream, format!("at LSN {wal_start}: {e}")))?;
+                if let (Some(endpos), Message::Begin { final_lsn, .. }) = (self.o.endpos, &m) {
+                    if *final_lsn > endpos {
+                        return Ok(Flow::Stop(StopReason::Endpos));
+                    }
+                }
+                let step = self
+                    .asm
+                    .handle(wal_start, m, &mut self.out)
+                    .map_err(|e| Failure::new(Exit::Stream, e.to_string()))?;
+                match step {
+                    Step::Continue => {
+                        if self.out.len() >= CHUNK {
+                            let data = self.out.split().freeze();
+                            self.push(Chunk::Append {
+                                data,
+                                boundary: false,
+                                ack: None,
+                            })
+                            .await?;
+                        }
+                    }
+                    Step::Committed {
+                        end_lsn,
+                        wrote,
+                        deletes,
+                        truncates,
+                        commit_time,
+                    } => {
+                        let data = self.out.split().freeze();
+                        self.handed = self.handed.max(end_lsn);
+                        self.push(Chunk::Append {
+                            data,
+                            boundary: true,
+                            ack: Some(end_lsn),
+                        })
+                        .await?;
+                        if wrote {
+                            self.progress.committed(deletes, truncates, commit_time);
+                        }
+                        if self.o.endpos.is_some_and(|e| end_lsn >= e) {
+                            return Ok(Flow::Stop(StopReason::Endpos));
+                        }
+                    }
+                }
+            }
+            ReplicationMessage::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.server_end = self.server_end.max(wal_end);
+                if !self.asm.in_transaction() && wal_end > self.handed {
+                    // Nothing of ours is open below wal_end: once what is queued is durable, it may be acked.
+                    self.handed = wal_end;
+                    self.push(Chunk::Append {
+                        data: Bytes::new(),
+                        boundary: true,
+                        ack: Some(wal_end),
+                    })
+                    .await?;
+                }
+                if reply_requested {
+                    self.send_status(false).await?;
+                }
+                if !self.asm.in_transaction() && self.o.endpos.is_some_and(|e| wal_end >= e) {
+                    return Ok(Flow::Stop(StopReason::Endpos));
+                }
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.
+    async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
+        if self.asm.in_transaction() {
+            // Its commit has not arrived; with --keep-slot it is sent again on the next run.
+            self.asm.abandon_transaction();
+            self.out.clear();
+            self.push(Chunk::Rollback).await?;
+        }
+        let last_lsn = self.handed.max(self.floor);
+        let mut rec = BytesMut::new();
+        push_record(
+            &mut rec,
+            &CaptureStopped {
+                kind: "capture_stopped",
+                time: now_rfc3339(),
+                reason: reason.as_str(),
+                last_lsn,
+            },
+        );
+        self.push(Chunk::Append {
+            data: rec.freeze(),
+            boundary: true,
+            ack: None,
+        })
+        .await?;
+        let Loop {
+            mut repl,
+            writer,
+            progress,
+            mut status_buf,
+            floor,
+            ..
+        } = self;
+        let d = writer.close().await;
+        if let Some(e) = d.error {
+            return Err(Failure::new(Exit::Output, e));
+        }
+        let flush = d.lsn.max(floor);
+        status_buf.clear();
+        encode_standby_status(&mut status_buf, flush, flush, flush, now_pg_micros(), false);
+        let _ = repl.send_copy_data(&status_buf).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), repl.finish_copy()).await;
+        repl.close().await;
+        let (deletes, truncates, transactions) = progress.totals();
+        Ok(Outcome {
+            reason,
+            deletes,
+            truncates,
+            transactions,
+            last_lsn,
+        })
+    }
+}

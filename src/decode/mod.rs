@@ -1,0 +1,506 @@
+//! Transaction assembly: turns the pgoutput message sequence into forensic log records.
+//!
+//! Pure: messages in, bytes of JSON lines out. The capture loop feeds every decoded message with the
+//! LSN from its XLogData header (for a change, the change's own LSN) and forwards the bytes to the
+//! writer. Rows are written as they arrive — pgoutput sends a non-streamed transaction only after it
+//! committed, and Begin already carries its commit LSN and time — so memory does not grow with the
+//! size of a transaction. The commit record closes the transaction; a transaction cut short by a lost
+//! connection is rolled back in the file by the writer (see `sink::writer`).
+//!
+//! Exactly-once: `resume_after` is the `end_lsn` of the last transaction the log already holds. The
+//! server may send such transactions again after a restart (the slot's position is persisted only at
+//! checkpoints); a transaction whose commit record starts below that LSN is recognised at Begin and
+//! skipped whole.
+pub mod relations;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
+use crate::attribution::{Attributor, Session, SessionJson};
+use crate::protocol::pgoutput::{Message, OldKind, Value};
+use crate::protocol::Lsn;
+use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64, push_value};
+use relations::{RelationCache, WatchList};
+
+/// What a message meant for the transaction stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// A transaction ended. `wrote`: it had watched rows and its commit record was written.
+    Committed {
+        end_lsn: Lsn,
+        wrote: bool,
+        deletes: u64,
+        truncates: u64,
+        commit_time: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("at LSN {lsn}, pgoutput {message} message: {reason}")]
+pub struct AssembleError {
+    pub lsn: Lsn,
+    pub message: &'static str,
+    pub reason: String,
+}
+
+struct Txn {
+    xid: u32,
+    final_lsn: Lsn,
+    commit_time: i64,
+    /// Already in the log from an earlier run: decode, but write nothing.
+    skip: bool,
+    origin: Option<String>,
+    /// `,"commit_lsn":…,"commit_time":…,"origin":…` shared by every row of the transaction.
+    common: BytesMut,
+    deletes: u64,
+    truncates: u64,
+    /// The activity source's session for this xid, if a sample saw it.
+    activity: Option<Arc<SessionJson>>,
+    /// The latest verified trigger session per watched table: it covers the rows of its statement.
+    trigger: HashMap<String, Arc<SessionJson>>,
+    /// Session written in the commit record: the first one any record carried.
+    first_session: Option<Arc<SessionJson>>,
+    attributed_trigger: u64,
+    attributed_activity: u64,
+    unattributed: u64,
+    conflict: bool,
+    rejected: Vec<String>,
+}
+
+impl Txn {
+    /// Writes the session of a record: the trigger's for its statement, else the sampled one, else null.
+    fn push_session(&mut self, out: &mut BytesMut, trigger: Option<Arc<SessionJson>>) {
+        let chosen = match trigger {
+            Some(s) => {
+                self.attributed_trigger += 1;
+                Some(s)
+            }
+            None => match &self.activity {
+                Some(a) => {
+                    self.attributed_activity += 1;
+                    Some(a.clone())
+                }
+                None => {
+                    self.unattributed += 1;
+                    None
+                }
+            },
+        };
+        match chosen {
+            Some(s) => {
+                out.extend_from_slice(&s.json);
+                if self.first_session.is_none() {
+                    self.first_session = Some(s);
+                }
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn reject(&mut self, lsn: Lsn, reason: String) {
+        tracing::warn!(
+            "at LSN {lsn}: rejected a walwitness attribution message in xid {}: {reason}",
+            self.xid
+        );
+        self.rejected.push(format!("{lsn}: {reason}"));
+    }
+
+    fn rebuild_common(&mut self) {
+        let mut c = BytesMut::with_capacity(96);
+        c.extend_from_slice(b",\"commit_lsn\":");
+        push_lsn(&mut c, self.final_lsn);
+        c.extend_from_slice(b",\"commit_time\":");
+        push_str(&mut c, &format_pg_time(self.commit_time));
+        c.extend_from_slice(b",\"origin\":");
+        match &self.origin {
+            Some(o) => push_str(&mut c, o),
+            None => c.extend_from_slice(b"null"),
+        }
+        self.common = c;
+    }
+}
+
+pub struct Assembler {
+    relations: RelationCache,
+    txn: Option<Txn>,
+    resume_after: Lsn,
+    scratch: HashMap<u32, ()>,
+    attributor: Attributor,
+    /// Messages with our prefix that failed verification, over the whole capture.
+    pub rejected_messages: u64,
+}
+
+impl Assembler {
+    pub fn new(watch: WatchList, resume_after: Lsn, attributor: Attributor) -> Self {
+        Assembler {
+            relations: RelationCache::new(watch),
+            txn: None,
+            resume_after,
+            scratch: HashMap::new(),
+            attributor,
+            rejected_messages: 0,
+        }
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Forgets a transaction interrupted by a lost connection; the server sends it again from Begin.
+    pub fn abandon_transaction(&mut self) {
+        self.txn = None;
+    }
+
+    /// Raises the position below which transactions are already logged.
+    pub fn set_resume_after(&mut self, lsn: Lsn) {
+        self.resume_after = self.resume_after.max(lsn);
+    }
+
+    pub fn handle(
+        &mut self,
+        lsn: Lsn,
+        msg: Message,
+        out: &mut BytesMut,
+    ) -> Result<Step, AssembleError> {
+        let name = msg.type_name();
+        let err = |reason: String| AssembleError {
+            lsn,
+            message: name,
+            reason,
+        };
+        match msg {
+            Message::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
+                if let Some(t) = &self.txn {
+                    return Err(err(format!(
+                        "Begin of xid {xid} while xid {} is still open",
+                        t.xid
+                    )));
+                }
+                let mut t = Txn {
+                    xid,
+                    final_lsn,
+                    commit_time,
+                    skip: final_lsn < self.resume_after,
+                    origin: None,
+                    common: BytesMut::new(),
+                    deletes: 0,
+                    truncates: 0,
+                    activity: self
+                        .attributor
+                        .activity
+                        .as_ref()
+                        .and_then(|m| m.lookup(xid))
+                        .map(Arc::new),
+                    trigger: HashMap::new(),
+                    first_session: None,
+                    attributed_trigger: 0,
+                    attributed_activity: 0,
+                    unattributed: 0,
+                    conflict: false,
+                    rejected: Vec::new(),
+                };
+                t.rebuild_common();
+                self.txn = Some(t);
+            }
+            Message::Origin { name: origin, .. } => {
+                let t = self
+                    .txn
+                    .as_mut()
+                    .ok_or_else(|| err("Origin outside a transaction".into()))?;
+                t.origin = Some(origin);
+                t.rebuild_common();
+            }
+            Message::Relation {
+                oid,
+                namespace,
+                name: relname,
+                replica_identity,
+                columns,
+                ..
+            } => {
+                self.relations
+                    .update(oid, namespace, relname, replica_identity, columns);
+            }
+            Message::Delete { relid, old, .. } => {
+                let t = self
+                    .txn
+                    .as_mut()
+                    .ok_or_else(|| err("Delete outside a transaction".into()))?;
+                let rel = self.relations.get(relid).ok_or_else(|| {
+                    err(format!(
+                        "relation OID {relid} was never described by a Relation message"
+                    ))
+                })?;
+                if !rel.watched || t.skip {
+                    return Ok(Step::Continue);
+                }
+                let vals = &old.tuple.columns;
+                if vals.len() != rel.columns.len() {
+                    return Err(err(format!(
+                        "old tuple of {} has {} columns, its Relation message described {}",
+                        rel.qualified,
+                        vals.len(),
+                        rel.columns.len()
+                    )));
+                }
+                out.extend_from_slice(&rel.delete_prefix);
+                push_u64(out, u64::from(t.xid));
+                out.extend_from_slice(b",\"lsn\":");
+                push_lsn(out, lsn);
+                out.extend_from_slice(&t.common);
+                out.extend_from_slice(b",\"key\":");
+                let key_cols = match old.kind {
+                    OldKind::Key => Some(&rel.identity_cols),
+                    OldKind::Old => rel.pk_cols.as_ref(),
+                };
+                match key_cols {
+                    Some(cols) => push_object(
+                        out,
+                        cols.iter()
+                            .map(|&i| (&rel.columns[i].name_json[..], &vals[i])),
+                    ),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"old\":");
+                match old.kind {
+                    OldKind::Old => push_object(
+                        out,
+                        rel.columns
+                            .iter()
+                            .zip(vals.iter())
+                            .map(|(c, v)| (&c.name_json[..], v)),
+                    ),
+                    OldKind::Key => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"session\":");
+                let session = if t.trigger.is_empty() {
+                    None
+                } else {
+                    t.trigger.get(&rel.qualified).cloned()
+                };
+                t.push_session(out, session);
+                out.extend_from_slice(b"}\n");
+                t.deletes += 1;
+            }
+            Message::Truncate {
+                relids,
+                cascade,
+                restart_identity,
+                ..
+            } => {
+                let t = self
+                    .txn
+                    .as_mut()
+                    .ok_or_else(|| err("Truncate outside a transaction".into()))?;
+                self.scratch.clear();
+                let mut names = Vec::new();
+                for relid in relids {
+                    let rel = self.relations.get(relid).ok_or_else(|| {
+                        err(format!(
+                            "relation OID {relid} was never described by a Relation message"
+                        ))
+                    })?;
+                    if rel.watched && self.scratch.insert(relid, ()).is_none() {
+                        names.push(rel.qualified.clone());
+                    }
+                }
+                if names.is_empty() || t.skip {
+                    return Ok(Step::Continue);
+                }
+                out.extend_from_slice(b"{\"type\":\"truncate\",\"tables\":[");
+                for (i, n) in names.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b",");
+                    }
+                    push_str(out, n);
+                }
+                out.extend_from_slice(b"],\"xid\":");
+                push_u64(out, u64::from(t.xid));
+                out.extend_from_slice(b",\"lsn\":");
+                push_lsn(out, lsn);
+                out.extend_from_slice(&t.common);
+                out.extend_from_slice(if cascade {
+                    b",\"cascade\":true"
+                } else {
+                    b",\"cascade\":false"
+                });
+                out.extend_from_slice(if restart_identity {
+                    b",\"restart_identity\":true"
+                } else {
+                    b",\"restart_identity\":false"
+                });
+                out.extend_from_slice(b",\"session\":");
+                let session = names.iter().find_map(|n| t.trigger.get(n)).cloned();
+                t.push_session(out, session);
+                out.extend_from_slice(b"}\n");
+                t.truncates += 1;
+            }
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                let t = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| err("Commit outside a transaction".into()))?;
+                if commit_lsn != t.final_lsn {
+                    return Err(err(format!(
+                        "Commit of xid {} at {commit_lsn} but its Begin announced {}",
+                        t.xid, t.final_lsn
+                    )));
+                }
+                let wrote = !t.skip && (t.deletes > 0 || t.truncates > 0);
+                if wrote {
+                    out.extend_from_slice(b"{\"type\":\"commit\",\"xid\":");
+                    push_u64(out, u64::from(t.xid));
+                    out.extend_from_slice(b",\"commit_lsn\":");
+                    push_lsn(out, commit_lsn);
+                    out.extend_from_slice(b",\"end_lsn\":");
+                    push_lsn(out, end_lsn);
+                    out.extend_from_slice(b",\"commit_time\":");
+                    push_str(out, &format_pg_time(commit_time));
+                    out.extend_from_slice(b",\"origin\":");
+                    match &t.origin {
+                        Some(o) => push_str(out, o),
+                        None => out.extend_from_slice(b"null"),
+                    }
+                    out.extend_from_slice(b",\"deletes\":");
+                    push_u64(out, t.deletes);
+                    out.extend_from_slice(b",\"truncates\":");
+                    push_u64(out, t.truncates);
+                    out.extend_from_slice(b",\"session\":");
+                    match &t.first_session {
+                        Some(s) => out.extend_from_slice(&s.json),
+                        None => out.extend_from_slice(b"null"),
+                    }
+                    let total = t.deletes + t.truncates;
+                    let attribution = if t.attributed_trigger == total {
+                        "trigger"
+                    } else if t.attributed_activity == total {
+                        "activity"
+                    } else if t.unattributed == total {
+                        "none"
+                    } else {
+                        "partial"
+                    };
+                    out.extend_from_slice(b",\"attribution\":");
+                    push_str(out, attribution);
+                    if t.conflict {
+                        out.extend_from_slice(b",\"attribution_conflict\":true");
+                    }
+                    if !t.rejected.is_empty() {
+                        out.extend_from_slice(b",\"rejected_attribution_messages\":[");
+                        for (i, r) in t.rejected.iter().enumerate() {
+                            if i > 0 {
+                                out.extend_from_slice(b",");
+                            }
+                            push_str(out, r);
+                        }
+                        out.extend_from_slice(b"]");
+                    }
+                    out.extend_from_slice(b"}\n");
+                }
+                return Ok(Step::Committed {
+                    end_lsn,
+                    wrote,
+                    deletes: if wrote { t.deletes } else { 0 },
+                    truncates: if wrote { t.truncates } else { 0 },
+                    commit_time,
+                });
+            }
+            Message::LogicalMessage {
+                transactional,
+                prefix,
+                content,
+                ..
+            } if prefix == TRIGGER_PREFIX => {
+                let Some(t) = self.txn.as_mut() else {
+                    if !transactional {
+                        self.rejected_messages += 1;
+                        tracing::warn!("at LSN {lsn}: non-transactional message with the walwitness prefix ignored (not from the trigger)");
+                    }
+                    return Ok(Step::Continue);
+                };
+                let Some(verifier) = self.attributor.verifier.as_ref() else {
+                    return Ok(Step::Continue);
+                };
+                match verifier.verify(&content) {
+                    Ok(p) if p.xid % (1 << 32) != u64::from(t.xid) => {
+                        t.reject(
+                            lsn,
+                            format!("signed for xid {} but found in xid {}", p.xid, t.xid),
+                        );
+                        self.rejected_messages += 1;
+                    }
+                    Ok(p) => {
+                        let mut session = p.session();
+                        if let Some(a) = &t.activity {
+                            let trig = SessionJson::new(&session);
+                            if !trig.same_backend(a) {
+                                session.conflict = serde_json::from_slice::<Session>(&a.json)
+                                    .ok()
+                                    .map(Box::new);
+                                t.conflict = true;
+                            }
+                        }
+                        t.trigger.insert(
+                            format!("{}.{}", p.schema, p.table),
+                            Arc::new(SessionJson::new(&session)),
+                        );
+                    }
+                    Err(reason) => {
+                        t.reject(lsn, reason);
+                        self.rejected_messages += 1;
+                    }
+                }
+            }
+            // Inserts, updates, user types and other plugins' messages are not evidence of deletion.
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Type { .. }
+            | Message::LogicalMessage { .. } => {}
+            Message::StreamStart { .. }
+            | Message::StreamStop
+            | Message::StreamCommit { .. }
+            | Message::StreamAbort { .. }
+            | Message::StreamPrepare { .. } => {
+                return Err(err(
+                    "streaming was not requested, yet the server sent a streaming message".into(),
+                ));
+            }
+            Message::BeginPrepare { .. }
+            | Message::Prepare { .. }
+            | Message::CommitPrepared { .. }
+            | Message::RollbackPrepared { .. } => {
+                return Err(err(
+                    "the slot has two-phase decoding enabled, which walwitness does not handle yet: use a slot created by walwitness"
+                        .into(),
+                ));
+            }
+        }
+        Ok(Step::Continue)
+    }
+}
+
+fn push_object<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &'a Value)>) {
+    out.extend_from_slice(b"{");
+    for (i, (name, v)) in fields.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b":");
+        push_value(out, v);
+    }
+    out.extend_from_slice(b"}");
+}

@@ -1,0 +1,88 @@
+//! Failures the user sees: one clear line, and an exit status that says which kind.
+//!
+//! Scripts branch on the exit status, so the numbers are a contract (README, "Exit status").
+use std::fmt;
+
+use crate::pg::error::PgError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    /// An unexpected internal failure.
+    Internal = 1,
+    /// Bad command line (clap uses 2 as well).
+    Usage = 2,
+    /// The DSN could not be parsed.
+    Config = 3,
+    /// The server could not be reached.
+    Connect = 4,
+    /// Authentication failed.
+    Auth = 5,
+    /// The server is not set up for logical decoding (wal_level, slots, senders) or is too old.
+    ServerSetup = 6,
+    /// A privilege is missing (REPLICATION, table ownership for the publication, …).
+    Privilege = 7,
+    /// A watched table does not exist.
+    TableNotFound = 8,
+    /// A watched table's replica identity does not allow logging deletes.
+    ReplicaIdentity = 9,
+    /// The replication slot is in use by another session.
+    SlotInUse = 10,
+    /// The output could not be written (unwritable path, disk full).
+    Output = 11,
+    /// The replication stream failed (lost connection, protocol error) and could not be resumed.
+    Stream = 12,
+    /// A publication or slot exists but does not fit (wrong plugin, wrong tables, wrong database).
+    Conflict = 13,
+    Sigint = 130,
+    Sigterm = 143,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Failure {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Maps a connection-level error to what the user should know, with the server's words kept.
+pub fn from_pg(context: &str, e: PgError) -> Failure {
+    let exit = match &e {
+        PgError::Config(_) => Exit::Config,
+        PgError::Connect { .. } => Exit::Connect,
+        PgError::Tls(_) => Exit::Connect,
+        PgError::Auth(_) => Exit::Auth,
+        PgError::Db(db) => match db.code.as_str() {
+            "28P01" | "28000" => Exit::Auth,
+            "42501" => Exit::Privilege,
+            "55006" => Exit::SlotInUse,
+            "3D000" => Exit::Config,
+            "53300" => Exit::ServerSetup,
+            _ => Exit::Stream,
+        },
+        _ => Exit::Stream,
+    };
+    let mut msg = format!("{context}: {e}");
+    if let PgError::Db(db) = &e {
+        if db.code == "42501" && db.message.contains("WAL sender") {
+            msg.push_str(" (grant it with: ALTER ROLE <user> REPLICATION)");
+        }
+    }
+    Failure::new(exit, msg)
+}

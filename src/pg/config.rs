@@ -1,0 +1,1413 @@
+//! Connection settings: libpq-compatible DSN parsing, environment defaults,
+//! `~/.pgpass`, and TLS settings.
+//!
+//! Parsing proper is delegated to `tokio_postgres::Config`. What it does not
+//! understand (the verifying `sslmode`s, `sslrootcert`, `sslcert`, `sslkey`,
+//! `passfile`, a few harmless libpq-only keys) is cut out of the string
+//! first by a deliberately small tokenizer, so users can paste the same DSN
+//! they give to `psql`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use tokio_postgres::config::Host;
+
+use super::error::PgError;
+
+/// libpq's `sslmode`, including the modes tokio-postgres lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = PgError;
+    fn from_str(s: &str) -> Result<SslMode, PgError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(PgError::Config(format!(
+                    "invalid sslmode \"{other}\" (expected disable, allow, prefer, require, verify-ca or verify-full)"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the server certificate is checked once a TLS session is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCheck {
+    /// Any certificate is accepted (handshake signatures are still checked).
+    None,
+    /// The chain must lead to a trusted root; the host name is not checked.
+    Chain,
+    /// Chain and host name (or IP address) are checked.
+    ChainAndName,
+}
+
+/// The value of `sslrootcert` that means "the system's trust store" (libpq 16+).
+pub const SYSTEM_ROOT_CERT: &str = "system";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    /// Trusted roots (PEM). `Some("system")` means the system trust store.
+    /// For the non-verifying modes this is only set when the file exists,
+    /// because that is what makes libpq verify the chain there.
+    pub root_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// libpq semantics: verify-full checks everything, verify-ca the chain,
+    /// and the weaker modes verify the chain too if a root certificate file
+    /// is present (libpq documents this for `require`; it loads the file and
+    /// enables peer verification for `prefer`/`allow` as well).
+    pub fn cert_check(&self) -> CertCheck {
+        match self.mode {
+            SslMode::VerifyFull => CertCheck::ChainAndName,
+            SslMode::VerifyCa => CertCheck::Chain,
+            SslMode::Disable => CertCheck::None,
+            SslMode::Allow | SslMode::Prefer | SslMode::Require => {
+                if self.root_cert.is_some() {
+                    CertCheck::Chain
+                } else {
+                    CertCheck::None
+                }
+            }
+        }
+    }
+
+    /// The mode tokio-postgres understands; verification is the connector's job.
+    pub fn tokio_postgres_mode(&self) -> tokio_postgres::config::SslMode {
+        use tokio_postgres::config::SslMode as T;
+        match self.mode {
+            SslMode::Disable => T::Disable,
+            // tokio-postgres has no "allow"; trying TLS first is the safer
+            // approximation and still works against servers without TLS.
+            SslMode::Allow | SslMode::Prefer => T::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => T::Require,
+        }
+    }
+}
+
+/// One host to try, in libpq order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `Host::Unix(dir)` for a socket directory, else the TCP host name
+    /// (used for TLS name checks and pgpass even when `hostaddr` is set).
+    pub host: Host,
+    /// libpq `hostaddr`: connect here instead of resolving `host`.
+    pub hostaddr: Option<IpAddr>,
+    pub port: u16,
+    /// Password found in the pgpass file for this host, if the DSN and
+    /// PGPASSWORD gave none.
+    pgpass_password: Option<Vec<u8>>,
+}
+
+impl Target {
+    pub fn is_unix(&self) -> bool {
+        matches!(self.host, Host::Unix(_))
+    }
+
+    /// `{dir}/.s.PGSQL.{port}` for socket hosts.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match &self.host {
+            Host::Unix(dir) => Some(dir.join(format!(".s.PGSQL.{}", self.port))),
+            Host::Tcp(_) => None,
+        }
+    }
+
+    /// Name used for TLS verification and SNI.
+    pub fn tls_name(&self) -> String {
+        match (&self.host, self.hostaddr) {
+            (Host::Tcp(h), _) if !h.is_empty() => h.clone(),
+            (_, Some(a)) => a.to_string(),
+            (Host::Tcp(h), None) => h.clone(),
+            (Host::Unix(p), None) => p.display().to_string(),
+        }
+    }
+
+    /// `host:port`, or `/socket/dir:port`.
+    pub fn describe(&self) -> String {
+        let host = match &self.host {
+            Host::Tcp(h) if h.is_empty() => {
+                self.hostaddr.map(|a| a.to_string()).unwrap_or_default()
+            }
+            Host::Tcp(h) if h.contains(':') => format!("[{h}]"),
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        };
+        format!("{host}:{}", self.port)
+    }
+}
+
+/// Everything needed to open connections, with libpq defaults applied.
+#[derive(Clone)]
+pub struct ConnSpec {
+    config: tokio_postgres::Config,
+    tls: TlsSettings,
+    user: String,
+    dbname: String,
+    /// From the DSN or PGPASSWORD; pgpass passwords live on the targets.
+    explicit_password: Option<Vec<u8>>,
+    application_name: Option<String>,
+    options: Option<String>,
+    connect_timeout: Option<Duration>,
+    hosts: Vec<Host>,
+    ports: Vec<u16>,
+    targets: Vec<Target>,
+}
+
+impl fmt::Debug for ConnSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnSpec")
+            .field("target", &self.describe())
+            .field("tls", &self.tls)
+            .field("password", &self.password().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Process-level facts that libpq consults, gathered once so that parsing
+/// stays testable.
+#[derive(Debug, Clone)]
+pub struct SystemDefaults {
+    pub os_user: Option<String>,
+    /// Home directory from the password database (libpq prefers `$HOME`).
+    pub home: Option<PathBuf>,
+    /// `/var/run/postgresql` where it exists (Debian's compiled-in default),
+    /// else `/tmp` (upstream's).
+    pub socket_dir: PathBuf,
+}
+
+impl SystemDefaults {
+    pub fn detect() -> SystemDefaults {
+        let (os_user, home) = passwd_entry();
+        let debian = Path::new("/var/run/postgresql");
+        SystemDefaults {
+            os_user,
+            home,
+            socket_dir: if debian.is_dir() {
+                debian.to_path_buf()
+            } else {
+                PathBuf::from("/tmp")
+            },
+        }
+    }
+}
+
+fn passwd_entry() -> (Option<String>, Option<PathBuf>) {
+    use std::ffi::CStr;
+    // getpwuid_r, not getpwuid: the latter returns a pointer into static
+    // storage that another thread may overwrite.
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers refer to live, correctly sized local storage.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return (None, None);
+    }
+    // SAFETY: on success pw_name/pw_dir point to NUL-terminated strings in buf.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) }
+        .to_string_lossy()
+        .into_owned();
+    let dir = if pwd.pw_dir.is_null() {
+        None
+    } else {
+        let d = unsafe { CStr::from_ptr(pwd.pw_dir) };
+        Some(PathBuf::from(d.to_string_lossy().into_owned()))
+    };
+    (Some(name), dir)
+}
+
+const DEFAULT_PORT: u16 = 5432;
+
+impl ConnSpec {
+    /// Parses a libpq conninfo string or `postgres://` URL and applies the
+    /// process environment and libpq defaults.
+    pub fn parse(dsn: &str) -> Result<ConnSpec, PgError> {
+        let env = |k: &str| std::env::var(k).ok();
+        ConnSpec::parse_with(dsn, &env, &SystemDefaults::detect())
+    }
+
+    /// [`ConnSpec::parse`] with the environment and system facts supplied
+    /// by the caller, so tests need not mutate the process environment.
+    pub fn parse_with(
+        dsn: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        sys: &SystemDefaults,
+    ) -> Result<ConnSpec, PgError> {
+        let extracted = extract_libpq_keys(dsn)?;
+        let mut config = if extracted.rest.trim().is_empty() {
+            tokio_postgres::Config::new()
+        } else {
+            tokio_postgres::Config::from_str(&extracted.rest)
+                .map_err(|e| PgError::Config(format!("{e} in \"{}\"", redact_dsn(dsn))))?
+        };
+        let settings = apply_env_defaults(&mut config, &extracted.keys, env, sys)?;
+        ConnSpec::finish(config, settings, sys)
+    }
+
+    fn finish(
+        mut config: tokio_postgres::Config,
+        s: EnvSettings,
+        sys: &SystemDefaults,
+    ) -> Result<ConnSpec, PgError> {
+        let hosts: Vec<Host> = config.get_hosts().to_vec();
+        let hostaddrs: Vec<IpAddr> = config.get_hostaddrs().to_vec();
+        let ports: Vec<u16> = config.get_ports().to_vec();
+        let n = hosts.len().max(hostaddrs.len());
+        if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
+            return Err(PgError::Config(format!(
+                "could not match {} host names to {} hostaddr values",
+                hosts.len(),
+                hostaddrs.len()
+            )));
+        }
+        if ports.len() > 1 && ports.len() != n {
+            return Err(PgError::Config(format!(
+                "could not match {} port numbers to {} hosts",
+                ports.len(),
+                n
+            )));
+        }
+
+        let explicit_password = config
+            .get_password()
+            .filter(|p| !p.is_empty())
+            .map(<[u8]>::to_vec);
+
+        let pgpass_text = if explicit_password.is_none() {
+            read_pgpass(&s.passfile)
+        } else {
+            None
+        };
+
+        let mut targets = Vec::with_capacity(n);
+        for i in 0..n {
+            let hostaddr = hostaddrs.get(i).copied();
+            let host = match hosts.get(i) {
+                // An empty host name means "the default", like libpq.
+                Some(Host::Tcp(h)) if h.is_empty() && hostaddr.is_none() => {
+                    Host::Unix(sys.socket_dir.clone())
+                }
+                Some(h) => h.clone(),
+                None => Host::Tcp(String::new()),
+            };
+            let port = ports
+                .get(i)
+                .or(ports.first())
+                .copied()
+                .unwrap_or(DEFAULT_PORT);
+            let pgpass_password = pgpass_text.as_deref().and_then(|text| {
+                let h = pgpass_host(&host, hostaddr, &sys.socket_dir);
+                pgpass_lookup(text, &h, &port.to_string(), &s.dbname, &s.user)
+                    .map(String::into_bytes)
+            });
+            targets.push(Target {
+                host,
+                hostaddr,
+                port,
+                pgpass_password,
+            });
+        }
+
+        // Keep pg_config() usable on its own: the first host's pgpass
+        // password is the one tokio-postgres would need.
+        if explicit_password.is_none() {
+            if let Some(p) = targets.first().and_then(|t| t.pgpass_password.clone()) {
+                config.password(p);
+            }
+        }
+
+        Ok(ConnSpec {
+            tls: s.tls,
+            user: s.user,
+            dbname: s.dbname,
+            explicit_password,
+            application_name: config.get_application_name().map(str::to_owned),
+            options: config.get_options().map(str::to_owned),
+            connect_timeout: config.get_connect_timeout().copied(),
+            hosts: targets.iter().map(|t| t.host.clone()).collect(),
+            ports: targets.iter().map(|t| t.port).collect(),
+            targets,
+            config,
+        })
+    }
+
+    /// The tokio-postgres view of the settings (defaults applied; password
+    /// from pgpass for the first host included). Its `ssl_mode` is the
+    /// coarse tokio-postgres one; see [`ConnSpec::tls`] for the real one.
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn dbname(&self) -> &str {
+        &self.dbname
+    }
+
+    /// The password to use for the first host (DSN, PGPASSWORD or pgpass).
+    pub fn password(&self) -> Option<&[u8]> {
+        self.targets
+            .first()
+            .and_then(|t| self.password_for(t))
+            .or(self.explicit_password.as_deref())
+    }
+
+    /// The password for a particular host: pgpass entries are per host.
+    pub fn password_for<'a>(&'a self, target: &'a Target) -> Option<&'a [u8]> {
+        self.explicit_password
+            .as_deref()
+            .or(target.pgpass_password.as_deref())
+    }
+
+    pub fn application_name(&self) -> Option<&str> {
+        self.application_name.as_deref()
+    }
+
+    /// The `options` startup parameter (e.g. `-c statement_timeout=0`).
+    pub fn options(&self) -> Option<&str> {
+        self.options.as_deref()
+    }
+
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+
+    /// Hosts in the order they are tried (at least one).
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Port of each host, parallel to [`ConnSpec::hosts`].
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// `user@host:port/db` (all hosts, comma-separated); never the password.
+    pub fn describe(&self) -> String {
+        let hosts: Vec<String> = self.targets.iter().map(Target::describe).collect();
+        format!("{}@{}/{}", self.user, hosts.join(","), self.dbname)
+    }
+
+    /// [`ConnSpec::describe`] for one host.
+    pub fn describe_target(&self, target: &Target) -> String {
+        format!("{}@{}/{}", self.user, target.describe(), self.dbname)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Extraction of the keys tokio-postgres does not understand.
+
+/// Keys cut out of the DSN before tokio-postgres sees it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct LibpqKeys {
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
+    pub passfile: Option<String>,
+    pub fallback_application_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Extracted {
+    pub keys: LibpqKeys,
+    /// The DSN without those keys, still in its original syntax.
+    pub rest: String,
+}
+
+/// libpq keys tokio-postgres would reject but that do not change what we do
+/// (GSSAPI is not supported, so `gssencmode` can only mean "don't").
+const IGNORED_KEYS: &[&str] = &[
+    "gssencmode",
+    "sslcompression",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "replication",
+    "krbsrvname",
+    "gsslib",
+];
+
+fn is_url(dsn: &str) -> bool {
+    dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")
+}
+
+/// Returns true if the key was taken.
+fn take_key(keys: &mut LibpqKeys, key: &str, value: String) -> bool {
+    let slot = match key {
+        "sslmode" => &mut keys.sslmode,
+        "sslrootcert" => &mut keys.sslrootcert,
+        "sslcert" => &mut keys.sslcert,
+        "sslkey" => &mut keys.sslkey,
+        "passfile" => &mut keys.passfile,
+        "fallback_application_name" => &mut keys.fallback_application_name,
+        k if IGNORED_KEYS.contains(&k) => {
+            tracing::debug!(key = k, "ignoring connection option");
+            return true;
+        }
+        _ => return false,
+    };
+    *slot = Some(value);
+    true
+}
+
+pub(crate) fn extract_libpq_keys(dsn: &str) -> Result<Extracted, PgError> {
+    if is_url(dsn) {
+        extract_url(dsn)
+    } else {
+        extract_kv(dsn)
+    }
+}
+
+fn extract_kv(dsn: &str) -> Result<Extracted, PgError> {
+    let tokens = tokenize_kv(dsn, true)?;
+    let mut keys = LibpqKeys::default();
+    let mut rest = String::with_capacity(dsn.len());
+    for t in tokens {
+        let Some(value) = t.value else { continue };
+        if take_key(&mut keys, &t.key, value.clone()) {
+            continue;
+        }
+        if !rest.is_empty() {
+            rest.push(' ');
+        }
+        // Re-quote every value so tokio-postgres sees exactly what libpq
+        // would have (its own parser rejects empty unquoted values).
+        rest.push_str(&t.key);
+        rest.push_str("='");
+        for c in value.chars() {
+            if c == '\'' || c == '\\' {
+                rest.push('\\');
+            }
+            rest.push(c);
+        }
+        rest.push('\'');
+    }
+    Ok(Extracted { keys, rest })
+}
+
+fn extract_url(dsn: &str) -> Result<Extracted, PgError> {
+    let (base, query) = match dsn.find('?') {
+        Some(i) => (&dsn[..i], Some(&dsn[i + 1..])),
+        None => (dsn, None),
+    };
+    let mut keys = LibpqKeys::default();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ssl_true = false;
+    if let Some(q) = query {
+        for param in q.split('&').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = param.split_once('=') else {
+                return Err(PgError::Config(format!(
+                    "missing \"=\" in URI query parameter in \"{}\"",
+                    redact_dsn(dsn)
+                )));
+            };
+            let key = percent_decode(k)?;
+            // JDBC-style `ssl=true`, which libpq accepts as sslmode=require.
+            if key == "ssl" {
+                if percent_decode(v)? == "true" {
+                    ssl_true = true;
+                    continue;
+                }
+                return Err(PgError::Config(
+                    "invalid URI query parameter \"ssl\" (only ssl=true is accepted)".into(),
+                ));
+            }
+            if take_key(&mut keys, &key, percent_decode(v)?) {
+                continue;
+            }
+            kept.push(param);
+        }
+    }
+    if ssl_true && keys.sslmode.is_none() {
+        keys.sslmode = Some("require".into());
+    }
+    let mut rest = base.to_owned();
+    if !kept.is_empty() {
+        rest.push('?');
+        rest.push_str(&kept.join("&"));
+    }
+    Ok(Extracted { keys, rest })
+}
+
+fn percent_decode(s: &str) -> Result<String, PgError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(0) => {
+                    return Err(PgError::Config(
+                        "forbidden value %00 in percent-encoded value".into(),
+                    ))
+                }
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => {
+                    return Err(PgError::Config(
+                        "invalid percent-encoded token in connection URI".into(),
+                    ))
+                }
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| PgError::Config("percent-encoded value is not valid UTF-8".into()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KvToken {
+    key: String,
+    /// `None` for a keyword without `=` (only in lenient mode).
+    value: Option<String>,
+    /// Byte range of the value as written, quotes included.
+    value_span: std::ops::Range<usize>,
+}
+
+/// libpq conninfo tokenizer: `key = value`, values either bare (ending at
+/// whitespace) or in single quotes; a backslash escapes the next character
+/// in both. Lenient mode never fails (for redaction of broken strings).
+fn tokenize_kv(s: &str, strict: bool) -> Result<Vec<KvToken>, PgError> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        i = skip_ws(i);
+        if i >= b.len() {
+            break;
+        }
+        let kstart = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
+            i += 1;
+        }
+        let key = s[kstart..i].to_owned();
+        i = skip_ws(i);
+        if i >= b.len() || b[i] != b'=' {
+            if strict {
+                return Err(PgError::Config(format!(
+                    "missing \"=\" after \"{key}\" in connection info string"
+                )));
+            }
+            out.push(KvToken {
+                key,
+                value: None,
+                value_span: i..i,
+            });
+            continue;
+        }
+        i = skip_ws(i + 1);
+        let vstart = i;
+        let mut value = Vec::new();
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            let mut closed = false;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if i + 1 < b.len() => {
+                        value.push(b[i + 1]);
+                        i += 2;
+                    }
+                    b'\'' => {
+                        i += 1;
+                        closed = true;
+                        break;
+                    }
+                    c => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            if !closed && strict {
+                return Err(PgError::Config(
+                    "unterminated quoted string in connection info string".into(),
+                ));
+            }
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    value.push(b[i + 1]);
+                    i += 2;
+                } else {
+                    value.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        // Splitting only ever happens at ASCII bytes, so this is UTF-8.
+        let value = String::from_utf8_lossy(&value).into_owned();
+        out.push(KvToken {
+            key,
+            value: Some(value),
+            value_span: vstart..i,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Environment defaults.
+
+/// Result of applying the environment on top of the DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnvSettings {
+    pub user: String,
+    pub dbname: String,
+    pub tls: TlsSettings,
+    pub passfile: Option<PathBuf>,
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim)
+}
+
+/// Fills everything the DSN left unsaid from libpq's environment variables
+/// and built-in defaults. Pure apart from `is_file` checks on certificate
+/// paths; `env` stands in for `std::env::var`.
+pub(crate) fn apply_env_defaults(
+    config: &mut tokio_postgres::Config,
+    keys: &LibpqKeys,
+    env: &dyn Fn(&str) -> Option<String>,
+    sys: &SystemDefaults,
+) -> Result<EnvSettings, PgError> {
+    let var = |k: &str| nonempty(env(k));
+
+    if config.get_hosts().is_empty() {
+        if let Some(h) = var("PGHOST") {
+            for h in split_list(&h) {
+                if h.is_empty() {
+                    config.host_path(&sys.socket_dir);
+                } else {
+                    config.host(h);
+                }
+            }
+        }
+    }
+    if config.get_hostaddrs().is_empty() {
+        if let Some(a) = var("PGHOSTADDR") {
+            for a in split_list(&a) {
+                let ip: IpAddr = a
+                    .parse()
+                    .map_err(|_| PgError::Config(format!("invalid PGHOSTADDR value \"{a}\"")))?;
+                config.hostaddr(ip);
+            }
+        }
+    }
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        config.host_path(&sys.socket_dir);
+    }
+    if config.get_ports().is_empty() {
+        match var("PGPORT") {
+            Some(p) => {
+                for p in split_list(&p) {
+                    let port = if p.is_empty() {
+                        DEFAULT_PORT
+                    } else {
+                        p.parse()
+                            .map_err(|_| PgError::Config(format!("invalid PGPORT value \"{p}\"")))?
+                    };
+                    config.port(port);
+                }
+            }
+            None => {
+                config.port(DEFAULT_PORT);
+            }
+        }
+    }
+
+    let user = match config.get_user().filter(|u| !u.is_empty()) {
+        Some(u) => u.to_owned(),
+        None => var("PGUSER")
+            .or_else(|| sys.os_user.clone())
+            .ok_or_else(|| {
+                PgError::Config("no user name given and the OS user name is unknown".into())
+            })?,
+    };
+    config.user(user.clone());
+    let dbname = match config.get_dbname().filter(|d| !d.is_empty()) {
+        Some(d) => d.to_owned(),
+        None => var("PGDATABASE").unwrap_or_else(|| user.clone()),
+    };
+    config.dbname(dbname.clone());
+
+    if config.get_password().is_none() {
+        if let Some(p) = var("PGPASSWORD") {
+            config.password(p);
+        }
+    }
+    if config.get_application_name().is_none() {
+        if let Some(a) = var("PGAPPNAME").or_else(|| keys.fallback_application_name.clone()) {
+            config.application_name(a);
+        }
+    }
+    if config.get_options().is_none() {
+        if let Some(o) = var("PGOPTIONS") {
+            config.options(o);
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        if let Some(t) = var("PGCONNECT_TIMEOUT") {
+            let secs: i64 = t
+                .trim()
+                .parse()
+                .map_err(|_| PgError::Config(format!("invalid PGCONNECT_TIMEOUT value \"{t}\"")))?;
+            if secs > 0 {
+                // libpq rounds 1 up to 2 seconds.
+                config.connect_timeout(Duration::from_secs(secs.max(2) as u64));
+            }
+        }
+    }
+
+    let home = var("HOME").map(PathBuf::from).or_else(|| sys.home.clone());
+    let pgdir = home.as_ref().map(|h| h.join(".postgresql"));
+
+    let root_explicit = keys.sslrootcert.clone().or_else(|| var("PGSSLROOTCERT"));
+    let mode = match keys.sslmode.clone().or_else(|| var("PGSSLMODE")) {
+        Some(m) => m.parse::<SslMode>()?,
+        // libpq 16: trusting the system store only makes sense with name checks.
+        None if root_explicit.as_deref() == Some(SYSTEM_ROOT_CERT) => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    if root_explicit.as_deref() == Some(SYSTEM_ROOT_CERT) && mode != SslMode::VerifyFull {
+        return Err(PgError::Config(format!(
+            "weak sslmode \"{mode}\" may not be used with sslrootcert=system (use \"verify-full\")"
+        )));
+    }
+    let verifying = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    let root_cert = match root_explicit {
+        Some(r) if r == SYSTEM_ROOT_CERT => Some(PathBuf::from(r)),
+        Some(r) => {
+            let p = PathBuf::from(r);
+            // Only verify-* insist on the file; the weaker modes verify iff it exists.
+            (verifying || p.is_file()).then_some(p)
+        }
+        None => pgdir
+            .as_ref()
+            .map(|d| d.join("root.crt"))
+            .filter(|p| p.is_file()),
+    };
+    // libpq never starts TLS on a Unix socket, so it never needs the file there.
+    let all_unix = config.get_hostaddrs().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)));
+    if verifying && root_cert.is_none() && !all_unix {
+        return Err(PgError::Config(format!(
+            "sslmode={mode} needs a root certificate to verify the server: set sslrootcert \
+             (or PGSSLROOTCERT), or put it at ~/.postgresql/root.crt"
+        )));
+    }
+    let client_cert = keys
+        .sslcert
+        .clone()
+        .or_else(|| var("PGSSLCERT"))
+        .map(PathBuf::from)
+        .or_else(|| {
+            pgdir
+                .as_ref()
+                .map(|d| d.join("postgresql.crt"))
+                .filter(|p| p.is_file())
+        });
+    let client_key = keys
+        .sslkey
+        .clone()
+        .or_else(|| var("PGSSLKEY"))
+        .map(PathBuf::from)
+        .or_else(|| {
+            client_cert.as_ref()?;
+            pgdir.as_ref().map(|d| d.join("postgresql.key"))
+        });
+    let tls = TlsSettings {
+        mode,
+        root_cert,
+        client_cert,
+        client_key,
+    };
+    config.ssl_mode(tls.tokio_postgres_mode());
+
+    let passfile = keys
+        .passfile
+        .clone()
+        .or_else(|| var("PGPASSFILE"))
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".pgpass")));
+
+    Ok(EnvSettings {
+        user,
+        dbname,
+        tls,
+        passfile,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// pgpass.
+
+fn read_pgpass(path: &Option<PathBuf>) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.as_ref()?;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "password file has group or world access; permissions should be u=rw (0600) or less; ignoring it"
+        );
+        return None;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not read password file");
+            None
+        }
+    }
+}
+
+/// The host name a pgpass line must match: libpq compares socket hosts
+/// literally, except that its compiled-in default socket directory (and
+/// an empty host) match `localhost`.
+pub fn pgpass_host(host: &Host, hostaddr: Option<IpAddr>, default_socket_dir: &Path) -> String {
+    match host {
+        Host::Unix(p) if p == default_socket_dir => "localhost".into(),
+        Host::Unix(p) => p.display().to_string(),
+        Host::Tcp(h) if h.is_empty() => hostaddr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "localhost".into()),
+        Host::Tcp(h) => h.clone(),
+    }
+}
+
+/// libpq's `passwordFromFile` over the file's text: the first line whose
+/// `host:port:db:user` fields match (each literally or `*`) wins. In the
+/// fields `\:` and `\\` are escapes; the password ends at an unescaped `:`.
+pub fn pgpass_lookup(
+    text: &str,
+    host: &str,
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut rest = line.as_bytes();
+        let mut ok = true;
+        for token in [host, port, dbname, user] {
+            match pgpass_field_matches(rest, token.as_bytes()) {
+                Some(r) => rest = r,
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let mut pw = Vec::with_capacity(rest.len());
+        let mut i = 0;
+        while i < rest.len() && rest[i] != b':' {
+            if rest[i] == b'\\' && i + 1 < rest.len() {
+                i += 1;
+            }
+            pw.push(rest[i]);
+            i += 1;
+        }
+        return Some(String::from_utf8_lossy(&pw).into_owned());
+    }
+    None
+}
+
+/// libpq's `pwdfMatchesString`: returns the rest of the line after the
+/// field if the field matches `token`.
+fn pgpass_field_matches<'a>(buf: &'a [u8], token: &[u8]) -> Option<&'a [u8]> {
+    if buf.len() >= 2 && buf[0] == b'*' && buf[1] == b':' {
+        return Some(&buf[2..]);
+    }
+    let mut i = 0;
+    let mut t = 0;
+    while i < buf.len() {
+        let mut escaped = false;
+        if buf[i] == b'\\' {
+            i += 1;
+            escaped = true;
+            if i >= buf.len() {
+                return None;
+            }
+        }
+        if buf[i] == b':' && !escaped && t == token.len() {
+            return Some(&buf[i + 1..]);
+        }
+        if t == token.len() || buf[i] != token[t] {
+            return None;
+        }
+        i += 1;
+        t += 1;
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Redaction.
+
+const SECRET_KEYS: &[&str] = &["password", "sslpassword"];
+
+/// Replaces every password in a DSN (either syntax) with `***`. Never
+/// fails: broken strings are redacted too, erring on the side of hiding.
+pub fn redact_dsn(dsn: &str) -> String {
+    if is_url(dsn) {
+        redact_url(dsn)
+    } else {
+        redact_kv(dsn)
+    }
+}
+
+fn redact_kv(dsn: &str) -> String {
+    let Ok(tokens) = tokenize_kv(dsn, false) else {
+        return "***".into();
+    };
+    let mut out = String::with_capacity(dsn.len());
+    let mut last = 0;
+    for t in tokens {
+        if t.value.is_some() && SECRET_KEYS.contains(&t.key.as_str()) {
+            out.push_str(&dsn[last..t.value_span.start]);
+            out.push_str("***");
+            last = t.value_span.end;
+        }
+    }
+    out.push_str(&dsn[last..]);
+    out
+}
+
+fn redact_url(dsn: &str) -> String {
+    let scheme_end = dsn.find("://").map(|i| i + 3).unwrap_or(0);
+    let (head, query) = match dsn.find('?') {
+        Some(i) => (&dsn[..i], Some(&dsn[i + 1..])),
+        None => (dsn, None),
+    };
+    let mut out = String::with_capacity(dsn.len());
+    let after_scheme = &head[scheme_end..];
+    // The last '@' before the query: an unencoded '@' in a password must
+    // not leave its tail visible.
+    match after_scheme.rfind('@') {
+        Some(at) => {
+            let userinfo = &after_scheme[..at];
+            out.push_str(&head[..scheme_end]);
+            match userinfo.find(':') {
+                Some(c) => {
+                    out.push_str(&userinfo[..c]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&after_scheme[at..]);
+        }
+        None => out.push_str(head),
+    }
+    if let Some(q) = query {
+        out.push('?');
+        let parts: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if SECRET_KEYS.contains(&percent_decode(k).unwrap_or_default().as_str()) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push_str(&parts.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn sys() -> SystemDefaults {
+        SystemDefaults {
+            os_user: Some("alice".into()),
+            home: Some(PathBuf::from("/nonexistent-home")),
+            socket_dir: PathBuf::from("/var/run/postgresql"),
+        }
+    }
+
+    fn parse_env(dsn: &str, vars: &[(&str, &str)]) -> Result<ConnSpec, PgError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |k: &str| map.get(k).cloned();
+        ConnSpec::parse_with(dsn, &env, &sys())
+    }
+
+    #[test]
+    fn kv_extracts_ssl_keys_with_quoting() {
+        let e = extract_libpq_keys(
+            r"host=db sslmode=verify-full sslrootcert='/etc/my certs/ca.crt' sslkey=/k\ ey password='it\'s'",
+        )
+        .unwrap();
+        assert_eq!(e.keys.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(e.keys.sslrootcert.as_deref(), Some("/etc/my certs/ca.crt"));
+        assert_eq!(e.keys.sslkey.as_deref(), Some("/k ey"));
+        let c: tokio_postgres::Config = e.rest.parse().unwrap();
+        assert_eq!(c.get_password(), Some(&b"it's"[..]));
+        assert_eq!(c.get_hosts(), &[Host::Tcp("db".into())]);
+    }
+
+    #[test]
+    fn kv_spaces_around_equals_and_empty_values() {
+        let e = extract_libpq_keys("host = db  user=''  sslcert = '/c.crt'").unwrap();
+        assert_eq!(e.keys.sslcert.as_deref(), Some("/c.crt"));
+        let c: tokio_postgres::Config = e.rest.parse().unwrap();
+        assert_eq!(c.get_user(), Some(""));
+    }
+
+    #[test]
+    fn kv_errors() {
+        assert!(matches!(
+            extract_libpq_keys("host"),
+            Err(PgError::Config(_))
+        ));
+        assert!(matches!(
+            extract_libpq_keys("password='abc"),
+            Err(PgError::Config(_))
+        ));
+        let e =
+            ConnSpec::parse_with("host=x bogus=1 password=secret", &|_| None, &sys()).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn url_extracts_ssl_keys_percent_decoded() {
+        let e = extract_libpq_keys(
+            "postgresql://u:p%40ss@db.internal:6432/app?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca%20x.pem&application_name=w",
+        )
+        .unwrap();
+        assert_eq!(e.keys.sslmode.as_deref(), Some("verify-ca"));
+        assert_eq!(e.keys.sslrootcert.as_deref(), Some("/etc/ca x.pem"));
+        assert_eq!(
+            e.rest,
+            "postgresql://u:p%40ss@db.internal:6432/app?application_name=w"
+        );
+        let c: tokio_postgres::Config = e.rest.parse().unwrap();
+        assert_eq!(c.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(c.get_application_name(), Some("w"));
+
+        let e = extract_libpq_keys("postgres://h/db?ssl=true").unwrap();
+        assert_eq!(e.keys.sslmode.as_deref(), Some("require"));
+        assert_eq!(e.rest, "postgres://h/db");
+        assert!(extract_libpq_keys("postgres://h/db?sslcert=%zz").is_err());
+        assert!(extract_libpq_keys("postgres://h/db?sslcert").is_err());
+    }
+
+    #[test]
+    fn env_defaults_fill_gaps_only() {
+        let s = parse_env(
+            "dbname=tracebase",
+            &[
+                ("PGHOST", "db.internal"),
+                ("PGPORT", "6543"),
+                ("PGUSER", "app"),
+                ("PGDATABASE", "ignored"),
+                ("PGPASSWORD", "pw"),
+                ("PGAPPNAME", "wit"),
+                ("PGCONNECT_TIMEOUT", "1"),
+                ("PGOPTIONS", "-c x=1"),
+                ("PGSSLMODE", "require"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.describe(), "app@db.internal:6543/tracebase");
+        assert_eq!(s.password(), Some(&b"pw"[..]));
+        assert_eq!(s.application_name(), Some("wit"));
+        assert_eq!(s.options(), Some("-c x=1"));
+        assert_eq!(s.connect_timeout(), Some(Duration::from_secs(2)));
+        assert_eq!(s.tls().mode, SslMode::Require);
+        assert_eq!(s.tls().cert_check(), CertCheck::None);
+        assert_eq!(
+            s.pg_config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+
+        // The DSN wins over the environment.
+        let s = parse_env(
+            "postgres://bob@h1:1,h2:2/x?sslmode=disable",
+            &[
+                ("PGUSER", "app"),
+                ("PGHOST", "other"),
+                ("PGSSLMODE", "require"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.describe(), "bob@h1:1,h2:2/x");
+        assert_eq!(s.tls().mode, SslMode::Disable);
+        assert_eq!(s.hosts().len(), 2);
+        assert_eq!(s.ports(), &[1, 2]);
+    }
+
+    #[test]
+    fn builtin_defaults() {
+        let s = parse_env("", &[]).unwrap();
+        assert_eq!(s.user(), "alice");
+        assert_eq!(s.dbname(), "alice");
+        assert_eq!(s.describe(), "alice@/var/run/postgresql:5432/alice");
+        assert_eq!(s.tls().mode, SslMode::Prefer);
+        assert!(s.targets()[0].is_unix());
+        assert_eq!(
+            s.targets()[0].socket_path().unwrap(),
+            PathBuf::from("/var/run/postgresql/.s.PGSQL.5432")
+        );
+        assert_eq!(s.password(), None);
+
+        let s = parse_env("host=/tmp/x port=5433 user=postgres", &[]).unwrap();
+        assert_eq!(s.describe(), "postgres@/tmp/x:5433/postgres");
+
+        let s = parse_env("hostaddr=127.0.0.1 port=5", &[]).unwrap();
+        assert_eq!(s.describe(), "alice@127.0.0.1:5/alice");
+        assert_eq!(s.targets()[0].tls_name(), "127.0.0.1");
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_cert() {
+        let e = parse_env("host=h sslmode=verify-full", &[]).unwrap_err();
+        // ... but not where TLS is never used.
+        parse_env("host=/tmp sslmode=verify-full", &[]).unwrap();
+        assert!(matches!(e, PgError::Config(_)));
+        assert!(e.to_string().contains("root certificate"), "{e}");
+        let s = parse_env("host=h sslmode=verify-ca sslrootcert=/x/ca.pem", &[]).unwrap();
+        assert_eq!(s.tls().cert_check(), CertCheck::Chain);
+        assert_eq!(s.tls().root_cert.as_deref(), Some(Path::new("/x/ca.pem")));
+        // require + missing explicit file: like libpq, no verification.
+        let s = parse_env("host=h sslmode=require sslrootcert=/x/ca.pem", &[]).unwrap();
+        assert_eq!(s.tls().cert_check(), CertCheck::None);
+        // sslrootcert=system implies verify-full and forbids weaker modes.
+        let s = parse_env("host=h sslrootcert=system", &[]).unwrap();
+        assert_eq!(s.tls().mode, SslMode::VerifyFull);
+        assert!(parse_env("host=h sslrootcert=system sslmode=require", &[]).is_err());
+        assert!(parse_env("host=h sslmode=bogus", &[]).is_err());
+    }
+
+    #[test]
+    fn require_with_existing_root_cert_verifies_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("root.crt");
+        std::fs::write(&ca, "x").unwrap();
+        let dsn = format!("host=h sslmode=require sslrootcert={}", ca.display());
+        let s = parse_env(&dsn, &[]).unwrap();
+        assert_eq!(s.tls().cert_check(), CertCheck::Chain);
+        // Default location under $HOME/.postgresql.
+        std::fs::create_dir(dir.path().join(".postgresql")).unwrap();
+        std::fs::write(dir.path().join(".postgresql/root.crt"), "x").unwrap();
+        std::fs::write(dir.path().join(".postgresql/postgresql.crt"), "x").unwrap();
+        let home = dir.path().to_str().unwrap();
+        let s = parse_env("host=h sslmode=require", &[("HOME", home)]).unwrap();
+        assert_eq!(s.tls().cert_check(), CertCheck::Chain);
+        assert_eq!(
+            s.tls().client_key.as_deref(),
+            Some(dir.path().join(".postgresql/postgresql.key").as_path())
+        );
+    }
+
+    #[test]
+    fn pgpass_matching() {
+        let text = "# comment\n\
+                    db.internal:5432:*:app:first\n\
+                    *:*:tracebase:app:se\\:cr\\\\et:trailing\n\
+                    localhost:5433:*:*:sock\r\n\
+                    /tmp/x:5433:*:*:literal\n\
+                    *:*:*:*:fallback\n";
+        assert_eq!(
+            pgpass_lookup(text, "db.internal", "5432", "x", "app").as_deref(),
+            Some("first")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "other", "1", "tracebase", "app").as_deref(),
+            Some("se:cr\\et")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "localhost", "5433", "d", "u").as_deref(),
+            Some("sock")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "/tmp/x", "5433", "d", "u").as_deref(),
+            Some("literal")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "zzz", "1", "d", "u").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            pgpass_lookup("a\\:b:1:d:u:pw\n", "a:b", "1", "d", "u").as_deref(),
+            Some("pw")
+        );
+        // A prefix of the field is not a match.
+        assert_eq!(pgpass_lookup("db:1:d:u:pw\n", "d", "1", "d", "u"), None);
+        assert_eq!(pgpass_lookup("db:1:d:u\n", "db", "1", "d", "u"), None);
+        assert_eq!(pgpass_lookup("", "db", "1", "d", "u"), None);
+    }
+
+    #[test]
+    fn pgpass_socket_host() {
+        let def = Path::new("/var/run/postgresql");
+        assert_eq!(pgpass_host(&Host::Unix(def.into()), None, def), "localhost");
+        assert_eq!(
+            pgpass_host(&Host::Unix("/tmp/x".into()), None, def),
+            "/tmp/x"
+        );
+        assert_eq!(pgpass_host(&Host::Tcp("h".into()), None, def), "h");
+        assert_eq!(
+            pgpass_host(
+                &Host::Tcp(String::new()),
+                Some("10.0.0.1".parse().unwrap()),
+                def
+            ),
+            "10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn pgpass_file_applied_only_without_password() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pf = dir.path().join("pgpass");
+        std::fs::write(&pf, "localhost:5432:*:app:frompass\nh2:5432:*:app:second\n").unwrap();
+        std::fs::set_permissions(&pf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pfs = pf.to_str().unwrap();
+        let s = parse_env("user=app", &[("PGPASSFILE", pfs)]).unwrap();
+        assert_eq!(s.password(), Some(&b"frompass"[..]));
+        assert_eq!(s.pg_config().get_password(), Some(&b"frompass"[..]));
+        let s = parse_env("user=app host=h1,h2", &[("PGPASSFILE", pfs)]).unwrap();
+        assert_eq!(s.password(), None);
+        assert_eq!(s.password_for(&s.targets()[1]), Some(&b"second"[..]));
+        let s = parse_env(&format!("user=app password=given passfile={pfs}"), &[]).unwrap();
+        assert_eq!(s.password(), Some(&b"given"[..]));
+        // Group-readable: ignored like libpq does.
+        std::fs::set_permissions(&pf, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let s = parse_env("user=app", &[("PGPASSFILE", pfs)]).unwrap();
+        assert_eq!(s.password(), None);
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_dsn("host=h password=secret user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact_dsn("password='se cret' host=h"),
+            "password=*** host=h"
+        );
+        assert_eq!(redact_dsn("password = 'it\\'s' x=1"), "password = *** x=1");
+        assert_eq!(redact_dsn("password='unterminated"), "password=***");
+        assert_eq!(redact_dsn("host=h"), "host=h");
+        assert_eq!(
+            redact_dsn("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_dsn("postgresql://u@h/db"), "postgresql://u@h/db");
+        assert_eq!(
+            redact_dsn("postgres://u:se@cret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_dsn("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_dsn("postgres://h/db?a=x@y"), "postgres://h/db?a=x@y");
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let s = parse_env("host=h password=secret", &[]).unwrap();
+        let d = format!("{s:?}");
+        assert!(!d.contains("secret"), "{d}");
+    }
+}

@@ -1,0 +1,3 @@
+//! The forensic log: record format (`record`) and the durable writer (`writer`).
+pub mod record;
+pub mod writer;

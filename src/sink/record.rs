@@ -1,0 +1,203 @@
+//! The forensic log format: JSON lines, one object per line. This comment is the format specification.
+//!
+//! Every line is a JSON object with a `"type"` field. Timestamps are RFC 3339 in UTC with microseconds
+//! (`2026-11-26T15:04:05.123456Z`), LSNs are written as PostgreSQL prints them (`16/B374D848`), and
+//! transaction ids are integers (the 32-bit xid pgoutput sends). Fields are only ever added, never
+//! renamed; `format_version` in `capture_started` changes only for incompatible changes.
+//!
+//! | type | written | fields |
+//! |---|---|---|
+//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version` |
+//! | `delete` | one per deleted row of a watched table | `table`, `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
+//! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
+//! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution` |
+//! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`), `last_lsn` |
+//!
+//! * `table` is the raw schema and table name joined by a dot, unquoted: `Sales.Order Lines`.
+//! * `key` maps the replica-identity key columns to their values. With REPLICA IDENTITY FULL it holds the
+//!   primary-key columns taken from the old row, or is `null` when the table has no primary key.
+//! * `old` is the whole old row (column → value) with REPLICA IDENTITY FULL, otherwise `null`.
+//! * Values are the text forms PostgreSQL sends, or `null` for SQL NULL. A TOASTed value the server did not
+//!   send is written as `{"unchanged_toast":true}` (pgoutput never does this for a deleted row, but the
+//!   marker keeps the log honest if it ever does). A value sent in binary form is `{"binary_hex":"…"}`.
+//! * `origin` is the replication origin name of the transaction, or `null`.
+//! * `session` is the client session the transaction is attributed to, or `null` when it is not attributed;
+//!   the commit record's `attribution` then says why (`"none"`: attribution was not requested or no evidence).
+//! * A transaction's records are contiguous and end with its `commit` record; `delete`/`truncate` lines not
+//!   followed by their `commit` are an incomplete transaction (a crash mid-write) and are cut on the next start.
+//! * Only committed changes are logged: a rolled-back transaction or savepoint leaves nothing.
+use std::fmt::Write as _;
+
+use bytes::BytesMut;
+use serde::Serialize;
+
+use crate::protocol::pgoutput::Value;
+use crate::protocol::Lsn;
+
+/// Version of this format, written in `capture_started`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Appends a JSON string literal. serde_json's escaper is correct for every code point and fast.
+pub fn push_str(out: &mut BytesMut, s: &str) {
+    let mut w = BytesMutWriter(out);
+    // Writing a &str to an in-memory buffer cannot fail.
+    let _ = serde_json::to_writer(&mut w, s);
+}
+
+/// Appends a column value in the log's representation (see the module docs).
+pub fn push_value(out: &mut BytesMut, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::UnchangedToast => out.extend_from_slice(b"{\"unchanged_toast\":true}"),
+        Value::Text(b) => push_str(out, &String::from_utf8_lossy(b)),
+        Value::Binary(b) => {
+            out.extend_from_slice(b"{\"binary_hex\":\"");
+            let mut s = String::with_capacity(b.len() * 2);
+            for byte in b.iter() {
+                let _ = write!(s, "{byte:02x}");
+            }
+            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+    }
+}
+
+pub fn push_lsn(out: &mut BytesMut, lsn: Lsn) {
+    let mut s = String::with_capacity(20);
+    let _ = write!(s, "\"{lsn}\"");
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub fn push_u64(out: &mut BytesMut, n: u64) {
+    let mut b = itoa_buf(n);
+    out.extend_from_slice(b.as_bytes_mut());
+}
+
+fn itoa_buf(n: u64) -> ItoaOut {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    ItoaOut { buf, start: i }
+}
+
+struct ItoaOut {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl ItoaOut {
+    fn as_bytes_mut(&mut self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// Formats a PostgreSQL timestamp (microseconds since 2000-01-01 UTC) as RFC 3339 UTC with microseconds.
+pub fn format_pg_time(pg_micros: i64) -> String {
+    let unix_micros = crate::protocol::replication::pg_micros_to_unix_micros(pg_micros);
+    format_unix_micros(unix_micros)
+}
+
+pub fn format_unix_micros(unix_micros: i64) -> String {
+    let secs = unix_micros.div_euclid(1_000_000);
+    let micros = unix_micros.rem_euclid(1_000_000) as u32;
+    match chrono::DateTime::from_timestamp(secs, micros * 1000) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        // Out of chrono's range (±262,000 years) only for garbage input: keep the raw number visible.
+        None => format!("invalid-timestamp({unix_micros})"),
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    let now = chrono::Utc::now();
+    now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// `capture_started`: what this run set up, so a log explains itself without the database.
+#[derive(Debug, Serialize)]
+pub struct CaptureStarted<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub slot: &'a str,
+    pub publication: &'a str,
+    pub tables: &'a [String],
+    pub start_lsn: Lsn,
+    pub server_version: &'a str,
+    pub system_identifier: &'a str,
+    pub database: &'a str,
+    pub walwitness_version: &'static str,
+    pub format_version: u32,
+    pub proto_version: u32,
+}
+
+/// `capture_stopped`: a deliberate end, with the last LSN the log covers.
+#[derive(Debug, Serialize)]
+pub struct CaptureStopped<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub reason: &'a str,
+    pub last_lsn: Lsn,
+}
+
+/// Serialises a whole-line record and appends it with its newline.
+pub fn push_record<T: Serialize>(out: &mut BytesMut, rec: &T) {
+    let mut w = BytesMutWriter(out);
+    let _ = serde_json::to_writer(&mut w, rec);
+    out.extend_from_slice(b"\n");
+}
+
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl std::io::Write for BytesMutWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_have_microseconds_and_z() {
+        assert_eq!(format_unix_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_pg_time(1), "2000-01-01T00:00:00.000001Z");
+        assert_eq!(format_unix_micros(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn integers_and_strings() {
+        let mut b = BytesMut::new();
+        push_u64(&mut b, 0);
+        b.extend_from_slice(b" ");
+        push_u64(&mut b, u64::from(u32::MAX));
+        b.extend_from_slice(b" ");
+        push_str(&mut b, "a\"b\\c\nd é");
+        assert_eq!(&b[..], "0 4294967295 \"a\\\"b\\\\c\\nd é\"".as_bytes());
+    }
+
+    #[test]
+    fn values() {
+        let mut b = BytesMut::new();
+        push_value(&mut b, &Value::Null);
+        push_value(&mut b, &Value::UnchangedToast);
+        push_value(&mut b, &Value::Binary(bytes::Bytes::from_static(&[0, 255])));
+        assert_eq!(
+            &b[..],
+            b"null{\"unchanged_toast\":true}{\"binary_hex\":\"00ff\"}"
+        );
+    }
+}

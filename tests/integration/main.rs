@@ -1,0 +1,5 @@
+//! One integration-test binary: every test starts its own throwaway PostgreSQL cluster and drives
+//! the real `walwitness` binary against it.
+mod capture;
+mod errors;
+mod util;

@@ -1,0 +1,265 @@
+//! Test harness: a throwaway cluster per test, the real `walwitness` binary, and readers for its log.
+//! Everything a failure needs to be understood (the command, its stderr, the log, the server log) is
+//! printed when an assertion fails.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use walwitness::cluster::{Cluster, ClusterOptions};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_walwitness");
+
+pub struct Env {
+    pub cluster: Cluster,
+    pub dsn: String,
+    pub sql: tokio_postgres::Client,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn connect(dsn: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
+    tokio::spawn(conn);
+    c
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::with(ClusterOptions::default()).await
+    }
+
+    pub async fn with(opts: ClusterOptions) -> Env {
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts))
+            .await
+            .unwrap()
+            .expect("start cluster");
+        let dsn = cluster.socket_dsn("postgres", "postgres");
+        let sql = connect(&dsn).await;
+        Env {
+            cluster,
+            dsn,
+            sql,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        if let Err(e) = self.sql.batch_execute(sql).await {
+            panic!(
+                "SQL failed: {sql}\n{e:?}\nserver log:\n{}",
+                self.cluster.log_tail(30)
+            );
+        }
+    }
+
+    pub async fn lsn(&self) -> String {
+        self.sql
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `walwitness capture` to completion with the given extra arguments.
+    pub async fn capture(&self, out: &Path, tables: &[&str], extra: &[&str]) -> Run {
+        self.capture_dsn(&self.dsn, out, tables, extra).await
+    }
+
+    pub async fn capture_dsn(&self, dsn: &str, out: &Path, tables: &[&str], extra: &[&str]) -> Run {
+        let mut args: Vec<String> = vec![
+            "capture".into(),
+            "--dsn".into(),
+            dsn.to_owned(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        for t in tables {
+            args.push("--table".into());
+            args.push((*t).into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_bin(&args).await
+    }
+
+    /// Creates the slot and publication (a run that stops at once, keeping them), runs `workload`,
+    /// then drains everything up to the current LSN and drops the slot. Returns the final run.
+    pub async fn capture_around<F, Fut>(&self, out: &Path, tables: &[&str], workload: F) -> Run
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let start = self.lsn().await;
+        let first = self
+            .capture(out, tables, &["--endpos", &start, "--keep-slot"])
+            .await;
+        first.assert_code(0);
+        workload().await;
+        let end = self.lsn().await;
+        let run = self.capture(out, tables, &["--endpos", &end]).await;
+        run.assert_code(0);
+        run
+    }
+
+    pub async fn slots(&self) -> Vec<String> {
+        self.sql
+            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    pub async fn publications(&self) -> Vec<String> {
+        self.sql
+            .query("SELECT pubname::text FROM pg_publication", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+pub struct Run {
+    pub args: Vec<String>,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "unexpected exit status\n{self}");
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "command: walwitness {}\nexit: {:?}\nstderr:\n{}\nstdout:\n{}",
+            self.args.join(" "),
+            self.code,
+            self.stderr,
+            self.stdout
+        )
+    }
+}
+
+pub async fn run_bin(args: &[String]) -> Run {
+    let child = tokio::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = tokio::time::timeout(Duration::from_secs(180), child)
+        .await
+        .unwrap_or_else(|_| panic!("walwitness {} did not finish in 180 s", args.join(" ")))
+        .expect("spawn walwitness");
+    Run {
+        args: args.to_vec(),
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Every record of a log, parsed; fails with the offending line.
+pub fn records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
+        })
+        .collect()
+}
+
+pub fn of_type<'a>(recs: &'a [Value], t: &str) -> Vec<&'a Value> {
+    recs.iter().filter(|r| r["type"] == t).collect()
+}
+
+/// Checks the log's structural rules: every delete/truncate is followed (contiguously, same xid) by its
+/// commit, commit counts match, and commit LSNs strictly increase.
+pub fn check_structure(recs: &[Value]) {
+    let mut open: Option<(u64, u64, u64)> = None;
+    let mut last_end = String::new();
+    let mut last_end_num = 0u64;
+    for (i, r) in recs.iter().enumerate() {
+        match r["type"].as_str().unwrap() {
+            "delete" | "truncate" => {
+                let xid = r["xid"].as_u64().unwrap();
+                let (x, d, t) = open.get_or_insert((xid, 0, 0));
+                assert_eq!(*x, xid, "record {i} interleaves transactions: {r}");
+                if r["type"] == "delete" {
+                    *d += 1
+                } else {
+                    *t += 1
+                }
+            }
+            "commit" => {
+                let (x, d, t) = open
+                    .take()
+                    .unwrap_or_else(|| panic!("commit without rows at record {i}: {r}"));
+                assert_eq!(r["xid"].as_u64().unwrap(), x, "commit xid at record {i}");
+                assert_eq!(
+                    r["deletes"].as_u64().unwrap(),
+                    d,
+                    "commit delete count at record {i}"
+                );
+                assert_eq!(
+                    r["truncates"].as_u64().unwrap(),
+                    t,
+                    "commit truncate count at record {i}"
+                );
+                let end = r["end_lsn"].as_str().unwrap().to_owned();
+                let n = lsn_num(&end);
+                assert!(
+                    n > last_end_num,
+                    "commit end_lsn {end} not after {last_end} at record {i}"
+                );
+                last_end = end;
+                last_end_num = n;
+            }
+            "capture_started" | "capture_stopped" => {
+                assert!(
+                    open.is_none(),
+                    "record {i} ({}) inside an open transaction",
+                    r["type"]
+                );
+            }
+            other => panic!("unknown record type {other}"),
+        }
+    }
+    assert!(open.is_none(), "log ends inside a transaction");
+}
+
+pub fn lsn_num(s: &str) -> u64 {
+    let (a, b) = s.split_once('/').unwrap();
+    (u64::from_str_radix(a, 16).unwrap() << 32) | u64::from_str_radix(b, 16).unwrap()
+}
+
+/// The `key` values (one string per row, columns joined by '|') of every delete record of `table`.
+pub fn deleted_keys(recs: &[Value], table: &str, cols: &[&str]) -> Vec<String> {
+    recs.iter()
+        .filter(|r| r["type"] == "delete" && r["table"] == table)
+        .map(|r| {
+            cols.iter()
+                .map(|c| r["key"][*c].as_str().unwrap_or("<null>").to_owned())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}

@@ -1,0 +1,544 @@
+//! Live check of `walwitness::pg` against a throwaway PostgreSQL 15 cluster.
+//!
+//! Ignored by default (needs /usr/lib/postgresql/15/bin, `openssl`, and
+//! root or the postgres user). Run with:
+//!     cargo test --test pg_live -- --ignored --nocapture
+//! Deliberately self-contained; the real harness is `walwitness::cluster`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use walwitness::pg::{connect_sql, AuthError, ConnSpec, CopyEvent, PgError, ReplicationConnection};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs as the postgres OS user when we are root (PostgreSQL refuses root).
+fn as_pg(prog: &str) -> Command {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", prog]);
+        c
+    } else {
+        Command::new(prog)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run(Command::new("openssl").current_dir(dir).args(args));
+}
+
+/// A CA, a server certificate for DNS:localhost signed by it, and an
+/// unrelated CA for the negative test.
+fn make_certs(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=walwitness test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other-ca.crt",
+            "-subj",
+            "/CN=other CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        make_certs(root);
+        std::fs::set_permissions(
+            root.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            run(Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(root));
+        }
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let data = root.join("data");
+        run(as_pg(&format!("{BIN}/initdb")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ]));
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nunix_socket_directories = '{root}'\nlisten_addresses = '127.0.0.1'\n\
+             wal_level = logical\npassword_encryption = 'scram-sha-256'\nfsync = off\n\
+             ssl = on\nssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n",
+            root = root.display()
+        );
+        let mut pc = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        pc.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), pc).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             host all md5user 127.0.0.1/32 md5\n\
+             host all plainuser 127.0.0.1/32 password\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        run(as_pg(&format!("{BIN}/pg_ctl")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            root.join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]));
+        Cluster { dir, port }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn sock_dsn(&self, extra: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres {extra}",
+            self.root().display(),
+            self.port
+        )
+    }
+
+    fn tcp_dsn(&self, host: &str, extra: &str) -> String {
+        format!("host={host} port={} dbname=postgres {extra}", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_pg(&format!("{BIN}/pg_ctl"))
+            .args([
+                "-D",
+                self.dir.path().join("data").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+    }
+}
+
+fn spec(dsn: &str) -> ConnSpec {
+    ConnSpec::parse(dsn).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn repl(dsn: &str) -> Result<ReplicationConnection, PgError> {
+    ReplicationConnection::connect(&spec(dsn), &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries and openssl"]
+async fn live_pg15() {
+    // Keep ~/.pgpass, ~/.postgresql and PG* variables of the machine out.
+    std::env::set_var("HOME", "/nonexistent-walwitness-home");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") {
+            std::env::remove_var(k);
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("walwitness=debug")
+        .try_init();
+    let c = Cluster::start();
+    let root = c.root();
+    let ca = root.join("ca.crt");
+    let other_ca = root.join("other-ca.crt");
+
+    // SQL over the Unix socket (trust): users, table, publication.
+    let sql = connect_sql(&spec(&c.sock_dsn(""))).await.unwrap();
+    sql.batch_execute(
+        "ALTER ROLE postgres PASSWORD 'pw';
+         SET password_encryption = 'md5';
+         CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'md5pw';
+         RESET password_encryption;
+         CREATE ROLE plainuser LOGIN REPLICATION PASSWORD 'plain pw';
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 10) g;
+         CREATE PUBLICATION p FOR TABLE t;",
+    )
+    .await
+    .unwrap();
+
+    // 1. Unix socket, trust.
+    let mut r = repl(&c.sock_dsn("")).await.unwrap();
+    assert!(!r.is_tls());
+    assert!(
+        r.server_version_num() >= 150000,
+        "{}",
+        r.server_version_num()
+    );
+    assert!(r.backend_pid() > 0);
+    let id = r.simple_query("IDENTIFY_SYSTEM").await.unwrap();
+    assert_eq!(id.columns, ["systemid", "timeline", "xlogpos", "dbname"]);
+    assert_eq!(id.get(0, "dbname"), Some("postgres"));
+    println!("IDENTIFY_SYSTEM: {id:?}");
+    // A server error leaves the connection usable.
+    let e = r
+        .simple_query("SELECT * FROM nonexistent")
+        .await
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42P01"), "{e}");
+    let one = r
+        .simple_query("SELECT 1 AS a, NULL::text AS b")
+        .await
+        .unwrap();
+    assert_eq!(one.rows, vec![vec![Some("1".to_owned()), None]]);
+
+    // 2. Replication stream: slot, START_REPLICATION, DELETE elsewhere.
+    let slot = r
+        .simple_query("CREATE_REPLICATION_SLOT s LOGICAL pgoutput (SNAPSHOT 'nothing')")
+        .await
+        .unwrap();
+    assert_eq!(slot.get(0, "slot_name"), Some("s"));
+    let e = r
+        .start_copy_both(
+            "START_REPLICATION SLOT nope LOGICAL 0/0 (proto_version '1', publication_names 'p')",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42704"), "{e}");
+    r.start_copy_both(
+        "START_REPLICATION SLOT s LOGICAL 0/0 (proto_version '3', publication_names 'p')",
+    )
+    .await
+    .unwrap();
+    sql.execute("DELETE FROM t WHERE id <= 3", &[])
+        .await
+        .unwrap();
+    let (mut deletes, mut frames, mut last_end) = (0, 0, 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while deletes < 3 {
+        // recv must survive being raced against a timer (cancel safety).
+        tokio::select! {
+            ev = r.recv() => match ev.unwrap() {
+                CopyEvent::Data(d) => {
+                    frames += 1;
+                    match d.first() {
+                        Some(b'w') if d.len() > 25 => {
+                            last_end = u64::from_be_bytes(d[9..17].try_into().unwrap());
+                            if d[25] == b'D' {
+                                deletes += 1;
+                            }
+                        }
+                        Some(b'k') if d.len() >= 18 => {
+                            last_end = last_end.max(u64::from_be_bytes(d[1..9].try_into().unwrap()));
+                        }
+                        _ => {}
+                    }
+                }
+                CopyEvent::Done => panic!("stream ended early"),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no DELETE seen; frames={frames}"
+        );
+    }
+    // Standby status update: confirm what we saw.
+    let mut status = vec![b'r'];
+    for _ in 0..3 {
+        status.extend_from_slice(&last_end.to_be_bytes());
+    }
+    status.extend_from_slice(&0i64.to_be_bytes());
+    status.push(0);
+    r.send_copy_data(&status).await.unwrap();
+    r.finish_copy().await.unwrap();
+    println!("replication: {frames} frames, {deletes} deletes, end {last_end:X}");
+    // After the copy the session accepts commands again.
+    r.simple_query("DROP_REPLICATION_SLOT s").await.unwrap();
+    r.close().await;
+
+    // 3. Password methods over TCP without TLS.
+    let mut r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw sslmode=disable"))
+        .await
+        .unwrap();
+    assert!(!r.is_tls());
+    r.simple_query("IDENTIFY_SYSTEM").await.unwrap();
+    repl(&c.tcp_dsn("127.0.0.1", "user=md5user password=md5pw sslmode=disable"))
+        .await
+        .unwrap();
+    repl(&c.tcp_dsn(
+        "127.0.0.1",
+        "user=plainuser password='plain pw' sslmode=disable",
+    ))
+    .await
+    .unwrap();
+    let e = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=wrong sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PgError::Auth(AuthError::Server(_))), "{e}");
+    assert_eq!(e.sqlstate(), Some("28P01"));
+    assert!(!e.to_string().contains("wrong"));
+    let e = repl(&c.tcp_dsn("127.0.0.1", "user=md5user password=nope sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PgError::Auth(_)), "{e}");
+    let e = repl(&c.tcp_dsn("127.0.0.1", "user=postgres sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PgError::Auth(AuthError::Client(_))), "{e}");
+    // pgpass supplies the password.
+    let pgpass = root.join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:{}:*:postgres:pw\n", c.port)).unwrap();
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    repl(&c.tcp_dsn(
+        "127.0.0.1",
+        &format!(
+            "user=postgres passfile={} sslmode=disable",
+            pgpass.display()
+        ),
+    ))
+    .await
+    .unwrap();
+
+    // 4. TLS.
+    let r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw sslmode=require"))
+        .await
+        .unwrap();
+    assert!(r.is_tls());
+    let r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw"))
+        .await
+        .unwrap();
+    assert!(r.is_tls(), "prefer uses TLS when offered");
+    let r = repl(&c.tcp_dsn(
+        "localhost",
+        &format!(
+            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+    ))
+    .await
+    .unwrap();
+    assert!(r.is_tls());
+    // The certificate names localhost, not 127.0.0.1: verify-ca passes,
+    // verify-full does not.
+    repl(&c.tcp_dsn(
+        "127.0.0.1",
+        &format!(
+            "user=postgres password=pw sslmode=verify-ca sslrootcert={}",
+            ca.display()
+        ),
+    ))
+    .await
+    .unwrap();
+    let e = repl(&c.tcp_dsn(
+        "127.0.0.1",
+        &format!(
+            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, PgError::Tls(_)), "{e}");
+    println!("verify-full name mismatch: {e}");
+    let e = repl(&c.tcp_dsn(
+        "localhost",
+        &format!(
+            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
+            other_ca.display()
+        ),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, PgError::Tls(_)), "{e}");
+    println!("verify-full wrong CA: {e}");
+    // require + an existing root cert behaves as verify-ca.
+    let e = repl(&c.tcp_dsn(
+        "127.0.0.1",
+        &format!(
+            "user=postgres password=pw sslmode=require sslrootcert={}",
+            other_ca.display()
+        ),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, PgError::Tls(_)), "{e}");
+    // prefer + a failing chain falls back to plaintext, like libpq.
+    let r = repl(&c.tcp_dsn(
+        "127.0.0.1",
+        &format!(
+            "user=postgres password=pw sslmode=prefer sslrootcert={}",
+            other_ca.display()
+        ),
+    ))
+    .await
+    .unwrap();
+    assert!(!r.is_tls());
+    // Wrong password over TLS (SCRAM-SHA-256-PLUS is offered there).
+    let e = repl(&c.tcp_dsn("localhost", "user=postgres password=bad sslmode=require"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PgError::Auth(_)), "{e}");
+
+    // tokio-postgres through the same TLS settings.
+    let s = connect_sql(&spec(&c.tcp_dsn(
+        "localhost",
+        &format!(
+            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+    )))
+    .await
+    .unwrap();
+    let row = s
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    let e = connect_sql(&spec(&c.tcp_dsn(
+        "localhost",
+        &format!(
+            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
+            other_ca.display()
+        ),
+    )))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, PgError::Tls(_)), "{e}");
+    let s = connect_sql(&spec(&c.tcp_dsn(
+        "127.0.0.1",
+        &format!(
+            "user=postgres password=pw sslmode=prefer sslrootcert={}",
+            other_ca.display()
+        ),
+    )))
+    .await
+    .unwrap();
+    let row = s
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "prefer falls back to plaintext");
+    let e = connect_sql(&spec(&c.tcp_dsn("127.0.0.1", "user=postgres password=bad")))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PgError::Auth(_)), "{e}");
+
+    // 5. Unreachable: nothing listens on a fresh port; the second host works.
+    let dead = free_port();
+    let e = repl(&format!(
+        "host=127.0.0.1 port={dead} user=postgres password=pw sslmode=disable"
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, PgError::Connect { .. }), "{e}");
+    let multi = format!(
+        "host=127.0.0.1,{} port={dead},{} user=postgres password=pw dbname=postgres",
+        root.display(),
+        c.port
+    );
+    let r = repl(&multi).await.unwrap();
+    assert!(!r.is_tls());
+}
