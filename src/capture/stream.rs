@@ -304,7 +304,7 @@ impl Loop {
                 match step {
                     Step::Continue => {
                         if self.out.len() >= CHUNK {
-                            let data = self.out.split().freeze();
+                            let data = self.asm.take_complete(&mut self.out);
                             self.push(Chunk::Append {
                                 data,
                                 boundary: false,

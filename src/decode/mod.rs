@@ -124,7 +124,21 @@ impl Txn {
     }
 }
 
+/// A row record written up to its `"session":` value, waiting for the next message (see `handle`).
+struct Pending {
+    lsn: Lsn,
+    /// Offset of the record's first byte in the output buffer.
+    start: usize,
+    key: PendingKey,
+}
+
+enum PendingKey {
+    Rel(u32),
+    Tables(Vec<String>),
+}
+
 pub struct Assembler {
+    pending: Option<Pending>,
     relations: RelationCache,
     txn: Option<Txn>,
     resume_after: Lsn,
@@ -137,6 +151,7 @@ pub struct Assembler {
 impl Assembler {
     pub fn new(watch: WatchList, resume_after: Lsn, attributor: Attributor) -> Self {
         Assembler {
+            pending: None,
             relations: RelationCache::new(watch),
             txn: None,
             resume_after,
@@ -153,6 +168,7 @@ impl Assembler {
     /// Forgets a transaction interrupted by a lost connection; the server sends it again from Begin.
     pub fn abandon_transaction(&mut self) {
         self.txn = None;
+        self.pending = None;
     }
 
     /// Raises the position below which transactions are already logged.
@@ -160,7 +176,53 @@ impl Assembler {
         self.resume_after = self.resume_after.max(lsn);
     }
 
-    pub fn handle(
+    /// Feeds one message. `lsn` is its XLogData header position (for a change, the change's LSN).
+    ///
+    /// A row record is completed one message late: the trigger's message is queued in the reorder
+    /// buffer at the *end* LSN of its WAL record, which can equal the *start* LSN of the statement's first
+    /// row, and PostgreSQL orders such a tie either way. So a row's session is decided only once the
+    /// next message shows whether it is the tying attribution message.
+    pub fn handle(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
+        if let Some(p) = &self.pending {
+            let tie = matches!(&msg, Message::LogicalMessage { lsn: m, prefix, .. } if prefix == TRIGGER_PREFIX && *m == p.lsn);
+            if tie {
+                let step = self.handle_inner(lsn, msg, out)?;
+                self.finalize_pending(out);
+                return Ok(step);
+            }
+            self.finalize_pending(out);
+        }
+        self.handle_inner(lsn, msg, out)
+    }
+
+    /// Bytes of `out` that are complete records (everything before a pending row), split off for writing.
+    pub fn take_complete(&mut self, out: &mut BytesMut) -> bytes::Bytes {
+        match &mut self.pending {
+            Some(p) => {
+                let n = p.start;
+                p.start = 0;
+                out.split_to(n).freeze()
+            }
+            None => out.split().freeze(),
+        }
+    }
+
+    fn finalize_pending(&mut self, out: &mut BytesMut) {
+        let Some(p) = self.pending.take() else { return };
+        let Some(t) = self.txn.as_mut() else { return };
+        let trig = if t.trigger.is_empty() {
+            None
+        } else {
+            match &p.key {
+                PendingKey::Rel(relid) => self.relations.get(*relid).and_then(|r| t.trigger.get(&r.qualified)).cloned(),
+                PendingKey::Tables(names) => names.iter().find_map(|n| t.trigger.get(n)).cloned(),
+            }
+        };
+        t.push_session(out, trig);
+        out.extend_from_slice(b"}\n");
+    }
+
+    fn handle_inner(
         &mut self,
         lsn: Lsn,
         msg: Message,
@@ -251,6 +313,7 @@ impl Assembler {
                         rel.columns.len()
                     )));
                 }
+                let row_start = out.len();
                 out.extend_from_slice(&rel.delete_prefix);
                 push_u64(out, u64::from(t.xid));
                 out.extend_from_slice(b",\"lsn\":");
@@ -281,13 +344,7 @@ impl Assembler {
                     OldKind::Key => out.extend_from_slice(b"null"),
                 }
                 out.extend_from_slice(b",\"session\":");
-                let session = if t.trigger.is_empty() {
-                    None
-                } else {
-                    t.trigger.get(&rel.qualified).cloned()
-                };
-                t.push_session(out, session);
-                out.extend_from_slice(b"}\n");
+                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Rel(relid) });
                 t.deletes += 1;
             }
             Message::Truncate {
@@ -315,6 +372,7 @@ impl Assembler {
                 if names.is_empty() || t.skip {
                     return Ok(Step::Continue);
                 }
+                let row_start = out.len();
                 out.extend_from_slice(b"{\"type\":\"truncate\",\"tables\":[");
                 for (i, n) in names.iter().enumerate() {
                     if i > 0 {
@@ -338,9 +396,7 @@ impl Assembler {
                     b",\"restart_identity\":false"
                 });
                 out.extend_from_slice(b",\"session\":");
-                let session = names.iter().find_map(|n| t.trigger.get(n)).cloned();
-                t.push_session(out, session);
-                out.extend_from_slice(b"}\n");
+                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(names) });
                 t.truncates += 1;
             }
             Message::Commit {
