@@ -1,9 +1,8 @@
 //! Live check of `walwitness::pg` against a throwaway PostgreSQL 15 cluster.
 //!
-//! Ignored by default (needs /usr/lib/postgresql/15/bin, `openssl`, and
-//! root or the postgres user). Run with:
-//!     cargo test --test pg_live -- --ignored --nocapture
-//! Deliberately self-contained; the real harness is `walwitness::cluster`.
+//! Covers what the capture tests don't: md5 and cleartext password methods, verify-ca, pgpass and
+//! multi-host fallback. Needs `openssl` and root or the postgres user (like the harness); binaries are
+//! found as `walwitness::cluster` finds them. Deliberately self-contained.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +10,12 @@ use std::time::Duration;
 
 use walwitness::pg::{connect_sql, AuthError, ConnSpec, CopyEvent, PgError, ReplicationConnection};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    walwitness::cluster::Cluster::find_bin_dir()
+        .expect("PostgreSQL server binaries")
+        .display()
+        .to_string()
+});
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -153,7 +157,7 @@ impl Cluster {
         std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let data = root.join("data");
-        run(as_pg(&format!("{BIN}/initdb")).args([
+        run(as_pg(&format!("{}/initdb", *BIN)).args([
             "-D",
             data.to_str().unwrap(),
             "-U",
@@ -180,7 +184,7 @@ impl Cluster {
              host all all 127.0.0.1/32 scram-sha-256\n",
         )
         .unwrap();
-        run(as_pg(&format!("{BIN}/pg_ctl")).args([
+        run(as_pg(&format!("{}/pg_ctl", *BIN)).args([
             "-D",
             data.to_str().unwrap(),
             "-l",
@@ -210,7 +214,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = as_pg(&format!("{BIN}/pg_ctl"))
+        let _ = as_pg(&format!("{}/pg_ctl", *BIN))
             .args([
                 "-D",
                 self.dir.path().join("data").to_str().unwrap(),
@@ -231,7 +235,7 @@ async fn repl(dsn: &str) -> Result<ReplicationConnection, PgError> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL 15 binaries and openssl"]
+
 async fn live_pg15() {
     // Keep ~/.pgpass, ~/.postgresql and PG* variables of the machine out.
     std::env::set_var("HOME", "/nonexistent-walwitness-home");

@@ -394,7 +394,7 @@ pub async fn ensure_publication(
                 let mut f = q(&format!("cannot create publication {publication}"), e);
                 if f.exit == Exit::Privilege {
                     f.message.push_str(&format!(
-                        "; creating a publication needs ownership of the tables (or superuser): ask the owner to run CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'delete, truncate') and pass --publication {publication}",
+                        "; creating a publication needs the CREATE privilege on the database and ownership of the tables (or superuser): ask the owner to run CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'delete, truncate') and pass --publication {publication}",
                         quote_ident(publication),
                         list.join(", ")
                     ));

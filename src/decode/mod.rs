@@ -182,7 +182,12 @@ impl Assembler {
     /// buffer at the *end* LSN of its WAL record, which can equal the *start* LSN of the statement's first
     /// row, and PostgreSQL orders such a tie either way. So a row's session is decided only once the
     /// next message shows whether it is the tying attribution message.
-    pub fn handle(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
+    pub fn handle(
+        &mut self,
+        lsn: Lsn,
+        msg: Message,
+        out: &mut BytesMut,
+    ) -> Result<Step, AssembleError> {
         if let Some(p) = &self.pending {
             let tie = matches!(&msg, Message::LogicalMessage { lsn: m, prefix, .. } if prefix == TRIGGER_PREFIX && *m == p.lsn);
             if tie {
@@ -214,7 +219,11 @@ impl Assembler {
             None
         } else {
             match &p.key {
-                PendingKey::Rel(relid) => self.relations.get(*relid).and_then(|r| t.trigger.get(&r.qualified)).cloned(),
+                PendingKey::Rel(relid) => self
+                    .relations
+                    .get(*relid)
+                    .and_then(|r| t.trigger.get(&r.qualified))
+                    .cloned(),
                 PendingKey::Tables(names) => names.iter().find_map(|n| t.trigger.get(n)).cloned(),
             }
         };
@@ -344,7 +353,11 @@ impl Assembler {
                     OldKind::Key => out.extend_from_slice(b"null"),
                 }
                 out.extend_from_slice(b",\"session\":");
-                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Rel(relid) });
+                self.pending = Some(Pending {
+                    lsn,
+                    start: row_start,
+                    key: PendingKey::Rel(relid),
+                });
                 t.deletes += 1;
             }
             Message::Truncate {
@@ -396,7 +409,11 @@ impl Assembler {
                     b",\"restart_identity\":false"
                 });
                 out.extend_from_slice(b",\"session\":");
-                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(names) });
+                self.pending = Some(Pending {
+                    lsn,
+                    start: row_start,
+                    key: PendingKey::Tables(names),
+                });
                 t.truncates += 1;
             }
             Message::Commit {

@@ -232,11 +232,17 @@ async fn replication_origin_is_recorded() {
     .await;
     let out = env.log_path("o.jsonl");
     env.capture_around(&out, &["cache"], || async {
-        env.exec(
-            "SELECT pg_replication_origin_session_setup('upstream_eu'); DELETE FROM cache WHERE cache_key = 'k1'; \
-             SELECT pg_replication_origin_session_reset();",
-        )
-        .await;
+        // Separate statements: one multi-statement query would commit after the reset.
+        let c = connect(&env.dsn).await;
+        c.batch_execute("SELECT pg_replication_origin_session_setup('upstream_eu')")
+            .await
+            .unwrap();
+        c.batch_execute("DELETE FROM cache WHERE cache_key = 'k1'")
+            .await
+            .unwrap();
+        c.batch_execute("SELECT pg_replication_origin_session_reset()")
+            .await
+            .unwrap();
         env.exec("DELETE FROM cache WHERE cache_key = 'k2'").await;
     })
     .await;
@@ -340,7 +346,8 @@ async fn scram_password_over_tcp() {
     })
     .await;
     env.exec(&format!(
-        "{CACHE}{} CREATE ROLE app LOGIN REPLICATION PASSWORD 's3cret pw'; ALTER TABLE cache OWNER TO app;",
+        "{CACHE}{} CREATE ROLE app LOGIN REPLICATION PASSWORD 's3cret pw'; ALTER TABLE cache OWNER TO app; \
+         GRANT CREATE ON DATABASE postgres TO app;",
         fill(5)
     ))
     .await;
