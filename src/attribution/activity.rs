@@ -100,7 +100,7 @@ pub fn sample_sql() -> String {
     format!(
         "SELECT backend_xid::text, pid, to_char(backend_start AT TIME ZONE 'UTC', {TS}), usename::text, application_name, \
          host(client_addr), client_port, left(query, 8192), \
-         octet_length(query) >= current_setting('track_activity_query_size')::int - 1 OR length(query) > 8192, \
+         octet_length(query) >= (SELECT setting::int FROM pg_settings WHERE name = 'track_activity_query_size') - 1 OR length(query) > 8192, \
          to_char(xact_start AT TIME ZONE 'UTC', {TS}), to_char(clock_timestamp() AT TIME ZONE 'UTC', {TS}) \
          FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database() AND pid <> pg_backend_pid()"
     )
@@ -157,6 +157,7 @@ pub fn spawn_sampler(
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
+        let mut failures: u64 = 0;
         loop {
             tick.tick().await;
             if std::sync::Arc::strong_count(&map) == 1 {
@@ -167,7 +168,15 @@ pub fn spawn_sampler(
                     Instant::now(),
                     rows.iter().filter_map(session_from_row).collect(),
                 ),
-                Err(e) => tracing::debug!("pg_stat_activity sample failed: {e}"),
+                Err(e) => {
+                    failures += 1;
+                    // Say it once loudly: a silently failing sampler would look like "nobody was seen".
+                    if failures == 1 {
+                        tracing::warn!("sampling pg_stat_activity failed, activity attribution may be missing: {e}");
+                    } else {
+                        tracing::debug!("pg_stat_activity sample failed: {e}");
+                    }
+                }
             }
             n += 1;
             if n % 1000 == 0 {

@@ -1,5 +1,6 @@
 //! One integration-test binary: every test starts its own throwaway PostgreSQL cluster and drives
 //! the real `walwitness` binary against it.
+mod attribution;
 mod capture;
 mod errors;
 mod util;

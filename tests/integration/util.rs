@@ -263,3 +263,120 @@ pub fn deleted_keys(recs: &[Value], table: &str, cols: &[&str]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A `walwitness capture` running in the background while a test drives the database.
+pub struct Background {
+    pub child: tokio::process::Child,
+    pub out: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Env {
+    /// Starts a capture and waits until it has written `capture_started` (slot and publication exist).
+    pub async fn start_capture(&self, out: &Path, tables: &[&str], extra: &[&str]) -> Background {
+        self.start_capture_dsn(&self.dsn, out, tables, extra).await
+    }
+
+    pub async fn start_capture_dsn(
+        &self,
+        dsn: &str,
+        out: &Path,
+        tables: &[&str],
+        extra: &[&str],
+    ) -> Background {
+        let stderr_path = out.with_extension("stderr");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["capture", "--dsn", dsn, "--out", out.to_str().unwrap()]);
+        for t in tables {
+            cmd.args(["--table", t]);
+        }
+        cmd.args(extra)
+            .stdin(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn walwitness");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::fs::read_to_string(out).is_ok_and(|s| s.contains("\"capture_started\"")) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "capture exited early ({status}):\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "capture did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Background {
+            child,
+            out: out.to_owned(),
+            stderr_path,
+        }
+    }
+
+    /// Waits until the background capture has made everything up to the current WAL position durable
+    /// (the slot's confirmed position passed it), then stops it with SIGTERM. Returns its stderr.
+    pub async fn stop_capture(&self, mut bg: Background) -> String {
+        let end = lsn_num(&self.lsn().await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let confirmed: Option<String> = self
+                .sql
+                .query_opt(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%' AND active",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .and_then(|r| r.get(0));
+            if confirmed.as_deref().is_some_and(|c| lsn_num(c) >= end) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "capture never confirmed {end:X}:\n{}",
+                std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = bg.child.id().unwrap() as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(60), bg.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = std::fs::read_to_string(&bg.stderr_path).unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(143),
+            "capture did not stop with 143:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// Catalog objects in user schemas, to check that an uninstall leaves nothing behind.
+    pub async fn catalog_fingerprint(&self) -> Vec<String> {
+        self.sql
+            .query(
+                "SELECT 'class ' || c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+                 UNION ALL SELECT 'proc ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 UNION ALL SELECT 'schema ' || nspname FROM pg_namespace \
+                 UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
