@@ -110,6 +110,8 @@ pub fn sample_sql() -> String {
 pub fn session_from_row(row: &tokio_postgres::Row) -> Option<(u32, Session)> {
     let xid: u32 = row.get::<_, Option<String>>(0)?.parse().ok()?;
     let port: Option<i32> = row.get(6);
+    let query: Option<String> = row.get(7);
+    let hidden = query.as_deref() == Some("<insufficient privilege>");
     Some((
         xid,
         Session {
@@ -122,12 +124,13 @@ pub fn session_from_row(row: &tokio_postgres::Row) -> Option<(u32, Session)> {
             client_addr: row.get(5),
             // -1 means a Unix-socket client.
             client_port: port.filter(|p| *p >= 0),
-            query: row.get(7),
+            query: if hidden { None } else { query },
             query_truncated: row.get::<_, Option<bool>>(8).unwrap_or(false),
             xact_start: row.get(9),
             statement_start: None,
             trigger_depth: None,
             sampled_at: row.get(10),
+            details_hidden: hidden,
             conflict: None,
         },
     ))

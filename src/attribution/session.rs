@@ -33,6 +33,10 @@ pub struct Session {
     /// When pg_stat_activity was sampled (activity only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sampled_at: Option<String>,
+    /// The sampling role may not see this session's details (query, client, start times): they are null
+    /// here, not absent from the server. Grant pg_read_all_stats to see them.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub details_hidden: bool,
     /// Set when both sources named a session and they disagree: the activity source's view.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflict: Option<Box<Session>>,

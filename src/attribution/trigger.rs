@@ -80,6 +80,7 @@ impl Payload {
             statement_start: self.statement_start.clone(),
             trigger_depth: self.trigger_depth,
             sampled_at: None,
+            details_hidden: false,
             conflict: None,
         }
     }

@@ -75,6 +75,7 @@ fn say(progress: bool, msg: &str) {
 }
 
 pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
+    let signals = stream::Signals::install()?;
     let spec = ConnSpec::parse(&opts.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
     let target = spec.describe();
     let sql = std::sync::Arc::new(
@@ -157,6 +158,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     }
 
     let result = capture_with_objects(
+        signals,
         &opts,
         &spec,
         &sql,
@@ -204,6 +206,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
 
 #[allow(clippy::too_many_arguments)]
 async fn capture_with_objects(
+    signals: stream::Signals,
     opts: &CaptureOptions,
     spec: &ConnSpec,
     sql: &std::sync::Arc<tokio_postgres::Client>,
@@ -378,7 +381,10 @@ async fn capture_with_objects(
         progress: opts.progress,
         progress_interval: opts.progress_interval,
     };
-    let outcome = stream::run(repl, writer, assembler, loop_opts, retained, start_lsn).await;
+    let outcome = stream::run(
+        signals, repl, writer, assembler, loop_opts, retained, start_lsn,
+    )
+    .await;
     outcome
 }
 

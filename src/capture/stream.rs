@@ -91,7 +91,27 @@ fn now_pg_micros() -> i64 {
     unix_micros_to_pg_micros(unix)
 }
 
+/// SIGINT/SIGTERM handlers, installed before anything is set up so a signal that arrives during setup
+/// is not fatal: it is seen when the stream loop starts, which then ends deliberately and cleans up.
+pub struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals, Failure> {
+        let e =
+            |e: std::io::Error| Failure::new(Exit::Internal, format!("cannot handle signals: {e}"));
+        Ok(Signals {
+            sigint: signal(SignalKind::interrupt()).map_err(e)?,
+            sigterm: signal(SignalKind::terminate()).map_err(e)?,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
+    signals: Signals,
     repl: ReplicationConnection,
     writer: Writer,
     asm: Assembler,
@@ -99,10 +119,10 @@ pub async fn run(
     retained: watch::Receiver<Option<i64>>,
     start_lsn: Lsn,
 ) -> Result<Outcome, Failure> {
-    let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGINT: {e}")))?;
-    let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGTERM: {e}")))?;
+    let Signals {
+        mut sigint,
+        mut sigterm,
+    } = signals;
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
     let mut durable = writer.durable();
     let mut tick = tokio::time::interval(TICK);

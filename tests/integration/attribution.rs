@@ -360,6 +360,7 @@ async fn without_read_all_stats_own_sessions_are_still_attributed() {
     assert_eq!(d[1]["session"]["pid"], other.pid);
     assert_eq!(d[1]["session"]["application_name"], "superuser-app");
     assert_eq!(d[1]["session"]["query"], Value::Null);
+    assert_eq!(d[1]["session"]["details_hidden"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
