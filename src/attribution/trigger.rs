@@ -166,7 +166,7 @@ BEGIN
       'v', 1,
       'xid', txid_current() % 4294967296,
       'pid', pg_backend_pid(),
-      'backend_start', (SELECT {bs} FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
+      'backend_start', (SELECT {bs} FROM pg_stat_get_activity(pg_backend_pid()) a),
       'user', session_user,
       'role', current_setting('role'),
       'application_name', current_setting('application_name'),
