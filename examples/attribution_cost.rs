@@ -16,22 +16,9 @@ fn pgbench(cluster: &Cluster, script: &str, secs: u32, clients: u32) -> f64 {
     let f = dir.path().join("s.sql");
     std::fs::write(&f, script).unwrap();
     let bin = cluster.bin_dir().join("pgbench");
-    let bin = if bin.exists() {
-        bin
-    } else {
-        "/usr/lib/postgresql/15/bin/pgbench".into()
-    };
+    let bin = if bin.exists() { bin } else { "/usr/lib/postgresql/15/bin/pgbench".into() };
     let out = Command::new(bin)
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-T",
-            &secs.to_string(),
-            "-c",
-            &clients.to_string(),
-            "-f",
-        ])
+        .args(["-n", "-M", "prepared", "-T", &secs.to_string(), "-c", &clients.to_string(), "-f"])
         .arg(&f)
         .args([
             "-h",
@@ -48,16 +35,9 @@ fn pgbench(cluster: &Cluster, script: &str, secs: u32, clients: u32) -> f64 {
     let lat = text
         .lines()
         .find_map(|l| {
-            l.strip_prefix("latency average = ")
-                .and_then(|r| r.split(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
+            l.strip_prefix("latency average = ").and_then(|r| r.split(' ').next()).and_then(|v| v.parse::<f64>().ok())
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "no latency in pgbench output:\n{text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        .unwrap_or_else(|| panic!("no latency in pgbench output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
     lat
 }
 
@@ -74,21 +54,15 @@ async fn main() {
     let script = "\\set id random(1, 100000)\nDELETE FROM cache WHERE cache_key = 'k' || :id;\n\
                   INSERT INTO cache VALUES ('k' || :id, 'v', now()) ON CONFLICT DO NOTHING;\n";
     let dsn = cluster.socket_dsn("postgres", "postgres");
-    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let mut without = Vec::new();
     let mut with = Vec::new();
     pgbench(&cluster, script, 3, 1); // warm-up
     for _ in 0..3 {
-        walwitness::attribution::trigger::remove(&c, &["cache".into()])
-            .await
-            .unwrap();
+        walwitness::attribution::trigger::remove(&c, &["cache".into()]).await.unwrap();
         without.push(pgbench(&cluster, script, 8, 1));
-        walwitness::attribution::trigger::install(&c, &["cache".into()])
-            .await
-            .unwrap();
+        walwitness::attribution::trigger::install(&c, &["cache".into()]).await.unwrap();
         with.push(pgbench(&cluster, script, 8, 1));
     }
     let median = |v: &mut Vec<f64>| {
@@ -106,9 +80,7 @@ async fn main() {
     // The sampler's query with 50 idle sessions connected.
     let mut idle = Vec::new();
     for _ in 0..50 {
-        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         idle.push(c);
     }

@@ -71,6 +71,13 @@ pub struct CaptureArgs {
     /// How often the activity source samples pg_stat_activity.
     #[arg(long, value_parser = parse_duration, default_value = "200ms")]
     pub activity_interval: Duration,
+    /// After a lost connection or a server restart, reconnect and resume; give up after this many
+    /// consecutive failed attempts (0: do not reconnect).
+    #[arg(long, default_value_t = 10)]
+    pub reconnect_attempts: u32,
+    /// Cap of the exponential backoff between reconnection attempts (starts at 250ms, doubles).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub reconnect_max_delay: Duration,
     /// Interval of standby status updates to the server (capped at half of wal_sender_timeout).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub status_interval: Duration,

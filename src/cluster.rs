@@ -120,10 +120,7 @@ pub enum ClusterError {
 
 impl ClusterError {
     fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ClusterError::Io {
-            context: context.into(),
-            source,
-        }
+        ClusterError::Io { context: context.into(), source }
     }
 }
 
@@ -199,11 +196,7 @@ impl Cluster {
                 Err(ClusterError::BadBinDir(dir.display().to_string()))
             };
         }
-        if let Ok(out) = Command::new("pg_config")
-            .arg("--bindir")
-            .stdin(Stdio::null())
-            .output()
-        {
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").stdin(Stdio::null()).output() {
             if out.status.success() {
                 let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
                 if has_server_bins(&dir) {
@@ -236,23 +229,15 @@ impl Cluster {
         let data_dir = dir.path().join("data");
         let log_file = dir.path().join("server.log");
 
-        let mut cluster = Cluster {
-            dir,
-            data_dir,
-            bin_dir,
-            log_file,
-            ca_cert: None,
-            port: 0,
-            version_num: 0,
-            server_user,
-        };
+        let mut cluster =
+            Cluster { dir, data_dir, bin_dir, log_file, ca_cert: None, port: 0, version_num: 0, server_user };
 
         let version_out = cluster.run_server_tool("postgres", |c| {
             c.arg("--version");
         })?;
         let version_text = String::from_utf8_lossy(&version_out.stdout).into_owned();
-        cluster.version_num = parse_version_num(&version_text)
-            .ok_or_else(|| ClusterError::Version(one_line(&version_text)))?;
+        cluster.version_num =
+            parse_version_num(&version_text).ok_or_else(|| ClusterError::Version(one_line(&version_text)))?;
 
         let data_dir = cluster.data_dir.clone();
         cluster.run_server_tool("initdb", |c| {
@@ -276,9 +261,7 @@ impl Cluster {
             attempt += 1;
             cluster.port = free_port()?;
             cluster.write_conf(&base_conf, &opts)?;
-            let log_offset = fs::metadata(&cluster.log_file)
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let log_offset = fs::metadata(&cluster.log_file).map(|m| m.len()).unwrap_or(0);
             match cluster.pg_ctl_start() {
                 Ok(()) => break,
                 Err(err) => {
@@ -340,12 +323,8 @@ impl Cluster {
 
     /// key=value connection string over TCP to 127.0.0.1 (no `sslmode`; add it yourself).
     pub fn tcp_dsn(&self, user: &str, password: Option<&str>, dbname: &str) -> String {
-        let mut dsn = format!(
-            "host=127.0.0.1 port={} user={} dbname={}",
-            self.port,
-            dsn_quote(user),
-            dsn_quote(dbname)
-        );
+        let mut dsn =
+            format!("host=127.0.0.1 port={} user={} dbname={}", self.port, dsn_quote(user), dsn_quote(dbname));
         if let Some(pw) = password {
             dsn.push_str(" password=");
             dsn.push_str(&dsn_quote(pw));
@@ -365,11 +344,7 @@ impl Cluster {
     /// per result row, `|`-separated; `-q` suppresses command tags).
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, ClusterError> {
         let local = self.bin_dir.join("psql");
-        let program = if is_executable(&local) {
-            local
-        } else {
-            PathBuf::from("/usr/bin/psql")
-        };
+        let program = if is_executable(&local) { local } else { PathBuf::from("/usr/bin/psql") };
         let mut cmd = Command::new(&program);
         clean_env(&mut cmd);
         cmd.env("PGCLIENTENCODING", "UTF8")
@@ -382,24 +357,17 @@ impl Cluster {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ClusterError::io(format!("running {}", program.display()), e))?;
+        let mut child = cmd.spawn().map_err(|e| ClusterError::io(format!("running {}", program.display()), e))?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let sql_owned = sql.to_owned();
         // Write from a thread so large inputs cannot deadlock against psql's output.
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(sql_owned.as_bytes());
         });
-        let out = child
-            .wait_with_output()
-            .map_err(|e| ClusterError::io("waiting for psql", e))?;
+        let out = child.wait_with_output().map_err(|e| ClusterError::io("waiting for psql", e))?;
         let _ = writer.join();
         if !out.status.success() {
-            return Err(ClusterError::Psql {
-                status: out.status.to_string(),
-                detail: output_detail(&out),
-            });
+            return Err(ClusterError::Psql { status: out.status.to_string(), detail: output_detail(&out) });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -412,12 +380,14 @@ impl Cluster {
         let log_file = self.log_file.clone();
         let timeout = READY_TIMEOUT.as_secs().to_string();
         self.run_server_tool("pg_ctl", |c| {
-            c.arg("restart")
-                .arg("-D")
-                .arg(&data_dir)
-                .arg("-l")
-                .arg(&log_file)
-                .args(["-m", mode.as_str(), "-w", "-t", &timeout, "-s"]);
+            c.arg("restart").arg("-D").arg(&data_dir).arg("-l").arg(&log_file).args([
+                "-m",
+                mode.as_str(),
+                "-w",
+                "-t",
+                &timeout,
+                "-s",
+            ]);
         })
         .map_err(|e| self.start_error(e.to_string()))?;
         self.wait_ready()
@@ -447,9 +417,7 @@ impl Cluster {
     fn server_command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(program));
         clean_env(&mut cmd);
-        cmd.current_dir(self.dir.path())
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null());
+        cmd.current_dir(self.dir.path()).env("LC_ALL", "C").stdin(Stdio::null());
         if let Some((uid, gid)) = self.server_user {
             // std calls setgroups(0, NULL) before setuid when starting from root.
             cmd.uid(uid)
@@ -461,20 +429,14 @@ impl Cluster {
         cmd
     }
 
-    fn run_server_tool(
-        &self,
-        program: &str,
-        configure: impl FnOnce(&mut Command),
-    ) -> Result<Output, ClusterError> {
+    fn run_server_tool(&self, program: &str, configure: impl FnOnce(&mut Command)) -> Result<Output, ClusterError> {
         let mut cmd = self.server_command(program);
         configure(&mut cmd);
         let label = match cmd.get_args().next() {
             Some(sub) if program == "pg_ctl" => format!("pg_ctl {}", sub.to_string_lossy()),
             _ => program.to_owned(),
         };
-        let out = cmd
-            .output()
-            .map_err(|e| ClusterError::io(format!("running {label}"), e))?;
+        let out = cmd.output().map_err(|e| ClusterError::io(format!("running {label}"), e))?;
         if !out.status.success() {
             return Err(ClusterError::Command {
                 command: label,
@@ -490,12 +452,7 @@ impl Cluster {
         let log_file = self.log_file.clone();
         let timeout = READY_TIMEOUT.as_secs().to_string();
         self.run_server_tool("pg_ctl", |c| {
-            c.arg("start")
-                .arg("-D")
-                .arg(&data_dir)
-                .arg("-l")
-                .arg(&log_file)
-                .args(["-w", "-t", &timeout, "-s"]);
+            c.arg("start").arg("-D").arg(&data_dir).arg("-l").arg(&log_file).args(["-w", "-t", &timeout, "-s"]);
         })
         .map(|_| ())
         .map_err(|e| self.start_error(e.to_string()))
@@ -505,34 +462,19 @@ impl Cluster {
         let data_dir = self.data_dir.clone();
         let timeout = READY_TIMEOUT.as_secs().to_string();
         self.run_server_tool("pg_ctl", |c| {
-            c.arg("stop").arg("-D").arg(&data_dir).args([
-                "-m",
-                mode.as_str(),
-                "-w",
-                "-t",
-                &timeout,
-                "-s",
-            ]);
+            c.arg("stop").arg("-D").arg(&data_dir).args(["-m", mode.as_str(), "-w", "-t", &timeout, "-s"]);
         })
     }
 
     fn start_error(&self, reason: String) -> ClusterError {
-        ClusterError::Start {
-            port: self.port,
-            reason,
-            log: one_line(&self.log_tail(ERROR_LOG_LINES)),
-        }
+        ClusterError::Start { port: self.port, reason, log: one_line(&self.log_tail(ERROR_LOG_LINES)) }
     }
 
     /// Poll until the server accepts connections (after `pg_ctl -w` returned).
     fn wait_ready(&self) -> Result<(), ClusterError> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let pg_isready = [
-            self.bin_dir.join("pg_isready"),
-            "/usr/bin/pg_isready".into(),
-        ]
-        .into_iter()
-        .find(|p| is_executable(p));
+        let pg_isready =
+            [self.bin_dir.join("pg_isready"), "/usr/bin/pg_isready".into()].into_iter().find(|p| is_executable(p));
         let socket = self.socket_dir().join(format!(".s.PGSQL.{}", self.port));
         loop {
             let ready = match &pg_isready {
@@ -561,21 +503,14 @@ impl Cluster {
                 return Err(self.start_error("the server exited during startup".into()));
             }
             if Instant::now() >= deadline {
-                return Err(self.start_error(format!(
-                    "not accepting connections after {}s",
-                    READY_TIMEOUT.as_secs()
-                )));
+                return Err(self.start_error(format!("not accepting connections after {}s", READY_TIMEOUT.as_secs())));
             }
             std::thread::sleep(POLL_INTERVAL);
         }
     }
 
     fn write_hba(&self, password_auth: bool) -> Result<(), ClusterError> {
-        let method = if password_auth {
-            "scram-sha-256"
-        } else {
-            "trust"
-        };
+        let method = if password_auth { "scram-sha-256" } else { "trust" };
         let hba = format!(
             "# written by walwitness::cluster\n\
              local all all trust\n\
@@ -650,13 +585,8 @@ impl Cluster {
 
         let openssl = |args: &[&str]| -> Result<(), ClusterError> {
             let mut cmd = Command::new("openssl");
-            cmd.args(args)
-                .current_dir(&tls_dir)
-                .env("OPENSSL_CONF", &cnf)
-                .stdin(Stdio::null());
-            let out = cmd
-                .output()
-                .map_err(|e| ClusterError::io("running openssl", e))?;
+            cmd.args(args).current_dir(&tls_dir).env("OPENSSL_CONF", &cnf).stdin(Stdio::null());
+            let out = cmd.output().map_err(|e| ClusterError::io("running openssl", e))?;
             if !out.status.success() {
                 return Err(ClusterError::Command {
                     command: format!("openssl {}", args.first().copied().unwrap_or("")),
@@ -688,23 +618,13 @@ impl Cluster {
         // Server key + CSR.
         let mut args = vec!["req", "-new", "-nodes", "-config", cnf_s];
         args.extend(key);
-        args.extend([
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
+        args.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
         openssl(&args)?;
         // Sign it.
         let serial = format!(
             "0x{:x}{:x}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(1)
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1)
         );
         openssl(&[
             "x509",
@@ -749,11 +669,9 @@ impl Drop for Cluster {
             return;
         }
         // Read the pid first: pg_ctl removes the file on success.
-        let pid = fs::read_to_string(&pid_file).ok().and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.trim().parse::<libc::pid_t>().ok())
-        });
+        let pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<libc::pid_t>().ok()));
         if self.pg_ctl_stop(StopMode::Immediate).is_err() {
             if let Some(pid) = pid.filter(|p| *p > 0) {
                 // SIGQUIT is the postmaster's "immediate shutdown" signal.
@@ -774,15 +692,11 @@ impl Drop for Cluster {
 // ----- helpers -------------------------------------------------------------
 
 fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn has_server_bins(dir: &Path) -> bool {
-    ["postgres", "initdb", "pg_ctl"]
-        .iter()
-        .all(|b| is_executable(&dir.join(b)))
+    ["postgres", "initdb", "pg_ctl"].iter().all(|b| is_executable(&dir.join(b)))
 }
 
 /// Highest `<parent>/<prefix><version>/bin` that holds server binaries.
@@ -809,20 +723,10 @@ fn highest_versioned_bin(parent: &Path, prefix: &str) -> Option<PathBuf> {
 /// `postgres (PostgreSQL) 15.18 (Debian ...)` → 150018; `9.6.24` → 90624;
 /// `16beta1` → 160000.
 fn parse_version_num(text: &str) -> Option<u32> {
-    let word = text
-        .split("(PostgreSQL)")
-        .nth(1)?
-        .split_whitespace()
-        .next()?;
-    let numeric: String = word
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let parts: Vec<u32> = numeric
-        .split('.')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
+    let word = text.split("(PostgreSQL)").nth(1)?.split_whitespace().next()?;
+    let numeric: String = word.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let parts: Vec<u32> =
+        numeric.split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect::<Option<_>>()?;
     let major = *parts.first()?;
     let at = |i: usize| parts.get(i).copied().unwrap_or(0);
     if major >= 10 {
@@ -841,30 +745,15 @@ fn lookup_user(name: &str) -> Result<Option<(u32, u32)>, ClusterError> {
         // into `buf`, which outlives every use below (we only read uid/gid).
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 4, 0);
             continue;
         }
         if rc != 0 {
-            return Err(ClusterError::io(
-                format!("looking up OS user {name}"),
-                std::io::Error::from_raw_os_error(rc),
-            ));
+            return Err(ClusterError::io(format!("looking up OS user {name}"), std::io::Error::from_raw_os_error(rc)));
         }
-        return Ok(if result.is_null() {
-            None
-        } else {
-            Some((pwd.pw_uid, pwd.pw_gid))
-        });
+        return Ok(if result.is_null() { None } else { Some((pwd.pw_uid, pwd.pw_gid)) });
     }
 }
 
@@ -885,9 +774,7 @@ fn traversable_by(dir: &Path, (uid, gid): (u32, u32)) -> bool {
     dir.ancestors().all(|p| match fs::metadata(p) {
         Ok(m) => {
             let mode = m.mode();
-            mode & 0o001 != 0
-                || (m.uid() == uid && mode & 0o100 != 0)
-                || (m.gid() == gid && mode & 0o010 != 0)
+            mode & 0o001 != 0 || (m.uid() == uid && mode & 0o100 != 0) || (m.gid() == gid && mode & 0o010 != 0)
         }
         Err(_) => false,
     })
@@ -924,19 +811,13 @@ fn free_port() -> Result<u16, ClusterError> {
     for _ in 0..50 {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .map_err(|e| ClusterError::io("binding 127.0.0.1:0 to find a free port", e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| ClusterError::io("reading the probe socket address", e))?
-            .port();
+        let port = listener.local_addr().map_err(|e| ClusterError::io("reading the probe socket address", e))?.port();
         let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
         if used.get_or_insert_with(HashSet::new).insert(port) {
             return Ok(port);
         }
     }
-    Err(ClusterError::io(
-        "finding a free port",
-        std::io::Error::other("the OS kept returning ports already used"),
-    ))
+    Err(ClusterError::io("finding a free port", std::io::Error::other("the OS kept returning ports already used")))
 }
 
 fn clean_env(cmd: &mut Command) {
@@ -954,8 +835,7 @@ fn write_existing(path: &Path, contents: &str) -> Result<(), ClusterError> {
         .truncate(true)
         .open(path)
         .map_err(|e| ClusterError::io(format!("opening {}", path.display()), e))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| ClusterError::io(format!("writing {}", path.display()), e))
+    f.write_all(contents.as_bytes()).map_err(|e| ClusterError::io(format!("writing {}", path.display()), e))
 }
 
 /// File contents from byte `offset` on ("" if unreadable).
@@ -971,12 +851,7 @@ fn read_from(path: &Path, offset: u64) -> String {
 
 /// Collapse multi-line text into one line (`a | b | c`).
 fn one_line(text: &str) -> String {
-    let joined = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ");
+    let joined = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
     if joined.is_empty() {
         "(empty)".into()
     } else {
@@ -995,11 +870,7 @@ fn output_detail(out: &Output) -> String {
 
 /// Quote a libpq key=value value when needed.
 fn dsn_quote(value: &str) -> String {
-    if !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
-    {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
         return value.to_owned();
     }
     let mut s = String::with_capacity(value.len() + 2);
@@ -1031,30 +902,15 @@ mod tests {
     }
 
     fn sql(c: &Cluster, db: &str, q: &str) -> String {
-        c.psql(db, q)
-            .unwrap_or_else(|e| panic!("psql failed: {e}\nserver log:\n{}", c.log_tail(30)))
-            .trim()
-            .to_owned()
+        c.psql(db, q).unwrap_or_else(|e| panic!("psql failed: {e}\nserver log:\n{}", c.log_tail(30))).trim().to_owned()
     }
 
     #[test]
     fn version_parsing() {
-        assert_eq!(
-            parse_version_num("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
-            Some(150018)
-        );
-        assert_eq!(
-            parse_version_num("postgres (PostgreSQL) 18.0"),
-            Some(180000)
-        );
-        assert_eq!(
-            parse_version_num("postgres (PostgreSQL) 16beta1"),
-            Some(160000)
-        );
-        assert_eq!(
-            parse_version_num("postgres (PostgreSQL) 9.6.24"),
-            Some(90624)
-        );
+        assert_eq!(parse_version_num("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(150018));
+        assert_eq!(parse_version_num("postgres (PostgreSQL) 18.0"), Some(180000));
+        assert_eq!(parse_version_num("postgres (PostgreSQL) 16beta1"), Some(160000));
+        assert_eq!(parse_version_num("postgres (PostgreSQL) 9.6.24"), Some(90624));
         assert_eq!(parse_version_num("something else"), None);
     }
 
@@ -1074,14 +930,8 @@ mod tests {
         let c = start(ClusterOptions::default());
         assert_eq!(sql(&c, "postgres", "SHOW wal_level"), "logical");
         assert_eq!(sql(&c, "postgres", "SHOW ssl"), "off");
-        assert_eq!(
-            sql(&c, "postgres", "SHOW port"),
-            c.port().to_string(),
-            "port setting"
-        );
-        let server_num: u32 = sql(&c, "postgres", "SHOW server_version_num")
-            .parse()
-            .unwrap();
+        assert_eq!(sql(&c, "postgres", "SHOW port"), c.port().to_string(), "port setting");
+        let server_num: u32 = sql(&c, "postgres", "SHOW server_version_num").parse().unwrap();
         assert_eq!(server_num, c.version_num());
         assert_eq!(c.superuser(), "postgres");
         assert!(c.data_dir().join("PG_VERSION").exists());
@@ -1090,11 +940,7 @@ mod tests {
         assert!(c.tcp_dsn("u", Some("p w"), "d").ends_with("password='p w'"));
         assert_eq!(c.ca_cert(), None);
         // Several statements, one per line of output; CREATE DATABASE works.
-        let out = sql(
-            &c,
-            "postgres",
-            "CREATE DATABASE other; SELECT 1; SELECT 'a', 2;",
-        );
+        let out = sql(&c, "postgres", "CREATE DATABASE other; SELECT 1; SELECT 'a', 2;");
         assert_eq!(out, "1\na|2");
         assert_eq!(sql(&c, "other", "SELECT current_database()"), "other");
         // SQL errors come back as one-line errors.
@@ -1106,9 +952,7 @@ mod tests {
 
     #[test]
     fn two_clusters_at_once() {
-        let handles: Vec<_> = (0..2)
-            .map(|_| std::thread::spawn(|| start(ClusterOptions::default())))
-            .collect();
+        let handles: Vec<_> = (0..2).map(|_| std::thread::spawn(|| start(ClusterOptions::default()))).collect();
         let clusters: Vec<Cluster> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert_ne!(clusters[0].port(), clusters[1].port());
         assert_ne!(clusters[0].socket_dir(), clusters[1].socket_dir());
@@ -1124,17 +968,11 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(sql(&c, "postgres", "SHOW wal_sender_timeout"), "30s");
-        sql(
-            &c,
-            "postgres",
-            "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
-        );
-        c.restart(StopMode::Fast)
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(30)));
+        sql(&c, "postgres", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);");
+        c.restart(StopMode::Fast).unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(30)));
         assert_eq!(sql(&c, "postgres", "SELECT count(*) FROM t"), "1");
         sql(&c, "postgres", "INSERT INTO t VALUES (2);");
-        c.restart(StopMode::Immediate)
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(30)));
+        c.restart(StopMode::Immediate).unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(30)));
         assert_eq!(sql(&c, "postgres", "SELECT count(*) FROM t"), "2");
         assert!(c.log_tail(200).contains("database system was interrupted"));
         c.stop(StopMode::Fast).unwrap();
@@ -1147,25 +985,15 @@ mod tests {
 
     #[test]
     fn tls_cluster_with_password_auth() {
-        let c = start(ClusterOptions {
-            tls: true,
-            password_auth: true,
-            ..Default::default()
-        });
+        let c = start(ClusterOptions { tls: true, password_auth: true, ..Default::default() });
         assert_eq!(sql(&c, "postgres", "SHOW ssl"), "on");
         let ca = c.ca_cert().expect("tls cluster has a CA");
         assert!(ca.exists());
-        sql(
-            &c,
-            "postgres",
-            "CREATE ROLE alice LOGIN PASSWORD 's3cret pw';",
-        );
+        sql(&c, "postgres", "CREATE ROLE alice LOGIN PASSWORD 's3cret pw';");
         // End to end: psql over TCP, verify-full against our CA (checks the
         // 127.0.0.1 SAN), SCRAM password.
-        let psql = [c.bin_dir().join("psql"), PathBuf::from("/usr/bin/psql")]
-            .into_iter()
-            .find(|p| is_executable(p))
-            .unwrap();
+        let psql =
+            [c.bin_dir().join("psql"), PathBuf::from("/usr/bin/psql")].into_iter().find(|p| is_executable(p)).unwrap();
         let dsn = format!(
             "{} sslmode=verify-full sslrootcert={}",
             c.tcp_dsn("alice", Some("s3cret pw"), "postgres"),
@@ -1182,12 +1010,7 @@ mod tests {
                 .unwrap()
         };
         let out = run(&dsn);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            c.log_tail(20)
-        );
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.log_tail(20));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
         // localhost also verifies (DNS SAN).
         let dsn_localhost = dsn.replace("host=127.0.0.1", "host=localhost");
@@ -1221,9 +1044,6 @@ mod tests {
         assert!(dir.exists());
         drop(c);
         assert!(!dir.exists(), "{} still exists", dir.display());
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "server still listening on {port}"
-        );
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "server still listening on {port}");
     }
 }

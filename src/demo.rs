@@ -19,9 +19,7 @@ fn fail(e: impl std::fmt::Display) -> Failure {
 }
 
 async fn connect(dsn: &str) -> Result<tokio_postgres::Client, Failure> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .map_err(fail)?;
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.map_err(fail)?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -42,10 +40,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         .map_err(fail)?;
 
     let dir = tempfile::tempdir().map_err(fail)?;
-    let log_path = args
-        .out
-        .clone()
-        .unwrap_or_else(|| dir.path().join("deletes.jsonl"));
+    let log_path = args.out.clone().unwrap_or_else(|| dir.path().join("deletes.jsonl"));
     let (endpos_tx, endpos_rx) = tokio::sync::watch::channel(None);
     let opts = CaptureOptions {
         dsn: format!("{dsn} application_name=walwitness"),
@@ -61,18 +56,15 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         status_interval: Duration::from_secs(10),
         progress: true,
         // Exact attribution for the story; the sampler runs too, as a cross-check.
-        attribution: crate::attribution::Sources {
-            trigger: true,
-            activity: true,
-        },
+        attribution: crate::attribution::Sources { trigger: true, activity: true },
         activity_interval: Duration::from_millis(200),
+        reconnect_attempts: 10,
+        reconnect_max_delay: Duration::from_secs(30),
     };
     let capture = tokio::spawn(capture::run(opts));
     wait_for_capture_start(&log_path, &capture).await?;
 
-    eprintln!(
-        "walwitness demo: app fills the cache; a forgotten script in another session deletes rows…"
-    );
+    eprintln!("walwitness demo: app fills the cache; a forgotten script in another session deletes rows…");
     let app = connect(&format!("{dsn} application_name=django-app")).await?;
     let script = connect(&format!("{dsn} application_name=forgotten-cleanup.py")).await?;
     let mut deleted_by_script = 0u64;
@@ -86,12 +78,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         .await
         .map_err(fail)?;
         if i % 7 == 0 {
-            app.query(
-                &format!("SELECT value FROM {TABLE} WHERE cache_key = $1"),
-                &[&format!("report:{}", i / 2)],
-            )
-            .await
-            .map_err(fail)?;
+            app.query(&format!("SELECT value FROM {TABLE} WHERE cache_key = $1"), &[&format!("report:{}", i / 2)])
+                .await
+                .map_err(fail)?;
         }
         if i % 50 == 49 {
             // The culprit: deletes a handful of rows through its own connection.
@@ -105,27 +94,13 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             deleted_by_script += n;
         }
     }
-    let remaining: i64 = app
-        .query_one(&format!("SELECT count(*) FROM {TABLE}"), &[])
-        .await
-        .map_err(fail)?
-        .get(0);
-    let end: String = admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(fail)?
-        .get(0);
+    let remaining: i64 = app.query_one(&format!("SELECT count(*) FROM {TABLE}"), &[]).await.map_err(fail)?.get(0);
+    let end: String = admin.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(fail)?.get(0);
     let _ = endpos_tx.send(end.parse().ok());
     let outcome = capture.await.map_err(fail)??;
 
     let text = std::fs::read_to_string(&log_path).map_err(fail)?;
-    print_summary(
-        &text,
-        args.rows,
-        remaining,
-        deleted_by_script,
-        outcome.deletes,
-    );
+    print_summary(&text, args.rows, remaining, deleted_by_script, outcome.deletes);
     if args.out.is_some() {
         println!("\nThe log is kept at {}", log_path.display());
     }
@@ -185,10 +160,7 @@ fn print_summary(log: &str, rows: u32, remaining: i64, deleted: u64, captured: u
     println!("\n=== what walwitness captured ===");
     println!("The app wrote {rows} cache rows; {remaining} are left. Deleted by the other session: {deleted}. Delete records in the log: {captured}.");
     for (xid, (time, n, keys, session)) in &per_txn {
-        println!(
-            "  {time}  xid {xid}: {n} rows deleted from public.{TABLE} ({session}), e.g. {}",
-            keys.join(", ")
-        );
+        println!("  {time}  xid {xid}: {n} rows deleted from public.{TABLE} ({session}), e.g. {}", keys.join(", "));
     }
     println!("\nFirst records, as written (JSON lines):");
     for l in first_lines {
@@ -197,9 +169,6 @@ fn print_summary(log: &str, rows: u32, remaining: i64, deleted: u64, captured: u
     if u64::try_from(i64::from(rows) - remaining).ok() == Some(captured) {
         println!("\nEvery vanished row is accounted for.");
     } else {
-        println!(
-            "\nMISMATCH: rows vanished {} vs captured {captured}",
-            i64::from(rows) - remaining
-        );
+        println!("\nMISMATCH: rows vanished {} vs captured {captured}", i64::from(rows) - remaining);
     }
 }

@@ -42,14 +42,24 @@ pub enum Exit {
 pub struct Failure {
     pub exit: Exit,
     pub message: String,
+    /// The connection was lost or the server is restarting: reconnecting may succeed.
+    pub transient: bool,
 }
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Failure {
-            exit,
-            message: message.into(),
-        }
+        Failure { exit, message: message.into(), transient: false }
+    }
+}
+
+/// Whether an error from the server connection is worth a reconnection attempt.
+pub fn is_transient(e: &PgError) -> bool {
+    match e {
+        PgError::Io(_) | PgError::Closed | PgError::Connect { .. } => true,
+        // 57P01-03: administrator/crash shutdown, cannot connect now; 08: connection exceptions;
+        // 55006: the slot is still held by the walsender of the connection we lost.
+        PgError::Db(db) => db.code.starts_with("57P") || db.code.starts_with("08") || db.code == "55006",
+        _ => false,
     }
 }
 
@@ -84,5 +94,6 @@ pub fn from_pg(context: &str, e: PgError) -> Failure {
             msg.push_str(" (grant it with: ALTER ROLE <user> REPLICATION)");
         }
     }
-    Failure::new(exit, msg)
+    let transient = is_transient(&e);
+    Failure { exit, message: msg, transient }
 }

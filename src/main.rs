@@ -15,17 +15,12 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WALWITNESS_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("walwitness={level}"))
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("WALWITNESS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("walwitness={level}"))),
         )
         .with_target(false)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walwitness: cannot start the async runtime: {e}");

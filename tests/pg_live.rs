@@ -11,10 +11,7 @@ use std::time::Duration;
 use walwitness::pg::{connect_sql, AuthError, ConnSpec, CopyEvent, PgError, ReplicationConnection};
 
 static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    walwitness::cluster::Cluster::find_bin_dir()
-        .expect("PostgreSQL server binaries")
-        .display()
-        .to_string()
+    walwitness::cluster::Cluster::find_bin_dir().expect("PostgreSQL server binaries").display().to_string()
 });
 
 struct Cluster {
@@ -45,11 +42,7 @@ fn as_pg(prog: &str) -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -143,19 +136,11 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         make_certs(root);
-        std::fs::set_permissions(
-            root.join("server.key"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        std::fs::set_permissions(root.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         if unsafe { libc::geteuid() } == 0 {
-            run(Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(root));
+            run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(root));
         }
-        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let data = root.join("data");
         run(as_pg(&format!("{}/initdb", *BIN)).args([
             "-D",
@@ -200,11 +185,7 @@ impl Cluster {
     }
 
     fn sock_dsn(&self, extra: &str) -> String {
-        format!(
-            "host={} port={} user=postgres dbname=postgres {extra}",
-            self.root().display(),
-            self.port
-        )
+        format!("host={} port={} user=postgres dbname=postgres {extra}", self.root().display(), self.port)
     }
 
     fn tcp_dsn(&self, host: &str, extra: &str) -> String {
@@ -215,13 +196,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = as_pg(&format!("{}/pg_ctl", *BIN))
-            .args([
-                "-D",
-                self.dir.path().join("data").to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
+            .args(["-D", self.dir.path().join("data").to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
     }
 }
@@ -244,9 +219,7 @@ async fn live_pg15() {
             std::env::remove_var(k);
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("walwitness=debug")
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter("walwitness=debug").try_init();
     let c = Cluster::start();
     let root = c.root();
     let ca = root.join("ca.crt");
@@ -270,49 +243,28 @@ async fn live_pg15() {
     // 1. Unix socket, trust.
     let mut r = repl(&c.sock_dsn("")).await.unwrap();
     assert!(!r.is_tls());
-    assert!(
-        r.server_version_num() >= 150000,
-        "{}",
-        r.server_version_num()
-    );
+    assert!(r.server_version_num() >= 150000, "{}", r.server_version_num());
     assert!(r.backend_pid() > 0);
     let id = r.simple_query("IDENTIFY_SYSTEM").await.unwrap();
     assert_eq!(id.columns, ["systemid", "timeline", "xlogpos", "dbname"]);
     assert_eq!(id.get(0, "dbname"), Some("postgres"));
     println!("IDENTIFY_SYSTEM: {id:?}");
     // A server error leaves the connection usable.
-    let e = r
-        .simple_query("SELECT * FROM nonexistent")
-        .await
-        .unwrap_err();
+    let e = r.simple_query("SELECT * FROM nonexistent").await.unwrap_err();
     assert_eq!(e.sqlstate(), Some("42P01"), "{e}");
-    let one = r
-        .simple_query("SELECT 1 AS a, NULL::text AS b")
-        .await
-        .unwrap();
+    let one = r.simple_query("SELECT 1 AS a, NULL::text AS b").await.unwrap();
     assert_eq!(one.rows, vec![vec![Some("1".to_owned()), None]]);
 
     // 2. Replication stream: slot, START_REPLICATION, DELETE elsewhere.
-    let slot = r
-        .simple_query("CREATE_REPLICATION_SLOT s LOGICAL pgoutput (SNAPSHOT 'nothing')")
-        .await
-        .unwrap();
+    let slot = r.simple_query("CREATE_REPLICATION_SLOT s LOGICAL pgoutput (SNAPSHOT 'nothing')").await.unwrap();
     assert_eq!(slot.get(0, "slot_name"), Some("s"));
     let e = r
-        .start_copy_both(
-            "START_REPLICATION SLOT nope LOGICAL 0/0 (proto_version '1', publication_names 'p')",
-        )
+        .start_copy_both("START_REPLICATION SLOT nope LOGICAL 0/0 (proto_version '1', publication_names 'p')")
         .await
         .unwrap_err();
     assert_eq!(e.sqlstate(), Some("42704"), "{e}");
-    r.start_copy_both(
-        "START_REPLICATION SLOT s LOGICAL 0/0 (proto_version '3', publication_names 'p')",
-    )
-    .await
-    .unwrap();
-    sql.execute("DELETE FROM t WHERE id <= 3", &[])
-        .await
-        .unwrap();
+    r.start_copy_both("START_REPLICATION SLOT s LOGICAL 0/0 (proto_version '3', publication_names 'p')").await.unwrap();
+    sql.execute("DELETE FROM t WHERE id <= 3", &[]).await.unwrap();
     let (mut deletes, mut frames, mut last_end) = (0, 0, 0u64);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while deletes < 3 {
@@ -338,10 +290,7 @@ async fn live_pg15() {
             },
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no DELETE seen; frames={frames}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "no DELETE seen; frames={frames}");
     }
     // Standby status update: confirm what we saw.
     let mut status = vec![b'r'];
@@ -358,95 +307,53 @@ async fn live_pg15() {
     r.close().await;
 
     // 3. Password methods over TCP without TLS.
-    let mut r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw sslmode=disable"))
-        .await
-        .unwrap();
+    let mut r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw sslmode=disable")).await.unwrap();
     assert!(!r.is_tls());
     r.simple_query("IDENTIFY_SYSTEM").await.unwrap();
-    repl(&c.tcp_dsn("127.0.0.1", "user=md5user password=md5pw sslmode=disable"))
-        .await
-        .unwrap();
-    repl(&c.tcp_dsn(
-        "127.0.0.1",
-        "user=plainuser password='plain pw' sslmode=disable",
-    ))
-    .await
-    .unwrap();
-    let e = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=wrong sslmode=disable"))
-        .await
-        .unwrap_err();
+    repl(&c.tcp_dsn("127.0.0.1", "user=md5user password=md5pw sslmode=disable")).await.unwrap();
+    repl(&c.tcp_dsn("127.0.0.1", "user=plainuser password='plain pw' sslmode=disable")).await.unwrap();
+    let e = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=wrong sslmode=disable")).await.unwrap_err();
     assert!(matches!(e, PgError::Auth(AuthError::Server(_))), "{e}");
     assert_eq!(e.sqlstate(), Some("28P01"));
     assert!(!e.to_string().contains("wrong"));
-    let e = repl(&c.tcp_dsn("127.0.0.1", "user=md5user password=nope sslmode=disable"))
-        .await
-        .unwrap_err();
+    let e = repl(&c.tcp_dsn("127.0.0.1", "user=md5user password=nope sslmode=disable")).await.unwrap_err();
     assert!(matches!(e, PgError::Auth(_)), "{e}");
-    let e = repl(&c.tcp_dsn("127.0.0.1", "user=postgres sslmode=disable"))
-        .await
-        .unwrap_err();
+    let e = repl(&c.tcp_dsn("127.0.0.1", "user=postgres sslmode=disable")).await.unwrap_err();
     assert!(matches!(e, PgError::Auth(AuthError::Client(_))), "{e}");
     // pgpass supplies the password.
     let pgpass = root.join("pgpass");
     std::fs::write(&pgpass, format!("127.0.0.1:{}:*:postgres:pw\n", c.port)).unwrap();
     std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    repl(&c.tcp_dsn(
-        "127.0.0.1",
-        &format!(
-            "user=postgres passfile={} sslmode=disable",
-            pgpass.display()
-        ),
-    ))
-    .await
-    .unwrap();
+    repl(&c.tcp_dsn("127.0.0.1", &format!("user=postgres passfile={} sslmode=disable", pgpass.display())))
+        .await
+        .unwrap();
 
     // 4. TLS.
-    let r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw sslmode=require"))
-        .await
-        .unwrap();
+    let r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw sslmode=require")).await.unwrap();
     assert!(r.is_tls());
-    let r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw"))
-        .await
-        .unwrap();
+    let r = repl(&c.tcp_dsn("127.0.0.1", "user=postgres password=pw")).await.unwrap();
     assert!(r.is_tls(), "prefer uses TLS when offered");
-    let r = repl(&c.tcp_dsn(
-        "localhost",
-        &format!(
-            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
-            ca.display()
-        ),
-    ))
+    let r = repl(
+        &c.tcp_dsn("localhost", &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", ca.display())),
+    )
     .await
     .unwrap();
     assert!(r.is_tls());
     // The certificate names localhost, not 127.0.0.1: verify-ca passes,
     // verify-full does not.
-    repl(&c.tcp_dsn(
-        "127.0.0.1",
-        &format!(
-            "user=postgres password=pw sslmode=verify-ca sslrootcert={}",
-            ca.display()
-        ),
-    ))
-    .await
-    .unwrap();
-    let e = repl(&c.tcp_dsn(
-        "127.0.0.1",
-        &format!(
-            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
-            ca.display()
-        ),
-    ))
+    repl(&c.tcp_dsn("127.0.0.1", &format!("user=postgres password=pw sslmode=verify-ca sslrootcert={}", ca.display())))
+        .await
+        .unwrap();
+    let e = repl(
+        &c.tcp_dsn("127.0.0.1", &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", ca.display())),
+    )
     .await
     .unwrap_err();
     assert!(matches!(e, PgError::Tls(_)), "{e}");
     println!("verify-full name mismatch: {e}");
     let e = repl(&c.tcp_dsn(
         "localhost",
-        &format!(
-            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
-            other_ca.display()
-        ),
+        &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", other_ca.display()),
     ))
     .await
     .unwrap_err();
@@ -455,94 +362,56 @@ async fn live_pg15() {
     // require + an existing root cert behaves as verify-ca.
     let e = repl(&c.tcp_dsn(
         "127.0.0.1",
-        &format!(
-            "user=postgres password=pw sslmode=require sslrootcert={}",
-            other_ca.display()
-        ),
+        &format!("user=postgres password=pw sslmode=require sslrootcert={}", other_ca.display()),
     ))
     .await
     .unwrap_err();
     assert!(matches!(e, PgError::Tls(_)), "{e}");
     // prefer + a failing chain falls back to plaintext, like libpq.
-    let r = repl(&c.tcp_dsn(
-        "127.0.0.1",
-        &format!(
-            "user=postgres password=pw sslmode=prefer sslrootcert={}",
-            other_ca.display()
-        ),
-    ))
-    .await
-    .unwrap();
+    let r =
+        repl(&c.tcp_dsn(
+            "127.0.0.1",
+            &format!("user=postgres password=pw sslmode=prefer sslrootcert={}", other_ca.display()),
+        ))
+        .await
+        .unwrap();
     assert!(!r.is_tls());
     // Wrong password over TLS (SCRAM-SHA-256-PLUS is offered there).
-    let e = repl(&c.tcp_dsn("localhost", "user=postgres password=bad sslmode=require"))
-        .await
-        .unwrap_err();
+    let e = repl(&c.tcp_dsn("localhost", "user=postgres password=bad sslmode=require")).await.unwrap_err();
     assert!(matches!(e, PgError::Auth(_)), "{e}");
 
     // tokio-postgres through the same TLS settings.
-    let s = connect_sql(&spec(&c.tcp_dsn(
-        "localhost",
-        &format!(
-            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
-            ca.display()
-        ),
-    )))
+    let s = connect_sql(&spec(
+        &c.tcp_dsn("localhost", &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", ca.display())),
+    ))
     .await
     .unwrap();
-    let row = s
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
+    let row = s.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
     assert!(row.get::<_, bool>(0));
     let e = connect_sql(&spec(&c.tcp_dsn(
         "localhost",
-        &format!(
-            "user=postgres password=pw sslmode=verify-full sslrootcert={}",
-            other_ca.display()
-        ),
+        &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", other_ca.display()),
     )))
     .await
     .unwrap_err();
     assert!(matches!(e, PgError::Tls(_)), "{e}");
     let s = connect_sql(&spec(&c.tcp_dsn(
         "127.0.0.1",
-        &format!(
-            "user=postgres password=pw sslmode=prefer sslrootcert={}",
-            other_ca.display()
-        ),
+        &format!("user=postgres password=pw sslmode=prefer sslrootcert={}", other_ca.display()),
     )))
     .await
     .unwrap();
-    let row = s
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
+    let row = s.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
     assert!(!row.get::<_, bool>(0), "prefer falls back to plaintext");
-    let e = connect_sql(&spec(&c.tcp_dsn("127.0.0.1", "user=postgres password=bad")))
-        .await
-        .unwrap_err();
+    let e = connect_sql(&spec(&c.tcp_dsn("127.0.0.1", "user=postgres password=bad"))).await.unwrap_err();
     assert!(matches!(e, PgError::Auth(_)), "{e}");
 
     // 5. Unreachable: nothing listens on a fresh port; the second host works.
     let dead = free_port();
-    let e = repl(&format!(
-        "host=127.0.0.1 port={dead} user=postgres password=pw sslmode=disable"
-    ))
-    .await
-    .unwrap_err();
+    let e = repl(&format!("host=127.0.0.1 port={dead} user=postgres password=pw sslmode=disable")).await.unwrap_err();
     assert!(matches!(e, PgError::Connect { .. }), "{e}");
-    let multi = format!(
-        "host=127.0.0.1,{} port={dead},{} user=postgres password=pw dbname=postgres",
-        root.display(),
-        c.port
-    );
+    let multi =
+        format!("host=127.0.0.1,{} port={dead},{} user=postgres password=pw dbname=postgres", root.display(), c.port);
     let r = repl(&multi).await.unwrap();
     assert!(!r.is_tls());
 }

@@ -46,18 +46,9 @@ impl ActivityMap {
             let deleting = looks_deleting(s.query.as_deref());
             match m.get_mut(&xid) {
                 // Keep the sample that shows the deleting statement; otherwise the newest.
-                Some(e) if e.session.pid == s.pid && e.deleting_query && !deleting => {
-                    e.last_seen = now
-                }
+                Some(e) if e.session.pid == s.pid && e.deleting_query && !deleting => e.last_seen = now,
                 _ => {
-                    m.insert(
-                        xid,
-                        Entry {
-                            session: SessionJson::new(&s),
-                            deleting_query: deleting,
-                            last_seen: now,
-                        },
-                    );
+                    m.insert(xid, Entry { session: SessionJson::new(&s), deleting_query: deleting, last_seen: now });
                 }
             }
         }
@@ -151,7 +142,7 @@ pub async fn can_read_all_stats(c: &tokio_postgres::Client) -> bool {
 /// Samples until the map is dropped by everyone else. Errors are retried quietly: attribution is
 /// best-effort, the capture itself must not stop because a sample failed.
 pub fn spawn_sampler(
-    c: std::sync::Arc<tokio_postgres::Client>,
+    spec: crate::pg::config::ConnSpec,
     map: std::sync::Arc<ActivityMap>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -161,16 +152,19 @@ pub fn spawn_sampler(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
         let mut failures: u64 = 0;
+        let mut client: Option<tokio_postgres::Client> = None;
         loop {
             tick.tick().await;
             if std::sync::Arc::strong_count(&map) == 1 {
                 return;
             }
+            // Its own connection, re-opened after a server restart: the sampler outlives connections.
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = crate::pg::connect_sql(&spec).await.ok();
+            }
+            let Some(c) = &client else { continue };
             match c.query(&sql, &[]).await {
-                Ok(rows) => map.record(
-                    Instant::now(),
-                    rows.iter().filter_map(session_from_row).collect(),
-                ),
+                Ok(rows) => map.record(Instant::now(), rows.iter().filter_map(session_from_row).collect()),
                 Err(e) => {
                     failures += 1;
                     // Say it once loudly: a silently failing sampler would look like "nobody was seen".
@@ -194,12 +188,7 @@ mod tests {
     use super::*;
 
     fn s(pid: i32, q: &str) -> Session {
-        Session {
-            attributed_by: "activity".into(),
-            pid,
-            query: Some(q.into()),
-            ..Default::default()
-        }
+        Session { attributed_by: "activity".into(), pid, query: Some(q.into()), ..Default::default() }
     }
 
     #[test]

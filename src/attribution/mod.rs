@@ -39,30 +39,22 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
         AttributionCommand::Install(a) => (a, true),
         AttributionCommand::Remove(a) => (a, false),
     };
-    let spec =
-        crate::pg::config::ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
+    let spec = crate::pg::config::ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
     let sql = crate::pg::connect_sql(&spec)
         .await
         .map_err(|e| from_pg(&format!("cannot connect to {}", spec.describe()), e))?;
     let mut names = Vec::new();
     for t in &args.tables {
-        let arg =
-            crate::capture::names::parse_table(t).map_err(|e| Failure::new(Exit::Usage, e))?;
+        let arg = crate::capture::names::parse_table(t).map_err(|e| Failure::new(Exit::Usage, e))?;
         let table = crate::capture::setup::resolve_table(&sql, &arg).await?;
         names.push(table.sql_name());
     }
     if install {
         trigger::install(&sql, &names).await?;
-        eprintln!(
-            "walwitness: attribution trigger installed on {}",
-            names.join(", ")
-        );
+        eprintln!("walwitness: attribution trigger installed on {}", names.join(", "));
     } else {
         trigger::remove(&sql, &names).await?;
-        eprintln!(
-            "walwitness: attribution trigger removed from {}",
-            names.join(", ")
-        );
+        eprintln!("walwitness: attribution trigger removed from {}", names.join(", "));
     }
     Ok(())
 }

@@ -103,15 +103,8 @@ impl Verifier {
     }
 
     pub fn mac(&self, payload: &[u8]) -> [u8; 32] {
-        let inner = Sha256::new()
-            .chain_update(&self.ipad)
-            .chain_update(payload)
-            .finalize();
-        Sha256::new()
-            .chain_update(&self.opad)
-            .chain_update(inner)
-            .finalize()
-            .into()
+        let inner = Sha256::new().chain_update(&self.ipad).chain_update(payload).finalize();
+        Sha256::new().chain_update(&self.opad).chain_update(inner).finalize().into()
     }
 
     /// Checks a message's signature and decodes it. Errors say why it was rejected.
@@ -122,17 +115,11 @@ impl Verifier {
         };
         let given = hex::decode(mac_hex).map_err(|_| "signature is not hex".to_owned())?;
         let want = self.mac(payload);
-        if given.len() != want.len()
-            || given
-                .iter()
-                .zip(want.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                != 0
-        {
+        if given.len() != want.len() || given.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return Err("signature does not match the installed key".into());
         }
-        let p: Payload = serde_json::from_slice(payload)
-            .map_err(|e| format!("signed payload is not understood: {e}"))?;
+        let p: Payload =
+            serde_json::from_slice(payload).map_err(|e| format!("signed payload is not understood: {e}"))?;
         if p.v != 1 {
             return Err(format!("unknown payload version {}", p.v));
         }
@@ -148,8 +135,7 @@ fn random_key() -> std::io::Result<[u8; 32]> {
 }
 
 fn function_sql() -> String {
-    let ts =
-        |e: &str| format!("to_char({e} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let ts = |e: &str| format!("to_char({e} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     format!(
         r#"CREATE OR REPLACE FUNCTION {SCHEMA}.attribution_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $walwitness$
@@ -196,33 +182,20 @@ $walwitness$"#,
 }
 
 fn q(context: &str, e: tokio_postgres::Error) -> Failure {
-    let exit = if e.code().map(|c| c.code()) == Some("42501") {
-        Exit::Privilege
-    } else {
-        Exit::Internal
-    };
-    let msg = e
-        .as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_else(|| e.to_string());
+    let exit = if e.code().map(|c| c.code()) == Some("42501") { Exit::Privilege } else { Exit::Internal };
+    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string());
     Failure::new(exit, format!("{context}: {msg}"))
 }
 
 /// Installs (idempotently) the schema, key, function and the triggers on `tables` (SQL names).
 pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
     let owner: Option<String> = c
-        .query_opt(
-            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1",
-            &[&SCHEMA],
-        )
+        .query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
         .await
         .map_err(|e| q("cannot read pg_namespace", e))?
         .map(|r| r.get(0));
-    let me: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .map_err(|e| q("cannot read current_user", e))?
-        .get(0);
+    let me: String =
+        c.query_one("SELECT current_user::text", &[]).await.map_err(|e| q("cannot read current_user", e))?.get(0);
     if let Some(o) = &owner {
         if o.trim_matches('"') != me {
             return Err(Failure::new(
@@ -231,8 +204,7 @@ pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
             ));
         }
     }
-    let key = random_key()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot read /dev/urandom: {e}")))?;
+    let key = random_key().map_err(|e| Failure::new(Exit::Internal, format!("cannot read /dev/urandom: {e}")))?;
     let (ipad, opad) = pads(&key);
     if let Err(e) = c.batch_execute(&format!(
         "BEGIN; CREATE SCHEMA IF NOT EXISTS {SCHEMA}; REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC; \
@@ -250,12 +222,9 @@ pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| q("cannot store the attribution key", e))?;
-    c.batch_execute(&format!(
-        "{}; REVOKE ALL ON FUNCTION {SCHEMA}.attribution_trigger() FROM PUBLIC",
-        function_sql()
-    ))
-    .await
-    .map_err(|e| q("cannot create the attribution function", e))?;
+    c.batch_execute(&format!("{}; REVOKE ALL ON FUNCTION {SCHEMA}.attribution_trigger() FROM PUBLIC", function_sql()))
+        .await
+        .map_err(|e| q("cannot create the attribution function", e))?;
     for t in tables {
         let sql = format!(
             "BEGIN; SET LOCAL lock_timeout = '100ms'; \
@@ -263,12 +232,7 @@ pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
              CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.attribution_trigger(); \
              COMMIT"
         );
-        with_lock_retries(
-            c,
-            &sql,
-            &format!("cannot install the attribution triggers on {t}"),
-        )
-        .await?;
+        with_lock_retries(c, &sql, &format!("cannot install the attribution triggers on {t}")).await?;
     }
     Ok(())
 }
@@ -296,20 +260,14 @@ async fn with_lock_retries(c: &Client, sql: &str, context: &str) -> Result<(), F
             }
         }
     }
-    Err(Failure::new(
-        Exit::Internal,
-        format!("{context}: the table stayed locked"),
-    ))
+    Err(Failure::new(Exit::Internal, format!("{context}: the table stayed locked")))
 }
 
 /// Removes the triggers from `tables`; drops the schema (key and function) when no walwitness
 /// trigger is left anywhere in the database.
 pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
     let exists: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-            &[&SCHEMA],
-        )
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&SCHEMA])
         .await
         .map_err(|e| q("cannot read pg_namespace", e))?
         .get(0);
@@ -318,21 +276,13 @@ pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
             "BEGIN; SET LOCAL lock_timeout = '100ms'; DROP TRIGGER IF EXISTS {DELETE_TRIGGER} ON {t}; \
              DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {t}; COMMIT"
         );
-        with_lock_retries(
-            c,
-            &sql,
-            &format!("cannot remove the attribution triggers from {t}"),
-        )
-        .await?;
+        with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {t}")).await?;
     }
     if !exists {
         return Ok(());
     }
     let left: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_trigger WHERE tgname IN ($1, $2)",
-            &[&DELETE_TRIGGER, &TRUNCATE_TRIGGER],
-        )
+        .query_one("SELECT count(*) FROM pg_trigger WHERE tgname IN ($1, $2)", &[&DELETE_TRIGGER, &TRUNCATE_TRIGGER])
         .await
         .map_err(|e| q("cannot read pg_trigger", e))?
         .get(0);
@@ -404,10 +354,7 @@ mod tests {
         assert!(v.verify(&forged).is_err());
         let (i2, o2) = pads(&[8u8; 32]);
         let other = Verifier::from_pads(i2, o2);
-        assert!(v
-            .verify(&signed(&other, P))
-            .unwrap_err()
-            .contains("does not match"));
+        assert!(v.verify(&signed(&other, P)).unwrap_err().contains("does not match"));
         assert!(v.verify(b"nosignature").is_err());
         assert!(v.verify(b"zz {}").is_err());
         assert!(v.verify(&signed(&v, "{\"v\":2}")).is_err());

@@ -24,7 +24,7 @@ use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
 use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, FORMAT_VERSION};
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
-use names::{parse_table, quote_ident, quote_literal};
+use names::{parse_table, quote_ident};
 use setup::{PubOrigin, SlotState};
 pub use stream::StopReason;
 
@@ -46,6 +46,10 @@ pub struct CaptureOptions {
     pub progress: bool,
     pub attribution: Sources,
     pub activity_interval: Duration,
+    /// Consecutive failed reconnection attempts before giving up (0: never reconnect).
+    pub reconnect_attempts: u32,
+    /// Cap of the exponential backoff between attempts.
+    pub reconnect_max_delay: Duration,
 }
 
 /// What a finished capture did.
@@ -79,9 +83,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     let spec = ConnSpec::parse(&opts.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
     let target = spec.describe();
     let sql = std::sync::Arc::new(
-        crate::pg::connect_sql(&spec)
-            .await
-            .map_err(|e| from_pg(&format!("cannot connect to {target}"), e))?,
+        crate::pg::connect_sql(&spec).await.map_err(|e| from_pg(&format!("cannot connect to {target}"), e))?,
     );
 
     // Checks first: refusing must leave the server untouched.
@@ -94,14 +96,8 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
             tables.push(table);
         }
     }
-    let slot = opts
-        .slot
-        .clone()
-        .unwrap_or_else(|| setup::default_slot(&info.database, &tables));
-    let publication = opts
-        .publication
-        .clone()
-        .unwrap_or_else(|| setup::default_publication(&tables));
+    let slot = opts.slot.clone().unwrap_or_else(|| setup::default_slot(&info.database, &tables));
+    let publication = opts.publication.clone().unwrap_or_else(|| setup::default_publication(&tables));
     let slot_state = setup::inspect_slot(&sql, &slot, &info.database).await?;
 
     // The log is opened (and its tail repaired) before the server is changed: an unwritable --out
@@ -131,13 +127,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     if opts.attribution.trigger {
         trigger::install(&sql, &sql_tables).await?;
         attributor.verifier = Some(std::sync::Arc::new(trigger::load_verifier(&sql).await?));
-        say(
-            opts.progress,
-            &format!(
-                "walwitness: attribution trigger installed on {}",
-                sql_tables.join(", ")
-            ),
-        );
+        say(opts.progress, &format!("walwitness: attribution trigger installed on {}", sql_tables.join(", ")));
     }
     let mut sampler = None;
     if opts.attribution.activity {
@@ -149,11 +139,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
             );
         }
         let map = std::sync::Arc::new(activity::ActivityMap::new());
-        sampler = Some(activity::spawn_sampler(
-            sql.clone(),
-            map.clone(),
-            opts.activity_interval,
-        ));
+        sampler = Some(activity::spawn_sampler(spec.clone(), map.clone(), opts.activity_interval));
         attributor.activity = Some(map);
     }
 
@@ -175,6 +161,16 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     if let Some(s) = sampler {
         s.abort();
     }
+    // The server may have restarted while we streamed: cleanup needs a live connection.
+    let sql = if sql.is_closed() {
+        std::sync::Arc::new(
+            crate::pg::connect_sql(&spec)
+                .await
+                .map_err(|e| from_pg(&format!("cannot reconnect to {target} to clean up"), e))?,
+        )
+    } else {
+        sql
+    };
     if opts.attribution.trigger && result.is_ok() && !opts.keep_slot {
         trigger::remove(&sql, &sql_tables).await?;
     }
@@ -222,80 +218,48 @@ async fn capture_with_objects(
     let target = spec.describe();
     let mut repl = ReplicationConnection::connect(spec, &[])
         .await
-        .map_err(|e| {
-            from_pg(
-                &format!("cannot open a replication connection to {target}"),
-                e,
-            )
-        })?;
-    let ident = repl
-        .simple_query("IDENTIFY_SYSTEM")
-        .await
-        .map_err(|e| from_pg("IDENTIFY_SYSTEM failed", e))?;
-    let system_identifier = ident
-        .rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .unwrap_or_default();
+        .map_err(|e| from_pg(&format!("cannot open a replication connection to {target}"), e))?;
+    let ident = repl.simple_query("IDENTIFY_SYSTEM").await.map_err(|e| from_pg("IDENTIFY_SYSTEM failed", e))?;
+    let system_identifier = ident.rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
 
     let (created, slot_start) = match slot_state {
         SlotState::Absent => {
             let cmd = if info.version_num >= 150000 {
-                format!(
-                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
-                    quote_ident(slot)
-                )
+                format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')", quote_ident(slot))
             } else {
-                format!(
-                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                    quote_ident(slot)
-                )
+                format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot))
             };
             let r = repl
                 .simple_query(&cmd)
                 .await
                 .map_err(|e| from_pg(&format!("cannot create replication slot {slot}"), e))?;
-            let point = r
-                .rows
-                .first()
-                .and_then(|row| row.get(1).cloned().flatten())
-                .unwrap_or_default();
+            let point = r.rows.first().and_then(|row| row.get(1).cloned().flatten()).unwrap_or_default();
             (true, point.parse::<Lsn>().unwrap_or_default())
         }
-        SlotState::Reusable { confirmed_flush } => (
-            false,
-            confirmed_flush
-                .and_then(|s| s.parse::<Lsn>().ok())
-                .unwrap_or_default(),
-        ),
+        SlotState::Reusable { confirmed_flush } => {
+            (false, confirmed_flush.and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default())
+        }
     };
     let log_mark = recovery.last_commit_end.unwrap_or_default();
     let start_lsn = slot_start.max(log_mark);
 
-    let mut proto = match info.version_num {
-        v if v >= 160000 => 4,
-        v if v >= 150000 => 3,
-        _ => 2,
+    let mut target = stream::StreamTarget {
+        spec: spec.clone(),
+        slot: slot.to_owned(),
+        publication: publication.to_owned(),
+        proto: match info.version_num {
+            v if v >= 160000 => 4,
+            v if v >= 150000 => 3,
+            _ => 2,
+        },
+        reconnect_attempts: opts.reconnect_attempts,
+        reconnect_max_delay: opts.reconnect_max_delay,
     };
-    loop {
-        let cmd = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages 'true')",
-            quote_ident(slot),
-            start_lsn,
-            proto,
-            quote_literal(&quote_ident(publication)),
-        );
-        match repl.start_copy_both(&cmd).await {
-            Ok(()) => break,
-            Err(e) if e.sqlstate() == Some("0A000") && proto > 2 => proto -= 1,
-            Err(e) => {
-                return Err(from_pg(
-                    &format!("cannot start replication from slot {slot}"),
-                    e,
-                ))
-            }
-        }
-    }
+    target
+        .start(&mut repl, start_lsn)
+        .await
+        .map_err(|e| from_pg(&format!("cannot start replication from slot {slot}"), e))?;
+    let proto = target.proto;
 
     let writer = Writer::start(&opts.out, file, recovery.len)
         .map_err(|e| Failure::new(Exit::Output, format!("cannot start the log writer: {e}")))?;
@@ -319,11 +283,7 @@ async fn capture_with_objects(
         },
     );
     writer
-        .send(Chunk::Append {
-            data: first.freeze(),
-            boundary: true,
-            ack: None,
-        })
+        .send(Chunk::Append { data: first.freeze(), boundary: true, ack: None })
         .await
         .map_err(|e| Failure::new(Exit::Output, e))?;
 
@@ -335,14 +295,7 @@ async fn capture_with_objects(
             info.database,
             info.version
         );
-        eprintln!(
-            "  slot:        {slot} ({})",
-            if created {
-                "created"
-            } else {
-                "reused: resuming"
-            }
-        );
+        eprintln!("  slot:        {slot} ({})", if created { "created" } else { "reused: resuming" });
         eprintln!("  publication: {publication}");
         eprintln!("  start LSN:   {start_lsn} (pgoutput protocol version {proto})");
         match &opts.out {
@@ -372,7 +325,7 @@ async fn capture_with_objects(
         Some(t) => opts.status_interval.min(t / 2),
         None => opts.status_interval,
     };
-    let retained = status::spawn_retained_wal_probe(sql.clone(), slot.to_owned());
+    let retained = status::spawn_retained_wal_probe(spec.clone(), slot.to_owned());
     let loop_opts = stream::LoopOptions {
         endpos: opts.endpos,
         endpos_later: opts.endpos_later.clone(),
@@ -381,10 +334,7 @@ async fn capture_with_objects(
         progress: opts.progress,
         progress_interval: opts.progress_interval,
     };
-    let outcome = stream::run(
-        signals, repl, writer, assembler, loop_opts, retained, start_lsn,
-    )
-    .await;
+    let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await;
     outcome
 }
 
@@ -419,5 +369,7 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
             activity: a.attribution.contains(&AttributionSource::Activity),
         },
         activity_interval: a.activity_interval,
+        reconnect_attempts: a.reconnect_attempts,
+        reconnect_max_delay: a.reconnect_max_delay,
     }
 }

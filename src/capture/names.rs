@@ -37,9 +37,7 @@ pub fn parse_table(arg: &str) -> Result<TableArg, String> {
             if rest.is_empty() {
                 break;
             }
-            rest = rest
-                .strip_prefix('.')
-                .ok_or_else(|| format!("expected '.' after a quoted name in {arg:?}"))?;
+            rest = rest.strip_prefix('.').ok_or_else(|| format!("expected '.' after a quoted name in {arg:?}"))?;
         } else if parts.is_empty() {
             match rest.split_once('.') {
                 Some((s, t)) => {
@@ -71,12 +69,7 @@ pub fn parse_table(arg: &str) -> Result<TableArg, String> {
     if schema.0.is_empty() || table.0.is_empty() {
         return Err(format!("empty schema or table name in {arg:?}"));
     }
-    Ok(TableArg {
-        schema: schema.0,
-        table: table.0,
-        schema_quoted: schema.1,
-        table_quoted: table.1,
-    })
+    Ok(TableArg { schema: schema.0, table: table.0, schema_quoted: schema.1, table_quoted: table.1 })
 }
 
 /// SQL identifier quoting.
@@ -96,13 +89,7 @@ pub fn object_name(prefix: &str, parts: &[&str]) -> String {
     let raw = parts.join("_");
     let mut name: String = format!("{prefix}_{raw}")
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
         .collect();
     let lossy = name != format!("{prefix}_{raw}");
     if name.len() > 63 || lossy {
@@ -134,14 +121,8 @@ mod tests {
     #[test]
     fn table_args() {
         assert_eq!(t("cache"), ("public".into(), "cache".into()));
-        assert_eq!(
-            t("public.tracebase_cache_table"),
-            ("public".into(), "tracebase_cache_table".into())
-        );
-        assert_eq!(
-            t("Sales.Order Lines"),
-            ("Sales".into(), "Order Lines".into())
-        );
+        assert_eq!(t("public.tracebase_cache_table"), ("public".into(), "tracebase_cache_table".into()));
+        assert_eq!(t("Sales.Order Lines"), ("Sales".into(), "Order Lines".into()));
         assert_eq!(t("\"a.b\".\"Q\"\"x\""), ("a.b".into(), "Q\"x".into()));
         assert_eq!(t("s.\"T.1\""), ("s".into(), "T.1".into()));
         assert!(parse_table("\"open").is_err());
@@ -152,20 +133,10 @@ mod tests {
 
     #[test]
     fn object_names_are_valid_slot_names() {
-        assert_eq!(
-            object_name("walwitness", &["app", "cache"]),
-            "walwitness_app_cache"
-        );
+        assert_eq!(object_name("walwitness", &["app", "cache"]), "walwitness_app_cache");
         let n = object_name("walwitness", &["app", "Sales", "Order Lines"]);
-        assert!(
-            n.len() <= 63
-                && n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        );
-        assert_ne!(
-            n,
-            object_name("walwitness", &["app", "sales", "order_lines"])
-        );
+        assert!(n.len() <= 63 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        assert_ne!(n, object_name("walwitness", &["app", "sales", "order_lines"]));
         let long = object_name("walwitness", &["d", &"x".repeat(100)]);
         assert!(long.len() <= 63);
         assert_ne!(long, object_name("walwitness", &["d", &"x".repeat(99)]));

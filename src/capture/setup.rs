@@ -72,12 +72,8 @@ pub async fn server_info(c: &Client) -> Result<ServerInfo, Failure> {
         .await
         .map_err(|e| q("cannot read server settings", e))?;
     let version_num: i32 = row.get(0);
-    let info = ServerInfo {
-        version_num: version_num as u32,
-        version: row.get(1),
-        database: row.get(2),
-        user: row.get(3),
-    };
+    let info =
+        ServerInfo { version_num: version_num as u32, version: row.get(1), database: row.get(2), user: row.get(3) };
     if info.version_num < 140000 {
         return Err(Failure::new(
             Exit::ServerSetup,
@@ -97,10 +93,7 @@ pub async fn server_info(c: &Client) -> Result<ServerInfo, Failure> {
         ));
     }
     let row = c
-        .query_one(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
+        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
         .await
         .map_err(|e| q("cannot read role attributes", e))?;
     if !row.get::<_, bool>(0) {
@@ -119,16 +112,8 @@ pub async fn server_info(c: &Client) -> Result<ServerInfo, Failure> {
 pub async fn resolve_table(c: &Client, arg: &TableArg) -> Result<Table, Failure> {
     let mut candidates = vec![(arg.schema.clone(), arg.table.clone())];
     let folded = (
-        if arg.schema_quoted {
-            arg.schema.clone()
-        } else {
-            arg.schema.to_lowercase()
-        },
-        if arg.table_quoted {
-            arg.table.clone()
-        } else {
-            arg.table.to_lowercase()
-        },
+        if arg.schema_quoted { arg.schema.clone() } else { arg.schema.to_lowercase() },
+        if arg.table_quoted { arg.table.clone() } else { arg.table.to_lowercase() },
     );
     if folded != candidates[0] {
         candidates.push(folded);
@@ -150,9 +135,7 @@ pub async fn resolve_table(c: &Client, arg: &TableArg) -> Result<Table, Failure>
         if kind != "r" && kind != "p" {
             return Err(Failure::new(
                 Exit::TableNotFound,
-                format!(
-                    "{qualified} is not a table (relkind '{kind}'): only tables can be watched"
-                ),
+                format!("{qualified} is not a table (relkind '{kind}'): only tables can be watched"),
             ));
         }
         let pk: Vec<String> = c
@@ -197,13 +180,7 @@ pub async fn resolve_table(c: &Client, arg: &TableArg) -> Result<Table, Failure>
             primary_key: if pk.is_empty() { None } else { Some(pk) },
         });
     }
-    Err(Failure::new(
-        Exit::TableNotFound,
-        format!(
-            "table {}.{} not found in this database",
-            arg.schema, arg.table
-        ),
-    ))
+    Err(Failure::new(Exit::TableNotFound, format!("table {}.{} not found in this database", arg.schema, arg.table)))
 }
 
 pub fn default_publication(tables: &[Table]) -> String {
@@ -244,8 +221,7 @@ pub async fn inspect_slot(c: &Client, slot: &str, database: &str) -> Result<Slot
     let confirmed: Option<String> = r.get(4);
     let wal_status: Option<String> = r.get(5);
     let two_phase: bool = r.get(6);
-    if kind != "logical" || plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database)
-    {
+    if kind != "logical" || plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
         return Err(Failure::new(
             Exit::Conflict,
             format!(
@@ -277,9 +253,7 @@ pub async fn inspect_slot(c: &Client, slot: &str, database: &str) -> Result<Slot
             format!("replication slot {slot} has two-phase decoding enabled, which walwitness does not handle: use another --slot"),
         ));
     }
-    Ok(SlotState::Reusable {
-        confirmed_flush: confirmed,
-    })
+    Ok(SlotState::Reusable { confirmed_flush: confirmed })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,16 +267,9 @@ pub enum PubOrigin {
 }
 
 /// Checks that an existing publication covers every table and publishes deletes.
-async fn check_publication_covers(
-    c: &Client,
-    publication: &str,
-    tables: &[Table],
-) -> Result<Vec<String>, Failure> {
+async fn check_publication_covers(c: &Client, publication: &str, tables: &[Table]) -> Result<Vec<String>, Failure> {
     let row = c
-        .query_one(
-            "SELECT pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
+        .query_one("SELECT pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
         .map_err(|e| q("cannot read the publication", e))?;
     let (pubdelete, pubtruncate): (bool, bool) = (row.get(0), row.get(1));
@@ -314,9 +281,7 @@ async fn check_publication_covers(
     }
     let mut warnings = Vec::new();
     if !pubtruncate {
-        warnings.push(format!(
-            "publication {publication} does not publish TRUNCATE: truncates will not be logged"
-        ));
+        warnings.push(format!("publication {publication} does not publish TRUNCATE: truncates will not be logged"));
     }
     for t in tables {
         let covered: bool = c
@@ -367,14 +332,7 @@ pub async fn ensure_publication(
                 ));
             }
             let warnings = check_publication_covers(c, publication, tables).await?;
-            Ok((
-                if given {
-                    PubOrigin::Given
-                } else {
-                    PubOrigin::Ours
-                },
-                warnings,
-            ))
+            Ok((if given { PubOrigin::Given } else { PubOrigin::Ours }, warnings))
         }
         None if given => Err(Failure::new(
             Exit::Conflict,
@@ -407,22 +365,16 @@ pub async fn ensure_publication(
 }
 
 pub async fn drop_publication(c: &Client, publication: &str) -> Result<(), Failure> {
-    c.batch_execute(&format!(
-        "DROP PUBLICATION IF EXISTS {}",
-        quote_ident(publication)
-    ))
-    .await
-    .map_err(|e| q(&format!("cannot drop publication {publication}"), e))
+    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+        .await
+        .map_err(|e| q(&format!("cannot drop publication {publication}"), e))
 }
 
 /// Drops the slot through SQL once it is no longer active (its walsender can take a moment to exit).
 pub async fn drop_slot(c: &Client, slot: &str) -> Result<(), Failure> {
     for _ in 0..200 {
         let row = c
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
             .await
             .map_err(|e| q("cannot read pg_replication_slots", e))?;
         match row {
@@ -437,5 +389,8 @@ pub async fn drop_slot(c: &Client, slot: &str) -> Result<(), Failure> {
             Some(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
-    Err(Failure::new(Exit::Stream, format!("replication slot {slot} stayed active; drop it later with SELECT pg_drop_replication_slot('{slot}')")))
+    Err(Failure::new(
+        Exit::Stream,
+        format!("replication slot {slot} stayed active; drop it later with SELECT pg_drop_replication_slot('{slot}')"),
+    ))
 }

@@ -1,6 +1,5 @@
 //! What the user sees while a capture runs: a live line on a terminal, plain progress lines otherwise.
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -28,11 +27,7 @@ impl Progress {
         Progress {
             enabled,
             tty,
-            interval: if tty {
-                Duration::from_secs(1)
-            } else {
-                interval
-            },
+            interval: if tty { Duration::from_secs(1) } else { interval },
             last: Instant::now(),
             rows: 0,
             truncates: 0,
@@ -71,10 +66,7 @@ impl Progress {
             Some(b) => human_bytes(b.max(0) as u64),
             None => "?".into(),
         };
-        let last = self
-            .last_commit
-            .map(format_pg_time)
-            .unwrap_or_else(|| "-".into());
+        let last = self.last_commit.map(format_pg_time).unwrap_or_else(|| "-".into());
         let line = format!(
             "rows {} · txns {} · truncates {} · last commit {} · lag {} / {:.1}s · slot retains {}",
             self.rows,
@@ -118,25 +110,29 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Samples how much WAL the slot holds back, on the ordinary SQL connection, off the stream's path.
-pub fn spawn_retained_wal_probe(
-    sql: Arc<tokio_postgres::Client>,
-    slot: String,
-) -> watch::Receiver<Option<i64>> {
+/// Samples how much WAL the slot holds back, on its own ordinary SQL connection, off the stream's path.
+pub fn spawn_retained_wal_probe(spec: crate::pg::config::ConnSpec, slot: String) -> watch::Receiver<Option<i64>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));
+        let mut client: Option<tokio_postgres::Client> = None;
         loop {
             every.tick().await;
-            let r = sql
-                .query_opt(
-                    "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await;
-            let v = match r {
-                Ok(Some(row)) => row.get::<_, Option<i64>>(0),
-                _ => None,
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = crate::pg::connect_sql(&spec).await.ok();
+            }
+            let v = match &client {
+                Some(c) => match c
+                    .query_opt(
+                        "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                {
+                    Ok(Some(row)) => row.get::<_, Option<i64>>(0),
+                    _ => None,
+                },
+                None => None,
             };
             if tx.send(v).is_err() {
                 return;

@@ -14,9 +14,12 @@ use tokio::sync::watch;
 
 use super::status::Progress;
 use super::Outcome;
+use crate::capture::names::{quote_ident, quote_literal};
 use crate::decode::{Assembler, Step};
 use crate::error::{from_pg, Exit, Failure};
+use crate::pg::config::ConnSpec;
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
+use crate::pg::error::PgError;
 use crate::protocol::pgoutput::{self, Message, ParseOptions};
 use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
@@ -58,6 +61,7 @@ const CHUNK: usize = 256 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 
 struct Loop {
+    target: StreamTarget,
     repl: ReplicationConnection,
     writer: Writer,
     asm: Assembler,
@@ -84,10 +88,8 @@ enum Flow {
 }
 
 fn now_pg_micros() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     unix_micros_to_pg_micros(unix)
 }
 
@@ -100,8 +102,7 @@ pub struct Signals {
 
 impl Signals {
     pub fn install() -> Result<Signals, Failure> {
-        let e =
-            |e: std::io::Error| Failure::new(Exit::Internal, format!("cannot handle signals: {e}"));
+        let e = |e: std::io::Error| Failure::new(Exit::Internal, format!("cannot handle signals: {e}"));
         Ok(Signals {
             sigint: signal(SignalKind::interrupt()).map_err(e)?,
             sigterm: signal(SignalKind::terminate()).map_err(e)?,
@@ -109,9 +110,55 @@ impl Signals {
     }
 }
 
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where and how the stream (re)starts.
+pub struct StreamTarget {
+    pub spec: ConnSpec,
+    pub slot: String,
+    pub publication: String,
+    /// Highest pgoutput protocol version to ask for; lowered once if the server refuses it.
+    pub proto: u32,
+    pub reconnect_attempts: u32,
+    pub reconnect_max_delay: Duration,
+}
+
+impl StreamTarget {
+    /// START_REPLICATION on an open connection, stepping the protocol version down when the server
+    /// says it is too high (SQLSTATE 0A000).
+    pub async fn start(&mut self, conn: &mut ReplicationConnection, from: Lsn) -> Result<(), PgError> {
+        loop {
+            let cmd = format!(
+                "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages 'true')",
+                quote_ident(&self.slot),
+                from,
+                self.proto,
+                quote_literal(&quote_ident(&self.publication)),
+            );
+            match conn.start_copy_both(&cmd).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.sqlstate() == Some("0A000") && self.proto > 2 => self.proto -= 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn connect_and_start(&mut self, from: Lsn) -> Result<ReplicationConnection, PgError> {
+        let mut conn = ReplicationConnection::connect(&self.spec, &[]).await?;
+        self.start(&mut conn, from).await?;
+        Ok(conn)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     signals: Signals,
+    target: StreamTarget,
     repl: ReplicationConnection,
     writer: Writer,
     asm: Assembler,
@@ -119,10 +166,7 @@ pub async fn run(
     retained: watch::Receiver<Option<i64>>,
     start_lsn: Lsn,
 ) -> Result<Outcome, Failure> {
-    let Signals {
-        mut sigint,
-        mut sigterm,
-    } = signals;
+    let Signals { mut sigint, mut sigterm } = signals;
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
     let mut durable = writer.durable();
     let mut tick = tokio::time::interval(TICK);
@@ -130,6 +174,7 @@ pub async fn run(
     let now = Instant::now();
     let progress = Progress::new(o.progress, o.progress_interval, retained);
     let mut lp = Loop {
+        target,
         repl,
         writer,
         asm,
@@ -147,16 +192,16 @@ pub async fn run(
     };
     let result: Result<StopReason, Failure> = async {
         loop {
-            let flow = tokio::select! {
+            let step: Result<Flow, Failure> = tokio::select! {
                 biased;
-                _ = sigint.recv() => Flow::Stop(StopReason::Sigint),
-                _ = sigterm.recv() => Flow::Stop(StopReason::Sigterm),
-                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => Flow::Stop(StopReason::Duration),
+                _ = sigint.recv() => Ok(Flow::Stop(StopReason::Sigint)),
+                _ = sigterm.recv() => Ok(Flow::Stop(StopReason::Sigterm)),
+                _ = sleep_until_opt(deadline), if deadline.is_some() => Ok(Flow::Stop(StopReason::Duration)),
                 r = durable.changed() => {
                     if r.is_err() || durable.borrow().error.is_some() {
                         return Err(lp.writer_failure());
                     }
-                    Flow::Go
+                    Ok(Flow::Go)
                 }
                 _ = lp.tick.tick() => {
                     if let Some(rx) = &lp.o.endpos_later {
@@ -164,17 +209,32 @@ pub async fn run(
                             lp.o.endpos = Some(e);
                         }
                     }
-                    lp.on_tick().await?;
-                    Flow::Go
+                    lp.on_tick().await.map(|()| Flow::Go)
                 }
                 ev = lp.repl.recv() => match ev {
-                    Ok(CopyEvent::Data(b)) => lp.on_frame(b).await?,
-                    Ok(CopyEvent::Done) => return Err(Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?); run the same command again to resume")),
-                    Err(e) => return Err(from_pg("replication connection lost; run the same command again to resume", e)),
+                    Ok(CopyEvent::Data(b)) => lp.on_frame(b).await,
+                    Ok(CopyEvent::Done) => {
+                        let mut f = Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?)");
+                        f.transient = true;
+                        Err(f)
+                    }
+                    Err(e) => Err(from_pg("replication connection lost", e)),
                 },
             };
-            if let Flow::Stop(r) = flow {
-                return Ok(r);
+            match step {
+                Ok(Flow::Go) => {}
+                Ok(Flow::Stop(r)) => return Ok(r),
+                Err(f) if f.transient && lp.target.reconnect_attempts > 0 => {
+                    if let Some(r) = lp.reconnect(f, &mut sigint, &mut sigterm, deadline).await? {
+                        return Ok(r);
+                    }
+                }
+                Err(mut f) => {
+                    if f.transient {
+                        f.message.push_str("; run the same command again to resume");
+                    }
+                    return Err(f);
+                }
             }
         }
     }
@@ -190,17 +250,13 @@ pub async fn run(
             let d = lp.writer.close().await;
             let flush = d.lsn.max(lp.floor);
             lp.status_buf.clear();
-            encode_standby_status(
-                &mut lp.status_buf,
-                flush,
-                flush,
-                flush,
-                now_pg_micros(),
-                false,
-            );
+            encode_standby_status(&mut lp.status_buf, flush, flush, flush, now_pg_micros(), false);
             let _ = lp.repl.send_copy_data(&lp.status_buf).await;
             if let Some(e) = d.error {
-                return Err(Failure::new(Exit::Output, format!("{e}; nothing after LSN {flush} was acknowledged, so the next run resumes there")));
+                return Err(Failure::new(
+                    Exit::Output,
+                    format!("{e}; nothing after LSN {flush} was acknowledged, so the next run resumes there"),
+                ));
             }
             Err(f)
         }
@@ -208,6 +264,66 @@ pub async fn run(
 }
 
 impl Loop {
+    /// Reconnects with capped exponential backoff and resumes from what is durable. Transactions the
+    /// writer already holds are skipped when the server sends them again; a transaction cut short is
+    /// rolled back in the log and arrives again whole. Returns a stop reason if a signal or the deadline
+    /// came first.
+    async fn reconnect(
+        &mut self,
+        mut why: Failure,
+        sigint: &mut tokio::signal::unix::Signal,
+        sigterm: &mut tokio::signal::unix::Signal,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<StopReason>, Failure> {
+        if self.asm.in_transaction() {
+            self.asm.abandon_transaction();
+            self.out.clear();
+            self.writer.send(Chunk::Rollback).await.map_err(|_| self.writer_failure())?;
+        }
+        self.asm.set_resume_after(self.handed);
+        let mut delay = Duration::from_millis(250);
+        let max = self.target.reconnect_attempts;
+        for attempt in 1..=max {
+            eprintln!(
+                "walwitness: {}; reconnecting in {} (attempt {attempt} of {max})",
+                why.message,
+                humantime::format_duration(delay)
+            );
+            tokio::select! {
+                biased;
+                _ = sigint.recv() => return Ok(Some(StopReason::Sigint)),
+                _ = sigterm.recv() => return Ok(Some(StopReason::Sigterm)),
+                _ = sleep_until_opt(deadline), if deadline.is_some() => return Ok(Some(StopReason::Duration)),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let from = self.writer.durable().borrow().lsn.max(self.floor);
+            match self.target.connect_and_start(from).await {
+                Ok(conn) => {
+                    self.repl = conn;
+                    self.floor = from;
+                    self.sent_flush = Lsn::INVALID;
+                    eprintln!("walwitness: reconnected; resuming from LSN {from}");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    let transient = crate::error::is_transient(&e);
+                    why = from_pg("reconnection failed", e);
+                    if !transient {
+                        return Err(why);
+                    }
+                    delay = (delay * 2).min(self.target.reconnect_max_delay);
+                }
+            }
+        }
+        Err(Failure::new(
+            Exit::Stream,
+            format!(
+                "gave up after {max} reconnection attempts ({}); run the same command again to resume",
+                why.message
+            ),
+        ))
+    }
+
     fn writer_failure(&self) -> Failure {
         let d = self.writer.durable().borrow().clone();
         Failure::new(
@@ -240,23 +356,11 @@ impl Loop {
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), Failure> {
         let flush = self.writer.durable().borrow().lsn.max(self.floor);
         self.status_buf.clear();
-        encode_standby_status(
-            &mut self.status_buf,
-            flush,
-            flush,
-            flush,
-            now_pg_micros(),
-            reply_requested,
-        );
+        encode_standby_status(&mut self.status_buf, flush, flush, flush, now_pg_micros(), reply_requested);
         self.repl
             .send_copy_data(&self.status_buf)
             .await
-            .map_err(|e| {
-                from_pg(
-                    "cannot send a status update; run the same command again to resume",
-                    e,
-                )
-            })?;
+            .map_err(|e| from_pg("cannot send a status update; run the same command again to resume", e))?;
         self.sent_flush = flush;
         self.last_status = Instant::now();
         if reply_requested {
@@ -275,14 +379,10 @@ impl Loop {
         let want_reply = self.o.endpos.is_some()
             && !self.asm.in_transaction()
             && self.last_reply_request.elapsed() >= Duration::from_millis(500);
-        if since >= self.o.status_every
-            || durable.lsn.max(self.floor) > self.sent_flush
-            || want_reply
-        {
+        if since >= self.o.status_every || durable.lsn.max(self.floor) > self.sent_flush || want_reply {
             self.send_status(want_reply).await?;
         }
-        self.progress
-            .maybe_print(self.server_end, durable.lsn.max(self.floor));
+        self.progress.maybe_print(self.server_end, durable.lsn.max(self.floor));
         Ok(())
     }
 
@@ -290,28 +390,14 @@ impl Loop {
         let msg = parse_copy_data(payload).map_err(|e| {
             Failure::new(
                 Exit::Stream,
-                format!(
-                    "after LSN {}: {e}; this is a bug or a damaged connection, please report it",
-                    self.server_end
-                ),
+                format!("after LSN {}: {e}; this is a bug or a damaged connection, please report it", self.server_end),
             )
         })?;
         match msg {
-            ReplicationMessage::XLogData {
-                wal_start,
-                wal_end,
-                data,
-                ..
-            } => {
+            ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                 self.server_end = self.server_end.max(wal_end);
-                let m = pgoutput::parse(
-                    &data,
-                    ParseOptions {
-                        in_stream: false,
-                        stream_abort_has_lsn: false,
-                    },
-                )
-                .map_err(|e| Failure::new(Exit::Stream, format!("at LSN {wal_start}: {e}")))?;
+                let m = pgoutput::parse(&data, ParseOptions { in_stream: false, stream_abort_has_lsn: false })
+                    .map_err(|e| Failure::new(Exit::Stream, format!("at LSN {wal_start}: {e}")))?;
                 if let (Some(endpos), Message::Begin { final_lsn, .. }) = (self.o.endpos, &m) {
                     if *final_lsn > endpos {
                         return Ok(Flow::Stop(StopReason::Endpos));
@@ -325,29 +411,13 @@ impl Loop {
                     Step::Continue => {
                         if self.out.len() >= CHUNK {
                             let data = self.asm.take_complete(&mut self.out);
-                            self.push(Chunk::Append {
-                                data,
-                                boundary: false,
-                                ack: None,
-                            })
-                            .await?;
+                            self.push(Chunk::Append { data, boundary: false, ack: None }).await?;
                         }
                     }
-                    Step::Committed {
-                        end_lsn,
-                        wrote,
-                        deletes,
-                        truncates,
-                        commit_time,
-                    } => {
+                    Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
                         let data = self.out.split().freeze();
                         self.handed = self.handed.max(end_lsn);
-                        self.push(Chunk::Append {
-                            data,
-                            boundary: true,
-                            ack: Some(end_lsn),
-                        })
-                        .await?;
+                        self.push(Chunk::Append { data, boundary: true, ack: Some(end_lsn) }).await?;
                         if wrote {
                             self.progress.committed(deletes, truncates, commit_time);
                         }
@@ -357,21 +427,12 @@ impl Loop {
                     }
                 }
             }
-            ReplicationMessage::Keepalive {
-                wal_end,
-                reply_requested,
-                ..
-            } => {
+            ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                 self.server_end = self.server_end.max(wal_end);
                 if !self.asm.in_transaction() && wal_end > self.handed {
                     // Nothing of ours is open below wal_end: once what is queued is durable, it may be acked.
                     self.handed = wal_end;
-                    self.push(Chunk::Append {
-                        data: Bytes::new(),
-                        boundary: true,
-                        ack: Some(wal_end),
-                    })
-                    .await?;
+                    self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(wal_end) }).await?;
                 }
                 if reply_requested {
                     self.send_status(false).await?;
@@ -396,27 +457,10 @@ impl Loop {
         let mut rec = BytesMut::new();
         push_record(
             &mut rec,
-            &CaptureStopped {
-                kind: "capture_stopped",
-                time: now_rfc3339(),
-                reason: reason.as_str(),
-                last_lsn,
-            },
+            &CaptureStopped { kind: "capture_stopped", time: now_rfc3339(), reason: reason.as_str(), last_lsn },
         );
-        self.push(Chunk::Append {
-            data: rec.freeze(),
-            boundary: true,
-            ack: None,
-        })
-        .await?;
-        let Loop {
-            mut repl,
-            writer,
-            progress,
-            mut status_buf,
-            floor,
-            ..
-        } = self;
+        self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }).await?;
+        let Loop { mut repl, writer, progress, mut status_buf, floor, .. } = self;
         let d = writer.close().await;
         if let Some(e) = d.error {
             return Err(Failure::new(Exit::Output, e));
@@ -428,12 +472,6 @@ impl Loop {
         let _ = tokio::time::timeout(Duration::from_secs(10), repl.finish_copy()).await;
         repl.close().await;
         let (deletes, truncates, transactions) = progress.totals();
-        Ok(Outcome {
-            reason,
-            deletes,
-            truncates,
-            transactions,
-            last_lsn,
-        })
+        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn })
     }
 }

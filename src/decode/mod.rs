@@ -102,10 +102,7 @@ impl Txn {
     }
 
     fn reject(&mut self, lsn: Lsn, reason: String) {
-        tracing::warn!(
-            "at LSN {lsn}: rejected a walwitness attribution message in xid {}: {reason}",
-            self.xid
-        );
+        tracing::warn!("at LSN {lsn}: rejected a walwitness attribution message in xid {}: {reason}", self.xid);
         self.rejected.push(format!("{lsn}: {reason}"));
     }
 
@@ -182,12 +179,7 @@ impl Assembler {
     /// buffer at the *end* LSN of its WAL record, which can equal the *start* LSN of the statement's first
     /// row, and PostgreSQL orders such a tie either way. So a row's session is decided only once the
     /// next message shows whether it is the tying attribution message.
-    pub fn handle(
-        &mut self,
-        lsn: Lsn,
-        msg: Message,
-        out: &mut BytesMut,
-    ) -> Result<Step, AssembleError> {
+    pub fn handle(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
         if let Some(p) = &self.pending {
             let tie = matches!(&msg, Message::LogicalMessage { lsn: m, prefix, .. } if prefix == TRIGGER_PREFIX && *m == p.lsn);
             if tie {
@@ -219,11 +211,7 @@ impl Assembler {
             None
         } else {
             match &p.key {
-                PendingKey::Rel(relid) => self
-                    .relations
-                    .get(*relid)
-                    .and_then(|r| t.trigger.get(&r.qualified))
-                    .cloned(),
+                PendingKey::Rel(relid) => self.relations.get(*relid).and_then(|r| t.trigger.get(&r.qualified)).cloned(),
                 PendingKey::Tables(names) => names.iter().find_map(|n| t.trigger.get(n)).cloned(),
             }
         };
@@ -231,29 +219,13 @@ impl Assembler {
         out.extend_from_slice(b"}\n");
     }
 
-    fn handle_inner(
-        &mut self,
-        lsn: Lsn,
-        msg: Message,
-        out: &mut BytesMut,
-    ) -> Result<Step, AssembleError> {
+    fn handle_inner(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
         let name = msg.type_name();
-        let err = |reason: String| AssembleError {
-            lsn,
-            message: name,
-            reason,
-        };
+        let err = |reason: String| AssembleError { lsn, message: name, reason };
         match msg {
-            Message::Begin {
-                final_lsn,
-                commit_time,
-                xid,
-            } => {
+            Message::Begin { final_lsn, commit_time, xid } => {
                 if let Some(t) = &self.txn {
-                    return Err(err(format!(
-                        "Begin of xid {xid} while xid {} is still open",
-                        t.xid
-                    )));
+                    return Err(err(format!("Begin of xid {xid} while xid {} is still open", t.xid)));
                 }
                 let mut t = Txn {
                     xid,
@@ -264,12 +236,7 @@ impl Assembler {
                     common: BytesMut::new(),
                     deletes: 0,
                     truncates: 0,
-                    activity: self
-                        .attributor
-                        .activity
-                        .as_ref()
-                        .and_then(|m| m.lookup(xid))
-                        .map(Arc::new),
+                    activity: self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new),
                     trigger: HashMap::new(),
                     first_session: None,
                     attributed_trigger: 0,
@@ -282,34 +249,19 @@ impl Assembler {
                 self.txn = Some(t);
             }
             Message::Origin { name: origin, .. } => {
-                let t = self
-                    .txn
-                    .as_mut()
-                    .ok_or_else(|| err("Origin outside a transaction".into()))?;
+                let t = self.txn.as_mut().ok_or_else(|| err("Origin outside a transaction".into()))?;
                 t.origin = Some(origin);
                 t.rebuild_common();
             }
-            Message::Relation {
-                oid,
-                namespace,
-                name: relname,
-                replica_identity,
-                columns,
-                ..
-            } => {
-                self.relations
-                    .update(oid, namespace, relname, replica_identity, columns);
+            Message::Relation { oid, namespace, name: relname, replica_identity, columns, .. } => {
+                self.relations.update(oid, namespace, relname, replica_identity, columns);
             }
             Message::Delete { relid, old, .. } => {
-                let t = self
-                    .txn
-                    .as_mut()
-                    .ok_or_else(|| err("Delete outside a transaction".into()))?;
-                let rel = self.relations.get(relid).ok_or_else(|| {
-                    err(format!(
-                        "relation OID {relid} was never described by a Relation message"
-                    ))
-                })?;
+                let t = self.txn.as_mut().ok_or_else(|| err("Delete outside a transaction".into()))?;
+                let rel = self
+                    .relations
+                    .get(relid)
+                    .ok_or_else(|| err(format!("relation OID {relid} was never described by a Relation message")))?;
                 if !rel.watched || t.skip {
                     return Ok(Step::Continue);
                 }
@@ -334,49 +286,27 @@ impl Assembler {
                     OldKind::Old => rel.pk_cols.as_ref(),
                 };
                 match key_cols {
-                    Some(cols) => push_object(
-                        out,
-                        cols.iter()
-                            .map(|&i| (&rel.columns[i].name_json[..], &vals[i])),
-                    ),
+                    Some(cols) => push_object(out, cols.iter().map(|&i| (&rel.columns[i].name_json[..], &vals[i]))),
                     None => out.extend_from_slice(b"null"),
                 }
                 out.extend_from_slice(b",\"old\":");
                 match old.kind {
-                    OldKind::Old => push_object(
-                        out,
-                        rel.columns
-                            .iter()
-                            .zip(vals.iter())
-                            .map(|(c, v)| (&c.name_json[..], v)),
-                    ),
+                    OldKind::Old => {
+                        push_object(out, rel.columns.iter().zip(vals.iter()).map(|(c, v)| (&c.name_json[..], v)))
+                    }
                     OldKind::Key => out.extend_from_slice(b"null"),
                 }
                 out.extend_from_slice(b",\"session\":");
-                self.pending = Some(Pending {
-                    lsn,
-                    start: row_start,
-                    key: PendingKey::Rel(relid),
-                });
+                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Rel(relid) });
                 t.deletes += 1;
             }
-            Message::Truncate {
-                relids,
-                cascade,
-                restart_identity,
-                ..
-            } => {
-                let t = self
-                    .txn
-                    .as_mut()
-                    .ok_or_else(|| err("Truncate outside a transaction".into()))?;
+            Message::Truncate { relids, cascade, restart_identity, .. } => {
+                let t = self.txn.as_mut().ok_or_else(|| err("Truncate outside a transaction".into()))?;
                 self.scratch.clear();
                 let mut names = Vec::new();
                 for relid in relids {
                     let rel = self.relations.get(relid).ok_or_else(|| {
-                        err(format!(
-                            "relation OID {relid} was never described by a Relation message"
-                        ))
+                        err(format!("relation OID {relid} was never described by a Relation message"))
                     })?;
                     if rel.watched && self.scratch.insert(relid, ()).is_none() {
                         names.push(rel.qualified.clone());
@@ -398,34 +328,18 @@ impl Assembler {
                 out.extend_from_slice(b",\"lsn\":");
                 push_lsn(out, lsn);
                 out.extend_from_slice(&t.common);
-                out.extend_from_slice(if cascade {
-                    b",\"cascade\":true"
-                } else {
-                    b",\"cascade\":false"
-                });
+                out.extend_from_slice(if cascade { b",\"cascade\":true" } else { b",\"cascade\":false" });
                 out.extend_from_slice(if restart_identity {
                     b",\"restart_identity\":true"
                 } else {
                     b",\"restart_identity\":false"
                 });
                 out.extend_from_slice(b",\"session\":");
-                self.pending = Some(Pending {
-                    lsn,
-                    start: row_start,
-                    key: PendingKey::Tables(names),
-                });
+                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(names) });
                 t.truncates += 1;
             }
-            Message::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time,
-                ..
-            } => {
-                let t = self
-                    .txn
-                    .take()
-                    .ok_or_else(|| err("Commit outside a transaction".into()))?;
+            Message::Commit { commit_lsn, end_lsn, commit_time, .. } => {
+                let t = self.txn.take().ok_or_else(|| err("Commit outside a transaction".into()))?;
                 if commit_lsn != t.final_lsn {
                     return Err(err(format!(
                         "Commit of xid {} at {commit_lsn} but its Begin announced {}",
@@ -491,12 +405,7 @@ impl Assembler {
                     commit_time,
                 });
             }
-            Message::LogicalMessage {
-                transactional,
-                prefix,
-                content,
-                ..
-            } if prefix == TRIGGER_PREFIX => {
+            Message::LogicalMessage { transactional, prefix, content, .. } if prefix == TRIGGER_PREFIX => {
                 let Some(t) = self.txn.as_mut() else {
                     if !transactional {
                         self.rejected_messages += 1;
@@ -509,10 +418,7 @@ impl Assembler {
                 };
                 match verifier.verify(&content) {
                     Ok(p) if p.xid % (1 << 32) != u64::from(t.xid) => {
-                        t.reject(
-                            lsn,
-                            format!("signed for xid {} but found in xid {}", p.xid, t.xid),
-                        );
+                        t.reject(lsn, format!("signed for xid {} but found in xid {}", p.xid, t.xid));
                         self.rejected_messages += 1;
                     }
                     Ok(p) => {
@@ -520,16 +426,11 @@ impl Assembler {
                         if let Some(a) = &t.activity {
                             let trig = SessionJson::new(&session);
                             if !trig.same_backend(a) {
-                                session.conflict = serde_json::from_slice::<Session>(&a.json)
-                                    .ok()
-                                    .map(Box::new);
+                                session.conflict = serde_json::from_slice::<Session>(&a.json).ok().map(Box::new);
                                 t.conflict = true;
                             }
                         }
-                        t.trigger.insert(
-                            format!("{}.{}", p.schema, p.table),
-                            Arc::new(SessionJson::new(&session)),
-                        );
+                        t.trigger.insert(format!("{}.{}", p.schema, p.table), Arc::new(SessionJson::new(&session)));
                     }
                     Err(reason) => {
                         t.reject(lsn, reason);
@@ -538,18 +439,14 @@ impl Assembler {
                 }
             }
             // Inserts, updates, user types and other plugins' messages are not evidence of deletion.
-            Message::Insert { .. }
-            | Message::Update { .. }
-            | Message::Type { .. }
-            | Message::LogicalMessage { .. } => {}
+            Message::Insert { .. } | Message::Update { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {
+            }
             Message::StreamStart { .. }
             | Message::StreamStop
             | Message::StreamCommit { .. }
             | Message::StreamAbort { .. }
             | Message::StreamPrepare { .. } => {
-                return Err(err(
-                    "streaming was not requested, yet the server sent a streaming message".into(),
-                ));
+                return Err(err("streaming was not requested, yet the server sent a streaming message".into()));
             }
             Message::BeginPrepare { .. }
             | Message::Prepare { .. }

@@ -24,8 +24,7 @@ impl WatchList {
     }
 
     pub fn add(&mut self, schema: &str, table: &str, primary_key: Option<Vec<String>>) {
-        self.tables
-            .insert((schema.to_owned(), table.to_owned()), primary_key);
+        self.tables.insert((schema.to_owned(), table.to_owned()), primary_key);
     }
 
     fn lookup(&self, schema: &str, table: &str) -> Option<&Option<Vec<String>>> {
@@ -65,10 +64,7 @@ pub struct RelationCache {
 
 impl RelationCache {
     pub fn new(watch: WatchList) -> Self {
-        RelationCache {
-            watch,
-            rels: HashMap::new(),
-        }
+        RelationCache { watch, rels: HashMap::new() }
     }
 
     pub fn get(&self, oid: u32) -> Option<&Relation> {
@@ -84,19 +80,12 @@ impl RelationCache {
         columns: Vec<Column>,
     ) {
         // pgoutput sends "" for pg_catalog; nobody watches catalog tables, but keep names honest.
-        let schema = if namespace.is_empty() {
-            "pg_catalog".to_owned()
-        } else {
-            namespace
-        };
+        let schema = if namespace.is_empty() { "pg_catalog".to_owned() } else { namespace };
         let qualified = format!("{schema}.{name}");
         let watched_pk = self.watch.lookup(&schema, &name);
         let pk_cols = watched_pk.and_then(|pk| {
             pk.as_ref().and_then(|names| {
-                names
-                    .iter()
-                    .map(|n| columns.iter().position(|c| &c.name == n))
-                    .collect::<Option<Vec<_>>>()
+                names.iter().map(|n| columns.iter().position(|c| &c.name == n)).collect::<Option<Vec<_>>>()
             })
         });
         let mut prefix = BytesMut::new();
@@ -105,21 +94,14 @@ impl RelationCache {
         prefix.extend_from_slice(b",\"xid\":");
         let rel = Relation {
             watched: watched_pk.is_some(),
-            identity_cols: columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.is_key)
-                .map(|(i, _)| i)
-                .collect(),
+            identity_cols: columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect(),
             pk_cols,
             columns: columns
                 .iter()
                 .map(|c| {
                     let mut b = BytesMut::new();
                     push_str(&mut b, &c.name);
-                    RelColumn {
-                        name_json: b.to_vec(),
-                    }
+                    RelColumn { name_json: b.to_vec() }
                 })
                 .collect(),
             delete_prefix: prefix.to_vec(),

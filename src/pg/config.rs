@@ -164,9 +164,7 @@ impl Target {
     /// `host:port`, or `/socket/dir:port`.
     pub fn describe(&self) -> String {
         let host = match &self.host {
-            Host::Tcp(h) if h.is_empty() => {
-                self.hostaddr.map(|a| a.to_string()).unwrap_or_default()
-            }
+            Host::Tcp(h) if h.is_empty() => self.hostaddr.map(|a| a.to_string()).unwrap_or_default(),
             Host::Tcp(h) if h.contains(':') => format!("[{h}]"),
             Host::Tcp(h) => h.clone(),
             Host::Unix(p) => p.display().to_string(),
@@ -221,11 +219,7 @@ impl SystemDefaults {
         SystemDefaults {
             os_user,
             home,
-            socket_dir: if debian.is_dir() {
-                debian.to_path_buf()
-            } else {
-                PathBuf::from("/tmp")
-            },
+            socket_dir: if debian.is_dir() { debian.to_path_buf() } else { PathBuf::from("/tmp") },
         }
     }
 }
@@ -238,22 +232,12 @@ fn passwd_entry() -> (Option<String>, Option<PathBuf>) {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers refer to live, correctly sized local storage.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
+    let rc = unsafe { libc::getpwuid_r(libc::geteuid(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
     if rc != 0 || result.is_null() {
         return (None, None);
     }
     // SAFETY: on success pw_name/pw_dir point to NUL-terminated strings in buf.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-        .to_string_lossy()
-        .into_owned();
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
     let dir = if pwd.pw_dir.is_null() {
         None
     } else {
@@ -291,11 +275,7 @@ impl ConnSpec {
         ConnSpec::finish(config, settings, sys)
     }
 
-    fn finish(
-        mut config: tokio_postgres::Config,
-        s: EnvSettings,
-        sys: &SystemDefaults,
-    ) -> Result<ConnSpec, PgError> {
+    fn finish(mut config: tokio_postgres::Config, s: EnvSettings, sys: &SystemDefaults) -> Result<ConnSpec, PgError> {
         let hosts: Vec<Host> = config.get_hosts().to_vec();
         let hostaddrs: Vec<IpAddr> = config.get_hostaddrs().to_vec();
         let ports: Vec<u16> = config.get_ports().to_vec();
@@ -308,51 +288,28 @@ impl ConnSpec {
             )));
         }
         if ports.len() > 1 && ports.len() != n {
-            return Err(PgError::Config(format!(
-                "could not match {} port numbers to {} hosts",
-                ports.len(),
-                n
-            )));
+            return Err(PgError::Config(format!("could not match {} port numbers to {} hosts", ports.len(), n)));
         }
 
-        let explicit_password = config
-            .get_password()
-            .filter(|p| !p.is_empty())
-            .map(<[u8]>::to_vec);
+        let explicit_password = config.get_password().filter(|p| !p.is_empty()).map(<[u8]>::to_vec);
 
-        let pgpass_text = if explicit_password.is_none() {
-            read_pgpass(&s.passfile)
-        } else {
-            None
-        };
+        let pgpass_text = if explicit_password.is_none() { read_pgpass(&s.passfile) } else { None };
 
         let mut targets = Vec::with_capacity(n);
         for i in 0..n {
             let hostaddr = hostaddrs.get(i).copied();
             let host = match hosts.get(i) {
                 // An empty host name means "the default", like libpq.
-                Some(Host::Tcp(h)) if h.is_empty() && hostaddr.is_none() => {
-                    Host::Unix(sys.socket_dir.clone())
-                }
+                Some(Host::Tcp(h)) if h.is_empty() && hostaddr.is_none() => Host::Unix(sys.socket_dir.clone()),
                 Some(h) => h.clone(),
                 None => Host::Tcp(String::new()),
             };
-            let port = ports
-                .get(i)
-                .or(ports.first())
-                .copied()
-                .unwrap_or(DEFAULT_PORT);
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(DEFAULT_PORT);
             let pgpass_password = pgpass_text.as_deref().and_then(|text| {
                 let h = pgpass_host(&host, hostaddr, &sys.socket_dir);
-                pgpass_lookup(text, &h, &port.to_string(), &s.dbname, &s.user)
-                    .map(String::into_bytes)
+                pgpass_lookup(text, &h, &port.to_string(), &s.dbname, &s.user).map(String::into_bytes)
             });
-            targets.push(Target {
-                host,
-                hostaddr,
-                port,
-                pgpass_password,
-            });
+            targets.push(Target { host, hostaddr, port, pgpass_password });
         }
 
         // Keep pg_config() usable on its own: the first host's pgpass
@@ -399,17 +356,12 @@ impl ConnSpec {
 
     /// The password to use for the first host (DSN, PGPASSWORD or pgpass).
     pub fn password(&self) -> Option<&[u8]> {
-        self.targets
-            .first()
-            .and_then(|t| self.password_for(t))
-            .or(self.explicit_password.as_deref())
+        self.targets.first().and_then(|t| self.password_for(t)).or(self.explicit_password.as_deref())
     }
 
     /// The password for a particular host: pgpass entries are per host.
     pub fn password_for<'a>(&'a self, target: &'a Target) -> Option<&'a [u8]> {
-        self.explicit_password
-            .as_deref()
-            .or(target.pgpass_password.as_deref())
+        self.explicit_password.as_deref().or(target.pgpass_password.as_deref())
     }
 
     pub fn application_name(&self) -> Option<&str> {
@@ -566,9 +518,7 @@ fn extract_url(dsn: &str) -> Result<Extracted, PgError> {
                     ssl_true = true;
                     continue;
                 }
-                return Err(PgError::Config(
-                    "invalid URI query parameter \"ssl\" (only ssl=true is accepted)".into(),
-                ));
+                return Err(PgError::Config("invalid URI query parameter \"ssl\" (only ssl=true is accepted)".into()));
             }
             if take_key(&mut keys, &key, percent_decode(v)?) {
                 continue;
@@ -598,28 +548,19 @@ fn percent_decode(s: &str) -> Result<String, PgError> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
-                Some(0) => {
-                    return Err(PgError::Config(
-                        "forbidden value %00 in percent-encoded value".into(),
-                    ))
-                }
+                Some(0) => return Err(PgError::Config("forbidden value %00 in percent-encoded value".into())),
                 Some(v) => {
                     out.push(v);
                     i += 3;
                 }
-                None => {
-                    return Err(PgError::Config(
-                        "invalid percent-encoded token in connection URI".into(),
-                    ))
-                }
+                None => return Err(PgError::Config("invalid percent-encoded token in connection URI".into())),
             }
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map_err(|_| PgError::Config("percent-encoded value is not valid UTF-8".into()))
+    String::from_utf8(out).map_err(|_| PgError::Config("percent-encoded value is not valid UTF-8".into()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -657,15 +598,9 @@ fn tokenize_kv(s: &str, strict: bool) -> Result<Vec<KvToken>, PgError> {
         i = skip_ws(i);
         if i >= b.len() || b[i] != b'=' {
             if strict {
-                return Err(PgError::Config(format!(
-                    "missing \"=\" after \"{key}\" in connection info string"
-                )));
+                return Err(PgError::Config(format!("missing \"=\" after \"{key}\" in connection info string")));
             }
-            out.push(KvToken {
-                key,
-                value: None,
-                value_span: i..i,
-            });
+            out.push(KvToken { key, value: None, value_span: i..i });
             continue;
         }
         i = skip_ws(i + 1);
@@ -692,9 +627,7 @@ fn tokenize_kv(s: &str, strict: bool) -> Result<Vec<KvToken>, PgError> {
                 }
             }
             if !closed && strict {
-                return Err(PgError::Config(
-                    "unterminated quoted string in connection info string".into(),
-                ));
+                return Err(PgError::Config("unterminated quoted string in connection info string".into()));
             }
         } else {
             while i < b.len() && !b[i].is_ascii_whitespace() {
@@ -709,11 +642,7 @@ fn tokenize_kv(s: &str, strict: bool) -> Result<Vec<KvToken>, PgError> {
         }
         // Splitting only ever happens at ASCII bytes, so this is UTF-8.
         let value = String::from_utf8_lossy(&value).into_owned();
-        out.push(KvToken {
-            key,
-            value: Some(value),
-            value_span: vstart..i,
-        });
+        out.push(KvToken { key, value: Some(value), value_span: vstart..i });
     }
     Ok(out)
 }
@@ -763,9 +692,7 @@ pub(crate) fn apply_env_defaults(
     if config.get_hostaddrs().is_empty() {
         if let Some(a) = var("PGHOSTADDR") {
             for a in split_list(&a) {
-                let ip: IpAddr = a
-                    .parse()
-                    .map_err(|_| PgError::Config(format!("invalid PGHOSTADDR value \"{a}\"")))?;
+                let ip: IpAddr = a.parse().map_err(|_| PgError::Config(format!("invalid PGHOSTADDR value \"{a}\"")))?;
                 config.hostaddr(ip);
             }
         }
@@ -780,8 +707,7 @@ pub(crate) fn apply_env_defaults(
                     let port = if p.is_empty() {
                         DEFAULT_PORT
                     } else {
-                        p.parse()
-                            .map_err(|_| PgError::Config(format!("invalid PGPORT value \"{p}\"")))?
+                        p.parse().map_err(|_| PgError::Config(format!("invalid PGPORT value \"{p}\"")))?
                     };
                     config.port(port);
                 }
@@ -796,9 +722,7 @@ pub(crate) fn apply_env_defaults(
         Some(u) => u.to_owned(),
         None => var("PGUSER")
             .or_else(|| sys.os_user.clone())
-            .ok_or_else(|| {
-                PgError::Config("no user name given and the OS user name is unknown".into())
-            })?,
+            .ok_or_else(|| PgError::Config("no user name given and the OS user name is unknown".into()))?,
     };
     config.user(user.clone());
     let dbname = match config.get_dbname().filter(|d| !d.is_empty()) {
@@ -824,10 +748,8 @@ pub(crate) fn apply_env_defaults(
     }
     if config.get_connect_timeout().is_none() {
         if let Some(t) = var("PGCONNECT_TIMEOUT") {
-            let secs: i64 = t
-                .trim()
-                .parse()
-                .map_err(|_| PgError::Config(format!("invalid PGCONNECT_TIMEOUT value \"{t}\"")))?;
+            let secs: i64 =
+                t.trim().parse().map_err(|_| PgError::Config(format!("invalid PGCONNECT_TIMEOUT value \"{t}\"")))?;
             if secs > 0 {
                 // libpq rounds 1 up to 2 seconds.
                 config.connect_timeout(Duration::from_secs(secs.max(2) as u64));
@@ -858,17 +780,10 @@ pub(crate) fn apply_env_defaults(
             // Only verify-* insist on the file; the weaker modes verify iff it exists.
             (verifying || p.is_file()).then_some(p)
         }
-        None => pgdir
-            .as_ref()
-            .map(|d| d.join("root.crt"))
-            .filter(|p| p.is_file()),
+        None => pgdir.as_ref().map(|d| d.join("root.crt")).filter(|p| p.is_file()),
     };
     // libpq never starts TLS on a Unix socket, so it never needs the file there.
-    let all_unix = config.get_hostaddrs().is_empty()
-        && config
-            .get_hosts()
-            .iter()
-            .all(|h| matches!(h, Host::Unix(_)));
+    let all_unix = config.get_hostaddrs().is_empty() && config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
     if verifying && root_cert.is_none() && !all_unix {
         return Err(PgError::Config(format!(
             "sslmode={mode} needs a root certificate to verify the server: set sslrootcert \
@@ -880,27 +795,12 @@ pub(crate) fn apply_env_defaults(
         .clone()
         .or_else(|| var("PGSSLCERT"))
         .map(PathBuf::from)
-        .or_else(|| {
-            pgdir
-                .as_ref()
-                .map(|d| d.join("postgresql.crt"))
-                .filter(|p| p.is_file())
-        });
-    let client_key = keys
-        .sslkey
-        .clone()
-        .or_else(|| var("PGSSLKEY"))
-        .map(PathBuf::from)
-        .or_else(|| {
-            client_cert.as_ref()?;
-            pgdir.as_ref().map(|d| d.join("postgresql.key"))
-        });
-    let tls = TlsSettings {
-        mode,
-        root_cert,
-        client_cert,
-        client_key,
-    };
+        .or_else(|| pgdir.as_ref().map(|d| d.join("postgresql.crt")).filter(|p| p.is_file()));
+    let client_key = keys.sslkey.clone().or_else(|| var("PGSSLKEY")).map(PathBuf::from).or_else(|| {
+        client_cert.as_ref()?;
+        pgdir.as_ref().map(|d| d.join("postgresql.key"))
+    });
+    let tls = TlsSettings { mode, root_cert, client_cert, client_key };
     config.ssl_mode(tls.tokio_postgres_mode());
 
     let passfile = keys
@@ -910,12 +810,7 @@ pub(crate) fn apply_env_defaults(
         .map(PathBuf::from)
         .or_else(|| home.as_ref().map(|h| h.join(".pgpass")));
 
-    Ok(EnvSettings {
-        user,
-        dbname,
-        tls,
-        passfile,
-    })
+    Ok(EnvSettings { user, dbname, tls, passfile })
 }
 
 // ---------------------------------------------------------------------------
@@ -951,9 +846,7 @@ pub fn pgpass_host(host: &Host, hostaddr: Option<IpAddr>, default_socket_dir: &P
     match host {
         Host::Unix(p) if p == default_socket_dir => "localhost".into(),
         Host::Unix(p) => p.display().to_string(),
-        Host::Tcp(h) if h.is_empty() => hostaddr
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "localhost".into()),
+        Host::Tcp(h) if h.is_empty() => hostaddr.map(|a| a.to_string()).unwrap_or_else(|| "localhost".into()),
         Host::Tcp(h) => h.clone(),
     }
 }
@@ -961,13 +854,7 @@ pub fn pgpass_host(host: &Host, hostaddr: Option<IpAddr>, default_socket_dir: &P
 /// libpq's `passwordFromFile` over the file's text: the first line whose
 /// `host:port:db:user` fields match (each literally or `*`) wins. In the
 /// fields `\:` and `\\` are escapes; the password ends at an unescaped `:`.
-pub fn pgpass_lookup(
-    text: &str,
-    host: &str,
-    port: &str,
-    dbname: &str,
-    user: &str,
-) -> Option<String> {
+pub fn pgpass_lookup(text: &str, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
     for line in text.lines() {
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() || line.starts_with('#') {
@@ -1092,9 +979,7 @@ fn redact_url(dsn: &str) -> String {
         let parts: Vec<String> = q
             .split('&')
             .map(|p| match p.split_once('=') {
-                Some((k, _))
-                    if SECRET_KEYS.contains(&percent_decode(k).unwrap_or_default().as_str()) =>
-                {
+                Some((k, _)) if SECRET_KEYS.contains(&percent_decode(k).unwrap_or_default().as_str()) => {
                     format!("{k}=***")
                 }
                 _ => p.to_owned(),
@@ -1119,10 +1004,7 @@ mod tests {
     }
 
     fn parse_env(dsn: &str, vars: &[(&str, &str)]) -> Result<ConnSpec, PgError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let env = move |k: &str| map.get(k).cloned();
         ConnSpec::parse_with(dsn, &env, &sys())
     }
@@ -1151,16 +1033,9 @@ mod tests {
 
     #[test]
     fn kv_errors() {
-        assert!(matches!(
-            extract_libpq_keys("host"),
-            Err(PgError::Config(_))
-        ));
-        assert!(matches!(
-            extract_libpq_keys("password='abc"),
-            Err(PgError::Config(_))
-        ));
-        let e =
-            ConnSpec::parse_with("host=x bogus=1 password=secret", &|_| None, &sys()).unwrap_err();
+        assert!(matches!(extract_libpq_keys("host"), Err(PgError::Config(_))));
+        assert!(matches!(extract_libpq_keys("password='abc"), Err(PgError::Config(_))));
+        let e = ConnSpec::parse_with("host=x bogus=1 password=secret", &|_| None, &sys()).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
     }
@@ -1173,10 +1048,7 @@ mod tests {
         .unwrap();
         assert_eq!(e.keys.sslmode.as_deref(), Some("verify-ca"));
         assert_eq!(e.keys.sslrootcert.as_deref(), Some("/etc/ca x.pem"));
-        assert_eq!(
-            e.rest,
-            "postgresql://u:p%40ss@db.internal:6432/app?application_name=w"
-        );
+        assert_eq!(e.rest, "postgresql://u:p%40ss@db.internal:6432/app?application_name=w");
         let c: tokio_postgres::Config = e.rest.parse().unwrap();
         assert_eq!(c.get_password(), Some(&b"p@ss"[..]));
         assert_eq!(c.get_application_name(), Some("w"));
@@ -1212,19 +1084,12 @@ mod tests {
         assert_eq!(s.connect_timeout(), Some(Duration::from_secs(2)));
         assert_eq!(s.tls().mode, SslMode::Require);
         assert_eq!(s.tls().cert_check(), CertCheck::None);
-        assert_eq!(
-            s.pg_config().get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
+        assert_eq!(s.pg_config().get_ssl_mode(), tokio_postgres::config::SslMode::Require);
 
         // The DSN wins over the environment.
         let s = parse_env(
             "postgres://bob@h1:1,h2:2/x?sslmode=disable",
-            &[
-                ("PGUSER", "app"),
-                ("PGHOST", "other"),
-                ("PGSSLMODE", "require"),
-            ],
+            &[("PGUSER", "app"), ("PGHOST", "other"), ("PGSSLMODE", "require")],
         )
         .unwrap();
         assert_eq!(s.describe(), "bob@h1:1,h2:2/x");
@@ -1241,10 +1106,7 @@ mod tests {
         assert_eq!(s.describe(), "alice@/var/run/postgresql:5432/alice");
         assert_eq!(s.tls().mode, SslMode::Prefer);
         assert!(s.targets()[0].is_unix());
-        assert_eq!(
-            s.targets()[0].socket_path().unwrap(),
-            PathBuf::from("/var/run/postgresql/.s.PGSQL.5432")
-        );
+        assert_eq!(s.targets()[0].socket_path().unwrap(), PathBuf::from("/var/run/postgresql/.s.PGSQL.5432"));
         assert_eq!(s.password(), None);
 
         let s = parse_env("host=/tmp/x port=5433 user=postgres", &[]).unwrap();
@@ -1290,10 +1152,7 @@ mod tests {
         let home = dir.path().to_str().unwrap();
         let s = parse_env("host=h sslmode=require", &[("HOME", home)]).unwrap();
         assert_eq!(s.tls().cert_check(), CertCheck::Chain);
-        assert_eq!(
-            s.tls().client_key.as_deref(),
-            Some(dir.path().join(".postgresql/postgresql.key").as_path())
-        );
+        assert_eq!(s.tls().client_key.as_deref(), Some(dir.path().join(".postgresql/postgresql.key").as_path()));
     }
 
     #[test]
@@ -1304,30 +1163,12 @@ mod tests {
                     localhost:5433:*:*:sock\r\n\
                     /tmp/x:5433:*:*:literal\n\
                     *:*:*:*:fallback\n";
-        assert_eq!(
-            pgpass_lookup(text, "db.internal", "5432", "x", "app").as_deref(),
-            Some("first")
-        );
-        assert_eq!(
-            pgpass_lookup(text, "other", "1", "tracebase", "app").as_deref(),
-            Some("se:cr\\et")
-        );
-        assert_eq!(
-            pgpass_lookup(text, "localhost", "5433", "d", "u").as_deref(),
-            Some("sock")
-        );
-        assert_eq!(
-            pgpass_lookup(text, "/tmp/x", "5433", "d", "u").as_deref(),
-            Some("literal")
-        );
-        assert_eq!(
-            pgpass_lookup(text, "zzz", "1", "d", "u").as_deref(),
-            Some("fallback")
-        );
-        assert_eq!(
-            pgpass_lookup("a\\:b:1:d:u:pw\n", "a:b", "1", "d", "u").as_deref(),
-            Some("pw")
-        );
+        assert_eq!(pgpass_lookup(text, "db.internal", "5432", "x", "app").as_deref(), Some("first"));
+        assert_eq!(pgpass_lookup(text, "other", "1", "tracebase", "app").as_deref(), Some("se:cr\\et"));
+        assert_eq!(pgpass_lookup(text, "localhost", "5433", "d", "u").as_deref(), Some("sock"));
+        assert_eq!(pgpass_lookup(text, "/tmp/x", "5433", "d", "u").as_deref(), Some("literal"));
+        assert_eq!(pgpass_lookup(text, "zzz", "1", "d", "u").as_deref(), Some("fallback"));
+        assert_eq!(pgpass_lookup("a\\:b:1:d:u:pw\n", "a:b", "1", "d", "u").as_deref(), Some("pw"));
         // A prefix of the field is not a match.
         assert_eq!(pgpass_lookup("db:1:d:u:pw\n", "d", "1", "d", "u"), None);
         assert_eq!(pgpass_lookup("db:1:d:u\n", "db", "1", "d", "u"), None);
@@ -1338,19 +1179,9 @@ mod tests {
     fn pgpass_socket_host() {
         let def = Path::new("/var/run/postgresql");
         assert_eq!(pgpass_host(&Host::Unix(def.into()), None, def), "localhost");
-        assert_eq!(
-            pgpass_host(&Host::Unix("/tmp/x".into()), None, def),
-            "/tmp/x"
-        );
+        assert_eq!(pgpass_host(&Host::Unix("/tmp/x".into()), None, def), "/tmp/x");
         assert_eq!(pgpass_host(&Host::Tcp("h".into()), None, def), "h");
-        assert_eq!(
-            pgpass_host(
-                &Host::Tcp(String::new()),
-                Some("10.0.0.1".parse().unwrap()),
-                def
-            ),
-            "10.0.0.1"
-        );
+        assert_eq!(pgpass_host(&Host::Tcp(String::new()), Some("10.0.0.1".parse().unwrap()), def), "10.0.0.1");
     }
 
     #[test]
@@ -1377,26 +1208,14 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(
-            redact_dsn("host=h password=secret user=u"),
-            "host=h password=*** user=u"
-        );
-        assert_eq!(
-            redact_dsn("password='se cret' host=h"),
-            "password=*** host=h"
-        );
+        assert_eq!(redact_dsn("host=h password=secret user=u"), "host=h password=*** user=u");
+        assert_eq!(redact_dsn("password='se cret' host=h"), "password=*** host=h");
         assert_eq!(redact_dsn("password = 'it\\'s' x=1"), "password = *** x=1");
         assert_eq!(redact_dsn("password='unterminated"), "password=***");
         assert_eq!(redact_dsn("host=h"), "host=h");
-        assert_eq!(
-            redact_dsn("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
+        assert_eq!(redact_dsn("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact_dsn("postgresql://u@h/db"), "postgresql://u@h/db");
-        assert_eq!(
-            redact_dsn("postgres://u:se@cret@h/db"),
-            "postgres://u:***@h/db"
-        );
+        assert_eq!(redact_dsn("postgres://u:se@cret@h/db"), "postgres://u:***@h/db");
         assert_eq!(
             redact_dsn("postgres://h/db?user=u&password=secret&sslmode=require"),
             "postgres://h/db?user=u&password=***&sslmode=require"

@@ -86,11 +86,7 @@ enum Socket {
 }
 
 impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -100,11 +96,7 @@ impl AsyncRead for Socket {
 }
 
 impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -148,10 +140,7 @@ pub(crate) fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, PgError> 
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     if len < 4 || len as usize > MAX_FRAME_LEN {
-        return Err(PgError::protocol(format!(
-            "invalid message length {len} (tag {:?})",
-            buf[0] as char
-        )));
+        return Err(PgError::protocol(format!("invalid message length {len} (tag {:?})", buf[0] as char)));
     }
     let total = 1 + len as usize;
     if buf.len() < total {
@@ -193,11 +182,8 @@ impl<'a> Cur<'a> {
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn cstr(&mut self) -> Result<&'a str, PgError> {
-        let nul = self
-            .0
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| PgError::protocol("unterminated string in message"))?;
+        let nul =
+            self.0.iter().position(|&b| b == 0).ok_or_else(|| PgError::protocol("unterminated string in message"))?;
         let s = self.take(nul + 1)?;
         std::str::from_utf8(&s[..nul]).map_err(|_| PgError::protocol("string is not UTF-8"))
     }
@@ -306,10 +292,7 @@ impl ReplicationConnection {
     /// Connects to the first reachable host of `spec` (libpq order), with
     /// TLS per `sslmode`, and authenticates. `params` are extra startup
     /// parameters; they override the defaults of the same name.
-    pub async fn connect(
-        spec: &ConnSpec,
-        params: &[(&str, &str)],
-    ) -> Result<ReplicationConnection, PgError> {
+    pub async fn connect(spec: &ConnSpec, params: &[(&str, &str)]) -> Result<ReplicationConnection, PgError> {
         let mut tls_config: Option<Arc<rustls::ClientConfig>> = None;
         let mut last_err = None;
         for target in spec.targets() {
@@ -353,11 +336,7 @@ impl ReplicationConnection {
         tls_config: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<ReplicationConnection, PgError> {
         // libpq never uses TLS over a Unix socket, whatever sslmode says.
-        let mode = if target.is_unix() {
-            SslMode::Disable
-        } else {
-            spec.tls().mode
-        };
+        let mode = if target.is_unix() { SslMode::Disable } else { spec.tls().mode };
         let cfg = tls_config.as_ref();
         match mode {
             SslMode::Disable => Self::attempt(spec, target, params, TlsUse::Off, cfg).await,
@@ -372,20 +351,18 @@ impl ReplicationConnection {
                     r => r,
                 }
             }
-            SslMode::Prefer => {
-                match Self::attempt(spec, target, params, TlsUse::Preferred, cfg).await {
-                    Err(e @ PgError::Tls(_)) => {
-                        tracing::warn!(target = %target.describe(), error = %e,
+            SslMode::Prefer => match Self::attempt(spec, target, params, TlsUse::Preferred, cfg).await {
+                Err(e @ PgError::Tls(_)) => {
+                    tracing::warn!(target = %target.describe(), error = %e,
                             "TLS failed, retrying without TLS (sslmode=prefer)");
-                        Self::attempt(spec, target, params, TlsUse::Off, cfg).await
-                    }
-                    Err(e) if e.sqlstate() == Some("28000") => {
-                        tracing::debug!(error = %e, "retrying without TLS (sslmode=prefer)");
-                        Self::attempt(spec, target, params, TlsUse::Off, cfg).await
-                    }
-                    r => r,
+                    Self::attempt(spec, target, params, TlsUse::Off, cfg).await
                 }
-            }
+                Err(e) if e.sqlstate() == Some("28000") => {
+                    tracing::debug!(error = %e, "retrying without TLS (sslmode=prefer)");
+                    Self::attempt(spec, target, params, TlsUse::Off, cfg).await
+                }
+                r => r,
+            },
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
                 Self::attempt(spec, target, params, TlsUse::Required, cfg).await
             }
@@ -395,12 +372,8 @@ impl ReplicationConnection {
     async fn open_socket(spec: &ConnSpec, target: &Target) -> Result<(Socket, String), PgError> {
         if let Some(path) = target.socket_path() {
             let what = format!("socket \"{}\"", path.display());
-            let s = UnixStream::connect(&path)
-                .await
-                .map_err(|source| PgError::Connect {
-                    target: what.clone(),
-                    source,
-                })?;
+            let s =
+                UnixStream::connect(&path).await.map_err(|source| PgError::Connect { target: what.clone(), source })?;
             return Ok((Socket::Unix(s), what));
         }
         let host = match target.hostaddr {
@@ -410,15 +383,9 @@ impl ReplicationConnection {
         let what = target.describe();
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), target.port))
             .await
-            .map_err(|source| PgError::Connect {
-                target: what.clone(),
-                source,
-            })?
+            .map_err(|source| PgError::Connect { target: what.clone(), source })?
             .collect();
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            "host name resolved to no addresses",
-        );
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "host name resolved to no addresses");
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
@@ -432,10 +399,7 @@ impl ReplicationConnection {
                 }
             }
         }
-        Err(PgError::Connect {
-            target: what,
-            source: last,
-        })
+        Err(PgError::Connect { target: what, source: last })
     }
 
     async fn attempt(
@@ -460,8 +424,7 @@ impl ReplicationConnection {
                 })?;
                 match answer {
                     b'S' => {
-                        let cfg = tls_config
-                            .ok_or_else(|| PgError::Tls("TLS configuration missing".into()))?;
+                        let cfg = tls_config.ok_or_else(|| PgError::Tls("TLS configuration missing".into()))?;
                         let name = tls::server_name(&target.tls_name())?;
                         let stream = tokio_rustls::TlsConnector::from(cfg.clone())
                             .connect(name, tcp)
@@ -477,16 +440,8 @@ impl ReplicationConnection {
                         )))
                     }
                     // Pre-7.0-style error reply; the server hangs up next.
-                    b'E' => {
-                        return Err(PgError::Tls(format!(
-                            "server {what} rejected the SSL request"
-                        )))
-                    }
-                    other => {
-                        return Err(PgError::protocol(format!(
-                            "unexpected response {other:#04x} to SSL request"
-                        )))
-                    }
+                    b'E' => return Err(PgError::Tls(format!("server {what} rejected the SSL request"))),
+                    other => return Err(PgError::protocol(format!("unexpected response {other:#04x} to SSL request"))),
                 }
             }
             (_, s) => s,
@@ -508,21 +463,13 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
-    async fn startup(
-        &mut self,
-        spec: &ConnSpec,
-        target: &Target,
-        extra: &[(&str, &str)],
-    ) -> Result<(), PgError> {
+    async fn startup(&mut self, spec: &ConnSpec, target: &Target, extra: &[(&str, &str)]) -> Result<(), PgError> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", spec.user()),
             ("database", spec.dbname()),
             ("replication", "database"),
             ("client_encoding", "UTF8"),
-            (
-                "application_name",
-                spec.application_name().unwrap_or("walwitness"),
-            ),
+            ("application_name", spec.application_name().unwrap_or("walwitness")),
         ];
         if let Some(o) = spec.options() {
             params.push(("options", o));
@@ -556,10 +503,7 @@ impl ReplicationConnection {
                 b'N' => log_notice(&f.body),
                 b'v' => tracing::debug!("server negotiated protocol version"),
                 other => {
-                    return Err(PgError::protocol(format!(
-                        "unexpected message {:?} during startup",
-                        other as char
-                    )))
+                    return Err(PgError::protocol(format!("unexpected message {:?} during startup", other as char)))
                 }
             }
         }
@@ -599,9 +543,7 @@ impl ReplicationConnection {
             match code {
                 0 => {
                     if scram.is_some() {
-                        return Err(PgError::Auth(AuthError::Client(
-                            "server ended SCRAM authentication early".into(),
-                        )));
+                        return Err(PgError::Auth(AuthError::Client("server ended SCRAM authentication early".into())));
                     }
                     return Ok(());
                 }
@@ -613,11 +555,7 @@ impl ReplicationConnection {
                     let pw = need_password("md5")?;
                     let s = c.take(4)?;
                     let salt = [s[0], s[1], s[2], s[3]];
-                    let hash = postgres_protocol::authentication::md5_hash(
-                        spec.user().as_bytes(),
-                        &pw,
-                        salt,
-                    );
+                    let hash = postgres_protocol::authentication::md5_hash(spec.user().as_bytes(), &pw, salt);
                     frontend::password_message(hash.as_bytes(), &mut self.wbuf)?;
                 }
                 10 => {
@@ -634,10 +572,7 @@ impl ReplicationConnection {
                     }
                     let cb = self.channel_binding_data();
                     let (binding, mechanism) = match (has_plus, cb) {
-                        (true, Some(cb)) => (
-                            sasl::ChannelBinding::tls_server_end_point(cb),
-                            sasl::SCRAM_SHA_256_PLUS,
-                        ),
+                        (true, Some(cb)) => (sasl::ChannelBinding::tls_server_end_point(cb), sasl::SCRAM_SHA_256_PLUS),
                         (_, cb) if has_scram => {
                             // 'y' tells the server we could have bound, so a
                             // stripped PLUS offer is detected as tampering.
@@ -660,22 +595,17 @@ impl ReplicationConnection {
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram.as_mut().ok_or_else(|| {
-                        PgError::protocol("SASLContinue without SASL authentication")
-                    })?;
-                    s.update(c.rest()).map_err(|e| {
-                        PgError::Auth(AuthError::Client(format!("SCRAM exchange failed: {e}")))
-                    })?;
+                    let s =
+                        scram.as_mut().ok_or_else(|| PgError::protocol("SASLContinue without SASL authentication"))?;
+                    s.update(c.rest())
+                        .map_err(|e| PgError::Auth(AuthError::Client(format!("SCRAM exchange failed: {e}"))))?;
                     frontend::sasl_response(s.message(), &mut self.wbuf)?;
                 }
                 12 => {
-                    let mut s = scram.take().ok_or_else(|| {
-                        PgError::protocol("SASLFinal without SASL authentication")
-                    })?;
+                    let mut s =
+                        scram.take().ok_or_else(|| PgError::protocol("SASLFinal without SASL authentication"))?;
                     s.finish(c.rest()).map_err(|e| {
-                        PgError::Auth(AuthError::Client(format!(
-                            "could not verify the server's SCRAM signature: {e}"
-                        )))
+                        PgError::Auth(AuthError::Client(format!("could not verify the server's SCRAM signature: {e}")))
                     })?;
                     continue;
                 }
@@ -690,11 +620,7 @@ impl ReplicationConnection {
                         "the server requested {name} authentication, which is not supported"
                     ))));
                 }
-                other => {
-                    return Err(PgError::protocol(format!(
-                        "unknown authentication request {other}"
-                    )))
-                }
+                other => return Err(PgError::protocol(format!("unknown authentication request {other}"))),
             }
             self.flush_wbuf().await?;
         }
@@ -702,12 +628,9 @@ impl ReplicationConnection {
 
     fn channel_binding_data(&self) -> Option<Vec<u8>> {
         match &self.socket {
-            Socket::Tls(s) => s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| tls::tls_server_end_point(c)),
+            Socket::Tls(s) => {
+                s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::tls_server_end_point(c))
+            }
             _ => None,
         }
     }
@@ -725,9 +648,7 @@ impl ReplicationConnection {
 
     /// `server_version` as a number (150018 for 15.18); 0 if unknown.
     pub fn server_version_num(&self) -> u32 {
-        self.parameter("server_version")
-            .and_then(parse_server_version)
-            .unwrap_or(0)
+        self.parameter("server_version").and_then(parse_server_version).unwrap_or(0)
     }
 
     /// A ParameterStatus value reported by the server.
@@ -809,15 +730,10 @@ impl ReplicationConnection {
                 // Leftovers of an earlier command; its error was reported.
                 let _ = self.drain_to_ready().await;
             }
-            _ => {
-                return Err(PgError::protocol(
-                    "COPY is in progress; call finish_copy() before another command",
-                ))
-            }
+            _ => return Err(PgError::protocol("COPY is in progress; call finish_copy() before another command")),
         }
         self.wbuf.clear();
-        frontend::query(sql, &mut self.wbuf)
-            .map_err(|e| PgError::Config(format!("invalid query text: {e}")))?;
+        frontend::query(sql, &mut self.wbuf).map_err(|e| PgError::Config(format!("invalid query text: {e}")))?;
         self.flush_wbuf().await
     }
 
@@ -837,12 +753,7 @@ impl ReplicationConnection {
             let f = self.read_frame().await?;
             match f.tag {
                 b'T' => match parse_row_description(&f.body) {
-                    Ok(columns) => {
-                        current = Some(QueryResult {
-                            columns,
-                            rows: Vec::new(),
-                        })
-                    }
+                    Ok(columns) => current = Some(QueryResult { columns, rows: Vec::new() }),
                     Err(e) => {
                         err.get_or_insert(e);
                     }
@@ -880,9 +791,7 @@ impl ReplicationConnection {
                 }
                 b'W' => {
                     self.phase = Phase::CopyBoth;
-                    return Err(PgError::protocol(
-                        "the query started a COPY BOTH stream; use start_copy_both()",
-                    ));
+                    return Err(PgError::protocol("the query started a COPY BOTH stream; use start_copy_both()"));
                 }
                 b'Z' => break,
                 // CopyOut data, notifications, ...: nothing to keep.
@@ -918,9 +827,7 @@ impl ReplicationConnection {
                 b'S' => self.parameter_status(&f.body)?,
                 b'Z' => {
                     self.phase = Phase::Ready;
-                    return Err(PgError::protocol(
-                        "the command completed without starting a COPY BOTH stream",
-                    ));
+                    return Err(PgError::protocol("the command completed without starting a COPY BOTH stream"));
                 }
                 b'G' => {
                     self.wbuf.clear();
@@ -969,10 +876,7 @@ impl ReplicationConnection {
                 // result set after a timeline switch) and notifications.
                 b'C' | b'T' | b'D' | b'A' => {}
                 other => {
-                    return Err(PgError::protocol(format!(
-                        "unexpected message {:?} in COPY BOTH mode",
-                        other as char
-                    )))
+                    return Err(PgError::protocol(format!("unexpected message {:?} in COPY BOTH mode", other as char)))
                 }
             }
         }
@@ -982,12 +886,9 @@ impl ReplicationConnection {
     /// Not cancel-safe: a write cut short leaves a partial message behind.
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), PgError> {
         if !matches!(self.phase, Phase::CopyBoth | Phase::ServerCopyDone) {
-            return Err(PgError::protocol(
-                "send_copy_data outside of COPY BOTH mode",
-            ));
+            return Err(PgError::protocol("send_copy_data outside of COPY BOTH mode"));
         }
-        let len = i32::try_from(payload.len() + 4)
-            .map_err(|_| PgError::protocol("CopyData payload too large"))?;
+        let len = i32::try_from(payload.len() + 4).map_err(|_| PgError::protocol("CopyData payload too large"))?;
         self.wbuf.clear();
         self.wbuf.put_u8(b'd');
         self.wbuf.put_i32(len);
@@ -1008,10 +909,7 @@ impl ReplicationConnection {
             Ok(r) => r,
             Err(_) => Err(PgError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "server did not end the replication stream within {}s",
-                    timeout.as_secs()
-                ),
+                format!("server did not end the replication stream within {}s", timeout.as_secs()),
             ))),
         }
     }
@@ -1023,11 +921,7 @@ impl ReplicationConnection {
                 self.wbuf.clear();
                 frontend::copy_done(&mut self.wbuf);
                 self.flush_wbuf().await?;
-                self.phase = if self.phase == Phase::CopyBoth {
-                    Phase::ClientCopyDone
-                } else {
-                    Phase::Draining
-                };
+                self.phase = if self.phase == Phase::CopyBoth { Phase::ClientCopyDone } else { Phase::Draining };
             }
             Phase::ClientCopyDone | Phase::Draining => {}
         }
@@ -1087,20 +981,12 @@ fn set_keepalive(s: &TcpStream, cfg: &tokio_postgres::Config) {
     #[cfg(target_os = "linux")]
     {
         let secs = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
-        set(
-            libc::IPPROTO_TCP,
-            libc::TCP_KEEPIDLE,
-            secs(cfg.get_keepalives_idle()),
-        );
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(cfg.get_keepalives_idle()));
         if let Some(i) = cfg.get_keepalives_interval() {
             set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(i));
         }
         if let Some(n) = cfg.get_keepalives_retries() {
-            set(
-                libc::IPPROTO_TCP,
-                libc::TCP_KEEPCNT,
-                n.min(i32::MAX as u32) as libc::c_int,
-            );
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, n.min(i32::MAX as u32) as libc::c_int);
         }
     }
 }
@@ -1118,10 +1004,7 @@ mod tests {
 
     #[test]
     fn server_versions() {
-        assert_eq!(
-            parse_server_version("15.18 (Debian 15.18-0+deb12u1)"),
-            Some(150018)
-        );
+        assert_eq!(parse_server_version("15.18 (Debian 15.18-0+deb12u1)"), Some(150018));
         assert_eq!(parse_server_version("17.2"), Some(170002));
         assert_eq!(parse_server_version("18beta1"), Some(180000));
         assert_eq!(parse_server_version("17devel"), Some(170000));
@@ -1185,18 +1068,12 @@ mod tests {
             rd.push(0);
             rd.extend_from_slice(&[0; 18]);
         }
-        assert_eq!(
-            parse_row_description(&rd).unwrap(),
-            vec!["systemid", "timeline"]
-        );
+        assert_eq!(parse_row_description(&rd).unwrap(), vec!["systemid", "timeline"]);
         assert!(parse_row_description(&rd[..rd.len() - 1]).is_err());
         assert!(parse_row_description(&[0, 1, b'x']).is_err());
 
         let mut dr = vec![0, 2, 0, 0, 0, 2, b'4', b'2', 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(
-            parse_data_row(&dr).unwrap(),
-            vec![Some("42".to_owned()), None]
-        );
+        assert_eq!(parse_data_row(&dr).unwrap(), vec![Some("42".to_owned()), None]);
         dr[5] = 200;
         assert!(parse_data_row(&dr).is_err());
         assert!(parse_data_row(&[0xff, 0xff]).unwrap().is_empty());
@@ -1208,9 +1085,7 @@ mod tests {
         let e = DbError::parse(body).unwrap();
         assert_eq!(e.code, "28P01");
         assert_eq!(e.severity, "FATAL");
-        assert!(PgError::from_startup_error(e)
-            .to_string()
-            .starts_with("authentication failed"));
+        assert!(PgError::from_startup_error(e).to_string().starts_with("authentication failed"));
         assert!(DbError::parse(b"Mno terminator").is_err());
         assert!(DbError::parse(b"").is_err());
     }
@@ -1252,10 +1127,7 @@ mod tests {
                 server
             }
         });
-        assert_eq!(
-            conn.recv().await.unwrap(),
-            CopyEvent::Data(Bytes::from_static(b"first"))
-        );
+        assert_eq!(conn.recv().await.unwrap(), CopyEvent::Data(Bytes::from_static(b"first")));
         match conn.recv().await.unwrap() {
             CopyEvent::Data(d) => assert_eq!(d.len(), big.len()),
             other => panic!("{other:?}"),

@@ -33,9 +33,7 @@ impl DbError {
         let mut e = DbError::default();
         let mut localized_severity = None;
         loop {
-            let (&ty, rest) = body
-                .split_first()
-                .ok_or_else(|| PgError::protocol("truncated error message"))?;
+            let (&ty, rest) = body.split_first().ok_or_else(|| PgError::protocol("truncated error message"))?;
             if ty == 0 {
                 break;
             }
@@ -173,10 +171,7 @@ impl PgError {
 pub(crate) fn from_tokio_postgres(e: tokio_postgres::Error, target: &str) -> PgError {
     if let Some(db) = e.as_db_error() {
         let d = DbError {
-            severity: db
-                .parsed_severity()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| db.severity().to_owned()),
+            severity: db.parsed_severity().map(|s| s.to_string()).unwrap_or_else(|| db.severity().to_owned()),
             code: db.code().code().to_owned(),
             message: db.message().to_owned(),
             detail: db.detail().map(str::to_owned),
@@ -218,10 +213,7 @@ pub(crate) fn from_tokio_postgres(e: tokio_postgres::Error, target: &str) -> PgE
                 .map(io::Error::kind)
                 .unwrap_or(io::ErrorKind::Other)
         };
-        return PgError::Connect {
-            target: target.to_owned(),
-            source: io::Error::new(kind, text),
-        };
+        return PgError::Connect { target: target.to_owned(), source: io::Error::new(kind, text) };
     }
     if text.starts_with("error communicating") {
         return PgError::Io(io::Error::other(text));

@@ -52,9 +52,7 @@ pub async fn connect_sql(spec: &ConnSpec) -> Result<tokio_postgres::Client, PgEr
         };
         // libpq's prefer/allow fall back to plaintext when the handshake
         // (e.g. chain verification against an existing root.crt) fails.
-        if matches!(result, Err(PgError::Tls(_)))
-            && matches!(spec.tls().mode, SslMode::Prefer | SslMode::Allow)
-        {
+        if matches!(result, Err(PgError::Tls(_))) && matches!(spec.tls().mode, SslMode::Prefer | SslMode::Allow) {
             tracing::warn!(target = %what, "TLS failed, retrying without TLS (sslmode={})", spec.tls().mode);
             result = connect_sql_plain(single_host_config(spec, target), &what).await;
         }
@@ -70,10 +68,7 @@ pub async fn connect_sql(spec: &ConnSpec) -> Result<tokio_postgres::Client, PgEr
     Err(last_err.unwrap_or_else(|| PgError::Config("no host to connect to".into())))
 }
 
-async fn connect_sql_plain(
-    mut cfg: tokio_postgres::Config,
-    what: &str,
-) -> Result<tokio_postgres::Client, PgError> {
+async fn connect_sql_plain(mut cfg: tokio_postgres::Config, what: &str) -> Result<tokio_postgres::Client, PgError> {
     cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
     match cfg.connect(tokio_postgres::NoTls).await {
         Ok((client, conn)) => {

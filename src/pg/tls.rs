@@ -15,9 +15,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::config::{CertCheck, TlsSettings, SYSTEM_ROOT_CERT};
@@ -39,21 +37,12 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, PgErro
         CertCheck::None => Arc::new(AcceptAnyCert { algs }),
         CertCheck::Chain | CertCheck::ChainAndName => {
             let path = settings.root_cert.as_deref().ok_or_else(|| {
-                PgError::Tls(format!(
-                    "sslmode={} needs a root certificate (sslrootcert)",
-                    settings.mode
-                ))
+                PgError::Tls(format!("sslmode={} needs a root certificate (sslrootcert)", settings.mode))
             })?;
             let roots = load_roots(path)?;
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| {
-                        PgError::Tls(format!(
-                            "cannot use root certificates from {}: {e}",
-                            path.display()
-                        ))
-                    })?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| PgError::Tls(format!("cannot use root certificates from {}: {e}", path.display())))?;
             if check == CertCheck::Chain {
                 Arc::new(ChainOnly { inner: webpki })
             } else {
@@ -75,10 +64,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, PgErro
                 .map_err(|e| PgError::Tls(format!("bad client certificate/key: {e}")))?
         }
         (Some(cert), None) => {
-            return Err(PgError::Tls(format!(
-                "client certificate {} given without sslkey",
-                cert.display()
-            )))
+            return Err(PgError::Tls(format!("client certificate {} given without sslkey", cert.display())))
         }
         _ => builder.with_no_client_auth(),
     };
@@ -91,8 +77,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, PgErro
 /// it is a DNS name).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, PgError> {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(h.to_owned())
-        .map_err(|_| PgError::Tls(format!("\"{host}\" is not a valid TLS server name")))
+    ServerName::try_from(h.to_owned()).map_err(|_| PgError::Tls(format!("\"{host}\" is not a valid TLS server name")))
 }
 
 fn open(path: &Path, what: &str) -> Result<BufReader<std::fs::File>, PgError> {
@@ -105,17 +90,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PgError> {
     let mut r = open(path, "certificate file")?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut r)
         .collect::<Result<_, _>>()
-        .map_err(|e| {
-            PgError::Tls(format!(
-                "could not read certificates from \"{}\": {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| PgError::Tls(format!("could not read certificates from \"{}\": {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(PgError::Tls(format!(
-            "no PEM certificates found in \"{}\"",
-            path.display()
-        )));
+        return Err(PgError::Tls(format!("no PEM certificates found in \"{}\"", path.display())));
     }
     Ok(certs)
 }
@@ -123,12 +100,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PgError> {
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PgError> {
     let mut r = open(path, "private key file")?;
     rustls_pemfile::private_key(&mut r)
-        .map_err(|e| {
-            PgError::Tls(format!(
-                "could not read private key \"{}\": {e}",
-                path.display()
-            ))
-        })?
+        .map_err(|e| PgError::Tls(format!("could not read private key \"{}\": {e}", path.display())))?
         .ok_or_else(|| PgError::Tls(format!("no private key found in \"{}\"", path.display())))
 }
 
@@ -160,10 +132,7 @@ fn load_roots(path: &Path) -> Result<RootCertStore, PgError> {
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(load_certs(&path)?);
     if added == 0 {
-        return Err(PgError::Tls(format!(
-            "no usable root certificates in \"{}\"",
-            path.display()
-        )));
+        return Err(PgError::Tls(format!("no usable root certificates in \"{}\"", path.display())));
     }
     Ok(roots)
 }
@@ -230,13 +199,7 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -362,9 +325,7 @@ pub struct MakeRustlsConnect {
 
 impl MakeRustlsConnect {
     pub fn new(settings: &TlsSettings) -> Result<MakeRustlsConnect, PgError> {
-        Ok(MakeRustlsConnect {
-            config: client_config(settings)?,
-        })
+        Ok(MakeRustlsConnect { config: client_config(settings)? })
     }
 
     pub fn from_config(config: Arc<ClientConfig>) -> MakeRustlsConnect {
@@ -383,10 +344,7 @@ where
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
         // tokio-postgres asks for a connector even for Unix sockets (domain
         // ""), where it never uses it; only fail once a handshake is due.
-        Ok(RustlsConnect {
-            config: self.config.clone(),
-            server_name: server_name(domain).map_err(|e| e.to_string()),
-        })
+        Ok(RustlsConnect { config: self.config.clone(), server_name: server_name(domain).map_err(|e| e.to_string()) })
     }
 }
 
@@ -406,9 +364,7 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let name = self.server_name.map_err(io::Error::other)?;
-            let s = tokio_rustls::TlsConnector::from(self.config)
-                .connect(name, stream)
-                .await?;
+            let s = tokio_rustls::TlsConnector::from(self.config).connect(name, stream).await?;
             Ok(RustlsStream(s))
         })
     }
@@ -429,11 +385,7 @@ where
 {
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
         let (_, conn) = self.0.get_ref();
-        match conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| tls_server_end_point(c))
-        {
+        match conn.peer_certificates().and_then(|c| c.first()).and_then(|c| tls_server_end_point(c)) {
             Some(h) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(h),
             None => tokio_postgres::tls::ChannelBinding::none(),
         }
@@ -441,21 +393,13 @@ where
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -511,12 +455,7 @@ mod tests {
 
     #[test]
     fn config_for_modes() {
-        let s = TlsSettings {
-            mode: SslMode::Require,
-            root_cert: None,
-            client_cert: None,
-            client_key: None,
-        };
+        let s = TlsSettings { mode: SslMode::Require, root_cert: None, client_cert: None, client_key: None };
         client_config(&s).unwrap();
         let s = TlsSettings {
             mode: SslMode::VerifyFull,

@@ -41,14 +41,7 @@ impl DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "malformed {} {} message at byte {}: {}",
-            self.layer(),
-            self.message,
-            self.offset,
-            self.reason
-        )
+        write!(f, "malformed {} {} message at byte {}: {}", self.layer(), self.message, self.offset, self.reason)
     }
 }
 
@@ -65,11 +58,7 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(bytes: Bytes, what: &'static str) -> Self {
-        Reader {
-            bytes,
-            pos: 0,
-            what,
-        }
+        Reader { bytes, pos: 0, what }
     }
 
     /// Rename the message being decoded, once its type byte is known, so later
@@ -98,11 +87,7 @@ impl Reader {
     /// An error at an earlier position, for when a field is only found bad
     /// after it has been read.
     pub fn error_at(&self, offset: usize, reason: impl Into<String>) -> DecodeError {
-        DecodeError {
-            message: self.what,
-            offset,
-            reason: reason.into(),
-        }
+        DecodeError { message: self.what, offset, reason: reason.into() }
     }
 
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
@@ -165,17 +150,10 @@ impl Reader {
     pub fn cstr(&mut self) -> Result<String, DecodeError> {
         let start = self.pos;
         let rest = self.bytes.get(start..).unwrap_or_default();
-        let nul = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.error("string is not NUL-terminated"))?;
+        let nul = rest.iter().position(|&b| b == 0).ok_or_else(|| self.error("string is not NUL-terminated"))?;
         let raw = rest.get(..nul).unwrap_or_default();
-        let s = std::str::from_utf8(raw).map_err(|e| {
-            self.error_at(
-                start.saturating_add(e.valid_up_to()),
-                "string is not valid UTF-8",
-            )
-        })?;
+        let s = std::str::from_utf8(raw)
+            .map_err(|e| self.error_at(start.saturating_add(e.valid_up_to()), "string is not valid UTF-8"))?;
         let s = s.to_owned();
         // nul < rest.len(), so this cannot overflow past the buffer.
         self.pos = start.saturating_add(nul).saturating_add(1);
@@ -196,13 +174,9 @@ impl Reader {
     pub fn len_prefixed_bytes(&mut self) -> Result<Bytes, DecodeError> {
         let at = self.pos;
         let len = self.i32()?;
-        let len = usize::try_from(len)
-            .map_err(|_| self.error_at(at, format!("negative length {len}")))?;
+        let len = usize::try_from(len).map_err(|_| self.error_at(at, format!("negative length {len}")))?;
         if len > self.remaining() {
-            return Err(self.error_at(
-                at,
-                format!("length {len} exceeds the {} bytes left", self.remaining()),
-            ));
+            return Err(self.error_at(at, format!("length {len} exceeds the {} bytes left", self.remaining())));
         }
         self.bytes(len)
     }
@@ -235,8 +209,8 @@ mod tests {
     #[test]
     fn integers_are_big_endian() {
         let mut r = reader(&[
-            0x01, 0xFF, 0xFE, 0x00, 0x02, 0xFF, 0xFF, 0xFF, 0xFD, 0x00, 0x00, 0x00, 0x04, 0, 0, 0,
-            0, 0, 0, 0, 5, 0, 0, 0, 0x16, 0xB3, 0x74, 0xD8, 0x48,
+            0x01, 0xFF, 0xFE, 0x00, 0x02, 0xFF, 0xFF, 0xFF, 0xFD, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0,
+            0, 0x16, 0xB3, 0x74, 0xD8, 0x48,
         ]);
         assert_eq!(r.u8().unwrap(), 1);
         assert_eq!(r.i16().unwrap(), -2);
@@ -255,10 +229,7 @@ mod tests {
         let e = r.u32().unwrap_err();
         assert_eq!(e.message, "Delete");
         assert_eq!(e.offset, 7);
-        assert_eq!(
-            e.to_string(),
-            "malformed pgoutput Delete message at byte 7: need 4 bytes, 2 left"
-        );
+        assert_eq!(e.to_string(), "malformed pgoutput Delete message at byte 7: need 4 bytes, 2 left");
         // A failed read does not move the cursor.
         assert_eq!(r.position(), 7);
     }

@@ -63,10 +63,7 @@ impl FromStr for Lsn {
     type Err = LsnParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| LsnParseError {
-            input: s.to_owned(),
-            reason,
-        };
+        let err = |reason| LsnParseError { input: s.to_owned(), reason };
         let (hi, lo) = s.split_once('/').ok_or_else(|| err("missing '/'"))?;
         let half = |part: &str| -> Result<u32, LsnParseError> {
             if part.is_empty() {
@@ -136,10 +133,7 @@ mod tests {
     #[test]
     fn parse_is_case_insensitive_and_accepts_padding() {
         assert_eq!("16/b374d848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
-        assert_eq!(
-            "00000016/0B374D84".parse::<Lsn>().unwrap(),
-            Lsn(0x16_0B37_4D84)
-        );
+        assert_eq!("00000016/0B374D84".parse::<Lsn>().unwrap(), Lsn(0x16_0B37_4D84));
     }
 
     #[test]

@@ -307,46 +307,21 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
         return Err(r.error("empty pgoutput message"));
     }
     let tag = r.u8()?;
-    let name = name_for_tag(tag).ok_or_else(|| {
-        r.error_at(
-            0,
-            format!("unknown message type byte {}", describe_byte(tag)),
-        )
-    })?;
+    let name =
+        name_for_tag(tag).ok_or_else(|| r.error_at(0, format!("unknown message type byte {}", describe_byte(tag))))?;
     r.set_what(name);
 
     let msg = match tag {
-        b'B' => Message::Begin {
-            final_lsn: r.lsn()?,
-            commit_time: r.i64()?,
-            xid: r.u32()?,
-        },
-        b'C' => Message::Commit {
-            flags: r.u8()?,
-            commit_lsn: r.lsn()?,
-            end_lsn: r.lsn()?,
-            commit_time: r.i64()?,
-        },
-        b'O' => Message::Origin {
-            origin_lsn: r.lsn()?,
-            name: r.cstr()?,
-        },
+        b'B' => Message::Begin { final_lsn: r.lsn()?, commit_time: r.i64()?, xid: r.u32()? },
+        b'C' => Message::Commit { flags: r.u8()?, commit_lsn: r.lsn()?, end_lsn: r.lsn()?, commit_time: r.i64()? },
+        b'O' => Message::Origin { origin_lsn: r.lsn()?, name: r.cstr()? },
         b'R' => parse_relation(&mut r, opts)?,
-        b'Y' => Message::Type {
-            xid: stream_xid(&mut r, opts)?,
-            oid: r.u32()?,
-            namespace: r.cstr()?,
-            name: r.cstr()?,
-        },
+        b'Y' => Message::Type { xid: stream_xid(&mut r, opts)?, oid: r.u32()?, namespace: r.cstr()?, name: r.cstr()? },
         b'I' => {
             let xid = stream_xid(&mut r, opts)?;
             let relid = r.u32()?;
             expect_byte(&mut r, b'N')?;
-            Message::Insert {
-                xid,
-                relid,
-                new: parse_tuple(&mut r)?,
-            }
+            Message::Insert { xid, relid, new: parse_tuple(&mut r)? }
         }
         b'U' => parse_update(&mut r, opts)?,
         b'D' => {
@@ -356,21 +331,9 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
             let kind = match r.u8()? {
                 b'K' => OldKind::Key,
                 b'O' => OldKind::Old,
-                other => {
-                    return Err(r.error_at(
-                        at,
-                        format!("expected 'K' or 'O', got {}", describe_byte(other)),
-                    ))
-                }
+                other => return Err(r.error_at(at, format!("expected 'K' or 'O', got {}", describe_byte(other)))),
             };
-            Message::Delete {
-                xid,
-                relid,
-                old: OldTuple {
-                    kind,
-                    tuple: parse_tuple(&mut r)?,
-                },
-            }
+            Message::Delete { xid, relid, old: OldTuple { kind, tuple: parse_tuple(&mut r)? } }
         }
         b'T' => parse_truncate(&mut r, opts)?,
         b'M' => {
@@ -400,17 +363,9 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
         b'A' => {
             let xid = r.u32()?;
             let subxid = r.u32()?;
-            let (abort_lsn, abort_time) = if opts.stream_abort_has_lsn {
-                (Some(r.lsn()?), Some(r.i64()?))
-            } else {
-                (None, None)
-            };
-            Message::StreamAbort {
-                xid,
-                subxid,
-                abort_lsn,
-                abort_time,
-            }
+            let (abort_lsn, abort_time) =
+                if opts.stream_abort_has_lsn { (Some(r.lsn()?), Some(r.i64()?)) } else { (None, None) };
+            Message::StreamAbort { xid, subxid, abort_lsn, abort_time }
         }
         b'b' => Message::BeginPrepare {
             prepare_lsn: r.lsn()?,
@@ -427,23 +382,9 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
             let xid = r.u32()?;
             let gid = r.cstr()?;
             if tag == b'P' {
-                Message::Prepare {
-                    flags,
-                    prepare_lsn,
-                    end_lsn,
-                    prepare_time,
-                    xid,
-                    gid,
-                }
+                Message::Prepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
             } else {
-                Message::StreamPrepare {
-                    flags,
-                    prepare_lsn,
-                    end_lsn,
-                    prepare_time,
-                    xid,
-                    gid,
-                }
+                Message::StreamPrepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
             }
         }
         b'K' => Message::CommitPrepared {
@@ -485,14 +426,7 @@ fn expect_byte(r: &mut Reader, want: u8) -> Result<(), DecodeError> {
     if got == want {
         Ok(())
     } else {
-        Err(r.error_at(
-            at,
-            format!(
-                "expected {}, got {}",
-                describe_byte(want),
-                describe_byte(got)
-            ),
-        ))
+        Err(r.error_at(at, format!("expected {}, got {}", describe_byte(want), describe_byte(got))))
     }
 }
 
@@ -516,14 +450,7 @@ fn parse_relation(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeE
             type_modifier: r.i32()?,
         });
     }
-    Ok(Message::Relation {
-        xid,
-        oid,
-        namespace,
-        name,
-        replica_identity,
-        columns,
-    })
+    Ok(Message::Relation { xid, oid, namespace, name, replica_identity, columns })
 }
 
 fn parse_update(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeError> {
@@ -533,58 +460,31 @@ fn parse_update(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeErr
     let old = match r.u8()? {
         b'N' => None,
         b @ (b'K' | b'O') => {
-            let kind = if b == b'K' {
-                OldKind::Key
-            } else {
-                OldKind::Old
-            };
+            let kind = if b == b'K' { OldKind::Key } else { OldKind::Old };
             let tuple = parse_tuple(r)?;
             expect_byte(r, b'N')?;
             Some(OldTuple { kind, tuple })
         }
-        other => {
-            return Err(r.error_at(
-                at,
-                format!("expected 'K', 'O' or 'N', got {}", describe_byte(other)),
-            ))
-        }
+        other => return Err(r.error_at(at, format!("expected 'K', 'O' or 'N', got {}", describe_byte(other)))),
     };
-    Ok(Message::Update {
-        xid,
-        relid,
-        old,
-        new: parse_tuple(r)?,
-    })
+    Ok(Message::Update { xid, relid, old, new: parse_tuple(r)? })
 }
 
 fn parse_truncate(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeError> {
     let xid = stream_xid(r, opts)?;
     let at = r.position();
     let n = r.i32()?;
-    let n =
-        usize::try_from(n).map_err(|_| r.error_at(at, format!("negative relation count {n}")))?;
+    let n = usize::try_from(n).map_err(|_| r.error_at(at, format!("negative relation count {n}")))?;
     let flags = r.u8()?;
     // Check before allocating so a corrupt count cannot reserve gigabytes.
     if n.checked_mul(4).is_none_or(|need| need > r.remaining()) {
-        return Err(r.error_at(
-            at,
-            format!(
-                "relation count {n} needs more than the {} bytes left",
-                r.remaining()
-            ),
-        ));
+        return Err(r.error_at(at, format!("relation count {n} needs more than the {} bytes left", r.remaining())));
     }
     let mut relids = Vec::with_capacity(n);
     for _ in 0..n {
         relids.push(r.u32()?);
     }
-    Ok(Message::Truncate {
-        xid,
-        relids,
-        flags,
-        cascade: flags & 1 != 0,
-        restart_identity: flags & 2 != 0,
-    })
+    Ok(Message::Truncate { xid, relids, flags, cascade: flags & 1 != 0, restart_identity: flags & 2 != 0 })
 }
 
 fn parse_tuple(r: &mut Reader) -> Result<TupleData, DecodeError> {
@@ -598,9 +498,7 @@ fn parse_tuple(r: &mut Reader) -> Result<TupleData, DecodeError> {
             b'u' => Value::UnchangedToast,
             b't' => Value::Text(r.len_prefixed_bytes()?),
             b'b' => Value::Binary(r.len_prefixed_bytes()?),
-            other => {
-                return Err(r.error_at(at, format!("unknown column kind {}", describe_byte(other))))
-            }
+            other => return Err(r.error_at(at, format!("unknown column kind {}", describe_byte(other)))),
         };
         columns.push(value);
     }
@@ -670,18 +568,9 @@ mod tests {
         }
     }
 
-    const PLAIN: ParseOptions = ParseOptions {
-        in_stream: false,
-        stream_abort_has_lsn: false,
-    };
-    const STREAM: ParseOptions = ParseOptions {
-        in_stream: true,
-        stream_abort_has_lsn: false,
-    };
-    const PARALLEL: ParseOptions = ParseOptions {
-        in_stream: false,
-        stream_abort_has_lsn: true,
-    };
+    const PLAIN: ParseOptions = ParseOptions { in_stream: false, stream_abort_has_lsn: false };
+    const STREAM: ParseOptions = ParseOptions { in_stream: true, stream_abort_has_lsn: false };
+    const PARALLEL: ParseOptions = ParseOptions { in_stream: false, stream_abort_has_lsn: true };
 
     fn sxid(opts: ParseOptions, xid: u32) -> Option<u32> {
         opts.in_stream.then_some(xid)
@@ -697,27 +586,15 @@ mod tests {
         let mut v = vec![
             (
                 W::new(b'B').u64(0x16_B374_D848).i64(777).u32(4242).bytes(),
-                Message::Begin {
-                    final_lsn: Lsn(0x16_B374_D848),
-                    commit_time: 777,
-                    xid: 4242,
-                },
+                Message::Begin { final_lsn: Lsn(0x16_B374_D848), commit_time: 777, xid: 4242 },
             ),
             (
                 W::new(b'C').u8(0).u64(0x100).u64(0x130).i64(-1).bytes(),
-                Message::Commit {
-                    flags: 0,
-                    commit_lsn: Lsn(0x100),
-                    end_lsn: Lsn(0x130),
-                    commit_time: -1,
-                },
+                Message::Commit { flags: 0, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x130), commit_time: -1 },
             ),
             (
                 W::new(b'O').u64(0).s("pg_16402").bytes(),
-                Message::Origin {
-                    origin_lsn: Lsn(0),
-                    name: "pg_16402".into(),
-                },
+                Message::Origin { origin_lsn: Lsn(0), name: "pg_16402".into() },
             ),
             (
                 W::new(b'R')
@@ -743,56 +620,22 @@ mod tests {
                     name: "accounts".into(),
                     replica_identity: ReplicaIdentity::Full,
                     columns: vec![
-                        Column {
-                            is_key: true,
-                            flags: 1,
-                            name: "id".into(),
-                            type_oid: 23,
-                            type_modifier: -1,
-                        },
-                        Column {
-                            is_key: false,
-                            flags: 0,
-                            name: "note".into(),
-                            type_oid: 1043,
-                            type_modifier: 68,
-                        },
+                        Column { is_key: true, flags: 1, name: "id".into(), type_oid: 23, type_modifier: -1 },
+                        Column { is_key: false, flags: 0, name: "note".into(), type_oid: 1043, type_modifier: 68 },
                     ],
                 },
             ),
             (
-                W::new(b'Y')
-                    .xid(opts, 902)
-                    .u32(16500)
-                    .s("")
-                    .s("int4")
-                    .bytes(),
-                Message::Type {
-                    xid: sxid(opts, 902),
-                    oid: 16500,
-                    namespace: String::new(),
-                    name: "int4".into(),
-                },
+                W::new(b'Y').xid(opts, 902).u32(16500).s("").s("int4").bytes(),
+                Message::Type { xid: sxid(opts, 902), oid: 16500, namespace: String::new(), name: "int4".into() },
             ),
             (
-                W::new(b'I')
-                    .xid(opts, 903)
-                    .u32(16384)
-                    .u8(b'N')
-                    .u16(3)
-                    .text(b"1")
-                    .u8(b'n')
-                    .bin(&[0xDE, 0xAD])
-                    .bytes(),
+                W::new(b'I').xid(opts, 903).u32(16384).u8(b'N').u16(3).text(b"1").u8(b'n').bin(&[0xDE, 0xAD]).bytes(),
                 Message::Insert {
                     xid: sxid(opts, 903),
                     relid: 16384,
                     new: TupleData {
-                        columns: vec![
-                            t(b"1"),
-                            Value::Null,
-                            Value::Binary(Bytes::from_static(&[0xDE, 0xAD])),
-                        ],
+                        columns: vec![t(b"1"), Value::Null, Value::Binary(Bytes::from_static(&[0xDE, 0xAD]))],
                     },
                 },
             ),
@@ -814,43 +657,21 @@ mod tests {
                     relid: 16384,
                     old: Some(OldTuple {
                         kind: OldKind::Key,
-                        tuple: TupleData {
-                            columns: vec![t(b"1"), Value::Null],
-                        },
+                        tuple: TupleData { columns: vec![t(b"1"), Value::Null] },
                     }),
-                    new: TupleData {
-                        columns: vec![t(b"2"), Value::UnchangedToast],
-                    },
+                    new: TupleData { columns: vec![t(b"2"), Value::UnchangedToast] },
                 },
             ),
             (
-                W::new(b'D')
-                    .xid(opts, 905)
-                    .u32(16384)
-                    .u8(b'O')
-                    .u16(2)
-                    .text(b"42")
-                    .text(b"")
-                    .bytes(),
+                W::new(b'D').xid(opts, 905).u32(16384).u8(b'O').u16(2).text(b"42").text(b"").bytes(),
                 Message::Delete {
                     xid: sxid(opts, 905),
                     relid: 16384,
-                    old: OldTuple {
-                        kind: OldKind::Old,
-                        tuple: TupleData {
-                            columns: vec![t(b"42"), t(b"")],
-                        },
-                    },
+                    old: OldTuple { kind: OldKind::Old, tuple: TupleData { columns: vec![t(b"42"), t(b"")] } },
                 },
             ),
             (
-                W::new(b'T')
-                    .xid(opts, 906)
-                    .i32(2)
-                    .u8(3)
-                    .u32(16384)
-                    .u32(16390)
-                    .bytes(),
+                W::new(b'T').xid(opts, 906).i32(2).u8(3).u32(16384).u32(16390).bytes(),
                 Message::Truncate {
                     xid: sxid(opts, 906),
                     relids: vec![16384, 16390],
@@ -860,14 +681,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'M')
-                    .xid(opts, 907)
-                    .u8(1)
-                    .u64(0x16_B374_D900)
-                    .s("walwitness")
-                    .i32(3)
-                    .raw(b"{}\0")
-                    .bytes(),
+                W::new(b'M').xid(opts, 907).u8(1).u64(0x16_B374_D900).s("walwitness").i32(3).raw(b"{}\0").bytes(),
                 Message::LogicalMessage {
                     xid: sxid(opts, 907),
                     transactional: true,
@@ -876,22 +690,10 @@ mod tests {
                     content: Bytes::from_static(b"{}\0"),
                 },
             ),
-            (
-                W::new(b'S').u32(908).u8(1).bytes(),
-                Message::StreamStart {
-                    xid: 908,
-                    first_segment: true,
-                },
-            ),
+            (W::new(b'S').u32(908).u8(1).bytes(), Message::StreamStart { xid: 908, first_segment: true }),
             (W::new(b'E').bytes(), Message::StreamStop),
             (
-                W::new(b'c')
-                    .u32(909)
-                    .u8(0)
-                    .u64(0x200)
-                    .u64(0x230)
-                    .i64(12345)
-                    .bytes(),
+                W::new(b'c').u32(909).u8(0).u64(0x200).u64(0x230).i64(12345).bytes(),
                 Message::StreamCommit {
                     xid: 909,
                     flags: 0,
@@ -901,13 +703,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'b')
-                    .u64(0x300)
-                    .u64(0x330)
-                    .i64(5)
-                    .u32(911)
-                    .s("gid-1")
-                    .bytes(),
+                W::new(b'b').u64(0x300).u64(0x330).i64(5).u32(911).s("gid-1").bytes(),
                 Message::BeginPrepare {
                     prepare_lsn: Lsn(0x300),
                     end_lsn: Lsn(0x330),
@@ -917,14 +713,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'P')
-                    .u8(0)
-                    .u64(0x300)
-                    .u64(0x330)
-                    .i64(6)
-                    .u32(912)
-                    .s("gid-2")
-                    .bytes(),
+                W::new(b'P').u8(0).u64(0x300).u64(0x330).i64(6).u32(912).s("gid-2").bytes(),
                 Message::Prepare {
                     flags: 0,
                     prepare_lsn: Lsn(0x300),
@@ -935,14 +724,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'K')
-                    .u8(0)
-                    .u64(0x400)
-                    .u64(0x430)
-                    .i64(7)
-                    .u32(913)
-                    .s("gid-3")
-                    .bytes(),
+                W::new(b'K').u8(0).u64(0x400).u64(0x430).i64(7).u32(913).s("gid-3").bytes(),
                 Message::CommitPrepared {
                     flags: 0,
                     commit_lsn: Lsn(0x400),
@@ -953,15 +735,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'r')
-                    .u8(0)
-                    .u64(0x330)
-                    .u64(0x530)
-                    .i64(6)
-                    .i64(8)
-                    .u32(914)
-                    .s("gid-4")
-                    .bytes(),
+                W::new(b'r').u8(0).u64(0x330).u64(0x530).i64(6).i64(8).u32(914).s("gid-4").bytes(),
                 Message::RollbackPrepared {
                     flags: 0,
                     prepare_end_lsn: Lsn(0x330),
@@ -973,14 +747,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'p')
-                    .u8(0)
-                    .u64(0x600)
-                    .u64(0x630)
-                    .i64(9)
-                    .u32(915)
-                    .s("gid-5")
-                    .bytes(),
+                W::new(b'p').u8(0).u64(0x600).u64(0x630).i64(9).u32(915).s("gid-5").bytes(),
                 Message::StreamPrepare {
                     flags: 0,
                     prepare_lsn: Lsn(0x600),
@@ -993,12 +760,7 @@ mod tests {
         ];
         let abort = if opts.stream_abort_has_lsn {
             (
-                W::new(b'A')
-                    .u32(910)
-                    .u32(920)
-                    .u64(0x16_0000_0001)
-                    .i64(99)
-                    .bytes(),
+                W::new(b'A').u32(910).u32(920).u64(0x16_0000_0001).i64(99).bytes(),
                 Message::StreamAbort {
                     xid: 910,
                     subxid: 920,
@@ -1009,12 +771,7 @@ mod tests {
         } else {
             (
                 W::new(b'A').u32(910).u32(910).bytes(),
-                Message::StreamAbort {
-                    xid: 910,
-                    subxid: 910,
-                    abort_lsn: None,
-                    abort_time: None,
-                },
+                Message::StreamAbort { xid: 910, subxid: 910, abort_lsn: None, abort_time: None },
             )
         };
         v.push(abort);
@@ -1044,8 +801,7 @@ mod tests {
         for opts in ALL_OPTS {
             for (bytes, want) in samples(opts) {
                 for n in 0..bytes.len() {
-                    let e = parse(&bytes.slice(..n), opts)
-                        .expect_err("a strict prefix must not decode");
+                    let e = parse(&bytes.slice(..n), opts).expect_err("a strict prefix must not decode");
                     if n == 0 {
                         assert!(e.reason.contains("empty"), "{e}");
                         continue;
@@ -1076,13 +832,7 @@ mod tests {
 
     #[test]
     fn stream_xid_only_when_in_stream() {
-        let bytes = W::new(b'D')
-            .u32(77)
-            .u32(16384)
-            .u8(b'K')
-            .u16(1)
-            .text(b"5")
-            .bytes();
+        let bytes = W::new(b'D').u32(77).u32(16384).u8(b'K').u16(1).text(b"5").bytes();
         match parse(&bytes, STREAM).unwrap() {
             Message::Delete { xid, relid, .. } => {
                 assert_eq!(xid, Some(77));
@@ -1101,45 +851,25 @@ mod tests {
         let long = W::new(b'A').u32(1).u32(2).u64(3).i64(4).bytes();
         assert!(matches!(
             parse(&short, PLAIN).unwrap(),
-            Message::StreamAbort {
-                abort_lsn: None,
-                abort_time: None,
-                ..
-            }
+            Message::StreamAbort { abort_lsn: None, abort_time: None, .. }
         ));
         assert!(parse(&long, PLAIN).is_err());
         assert!(parse(&short, PARALLEL).is_err());
         assert_eq!(
             parse(&long, PARALLEL).unwrap(),
-            Message::StreamAbort {
-                xid: 1,
-                subxid: 2,
-                abort_lsn: Some(Lsn(3)),
-                abort_time: Some(4),
-            }
+            Message::StreamAbort { xid: 1, subxid: 2, abort_lsn: Some(Lsn(3)), abort_time: Some(4) }
         );
     }
 
     #[test]
     fn delete_key_tuple_and_zero_copy() {
-        let bytes = W::new(b'D')
-            .u32(16384)
-            .u8(b'K')
-            .u16(3)
-            .text(b"abc")
-            .u8(b'n')
-            .u8(b'n')
-            .bytes();
+        let bytes = W::new(b'D').u32(16384).u8(b'K').u16(3).text(b"abc").u8(b'n').u8(b'n').bytes();
         let msg = parse(&bytes, PLAIN).unwrap();
-        let Message::Delete { xid, old, .. } = msg else {
-            panic!()
-        };
+        let Message::Delete { xid, old, .. } = msg else { panic!() };
         assert_eq!(xid, None);
         assert_eq!(old.kind, OldKind::Key);
         assert_eq!(old.tuple.columns.len(), 3);
-        let Value::Text(v) = &old.tuple.columns[0] else {
-            panic!()
-        };
+        let Value::Text(v) = &old.tuple.columns[0] else { panic!() };
         assert_eq!(&v[..], b"abc");
         // 'D' + relid(4) + 'K' + ncols(2) + 't' + len(4) = value at byte 13.
         assert_eq!(v.as_ptr(), bytes[13..].as_ptr());
@@ -1159,14 +889,7 @@ mod tests {
         let bytes = W::new(b'U').u32(1).u8(b'N').u16(1).u8(b'n').bytes();
         assert_eq!(
             parse(&bytes, PLAIN).unwrap(),
-            Message::Update {
-                xid: None,
-                relid: 1,
-                old: None,
-                new: TupleData {
-                    columns: vec![Value::Null]
-                },
-            }
+            Message::Update { xid: None, relid: 1, old: None, new: TupleData { columns: vec![Value::Null] } }
         );
         // Old tuple not followed by 'N'.
         let bytes = W::new(b'U').u32(1).u8(b'O').u16(0).u8(b'K').u16(0).bytes();
@@ -1183,26 +906,11 @@ mod tests {
 
     #[test]
     fn tuple_kinds_and_unknown_kind() {
-        let bytes = W::new(b'I')
-            .u32(1)
-            .u8(b'N')
-            .u16(4)
-            .u8(b'n')
-            .u8(b'u')
-            .text(b"x")
-            .bin(b"\x00\x01")
-            .bytes();
-        let Message::Insert { new, .. } = parse(&bytes, PLAIN).unwrap() else {
-            panic!()
-        };
+        let bytes = W::new(b'I').u32(1).u8(b'N').u16(4).u8(b'n').u8(b'u').text(b"x").bin(b"\x00\x01").bytes();
+        let Message::Insert { new, .. } = parse(&bytes, PLAIN).unwrap() else { panic!() };
         assert_eq!(
             new.columns,
-            vec![
-                Value::Null,
-                Value::UnchangedToast,
-                t(b"x"),
-                Value::Binary(Bytes::from_static(b"\x00\x01")),
-            ]
+            vec![Value::Null, Value::UnchangedToast, t(b"x"), Value::Binary(Bytes::from_static(b"\x00\x01")),]
         );
         let bytes = W::new(b'I').u32(1).u8(b'N').u16(1).u8(b'q').bytes();
         let e = parse(&bytes, PLAIN).unwrap_err();
@@ -1213,14 +921,7 @@ mod tests {
     #[test]
     fn negative_and_huge_lengths_are_errors() {
         for len in [-1i32, i32::MIN, i32::MAX, 5] {
-            let bytes = W::new(b'D')
-                .u32(1)
-                .u8(b'O')
-                .u16(1)
-                .u8(b't')
-                .i32(len)
-                .raw(b"abc")
-                .bytes();
+            let bytes = W::new(b'D').u32(1).u8(b'O').u16(1).u8(b't').i32(len).raw(b"abc").bytes();
             let e = parse(&bytes, PLAIN).unwrap_err();
             assert_eq!(e.message, "Delete");
             assert_eq!(e.offset, 9, "{e}");
@@ -1234,17 +935,7 @@ mod tests {
         // A column count far beyond the data must fail, not allocate.
         let e = parse(&W::new(b'D').u32(1).u8(b'O').u16(u16::MAX).bytes(), PLAIN).unwrap_err();
         assert_eq!(e.message, "Delete");
-        let e = parse(
-            &W::new(b'R')
-                .u32(1)
-                .s("")
-                .s("t")
-                .u8(b'd')
-                .u16(u16::MAX)
-                .bytes(),
-            PLAIN,
-        )
-        .unwrap_err();
+        let e = parse(&W::new(b'R').u32(1).s("").s("t").u8(b'd').u16(u16::MAX).bytes(), PLAIN).unwrap_err();
         assert_eq!(e.message, "Relation");
     }
 
@@ -1252,16 +943,7 @@ mod tests {
     fn flags_and_identity_variants() {
         for (flags, cascade, restart) in [(0u8, false, false), (1, true, false), (2, false, true)] {
             let m = parse(&W::new(b'T').i32(0).u8(flags).bytes(), PLAIN).unwrap();
-            assert_eq!(
-                m,
-                Message::Truncate {
-                    xid: None,
-                    relids: vec![],
-                    flags,
-                    cascade,
-                    restart_identity: restart,
-                }
-            );
+            assert_eq!(m, Message::Truncate { xid: None, relids: vec![], flags, cascade, restart_identity: restart });
         }
         for (b, want) in [
             (b'd', ReplicaIdentity::Default),
@@ -1285,13 +967,7 @@ mod tests {
             }
         );
         let m = parse(&W::new(b'S').u32(3).u8(0).bytes(), PLAIN).unwrap();
-        assert_eq!(
-            m,
-            Message::StreamStart {
-                xid: 3,
-                first_segment: false
-            }
-        );
+        assert_eq!(m, Message::StreamStart { xid: 3, first_segment: false });
     }
 
     #[test]
@@ -1323,11 +999,7 @@ mod tests {
             s
         };
         const TAGS: &[u8] = b"BCORYIUDTMSEcAbPKrp";
-        let seeds: Vec<Bytes> = ALL_OPTS
-            .iter()
-            .flat_map(|&o| samples(o))
-            .map(|(b, _)| b)
-            .collect();
+        let seeds: Vec<Bytes> = ALL_OPTS.iter().flat_map(|&o| samples(o)).map(|(b, _)| b).collect();
         for i in 0..6000 {
             let opts = ALL_OPTS[(next() % 3) as usize];
             let v: Vec<u8> = if i % 2 == 0 {

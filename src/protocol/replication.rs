@@ -27,19 +27,10 @@ pub enum ReplicationMessage {
     /// the write, and 0 for writes the plugin marked as not-last (Relation,
     /// Type, a Begin followed by Origin), so the LSNs inside the pgoutput
     /// message are the ones to trust.
-    XLogData {
-        wal_start: Lsn,
-        wal_end: Lsn,
-        send_time: i64,
-        data: Bytes,
-    },
+    XLogData { wal_start: Lsn, wal_end: Lsn, send_time: i64, data: Bytes },
     /// `'k'`. `reply_requested` means the server is about to time us out and
     /// wants a status update now.
-    Keepalive {
-        wal_end: Lsn,
-        send_time: i64,
-        reply_requested: bool,
-    },
+    Keepalive { wal_end: Lsn, send_time: i64, reply_requested: bool },
 }
 
 /// Decode one CopyData payload received during START_REPLICATION.
@@ -56,12 +47,7 @@ pub fn parse_copy_data(payload: Bytes) -> Result<ReplicationMessage, DecodeError
             let wal_end = r.lsn()?;
             let send_time = r.i64()?;
             let data = r.rest();
-            Ok(ReplicationMessage::XLogData {
-                wal_start,
-                wal_end,
-                send_time,
-                data,
-            })
+            Ok(ReplicationMessage::XLogData { wal_start, wal_end, send_time, data })
         }
         b'k' => {
             r.set_what("Keepalive");
@@ -71,19 +57,11 @@ pub fn parse_copy_data(payload: Bytes) -> Result<ReplicationMessage, DecodeError
             // The keepalive has a fixed size; walreceiver also rejects any
             // other length, so extra bytes mean a framing disagreement.
             r.expect_end()?;
-            Ok(ReplicationMessage::Keepalive {
-                wal_end,
-                send_time,
-                reply_requested,
-            })
+            Ok(ReplicationMessage::Keepalive { wal_end, send_time, reply_requested })
         }
-        other => Err(r.error_at(
-            0,
-            format!(
-                "unknown replication message type byte 0x{other:02X} ({:?})",
-                char::from(other)
-            ),
-        )),
+        other => {
+            Err(r.error_at(0, format!("unknown replication message type byte 0x{other:02X} ({:?})", char::from(other))))
+        }
     }
 }
 
@@ -150,12 +128,7 @@ mod tests {
         let payload = xlogdata(0x16_B374_D848, 0x16_B374_D900, 42, b"Bxyz");
         let msg = parse_copy_data(payload.clone()).unwrap();
         match msg {
-            ReplicationMessage::XLogData {
-                wal_start,
-                wal_end,
-                send_time,
-                data,
-            } => {
+            ReplicationMessage::XLogData { wal_start, wal_end, send_time, data } => {
                 assert_eq!(wal_start, Lsn(0x16_B374_D848));
                 assert_eq!(wal_end, Lsn(0x16_B374_D900));
                 assert_eq!(send_time, 42);
@@ -177,19 +150,11 @@ mod tests {
     fn parses_keepalive() {
         assert_eq!(
             parse_copy_data(keepalive(0x1_0000_0001, -5, 1)).unwrap(),
-            ReplicationMessage::Keepalive {
-                wal_end: Lsn(0x1_0000_0001),
-                send_time: -5,
-                reply_requested: true,
-            }
+            ReplicationMessage::Keepalive { wal_end: Lsn(0x1_0000_0001), send_time: -5, reply_requested: true }
         );
         assert_eq!(
             parse_copy_data(keepalive(7, 0, 0)).unwrap(),
-            ReplicationMessage::Keepalive {
-                wal_end: Lsn(7),
-                send_time: 0,
-                reply_requested: false,
-            }
+            ReplicationMessage::Keepalive { wal_end: Lsn(7), send_time: 0, reply_requested: false }
         );
     }
 

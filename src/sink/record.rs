@@ -195,9 +195,6 @@ mod tests {
         push_value(&mut b, &Value::Null);
         push_value(&mut b, &Value::UnchangedToast);
         push_value(&mut b, &Value::Binary(bytes::Bytes::from_static(&[0, 255])));
-        assert_eq!(
-            &b[..],
-            b"null{\"unchanged_toast\":true}{\"binary_hex\":\"00ff\"}"
-        );
+        assert_eq!(&b[..], b"null{\"unchanged_toast\":true}{\"binary_hex\":\"00ff\"}");
     }
 }

@@ -35,11 +35,7 @@ pub enum Output {
 pub enum Chunk {
     /// Bytes to append. `boundary`: the log is at a transaction boundary after these bytes, so it is a
     /// valid place to roll back to. `ack`: once durable, the server may be told this LSN is flushed.
-    Append {
-        data: Bytes,
-        boundary: bool,
-        ack: Option<Lsn>,
-    },
+    Append { data: Bytes, boundary: bool, ack: Option<Lsn> },
     /// Cut the file back to the last boundary (a transaction was interrupted by a lost connection and
     /// will be sent again from its start).
     Rollback,
@@ -85,14 +81,8 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
         .truncate(false)
         .mode(0o600)
         .open(path)
-        .map_err(|source| SinkError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-    let rec = repair_tail(&mut file).map_err(|source| SinkError::Repair {
-        path: path.to_owned(),
-        source,
-    })?;
+        .map_err(|source| SinkError::Open { path: path.to_owned(), source })?;
+    let rec = repair_tail(&mut file).map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
     Ok((file, rec))
 }
 
@@ -111,11 +101,7 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let mut last_commit_end = None;
     let mut lines = BackwardLines::new(len);
     while let Some((start, line, terminated)) = lines.next_line(file)? {
-        let peek: Option<Peek> = if terminated {
-            serde_json::from_slice(&line).ok()
-        } else {
-            None
-        };
+        let peek: Option<Peek> = if terminated { serde_json::from_slice(&line).ok() } else { None };
         let is_boundary = match &peek {
             Some(p) => !matches!(p.kind.as_str(), "delete" | "truncate"),
             None => false,
@@ -141,12 +127,7 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         file.sync_all()?;
     }
     file.seek(SeekFrom::Start(keep))?;
-    Ok(Recovery {
-        last_commit_end,
-        cut_bytes: len - keep,
-        cut_lines,
-        len: keep,
-    })
+    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep })
 }
 
 /// Reads lines from the end of a file towards its start without loading it whole.
@@ -159,11 +140,7 @@ struct BackwardLines {
 
 impl BackwardLines {
     fn new(len: u64) -> Self {
-        BackwardLines {
-            pos: len,
-            buf: Vec::new(),
-            first: true,
-        }
+        BackwardLines { pos: len, buf: Vec::new(), first: true }
     }
 
     /// Returns (start offset, line without newline, whether a newline ended it). Only the file's last
@@ -171,11 +148,7 @@ impl BackwardLines {
     fn next_line(&mut self, file: &mut File) -> io::Result<Option<(u64, Vec<u8>, bool)>> {
         loop {
             // After the first line is taken, buf ends with the newline of the line we want next.
-            let search_end = if self.first {
-                self.buf.len()
-            } else {
-                self.buf.len().saturating_sub(1)
-            };
+            let search_end = if self.first { self.buf.len() } else { self.buf.len().saturating_sub(1) };
             let found = self.buf[..search_end].iter().rposition(|&b| b == b'\n');
             if found.is_none() && self.pos > 0 {
                 let step = (64 * 1024u64).min(self.pos);
@@ -217,33 +190,19 @@ impl Writer {
     /// Starts the writer thread. For a file, `file` comes from [`open_log`]; `base_len` is its length.
     pub fn start(output: &Output, file: Option<File>, base_len: u64) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Chunk>(32);
-        let (dtx, drx) = watch::channel(Durable {
-            lsn: Lsn::INVALID,
-            bytes: base_len,
-            error: None,
-        });
+        let (dtx, drx) = watch::channel(Durable { lsn: Lsn::INVALID, bytes: base_len, error: None });
         let target = match (output, file) {
-            (Output::File(path), Some(f)) => Target::File {
-                file: f,
-                path: path.clone(),
-            },
+            (Output::File(path), Some(f)) => Target::File { file: f, path: path.clone() },
             (Output::File(path), None) => {
                 let (f, _) = open_log(path).map_err(|e| io::Error::other(e.to_string()))?;
-                Target::File {
-                    file: f,
-                    path: path.clone(),
-                }
+                Target::File { file: f, path: path.clone() }
             }
             (Output::Stdout, _) => Target::Stdout(io::stdout()),
         };
         let thread = std::thread::Builder::new()
             .name("walwitness-writer".into())
             .spawn(move || run(target, rx, dtx, base_len))?;
-        Ok(Writer {
-            tx,
-            durable: drx,
-            thread: Some(thread),
-        })
+        Ok(Writer { tx, durable: drx, thread: Some(thread) })
     }
 
     /// Queues a chunk; waits when the writer is behind (bounded memory).
@@ -261,20 +220,12 @@ impl Writer {
     }
 
     fn failure(&self) -> String {
-        self.durable
-            .borrow()
-            .error
-            .clone()
-            .unwrap_or_else(|| "log writer stopped".to_owned())
+        self.durable.borrow().error.clone().unwrap_or_else(|| "log writer stopped".to_owned())
     }
 
     /// Waits until everything queued is durable (or the writer failed) and stops the thread.
     pub async fn close(mut self) -> Durable {
-        let Writer {
-            tx,
-            durable,
-            thread,
-        } = &mut self;
+        let Writer { tx, durable, thread } = &mut self;
         drop(std::mem::replace(tx, mpsc::channel(1).0));
         if let Some(t) = thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -289,12 +240,7 @@ enum Target {
     Stdout(io::Stdout),
 }
 
-fn run(
-    mut target: Target,
-    mut rx: mpsc::Receiver<Chunk>,
-    durable: watch::Sender<Durable>,
-    base_len: u64,
-) {
+fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender<Durable>, base_len: u64) {
     let mut len = base_len;
     let mut boundary_len = base_len;
     let mut synced_lsn = Lsn::INVALID;
@@ -305,11 +251,7 @@ fn run(
         let result: io::Result<()> = (|| {
             while let Some(chunk) = next.take() {
                 match chunk {
-                    Chunk::Append {
-                        data,
-                        boundary,
-                        ack,
-                    } => {
+                    Chunk::Append { data, boundary, ack } => {
                         if !data.is_empty() {
                             target.write_all(&data)?;
                             len += data.len() as u64;
@@ -344,11 +286,7 @@ fn run(
                 if let Some(a) = pending_ack {
                     synced_lsn = synced_lsn.max(a);
                 }
-                durable.send_replace(Durable {
-                    lsn: synced_lsn,
-                    bytes: len,
-                    error: None,
-                });
+                durable.send_replace(Durable { lsn: synced_lsn, bytes: len, error: None });
             }
             Err(e) => {
                 let msg = match &target {
@@ -357,11 +295,7 @@ fn run(
                     }
                     Target::Stdout(_) => format!("cannot write to standard output: {e}"),
                 };
-                durable.send_replace(Durable {
-                    lsn: synced_lsn,
-                    bytes: boundary_len.min(len),
-                    error: Some(msg),
-                });
+                durable.send_replace(Durable { lsn: synced_lsn, bytes: boundary_len.min(len), error: Some(msg) });
                 return;
             }
         }
@@ -461,10 +395,7 @@ mod tests {
 
     #[test]
     fn long_lines_across_read_chunks() {
-        let big = format!(
-            "{{\"type\":\"delete\",\"pad\":\"{}\"}}\n",
-            "x".repeat(100_000)
-        );
+        let big = format!("{{\"type\":\"delete\",\"pad\":\"{}\"}}\n", "x".repeat(100_000));
         let log = format!("{STARTED}{big}{COMMIT1}{big}{big}");
         let (rec, s) = recover(&log);
         assert_eq!(s, format!("{STARTED}{big}{COMMIT1}"));
@@ -478,10 +409,7 @@ mod tests {
         let p = dir.path().join("n.jsonl");
         let (mut f, _) = open_log(&p).unwrap();
         f.write_all(b"x").unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[tokio::test]
@@ -491,28 +419,10 @@ mod tests {
         let (f, rec) = open_log(&p).unwrap();
         let w = Writer::start(&Output::File(p.clone()), Some(f), rec.len).unwrap();
         let mut d = w.durable();
-        w.send(Chunk::Append {
-            data: Bytes::from_static(b"a\n"),
-            boundary: true,
-            ack: Some(Lsn(5)),
-        })
-        .await
-        .unwrap();
-        w.send(Chunk::Append {
-            data: Bytes::from_static(b"b\n"),
-            boundary: false,
-            ack: None,
-        })
-        .await
-        .unwrap();
+        w.send(Chunk::Append { data: Bytes::from_static(b"a\n"), boundary: true, ack: Some(Lsn(5)) }).await.unwrap();
+        w.send(Chunk::Append { data: Bytes::from_static(b"b\n"), boundary: false, ack: None }).await.unwrap();
         w.send(Chunk::Rollback).await.unwrap();
-        w.send(Chunk::Append {
-            data: Bytes::from_static(b"c\n"),
-            boundary: true,
-            ack: Some(Lsn(9)),
-        })
-        .await
-        .unwrap();
+        w.send(Chunk::Append { data: Bytes::from_static(b"c\n"), boundary: true, ack: Some(Lsn(9)) }).await.unwrap();
         d.wait_for(|x| x.lsn == Lsn(9)).await.unwrap();
         let fin = w.close().await;
         assert_eq!(fin.lsn, Lsn(9));

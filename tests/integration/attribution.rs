@@ -6,7 +6,8 @@ use walwitness::cluster::ClusterOptions;
 
 use crate::util::*;
 
-const CACHE: &str = "CREATE TABLE cache (cache_key varchar(255) PRIMARY KEY, value text NOT NULL, expires timestamptz NOT NULL); \
+const CACHE: &str =
+    "CREATE TABLE cache (cache_key varchar(255) PRIMARY KEY, value text NOT NULL, expires timestamptz NOT NULL); \
      INSERT INTO cache SELECT 'k' || g, 'v', now() FROM generate_series(1, 2000) g;";
 
 struct Client {
@@ -18,16 +19,8 @@ struct Client {
 
 async fn client(dsn: &str, app: &str) -> Client {
     let c = connect(&format!("{dsn} application_name={app}")).await;
-    let row = c
-        .query_one("SELECT pg_backend_pid(), session_user::text", &[])
-        .await
-        .unwrap();
-    Client {
-        pid: row.get(0),
-        user: row.get(1),
-        c,
-        app: app.to_owned(),
-    }
+    let row = c.query_one("SELECT pg_backend_pid(), session_user::text", &[]).await.unwrap();
+    Client { pid: row.get(0), user: row.get(1), c, app: app.to_owned() }
 }
 
 /// Several clients delete interleaved rows concurrently, in short and in long transactions.
@@ -39,11 +32,7 @@ async fn concurrent_workload(env: &Env, long_ms: u64) -> HashMap<String, (i32, S
         client(&sock("postgres"), "web-1").await,
         client(&sock("cron"), "cron-cleanup").await,
         client(&sock("batch"), "batch-job").await,
-        client(
-            &env.cluster.tcp_dsn("postgres", None, "postgres"),
-            "tcp-client",
-        )
-        .await,
+        client(&env.cluster.tcp_dsn("postgres", None, "postgres"), "tcp-client").await,
     ];
     let mut expected = HashMap::new();
     let mut tasks = Vec::new();
@@ -94,9 +83,7 @@ async fn trigger_mode_attributes_every_row_exactly() {
     let env = Env::start().await;
     env.exec(CACHE).await;
     let out = env.log_path("t.jsonl");
-    let bg = env
-        .start_capture(&out, &["cache"], &["--attribution", "trigger"])
-        .await;
+    let bg = env.start_capture(&out, &["cache"], &["--attribution", "trigger"]).await;
     let expected = concurrent_workload(&env, 300).await;
     env.stop_capture(bg).await;
     let recs = records(&out);
@@ -105,17 +92,10 @@ async fn trigger_mode_attributes_every_row_exactly() {
     assert_eq!(deletes.len(), 400);
     for d in &deletes {
         let key = d["key"]["cache_key"].as_str().unwrap();
-        assert_eq!(
-            session_of(d).as_ref(),
-            expected.get(key),
-            "wrong session for {key}: {d}"
-        );
+        assert_eq!(session_of(d).as_ref(), expected.get(key), "wrong session for {key}: {d}");
         assert_eq!(d["session"]["attributed_by"], "trigger");
         let q = d["session"]["query"].as_str().unwrap();
-        assert!(
-            q.contains("DELETE FROM cache") && q.contains(key),
-            "query {q} does not show {key}"
-        );
+        assert!(q.contains("DELETE FROM cache") && q.contains(key), "query {q} does not show {key}");
         if d["session"]["application_name"] == "tcp-client" {
             assert_eq!(d["session"]["client_addr"], "127.0.0.1");
             assert!(d["session"]["client_port"].as_i64().unwrap() > 0);
@@ -128,11 +108,7 @@ async fn trigger_mode_attributes_every_row_exactly() {
         assert_eq!(c["attribution"], "trigger", "{c}");
     }
     // A deliberate end removes the trigger, its function and schema.
-    assert!(!env
-        .catalog_fingerprint()
-        .await
-        .iter()
-        .any(|o| o.contains("walwitness")));
+    assert!(!env.catalog_fingerprint().await.iter().any(|o| o.contains("walwitness")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,13 +116,7 @@ async fn activity_mode_is_right_when_it_answers_and_catches_long_transactions() 
     let env = Env::start().await;
     env.exec(CACHE).await;
     let out = env.log_path("a.jsonl");
-    let bg = env
-        .start_capture(
-            &out,
-            &["cache"],
-            &["--attribution", "activity", "--activity-interval", "50ms"],
-        )
-        .await;
+    let bg = env.start_capture(&out, &["cache"], &["--attribution", "activity", "--activity-interval", "50ms"]).await;
     // Long transactions stay open 600 ms: twelve sampling intervals.
     let expected = concurrent_workload(&env, 600).await;
     env.stop_capture(bg).await;
@@ -166,16 +136,10 @@ async fn activity_mode_is_right_when_it_answers_and_catches_long_transactions() 
     for c in of_type(&recs, "commit") {
         if c["deletes"] == 10 {
             long_rows += 10;
-            assert_eq!(
-                c["attribution"], "activity",
-                "long transaction not attributed: {c}"
-            );
+            assert_eq!(c["attribution"], "activity", "long transaction not attributed: {c}");
         }
     }
-    assert!(
-        long_rows >= 100,
-        "expected long transactions, saw {long_rows} rows"
-    );
+    assert!(long_rows >= 100, "expected long transactions, saw {long_rows} rows");
     assert!(attributed >= long_rows);
 }
 
@@ -190,29 +154,18 @@ async fn truncate_function_replica_role_and_forgery() {
     ))
     .await;
     let out = env.log_path("x.jsonl");
-    let bg = env
-        .start_capture(
-            &out,
-            &["cache", "other"],
-            &["--attribution", "trigger", "--attribution", "activity"],
-        )
-        .await;
+    let bg =
+        env.start_capture(&out, &["cache", "other"], &["--attribution", "trigger", "--attribution", "activity"]).await;
     let app = client(&env.dsn, "purger").await;
     app.c.batch_execute("SELECT purge('k1%')").await.unwrap();
     // Deletes that bypass ordinary triggers are still logged, without a trigger session.
     let rep = client(&env.dsn, "replica-apply").await;
     rep.c
-        .batch_execute(
-            "SET session_replication_role = replica; DELETE FROM cache WHERE cache_key = 'k2'",
-        )
+        .batch_execute("SET session_replication_role = replica; DELETE FROM cache WHERE cache_key = 'k2'")
         .await
         .unwrap();
     // Someone forges our prefix inside their own delete transaction.
-    let m = client(
-        &env.cluster.socket_dsn("mallory", "postgres"),
-        "mallory-app",
-    )
-    .await;
+    let m = client(&env.cluster.socket_dsn("mallory", "postgres"), "mallory-app").await;
     env.exec("GRANT DELETE, SELECT ON cache TO mallory").await;
     m.c.batch_execute(
         "BEGIN; SELECT pg_logical_emit_message(true, 'walwitness', \
@@ -230,10 +183,7 @@ async fn truncate_function_replica_role_and_forgery() {
     let by_key = |k: &str| *deletes.iter().find(|d| d["key"]["cache_key"] == k).unwrap();
     let purged = by_key("k1");
     assert_eq!(purged["session"]["pid"], app.pid);
-    assert_eq!(
-        purged["session"]["query"], "SELECT purge('k1%')",
-        "the outer statement"
-    );
+    assert_eq!(purged["session"]["query"], "SELECT purge('k1%')", "the outer statement");
     assert_eq!(purged["session"]["trigger_depth"], 0);
     let replica = by_key("k2");
     assert_ne!(replica["session"]["attributed_by"], "trigger");
@@ -241,15 +191,9 @@ async fn truncate_function_replica_role_and_forgery() {
     // The real trigger fired for mallory's DELETE too: the session is mallory's own, not the forged one.
     assert_eq!(forged["session"]["pid"], m.pid);
     assert_eq!(forged["session"]["user"], "mallory");
-    let forged_commit = of_type(&recs, "commit")
-        .into_iter()
-        .find(|c| c["xid"] == forged["xid"])
-        .unwrap();
+    let forged_commit = of_type(&recs, "commit").into_iter().find(|c| c["xid"] == forged["xid"]).unwrap();
     assert!(
-        forged_commit["rejected_attribution_messages"][0]
-            .as_str()
-            .unwrap()
-            .contains("signature"),
+        forged_commit["rejected_attribution_messages"][0].as_str().unwrap().contains("signature"),
         "{forged_commit}"
     );
     let t = &of_type(&recs, "truncate")[0];
@@ -260,7 +204,10 @@ async fn truncate_function_replica_role_and_forgery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_remove_idempotent_and_leaves_nothing() {
     let env = Env::start().await;
-    env.exec("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);").await;
+    env.exec(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+    )
+    .await;
     let before = env.catalog_fingerprint().await;
     let run = |args: &[&str]| {
         let mut v: Vec<String> = vec!["attribution".into()];
@@ -268,49 +215,21 @@ async fn install_remove_idempotent_and_leaves_nothing() {
         v
     };
     for _ in 0..2 {
-        run_bin(&run(&[
-            "install", "--dsn", &env.dsn, "--table", "t", "--table", "u",
-        ]))
-        .await
-        .assert_code(0);
+        run_bin(&run(&["install", "--dsn", &env.dsn, "--table", "t", "--table", "u"])).await.assert_code(0);
     }
     let installed = env.catalog_fingerprint().await;
-    assert!(
-        installed
-            .iter()
-            .any(|o| o == "trigger walwitness_attribution_delete"),
-        "{installed:?}"
-    );
+    assert!(installed.iter().any(|o| o == "trigger walwitness_attribution_delete"), "{installed:?}");
     // The user's statement is unaffected: same result as without the trigger.
-    let n = env
-        .sql
-        .execute("DELETE FROM t WHERE id = 1", &[])
-        .await
-        .unwrap();
+    let n = env.sql.execute("DELETE FROM t WHERE id = 1", &[]).await.unwrap();
     assert_eq!(n, 1);
     // Nobody but the owner can read the key.
     env.exec("CREATE ROLE eve LOGIN").await;
     let eve = connect(&env.cluster.socket_dsn("eve", "postgres")).await;
-    assert!(eve
-        .query("SELECT * FROM walwitness.hmac_key", &[])
-        .await
-        .is_err());
-    run_bin(&run(&["remove", "--dsn", &env.dsn, "--table", "t"]))
-        .await
-        .assert_code(0);
-    assert!(
-        env.catalog_fingerprint()
-            .await
-            .iter()
-            .any(|o| o.contains("walwitness")),
-        "u still uses it"
-    );
+    assert!(eve.query("SELECT * FROM walwitness.hmac_key", &[]).await.is_err());
+    run_bin(&run(&["remove", "--dsn", &env.dsn, "--table", "t"])).await.assert_code(0);
+    assert!(env.catalog_fingerprint().await.iter().any(|o| o.contains("walwitness")), "u still uses it");
     for _ in 0..2 {
-        run_bin(&run(&[
-            "remove", "--dsn", &env.dsn, "--table", "t", "--table", "u",
-        ]))
-        .await
-        .assert_code(0);
+        run_bin(&run(&["remove", "--dsn", &env.dsn, "--table", "t", "--table", "u"])).await.assert_code(0);
     }
     let mut after = env.catalog_fingerprint().await;
     after.retain(|o| o != "schema eve");
@@ -326,36 +245,21 @@ async fn without_read_all_stats_own_sessions_are_still_attributed() {
     .await;
     let dsn = env.cluster.socket_dsn("watcher", "postgres");
     let out = env.log_path("w.jsonl");
-    let bg = env
-        .start_capture_dsn(&dsn, &out, &["cache"], &["--activity-interval", "50ms"])
-        .await;
+    let bg = env.start_capture_dsn(&dsn, &out, &["cache"], &["--activity-interval", "50ms"]).await;
     let own = client(&dsn, "watcher-own").await;
-    own.c
-        .batch_execute(
-            "BEGIN; DELETE FROM cache WHERE cache_key = 'k1'; SELECT pg_sleep(0.5); COMMIT",
-        )
-        .await
-        .unwrap();
+    own.c.batch_execute("BEGIN; DELETE FROM cache WHERE cache_key = 'k1'; SELECT pg_sleep(0.5); COMMIT").await.unwrap();
     let other = client(&env.dsn, "superuser-app").await;
     other
         .c
-        .batch_execute(
-            "BEGIN; DELETE FROM cache WHERE cache_key = 'k2'; SELECT pg_sleep(0.5); COMMIT",
-        )
+        .batch_execute("BEGIN; DELETE FROM cache WHERE cache_key = 'k2'; SELECT pg_sleep(0.5); COMMIT")
         .await
         .unwrap();
     let stderr = env.stop_capture(bg).await;
-    assert!(
-        stderr.contains("pg_read_all_stats"),
-        "no warning:\n{stderr}"
-    );
+    assert!(stderr.contains("pg_read_all_stats"), "no warning:\n{stderr}");
     let recs = records(&out);
     let d = of_type(&recs, "delete");
     assert_eq!(d[0]["session"]["pid"], own.pid);
-    assert!(d[0]["session"]["query"]
-        .as_str()
-        .unwrap()
-        .contains("DELETE FROM cache WHERE cache_key = 'k1'"));
+    assert!(d[0]["session"]["query"].as_str().unwrap().contains("DELETE FROM cache WHERE cache_key = 'k1'"));
     // Another role's session: still identified by pid, user and application, but its details are hidden.
     assert_eq!(d[1]["session"]["pid"], other.pid);
     assert_eq!(d[1]["session"]["application_name"], "superuser-app");
@@ -368,38 +272,17 @@ async fn demo_names_the_deleting_session() {
     let r = run_bin(&["demo".to_owned(), "--rows".to_owned(), "120".to_owned()]).await;
     r.assert_code(0);
     assert!(r.stdout.contains("application forgotten-cleanup.py"), "{r}");
-    assert!(
-        r.stdout.contains("Every vanished row is accounted for."),
-        "{r}"
-    );
+    assert!(r.stdout.contains("Every vanished row is accounted for."), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_password_client_attribution_by_activity() {
-    let env = Env::with(ClusterOptions {
-        password_auth: true,
-        ..Default::default()
-    })
-    .await;
-    env.exec(&format!(
-        "{CACHE} CREATE ROLE app LOGIN PASSWORD 'pw'; GRANT SELECT, DELETE ON cache TO app;"
-    ))
-    .await;
+    let env = Env::with(ClusterOptions { password_auth: true, ..Default::default() }).await;
+    env.exec(&format!("{CACHE} CREATE ROLE app LOGIN PASSWORD 'pw'; GRANT SELECT, DELETE ON cache TO app;")).await;
     let out = env.log_path("tcp.jsonl");
-    let bg = env
-        .start_capture(&out, &["cache"], &["--activity-interval", "50ms"])
-        .await;
-    let app = client(
-        &env.cluster.tcp_dsn("app", Some("pw"), "postgres"),
-        "tcp-app",
-    )
-    .await;
-    app.c
-        .batch_execute(
-            "BEGIN; DELETE FROM cache WHERE cache_key = 'k9'; SELECT pg_sleep(0.4); COMMIT",
-        )
-        .await
-        .unwrap();
+    let bg = env.start_capture(&out, &["cache"], &["--activity-interval", "50ms"]).await;
+    let app = client(&env.cluster.tcp_dsn("app", Some("pw"), "postgres"), "tcp-app").await;
+    app.c.batch_execute("BEGIN; DELETE FROM cache WHERE cache_key = 'k9'; SELECT pg_sleep(0.4); COMMIT").await.unwrap();
     env.stop_capture(bg).await;
     let recs = records(&out);
     let d = &of_type(&recs, "delete")[0];

@@ -5,7 +5,8 @@ use walwitness::cluster::ClusterOptions;
 
 use crate::util::*;
 
-const CACHE: &str = "CREATE TABLE cache (cache_key varchar(255) PRIMARY KEY, value text NOT NULL, expires timestamptz NOT NULL);";
+const CACHE: &str =
+    "CREATE TABLE cache (cache_key varchar(255) PRIMARY KEY, value text NOT NULL, expires timestamptz NOT NULL);";
 
 fn fill(n: usize) -> String {
     format!("INSERT INTO cache SELECT 'k' || g, 'v' || g, now() FROM generate_series(1, {n}) g;")
@@ -18,16 +19,12 @@ async fn single_and_multi_row_deletes() {
     let out = env.log_path("a.jsonl");
     env.capture_around(&out, &["public.cache"], || async {
         env.exec("DELETE FROM cache WHERE cache_key = 'k1'").await;
-        env.exec("DELETE FROM cache WHERE cache_key IN ('k2', 'k3', 'k4')")
-            .await;
+        env.exec("DELETE FROM cache WHERE cache_key IN ('k2', 'k3', 'k4')").await;
     })
     .await;
     let recs = records(&out);
     check_structure(&recs);
-    assert_eq!(
-        deleted_keys(&recs, "public.cache", &["cache_key"]),
-        ["k1", "k2", "k3", "k4"]
-    );
+    assert_eq!(deleted_keys(&recs, "public.cache", &["cache_key"]), ["k1", "k2", "k3", "k4"]);
     let commits = of_type(&recs, "commit");
     assert_eq!(commits.len(), 2);
     assert_eq!(commits[1]["deletes"], 3);
@@ -37,13 +34,8 @@ async fn single_and_multi_row_deletes() {
     assert_eq!(d["origin"], serde_json::Value::Null);
     assert_eq!(d["commit_lsn"], commits[0]["commit_lsn"]);
     assert!(d["commit_time"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(
-        d["commit_time"].as_str().unwrap().len(),
-        "2026-11-26T15:04:05.123456Z".len()
-    );
-    assert!(
-        lsn_num(d["lsn"].as_str().unwrap()) < lsn_num(commits[0]["commit_lsn"].as_str().unwrap())
-    );
+    assert_eq!(d["commit_time"].as_str().unwrap().len(), "2026-11-26T15:04:05.123456Z".len());
+    assert!(lsn_num(d["lsn"].as_str().unwrap()) < lsn_num(commits[0]["commit_lsn"].as_str().unwrap()));
     // A deliberate end drops what the capture created.
     assert!(env.slots().await.is_empty());
     assert!(env.publications().await.is_empty());
@@ -79,21 +71,11 @@ async fn concurrent_transactions_rollbacks_and_savepoints() {
     let recs = records(&out);
     check_structure(&recs);
     // Commit order: b (k20), then a (k10, k11), then the savepoint transaction.
-    assert_eq!(
-        deleted_keys(&recs, "public.cache", &["cache_key"]),
-        ["k20", "k10", "k11", "k40", "k42"]
-    );
+    assert_eq!(deleted_keys(&recs, "public.cache", &["cache_key"]), ["k20", "k10", "k11", "k40", "k42"]);
     let commits = of_type(&recs, "commit");
     assert_eq!(commits.len(), 3);
-    let left: i64 = env
-        .sql
-        .query_one(
-            "SELECT count(*) FROM cache WHERE cache_key IN ('k30','k41')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 =
+        env.sql.query_one("SELECT count(*) FROM cache WHERE cache_key IN ('k30','k41')", &[]).await.unwrap().get(0);
     assert_eq!(left, 2);
 }
 
@@ -110,8 +92,7 @@ async fn truncate_and_cascade() {
         env.exec("TRUNCATE child").await;
         env.exec("INSERT INTO child VALUES (2,2)").await;
         env.exec("TRUNCATE parent CASCADE").await;
-        env.exec("INSERT INTO parent VALUES (5); TRUNCATE parent RESTART IDENTITY CASCADE")
-            .await;
+        env.exec("INSERT INTO parent VALUES (5); TRUNCATE parent RESTART IDENTITY CASCADE").await;
     })
     .await;
     let recs = records(&out);
@@ -120,12 +101,7 @@ async fn truncate_and_cascade() {
     assert_eq!(t.len(), 3, "{recs:#?}");
     assert_eq!(t[0]["tables"], serde_json::json!(["public.child"]));
     assert_eq!(t[0]["cascade"], false);
-    let tables: BTreeSet<&str> = t[1]["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let tables: BTreeSet<&str> = t[1]["tables"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(tables, BTreeSet::from(["public.parent", "public.child"]));
     assert_eq!(t[1]["cascade"], true);
     assert_eq!(t[2]["restart_identity"], true);
@@ -145,8 +121,7 @@ async fn replica_identity_full_with_nulls_and_composite_keys() {
     .await;
     let out = env.log_path("f.jsonl");
     env.capture_around(&out, &["f", "nopk", "comp"], || async {
-        env.exec("DELETE FROM f; DELETE FROM nopk; DELETE FROM comp WHERE tenant = 2")
-            .await;
+        env.exec("DELETE FROM f; DELETE FROM nopk; DELETE FROM comp WHERE tenant = 2").await;
     })
     .await;
     let recs = records(&out);
@@ -154,14 +129,8 @@ async fn replica_identity_full_with_nulls_and_composite_keys() {
     let d = of_type(&recs, "delete");
     assert_eq!(d.len(), 4);
     assert_eq!(d[0]["key"], serde_json::json!({"id": "1"}));
-    assert_eq!(
-        d[0]["old"],
-        serde_json::json!({"id": "1", "a": null, "b": "7"})
-    );
-    assert_eq!(
-        d[1]["old"],
-        serde_json::json!({"id": "2", "a": "x", "b": null})
-    );
+    assert_eq!(d[0]["old"], serde_json::json!({"id": "1", "a": null, "b": "7"}));
+    assert_eq!(d[1]["old"], serde_json::json!({"id": "2", "a": "x", "b": null}));
     assert_eq!(d[2]["table"], "public.nopk");
     assert_eq!(d[2]["key"], serde_json::Value::Null);
     assert_eq!(d[2]["old"], serde_json::json!({"a": "q", "b": null}));
@@ -184,33 +153,20 @@ async fn quotes_non_ascii_and_mixed_case_names() {
     .await;
     let recs = records(&out);
     check_structure(&recs);
-    let keys: BTreeSet<String> = deleted_keys(&recs, "Sales.Order Lines", &["Clé"])
-        .into_iter()
-        .collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from([
-            "it's \"quoted\" \\ ünïcødé ✓".to_owned(),
-            "tab\there".to_owned()
-        ])
-    );
-    assert_eq!(
-        of_type(&recs, "capture_started")[0]["tables"][0],
-        "Sales.Order Lines"
-    );
+    let keys: BTreeSet<String> = deleted_keys(&recs, "Sales.Order Lines", &["Clé"]).into_iter().collect();
+    assert_eq!(keys, BTreeSet::from(["it's \"quoted\" \\ ünïcødé ✓".to_owned(), "tab\there".to_owned()]));
+    assert_eq!(of_type(&recs, "capture_started")[0]["tables"][0], "Sales.Order Lines");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrelated_tables_inserts_and_updates_are_ignored() {
     let env = Env::start().await;
-    env.exec(&format!(
-        "{CACHE}{} CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (1),(2);",
-        fill(5)
-    ))
-    .await;
+    env.exec(&format!("{CACHE}{} CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (1),(2);", fill(5)))
+        .await;
     let out = env.log_path("u.jsonl");
     env.capture_around(&out, &["cache"], || async {
-        env.exec("INSERT INTO cache VALUES ('new', 'v', now()); UPDATE cache SET value = 'w' WHERE cache_key = 'k1';").await;
+        env.exec("INSERT INTO cache VALUES ('new', 'v', now()); UPDATE cache SET value = 'w' WHERE cache_key = 'k1';")
+            .await;
         env.exec("DELETE FROM other; TRUNCATE other;").await;
         env.exec("BEGIN; DELETE FROM other; DELETE FROM cache WHERE cache_key = 'k2'; COMMIT;").await;
     })
@@ -225,24 +181,14 @@ async fn unrelated_tables_inserts_and_updates_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_origin_is_recorded() {
     let env = Env::start().await;
-    env.exec(&format!(
-        "{CACHE}{} SELECT pg_replication_origin_create('upstream_eu');",
-        fill(5)
-    ))
-    .await;
+    env.exec(&format!("{CACHE}{} SELECT pg_replication_origin_create('upstream_eu');", fill(5))).await;
     let out = env.log_path("o.jsonl");
     env.capture_around(&out, &["cache"], || async {
         // Separate statements: one multi-statement query would commit after the reset.
         let c = connect(&env.dsn).await;
-        c.batch_execute("SELECT pg_replication_origin_session_setup('upstream_eu')")
-            .await
-            .unwrap();
-        c.batch_execute("DELETE FROM cache WHERE cache_key = 'k1'")
-            .await
-            .unwrap();
-        c.batch_execute("SELECT pg_replication_origin_session_reset()")
-            .await
-            .unwrap();
+        c.batch_execute("SELECT pg_replication_origin_session_setup('upstream_eu')").await.unwrap();
+        c.batch_execute("DELETE FROM cache WHERE cache_key = 'k1'").await.unwrap();
+        c.batch_execute("SELECT pg_replication_origin_session_reset()").await.unwrap();
         env.exec("DELETE FROM cache WHERE cache_key = 'k2'").await;
     })
     .await;
@@ -260,34 +206,27 @@ async fn restart_resumes_without_duplicates_or_gaps() {
     env.exec(&format!("{CACHE}{}", fill(300))).await;
     let out = env.log_path("r.jsonl");
     let start = env.lsn().await;
-    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot"])
-        .await
-        .assert_code(0);
+    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot"]).await.assert_code(0);
     for i in 0..3 {
-        env.exec(&format!("DELETE FROM cache WHERE cache_key IN (SELECT cache_key FROM cache ORDER BY cache_key LIMIT {})", 10 + i)).await;
+        env.exec(&format!(
+            "DELETE FROM cache WHERE cache_key IN (SELECT cache_key FROM cache ORDER BY cache_key LIMIT {})",
+            10 + i
+        ))
+        .await;
         let mid = env.lsn().await;
-        env.capture(&out, &["cache"], &["--endpos", &mid, "--keep-slot"])
-            .await
-            .assert_code(0);
+        env.capture(&out, &["cache"], &["--endpos", &mid, "--keep-slot"]).await.assert_code(0);
     }
     // The slot's confirmed position may lag the log (it is persisted at checkpoints); move the slot back
     // to before everything by resuming from a log whose last transaction the server will send again.
     env.exec("DELETE FROM cache WHERE cache_key = 'k99'").await;
     let end = env.lsn().await;
-    env.capture(&out, &["cache"], &["--endpos", &end])
-        .await
-        .assert_code(0);
+    env.capture(&out, &["cache"], &["--endpos", &end]).await.assert_code(0);
     let recs = records(&out);
     check_structure(&recs);
     let keys = deleted_keys(&recs, "public.cache", &["cache_key"]);
     let unique: BTreeSet<_> = keys.iter().collect();
     assert_eq!(keys.len(), unique.len(), "duplicates in {keys:?}");
-    let left: i64 = env
-        .sql
-        .query_one("SELECT count(*) FROM cache", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 = env.sql.query_one("SELECT count(*) FROM cache", &[]).await.unwrap().get(0);
     assert_eq!(keys.len() as i64, 300 - left);
     assert!(env.slots().await.is_empty());
 }
@@ -300,51 +239,24 @@ async fn duplicate_transactions_sent_again_are_skipped() {
     env.exec(&format!("{CACHE}{}", fill(50))).await;
     let out = env.log_path("d.jsonl");
     let start = env.lsn().await;
-    env.capture(
-        &out,
-        &["cache"],
-        &["--endpos", &start, "--keep-slot", "--slot", "first"],
-    )
-    .await
-    .assert_code(0);
-    env.capture(
-        &out,
-        &["cache"],
-        &["--endpos", &start, "--keep-slot", "--slot", "second"],
-    )
-    .await
-    .assert_code(0);
-    env.exec("DELETE FROM cache WHERE cache_key LIKE 'k1%'")
-        .await;
-    env.exec("DELETE FROM cache WHERE cache_key LIKE 'k2%'")
-        .await;
+    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot", "--slot", "first"]).await.assert_code(0);
+    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot", "--slot", "second"]).await.assert_code(0);
+    env.exec("DELETE FROM cache WHERE cache_key LIKE 'k1%'").await;
+    env.exec("DELETE FROM cache WHERE cache_key LIKE 'k2%'").await;
     let end = env.lsn().await;
-    env.capture(&out, &["cache"], &["--endpos", &end, "--slot", "first"])
-        .await
-        .assert_code(0);
+    env.capture(&out, &["cache"], &["--endpos", &end, "--slot", "first"]).await.assert_code(0);
     // "second" still starts before both transactions: the log already has them.
-    env.capture(&out, &["cache"], &["--endpos", &end, "--slot", "second"])
-        .await
-        .assert_code(0);
+    env.capture(&out, &["cache"], &["--endpos", &end, "--slot", "second"]).await.assert_code(0);
     let recs = records(&out);
     check_structure(&recs);
     assert_eq!(of_type(&recs, "commit").len(), 2);
-    let left: i64 = env
-        .sql
-        .query_one("SELECT count(*) FROM cache", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 = env.sql.query_one("SELECT count(*) FROM cache", &[]).await.unwrap().get(0);
     assert_eq!(of_type(&recs, "delete").len() as i64, 50 - left);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_password_over_tcp() {
-    let env = Env::with(ClusterOptions {
-        password_auth: true,
-        ..Default::default()
-    })
-    .await;
+    let env = Env::with(ClusterOptions { password_auth: true, ..Default::default() }).await;
     env.exec(&format!(
         "{CACHE}{} CREATE ROLE app LOGIN REPLICATION PASSWORD 's3cret pw'; ALTER TABLE cache OWNER TO app; \
          GRANT CREATE ON DATABASE postgres TO app;",
@@ -354,82 +266,38 @@ async fn scram_password_over_tcp() {
     let dsn = env.cluster.tcp_dsn("app", Some("s3cret pw"), "postgres");
     let out = env.log_path("s.jsonl");
     let start = env.lsn().await;
-    let r = env
-        .capture_dsn(&dsn, &out, &["cache"], &["--endpos", &start, "--keep-slot"])
-        .await;
+    let r = env.capture_dsn(&dsn, &out, &["cache"], &["--endpos", &start, "--keep-slot"]).await;
     r.assert_code(0);
     assert!(!r.stderr.contains("s3cret"), "password printed:\n{r}");
     env.exec("DELETE FROM cache WHERE cache_key = 'k3'").await;
     let end = env.lsn().await;
-    env.capture_dsn(&dsn, &out, &["cache"], &["--endpos", &end])
-        .await
-        .assert_code(0);
-    assert_eq!(
-        deleted_keys(&records(&out), "public.cache", &["cache_key"]),
-        ["k3"]
-    );
+    env.capture_dsn(&dsn, &out, &["cache"], &["--endpos", &end]).await.assert_code(0);
+    assert_eq!(deleted_keys(&records(&out), "public.cache", &["cache_key"]), ["k3"]);
     let bad = env.cluster.tcp_dsn("app", Some("wrong"), "postgres");
-    let r = env
-        .capture_dsn(
-            &bad,
-            &env.log_path("bad.jsonl"),
-            &["cache"],
-            &["--endpos", &end],
-        )
-        .await;
+    let r = env.capture_dsn(&bad, &env.log_path("bad.jsonl"), &["cache"], &["--endpos", &end]).await;
     r.assert_code(5);
     assert!(!r.stderr.contains("wrong"), "password printed:\n{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_require_and_verify_full() {
-    let env = Env::with(ClusterOptions {
-        tls: true,
-        password_auth: true,
-        ..Default::default()
-    })
-    .await;
-    env.exec(&format!(
-        "{CACHE}{} CREATE ROLE app LOGIN REPLICATION SUPERUSER PASSWORD 'pw';",
-        fill(5)
-    ))
-    .await;
+    let env = Env::with(ClusterOptions { tls: true, password_auth: true, ..Default::default() }).await;
+    env.exec(&format!("{CACHE}{} CREATE ROLE app LOGIN REPLICATION SUPERUSER PASSWORD 'pw';", fill(5))).await;
     let base = env.cluster.tcp_dsn("app", Some("pw"), "postgres");
     let out = env.log_path("tls.jsonl");
     let start = env.lsn().await;
     let req = format!("{base} sslmode=require");
-    env.capture_dsn(&req, &out, &["cache"], &["--endpos", &start, "--keep-slot"])
-        .await
-        .assert_code(0);
+    env.capture_dsn(&req, &out, &["cache"], &["--endpos", &start, "--keep-slot"]).await.assert_code(0);
     env.exec("DELETE FROM cache WHERE cache_key = 'k4'").await;
     let ca = env.cluster.ca_cert().unwrap();
     let full = format!("{base} sslmode=verify-full sslrootcert={}", ca.display());
     let end = env.lsn().await;
-    env.capture_dsn(&full, &out, &["cache"], &["--endpos", &end])
-        .await
-        .assert_code(0);
-    assert_eq!(
-        deleted_keys(&records(&out), "public.cache", &["cache_key"]),
-        ["k4"]
-    );
+    env.capture_dsn(&full, &out, &["cache"], &["--endpos", &end]).await.assert_code(0);
+    assert_eq!(deleted_keys(&records(&out), "public.cache", &["cache_key"]), ["k4"]);
     // A CA that did not sign the server's certificate is refused.
-    let other = Env::with(ClusterOptions {
-        tls: true,
-        ..Default::default()
-    })
-    .await;
-    let wrong = format!(
-        "{base} sslmode=verify-full sslrootcert={}",
-        other.cluster.ca_cert().unwrap().display()
-    );
-    let r = env
-        .capture_dsn(
-            &wrong,
-            &env.log_path("w.jsonl"),
-            &["cache"],
-            &["--endpos", &end],
-        )
-        .await;
+    let other = Env::with(ClusterOptions { tls: true, ..Default::default() }).await;
+    let wrong = format!("{base} sslmode=verify-full sslrootcert={}", other.cluster.ca_cert().unwrap().display());
+    let r = env.capture_dsn(&wrong, &env.log_path("w.jsonl"), &["cache"], &["--endpos", &end]).await;
     r.assert_code(4);
     assert!(r.stderr.to_lowercase().contains("certificate"), "{r}");
     assert!(env.slots().await.is_empty());
@@ -454,24 +322,16 @@ async fn stdout_output() {
     env.exec(&format!("{CACHE}{}", fill(5))).await;
     let start = env.lsn().await;
     let out = env.log_path("unused");
-    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot"])
-        .await
-        .assert_code(0);
+    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot"]).await.assert_code(0);
     env.exec("DELETE FROM cache WHERE cache_key = 'k5'").await;
     let end = env.lsn().await;
-    let args: Vec<String> = [
-        "capture", "--dsn", &env.dsn, "--table", "cache", "--out", "-", "--endpos", &end,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> = ["capture", "--dsn", &env.dsn, "--table", "cache", "--out", "-", "--endpos", &end]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let r = run_bin(&args).await;
     r.assert_code(0);
-    let lines: Vec<serde_json::Value> = r
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     check_structure(&lines);
     assert_eq!(deleted_keys(&lines, "public.cache", &["cache_key"]), ["k5"]);
 }
@@ -517,21 +377,9 @@ async fn mixed_workload_matches_table_contents() {
     let keys = deleted_keys(&recs, "public.cache", &["cache_key"]);
     let logged: BTreeSet<String> = keys.iter().cloned().collect();
     assert_eq!(logged.len(), keys.len(), "duplicate delete records");
-    let present: BTreeSet<String> = env
-        .sql
-        .query("SELECT cache_key FROM cache", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let expected: BTreeSet<String> = (1..=100_000)
-        .map(|i| format!("k{i}"))
-        .filter(|k| !present.contains(k))
-        .collect();
+    let present: BTreeSet<String> =
+        env.sql.query("SELECT cache_key FROM cache", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let expected: BTreeSet<String> = (1..=100_000).map(|i| format!("k{i}")).filter(|k| !present.contains(k)).collect();
     assert_eq!(logged.len(), expected.len());
-    assert!(
-        logged == expected,
-        "logged deletes differ from the rows that vanished"
-    );
+    assert!(logged == expected, "logged deletes differ from the rows that vanished");
 }

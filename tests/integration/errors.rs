@@ -5,28 +5,18 @@ use crate::util::*;
 
 async fn assert_untouched(env: &Env) {
     assert!(env.slots().await.is_empty(), "a slot was left behind");
-    assert!(
-        env.publications().await.is_empty(),
-        "a publication was left behind"
-    );
+    assert!(env.publications().await.is_empty(), "a publication was left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_not_logical() {
-    let env = Env::with(ClusterOptions {
-        extra_conf: vec![("wal_level".into(), "replica".into())],
-        ..Default::default()
-    })
-    .await;
+    let env =
+        Env::with(ClusterOptions { extra_conf: vec![("wal_level".into(), "replica".into())], ..Default::default() })
+            .await;
     env.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
-    let r = env
-        .capture(&env.log_path("x"), &["t"], &["--duration", "1s"])
-        .await;
+    let r = env.capture(&env.log_path("x"), &["t"], &["--duration", "1s"]).await;
     r.assert_code(6);
-    assert!(
-        r.stderr.contains("wal_level") && r.stderr.contains("restart"),
-        "{r}"
-    );
+    assert!(r.stderr.contains("wal_level") && r.stderr.contains("restart"), "{r}");
     assert_untouched(&env).await;
 }
 
@@ -48,38 +38,16 @@ async fn refusals() {
     let r = env.capture(&out, &["nopk"], &["--duration", "1s"]).await;
     r.assert_code(9);
     let plain = env.cluster.socket_dsn("plain", "postgres");
-    let r = env
-        .capture_dsn(&plain, &out, &["t"], &["--duration", "1s"])
-        .await;
+    let r = env.capture_dsn(&plain, &out, &["t"], &["--duration", "1s"]).await;
     r.assert_code(7);
     assert!(r.stderr.contains("REPLICATION"), "{r}");
-    let r = env
-        .capture_dsn(
-            "host=/nonexistent/dir port=1 user=x",
-            &out,
-            &["t"],
-            &["--duration", "1s"],
-        )
-        .await;
+    let r = env.capture_dsn("host=/nonexistent/dir port=1 user=x", &out, &["t"], &["--duration", "1s"]).await;
     r.assert_code(4);
-    let r = env
-        .capture_dsn(
-            "postgres://u:secretpw@[bad",
-            &out,
-            &["t"],
-            &["--duration", "1s"],
-        )
-        .await;
+    let r = env.capture_dsn("postgres://u:secretpw@[bad", &out, &["t"], &["--duration", "1s"]).await;
     r.assert_code(3);
     assert!(!r.stderr.contains("secretpw"), "{r}");
     assert_untouched(&env).await;
-    let r = env
-        .capture(
-            &env.dir.path().join("no/such/dir/x.jsonl"),
-            &["t"],
-            &["--duration", "1s"],
-        )
-        .await;
+    let r = env.capture(&env.dir.path().join("no/such/dir/x.jsonl"), &["t"], &["--duration", "1s"]).await;
     r.assert_code(11);
     assert_untouched(&env).await;
 }
@@ -90,18 +58,7 @@ async fn slot_in_use_names_the_pid() {
     env.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
     let out = env.log_path("a");
     let first = tokio::process::Command::new(BIN)
-        .args([
-            "capture",
-            "--dsn",
-            &env.dsn,
-            "--table",
-            "t",
-            "--out",
-            out.to_str().unwrap(),
-            "--slot",
-            "busy",
-            "-q",
-        ])
+        .args(["capture", "--dsn", &env.dsn, "--table", "t", "--out", out.to_str().unwrap(), "--slot", "busy", "-q"])
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -109,10 +66,7 @@ async fn slot_in_use_names_the_pid() {
     let pid: i32 = loop {
         let row = env
             .sql
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'busy'",
-                &[],
-            )
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'busy'", &[])
             .await
             .unwrap();
         if let Some(p) = row.and_then(|r| r.get::<_, Option<i32>>(0)) {
@@ -120,13 +74,7 @@ async fn slot_in_use_names_the_pid() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    let r = env
-        .capture(
-            &env.log_path("b"),
-            &["t"],
-            &["--slot", "busy", "--duration", "1s"],
-        )
-        .await;
+    let r = env.capture(&env.log_path("b"), &["t"], &["--slot", "busy", "--duration", "1s"]).await;
     r.assert_code(10);
     assert!(r.stderr.contains(&pid.to_string()), "{r}");
     // SIGINT ends the first one deliberately: exit 130, slot dropped.

@@ -3,4 +3,5 @@
 mod attribution;
 mod capture;
 mod errors;
+mod faults;
 mod util;

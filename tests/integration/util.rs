@@ -19,9 +19,8 @@ pub struct Env {
 }
 
 pub async fn connect(dsn: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
+    let (c, conn) =
+        tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
     tokio::spawn(conn);
     c
 }
@@ -32,35 +31,21 @@ impl Env {
     }
 
     pub async fn with(opts: ClusterOptions) -> Env {
-        let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts))
-            .await
-            .unwrap()
-            .expect("start cluster");
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts)).await.unwrap().expect("start cluster");
         let dsn = cluster.socket_dsn("postgres", "postgres");
         let sql = connect(&dsn).await;
-        Env {
-            cluster,
-            dsn,
-            sql,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Env { cluster, dsn, sql, dir: tempfile::tempdir().unwrap() }
     }
 
     pub async fn exec(&self, sql: &str) {
         if let Err(e) = self.sql.batch_execute(sql).await {
-            panic!(
-                "SQL failed: {sql}\n{e:?}\nserver log:\n{}",
-                self.cluster.log_tail(30)
-            );
+            panic!("SQL failed: {sql}\n{e:?}\nserver log:\n{}", self.cluster.log_tail(30));
         }
     }
 
+    /// The current WAL position, on a fresh connection (tests restart the server).
     pub async fn lsn(&self) -> String {
-        self.sql
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0)
+        connect(&self.dsn).await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
@@ -73,13 +58,8 @@ impl Env {
     }
 
     pub async fn capture_dsn(&self, dsn: &str, out: &Path, tables: &[&str], extra: &[&str]) -> Run {
-        let mut args: Vec<String> = vec![
-            "capture".into(),
-            "--dsn".into(),
-            dsn.to_owned(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
+        let mut args: Vec<String> =
+            vec!["capture".into(), "--dsn".into(), dsn.to_owned(), "--out".into(), out.display().to_string()];
         for t in tables {
             args.push("--table".into());
             args.push((*t).into());
@@ -96,9 +76,7 @@ impl Env {
         Fut: std::future::Future<Output = ()>,
     {
         let start = self.lsn().await;
-        let first = self
-            .capture(out, tables, &["--endpos", &start, "--keep-slot"])
-            .await;
+        let first = self.capture(out, tables, &["--endpos", &start, "--keep-slot"]).await;
         first.assert_code(0);
         workload().await;
         let end = self.lsn().await;
@@ -155,15 +133,8 @@ impl std::fmt::Display for Run {
 }
 
 pub async fn run_bin(args: &[String]) -> Run {
-    let child = tokio::process::Command::new(BIN)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = tokio::time::timeout(Duration::from_secs(180), child)
+    let child = tokio::process::Command::new(BIN).args(args).stdin(std::process::Stdio::null()).output();
+    let Output { status, stdout, stderr } = tokio::time::timeout(Duration::from_secs(180), child)
         .await
         .unwrap_or_else(|_| panic!("walwitness {} did not finish in 180 s", args.join(" ")))
         .expect("spawn walwitness");
@@ -180,10 +151,7 @@ pub fn records(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
-        })
+        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1)))
         .collect()
 }
 
@@ -210,35 +178,18 @@ pub fn check_structure(recs: &[Value]) {
                 }
             }
             "commit" => {
-                let (x, d, t) = open
-                    .take()
-                    .unwrap_or_else(|| panic!("commit without rows at record {i}: {r}"));
+                let (x, d, t) = open.take().unwrap_or_else(|| panic!("commit without rows at record {i}: {r}"));
                 assert_eq!(r["xid"].as_u64().unwrap(), x, "commit xid at record {i}");
-                assert_eq!(
-                    r["deletes"].as_u64().unwrap(),
-                    d,
-                    "commit delete count at record {i}"
-                );
-                assert_eq!(
-                    r["truncates"].as_u64().unwrap(),
-                    t,
-                    "commit truncate count at record {i}"
-                );
+                assert_eq!(r["deletes"].as_u64().unwrap(), d, "commit delete count at record {i}");
+                assert_eq!(r["truncates"].as_u64().unwrap(), t, "commit truncate count at record {i}");
                 let end = r["end_lsn"].as_str().unwrap().to_owned();
                 let n = lsn_num(&end);
-                assert!(
-                    n > last_end_num,
-                    "commit end_lsn {end} not after {last_end} at record {i}"
-                );
+                assert!(n > last_end_num, "commit end_lsn {end} not after {last_end} at record {i}");
                 last_end = end;
                 last_end_num = n;
             }
             "capture_started" | "capture_stopped" => {
-                assert!(
-                    open.is_none(),
-                    "record {i} ({}) inside an open transaction",
-                    r["type"]
-                );
+                assert!(open.is_none(), "record {i} ({}) inside an open transaction", r["type"]);
             }
             other => panic!("unknown record type {other}"),
         }
@@ -256,10 +207,7 @@ pub fn deleted_keys(recs: &[Value], table: &str, cols: &[&str]) -> Vec<String> {
     recs.iter()
         .filter(|r| r["type"] == "delete" && r["table"] == table)
         .map(|r| {
-            cols.iter()
-                .map(|c| r["key"][*c].as_str().unwrap_or("<null>").to_owned())
-                .collect::<Vec<_>>()
-                .join("|")
+            cols.iter().map(|c| r["key"][*c].as_str().unwrap_or("<null>").to_owned()).collect::<Vec<_>>().join("|")
         })
         .collect()
 }
@@ -277,13 +225,7 @@ impl Env {
         self.start_capture_dsn(&self.dsn, out, tables, extra).await
     }
 
-    pub async fn start_capture_dsn(
-        &self,
-        dsn: &str,
-        out: &Path,
-        tables: &[&str],
-        extra: &[&str],
-    ) -> Background {
+    pub async fn start_capture_dsn(&self, dsn: &str, out: &Path, tables: &[&str], extra: &[&str]) -> Background {
         let stderr_path = out.with_extension("stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = tokio::process::Command::new(BIN);
@@ -291,10 +233,7 @@ impl Env {
         for t in tables {
             cmd.args(["--table", t]);
         }
-        cmd.args(extra)
-            .stdin(std::process::Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true);
+        cmd.args(extra).stdin(std::process::Stdio::null()).stderr(stderr).kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn walwitness");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -307,17 +246,10 @@ impl Env {
                     std::fs::read_to_string(&stderr_path).unwrap_or_default()
                 );
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "capture did not start"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "capture did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Background {
-            child,
-            out: out.to_owned(),
-            stderr_path,
-        }
+        Background { child, out: out.to_owned(), stderr_path }
     }
 
     /// Waits until the background capture has made everything up to the current WAL position durable
@@ -325,9 +257,9 @@ impl Env {
     pub async fn stop_capture(&self, mut bg: Background) -> String {
         let end = lsn_num(&self.lsn().await);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let sql = connect(&self.dsn).await;
         loop {
-            let confirmed: Option<String> = self
-                .sql
+            let confirmed: Option<String> = sql
                 .query_opt(
                     "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%' AND active",
                     &[],
@@ -347,16 +279,9 @@ impl Env {
         }
         let pid = bg.child.id().unwrap() as i32;
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(60), bg.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), bg.child.wait()).await.unwrap().unwrap();
         let stderr = std::fs::read_to_string(&bg.stderr_path).unwrap_or_default();
-        assert_eq!(
-            status.code(),
-            Some(143),
-            "capture did not stop with 143:\n{stderr}"
-        );
+        assert_eq!(status.code(), Some(143), "capture did not stop with 143:\n{stderr}");
         stderr
     }
 
