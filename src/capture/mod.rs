@@ -75,6 +75,7 @@ fn say(progress: bool, msg: &str) {
 }
 
 pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
+    let signals = stream::Signals::install()?;
     let spec = ConnSpec::parse(&opts.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
     let target = spec.describe();
     let sql = std::sync::Arc::new(
@@ -168,6 +169,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         file,
         recovery,
         attributor,
+        signals,
     )
     .await;
     if let Some(s) = sampler {
@@ -215,6 +217,7 @@ async fn capture_with_objects(
     file: Option<std::fs::File>,
     recovery: Recovery,
     attributor: Attributor,
+    signals: stream::Signals,
 ) -> Result<Outcome, Failure> {
     let target = spec.describe();
     let mut repl = ReplicationConnection::connect(spec, &[])
@@ -371,6 +374,8 @@ async fn capture_with_objects(
     };
     let retained = status::spawn_retained_wal_probe(sql.clone(), slot.to_owned());
     let loop_opts = stream::LoopOptions {
+        slot: slot.to_owned(),
+        publication: publication.to_owned(),
         endpos: opts.endpos,
         endpos_later: opts.endpos_later.clone(),
         duration: opts.duration,
@@ -378,7 +383,10 @@ async fn capture_with_objects(
         progress: opts.progress,
         progress_interval: opts.progress_interval,
     };
-    let outcome = stream::run(repl, writer, assembler, loop_opts, retained, start_lsn).await;
+    let outcome = stream::run(
+        repl, writer, assembler, loop_opts, retained, start_lsn, signals,
+    )
+    .await;
     outcome
 }
 

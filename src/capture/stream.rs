@@ -17,6 +17,7 @@ use super::Outcome;
 use crate::decode::{Assembler, Step};
 use crate::error::{from_pg, Exit, Failure};
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
+use crate::pg::error::DbError;
 use crate::protocol::pgoutput::{self, Message, ParseOptions};
 use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
@@ -45,6 +46,9 @@ impl StopReason {
 }
 
 pub struct LoopOptions {
+    /// Names for messages.
+    pub slot: String,
+    pub publication: String,
     pub endpos: Option<Lsn>,
     pub endpos_later: Option<watch::Receiver<Option<Lsn>>>,
     pub duration: Option<Duration>,
@@ -73,6 +77,8 @@ struct Loop {
     server_end: Lsn,
     /// Highest LSN handed to the writer as acknowledgeable.
     handed: Lsn,
+    /// End of the last transaction that wrote nothing, not yet handed to the writer.
+    deferred_ack: Lsn,
     progress: Progress,
     tick: tokio::time::Interval,
     status_buf: BytesMut,
@@ -91,6 +97,27 @@ fn now_pg_micros() -> i64 {
     unix_micros_to_pg_micros(unix)
 }
 
+/// SIGINT/SIGTERM handlers, installed when a capture starts (before it changes anything on the
+/// server) rather than when the stream loop starts: a signal that arrives during setup (for example
+/// while the slot is being created, when the slot already shows as active) would otherwise kill the
+/// process with the default action and leave the slot and publication behind. A signal received
+/// before the loop runs is kept by tokio and ends the capture deliberately at the loop's first turn.
+pub struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals, Failure> {
+        Ok(Signals {
+            sigint: signal(SignalKind::interrupt())
+                .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGINT: {e}")))?,
+            sigterm: signal(SignalKind::terminate())
+                .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGTERM: {e}")))?,
+        })
+    }
+}
+
 pub async fn run(
     repl: ReplicationConnection,
     writer: Writer,
@@ -98,11 +125,12 @@ pub async fn run(
     o: LoopOptions,
     retained: watch::Receiver<Option<i64>>,
     start_lsn: Lsn,
+    signals: Signals,
 ) -> Result<Outcome, Failure> {
-    let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGINT: {e}")))?;
-    let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot handle SIGTERM: {e}")))?;
+    let Signals {
+        mut sigint,
+        mut sigterm,
+    } = signals;
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
     let mut durable = writer.durable();
     let mut tick = tokio::time::interval(TICK);
@@ -121,6 +149,7 @@ pub async fn run(
         last_reply_request: now,
         server_end: start_lsn,
         handed: start_lsn,
+        deferred_ack: start_lsn,
         progress,
         tick,
         status_buf: BytesMut::with_capacity(64),
@@ -144,12 +173,15 @@ pub async fn run(
                             lp.o.endpos = Some(e);
                         }
                     }
+                    lp.flush_deferred_ack().await?;
                     lp.on_tick().await?;
                     Flow::Go
                 }
                 ev = lp.repl.recv() => match ev {
                     Ok(CopyEvent::Data(b)) => lp.on_frame(b).await?,
                     Ok(CopyEvent::Done) => return Err(Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?); run the same command again to resume")),
+                    Ok(CopyEvent::Notice(n)) => { lp.on_notice(n)?; Flow::Go }
+                    Err(e) if e.db_error().is_some_and(publication_missing_error) => return Err(lp.publication_gap(&e.to_string())),
                     Err(e) => return Err(from_pg("replication connection lost; run the same command again to resume", e)),
                 },
             };
@@ -187,7 +219,50 @@ pub async fn run(
     }
 }
 
+/// PostgreSQL 14-17: decoding WAL from before the publication existed is an ERROR
+/// (`GetPublicationByName(name, false)` in pgoutput.c LoadPublications).
+fn publication_missing_error(e: &DbError) -> bool {
+    e.code == "42704" && e.message.starts_with("publication ")
+}
+
+/// PostgreSQL 18: the same situation is only a WARNING and pgoutput carries on without the
+/// publication, silently leaving out every change until the position where it exists again.
+fn publication_skipped_warning(n: &DbError) -> bool {
+    n.code == "55000" && n.message.starts_with("skipped loading publication")
+}
+
 impl Loop {
+    /// Notices in the stream are logged; the one that means changes are being left out ends the
+    /// capture like the ERROR of older servers, before anything after it is acknowledged.
+    fn on_notice(&mut self, n: DbError) -> Result<(), Failure> {
+        if publication_skipped_warning(&n) {
+            return Err(self.publication_gap(&format!("server warning: {}", n.message)));
+        }
+        if n.severity == "WARNING" {
+            tracing::warn!(code = %n.code, "server: {}", n.message);
+        } else {
+            tracing::info!(severity = %n.severity, code = %n.code, "server: {}", n.message);
+        }
+        Ok(())
+    }
+
+    /// The slot must decode WAL written before the publication existed (it was dropped, or dropped
+    /// and created again, while the slot was kept). Those changes cannot be published, so resuming
+    /// cannot close the gap: say so instead of "run again".
+    fn publication_gap(&self, server: &str) -> Failure {
+        Failure::new(
+            Exit::Stream,
+            format!(
+                "after LSN {}: {server}: publication {} did not exist at this point in the WAL (it was dropped and created again after slot {} was made), so the server cannot send the changes made there; nothing after LSN {} was acknowledged. Deletes made while it was missing cannot be recovered from this slot: drop it (SELECT pg_drop_replication_slot('{}')) and start again",
+                self.server_end,
+                self.o.publication,
+                self.o.slot,
+                self.writer.durable().borrow().lsn.max(self.floor),
+                self.o.slot
+            ),
+        )
+    }
+
     fn writer_failure(&self) -> Failure {
         let d = self.writer.durable().borrow().clone();
         Failure::new(
@@ -215,6 +290,21 @@ impl Loop {
                 _ = self.tick.tick() => self.on_tick().await?,
             }
         }
+    }
+
+    /// Hands the end of the last transaction that wrote nothing to the writer. Only between
+    /// transactions: the empty chunk is a rollback boundary.
+    async fn flush_deferred_ack(&mut self) -> Result<(), Failure> {
+        if self.deferred_ack > self.handed && !self.asm.in_transaction() {
+            self.handed = self.deferred_ack;
+            self.push(Chunk::Append {
+                data: Bytes::new(),
+                boundary: true,
+                ack: Some(self.deferred_ack),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), Failure> {
@@ -320,14 +410,22 @@ impl Loop {
                         truncates,
                         commit_time,
                     } => {
-                        let data = self.out.split().freeze();
-                        self.handed = self.handed.max(end_lsn);
-                        self.push(Chunk::Append {
-                            data,
-                            boundary: true,
-                            ack: Some(end_lsn),
-                        })
-                        .await?;
+                        if !wrote && self.out.is_empty() {
+                            // Nothing to write (PostgreSQL 14 sends an empty Begin/Commit for every
+                            // transaction in the database): one writer round trip each would cost
+                            // more than decoding them, so only remember the position; the next tick
+                            // (or commit, keepalive, or stop) hands it to the writer.
+                            self.deferred_ack = self.deferred_ack.max(end_lsn);
+                        } else {
+                            let data = self.out.split().freeze();
+                            self.handed = self.handed.max(end_lsn);
+                            self.push(Chunk::Append {
+                                data,
+                                boundary: true,
+                                ack: Some(end_lsn),
+                            })
+                            .await?;
+                        }
                         if wrote {
                             self.progress.committed(deletes, truncates, commit_time);
                         }
@@ -372,6 +470,7 @@ impl Loop {
             self.out.clear();
             self.push(Chunk::Rollback).await?;
         }
+        self.flush_deferred_ack().await?;
         let last_lsn = self.handed.max(self.floor);
         let mut rec = BytesMut::new();
         push_record(

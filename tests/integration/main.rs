@@ -3,3 +3,4 @@
 mod capture;
 mod errors;
 mod util;
+mod versions;
