@@ -287,6 +287,7 @@ async fn live_pg15() {
                     }
                 }
                 CopyEvent::Done => panic!("stream ended early"),
+                CopyEvent::Notice(n) => eprintln!("server notice: {n:?}"),
             },
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }

@@ -327,6 +327,8 @@ async fn capture_with_objects(
     };
     let retained = status::spawn_retained_wal_probe(spec.clone(), slot.to_owned());
     let loop_opts = stream::LoopOptions {
+        slot: slot.to_owned(),
+        publication: publication.to_owned(),
         endpos: opts.endpos,
         endpos_later: opts.endpos_later.clone(),
         duration: opts.duration,

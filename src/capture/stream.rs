@@ -19,7 +19,7 @@ use crate::decode::{Assembler, Step};
 use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::ConnSpec;
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
-use crate::pg::error::PgError;
+use crate::pg::error::{DbError, PgError};
 use crate::protocol::pgoutput::{self, Message, ParseOptions};
 use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
@@ -48,6 +48,9 @@ impl StopReason {
 }
 
 pub struct LoopOptions {
+    /// Names for messages.
+    pub slot: String,
+    pub publication: String,
     pub endpos: Option<Lsn>,
     pub endpos_later: Option<watch::Receiver<Option<Lsn>>>,
     pub duration: Option<Duration>,
@@ -77,6 +80,8 @@ struct Loop {
     server_end: Lsn,
     /// Highest LSN handed to the writer as acknowledgeable.
     handed: Lsn,
+    /// End of the last transaction that wrote nothing, not yet handed to the writer.
+    deferred_ack: Lsn,
     progress: Progress,
     tick: tokio::time::Interval,
     status_buf: BytesMut,
@@ -186,6 +191,7 @@ pub async fn run(
         last_reply_request: now,
         server_end: start_lsn,
         handed: start_lsn,
+        deferred_ack: start_lsn,
         progress,
         tick,
         status_buf: BytesMut::with_capacity(64),
@@ -209,10 +215,15 @@ pub async fn run(
                             lp.o.endpos = Some(e);
                         }
                     }
-                    lp.on_tick().await.map(|()| Flow::Go)
+                    match lp.flush_deferred_ack().await {
+                        Ok(()) => lp.on_tick().await.map(|()| Flow::Go),
+                        Err(e) => Err(e),
+                    }
                 }
                 ev = lp.repl.recv() => match ev {
                     Ok(CopyEvent::Data(b)) => lp.on_frame(b).await,
+                    Ok(CopyEvent::Notice(n)) => lp.on_notice(n).map(|()| Flow::Go),
+                    Err(e) if e.db_error().is_some_and(publication_missing_error) => Err(lp.publication_gap(&e.to_string())),
                     Ok(CopyEvent::Done) => {
                         let mut f = Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?)");
                         f.transient = true;
@@ -263,7 +274,60 @@ pub async fn run(
     }
 }
 
+/// PostgreSQL 14-17: decoding WAL from before the publication existed is an ERROR
+/// (`GetPublicationByName(name, false)` in pgoutput.c LoadPublications).
+fn publication_missing_error(e: &DbError) -> bool {
+    e.code == "42704" && e.message.starts_with("publication ")
+}
+
+/// PostgreSQL 18: the same situation is only a WARNING and pgoutput carries on without the
+/// publication, silently leaving out every change until the position where it exists again.
+fn publication_skipped_warning(n: &DbError) -> bool {
+    n.code == "55000" && n.message.starts_with("skipped loading publication")
+}
+
 impl Loop {
+    /// Notices in the stream are logged; the one that means changes are being left out ends the
+    /// capture like the ERROR of older servers, before anything after it is acknowledged.
+    fn on_notice(&mut self, n: DbError) -> Result<(), Failure> {
+        if publication_skipped_warning(&n) {
+            return Err(self.publication_gap(&format!("server warning: {}", n.message)));
+        }
+        if n.severity == "WARNING" {
+            tracing::warn!(code = %n.code, "server: {}", n.message);
+        } else {
+            tracing::info!(severity = %n.severity, code = %n.code, "server: {}", n.message);
+        }
+        Ok(())
+    }
+
+    /// The slot must decode WAL written before the publication existed (it was dropped, or dropped
+    /// and created again, while the slot was kept). Those changes cannot be published, so resuming
+    /// cannot close the gap: say so instead of "run again".
+    fn publication_gap(&self, server: &str) -> Failure {
+        Failure::new(
+            Exit::Stream,
+            format!(
+                "after LSN {}: {server}: publication {} did not exist at this point in the WAL (it was dropped and created again after slot {} was made), so the server cannot send the changes made there; nothing after LSN {} was acknowledged. Deletes made while it was missing cannot be recovered from this slot: drop it (SELECT pg_drop_replication_slot('{}')) and start again",
+                self.server_end,
+                self.o.publication,
+                self.o.slot,
+                self.writer.durable().borrow().lsn.max(self.floor),
+                self.o.slot
+            ),
+        )
+    }
+
+    /// Hands the end of the last transaction that wrote nothing to the writer. Only between
+    /// transactions: the empty chunk is a rollback boundary.
+    async fn flush_deferred_ack(&mut self) -> Result<(), Failure> {
+        if self.deferred_ack > self.handed && !self.asm.in_transaction() {
+            self.handed = self.deferred_ack;
+            self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(self.deferred_ack) }).await?;
+        }
+        Ok(())
+    }
+
     /// Reconnects with capped exponential backoff and resumes from what is durable. Transactions the
     /// writer already holds are skipped when the server sends them again; a transaction cut short is
     /// rolled back in the log and arrives again whole. Returns a stop reason if a signal or the deadline
@@ -415,9 +479,17 @@ impl Loop {
                         }
                     }
                     Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
-                        let data = self.out.split().freeze();
-                        self.handed = self.handed.max(end_lsn);
-                        self.push(Chunk::Append { data, boundary: true, ack: Some(end_lsn) }).await?;
+                        if !wrote && self.out.is_empty() {
+                            // Nothing to write (PostgreSQL 14 sends an empty Begin/Commit for every
+                            // transaction in the database): a writer round trip each would cost more
+                            // than decoding them, so only remember the position; the next tick (or
+                            // commit, keepalive, or stop) hands it to the writer.
+                            self.deferred_ack = self.deferred_ack.max(end_lsn);
+                        } else {
+                            let data = self.out.split().freeze();
+                            self.handed = self.handed.max(end_lsn);
+                            self.push(Chunk::Append { data, boundary: true, ack: Some(end_lsn) }).await?;
+                        }
                         if wrote {
                             self.progress.committed(deletes, truncates, commit_time);
                         }
@@ -453,6 +525,7 @@ impl Loop {
             self.out.clear();
             self.push(Chunk::Rollback).await?;
         }
+        self.flush_deferred_ack().await?;
         let last_lsn = self.handed.max(self.floor);
         let mut rec = BytesMut::new();
         push_record(

@@ -62,6 +62,10 @@ pub enum CopyEvent {
     Data(Bytes),
     /// The server ended the stream (CopyDone, or the command completed).
     Done,
+    /// A NoticeResponse (WARNING, NOTICE, ...) in the middle of the stream. Handed to the caller
+    /// rather than only logged: some carry meaning for the data, e.g. PostgreSQL 18's
+    /// `skipped loading publication`, which 14-17 report as an ERROR instead.
+    Notice(DbError),
 }
 
 /// Where the connection is in the protocol.
@@ -870,7 +874,10 @@ impl ReplicationConnection {
                     self.phase = Phase::Draining;
                     return Err(PgError::Db(e));
                 }
-                b'N' => log_notice(&f.body),
+                b'N' => match DbError::parse(&f.body) {
+                    Ok(n) => return Ok(CopyEvent::Notice(n)),
+                    Err(_) => tracing::debug!("unparseable notice from server"),
+                },
                 b'S' => self.parameter_status(&f.body)?,
                 // The command's tail after the copy (CommandComplete, or a
                 // result set after a timeline switch) and notifications.
@@ -1128,6 +1135,14 @@ mod tests {
             }
         });
         assert_eq!(conn.recv().await.unwrap(), CopyEvent::Data(Bytes::from_static(b"first")));
+        // A notice in the stream is handed to the caller (it can matter: PostgreSQL 18's
+        // `skipped loading publication`).
+        match conn.recv().await.unwrap() {
+            CopyEvent::Notice(n) => {
+                assert_eq!((n.severity.as_str(), n.message.as_str()), ("NOTICE", "hi"))
+            }
+            other => panic!("{other:?}"),
+        }
         match conn.recv().await.unwrap() {
             CopyEvent::Data(d) => assert_eq!(d.len(), big.len()),
             other => panic!("{other:?}"),

@@ -5,3 +5,4 @@ mod capture;
 mod errors;
 mod faults;
 mod util;
+mod versions;
