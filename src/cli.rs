@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Record every committed DELETE and TRUNCATE on the watched tables as JSON lines.
-    Capture(CaptureArgs),
+    Capture(Box<CaptureArgs>),
     /// Install or remove the exact (trigger) attribution on tables.
     #[command(subcommand)]
     Attribution(AttributionCommand),
@@ -71,6 +71,13 @@ pub struct CaptureArgs {
     /// How often the activity source samples pg_stat_activity.
     #[arg(long, value_parser = parse_duration, default_value = "200ms")]
     pub activity_interval: Duration,
+    /// Warn when the slot holds back more WAL than this (e.g. 10GB, 512MB).
+    #[arg(long, value_parser = parse_size)]
+    pub max_retained_wal: Option<u64>,
+    /// What to do over --max-retained-wal: `warn` once, or `drop`: end the capture and drop the slot
+    /// (writing a gap record) rather than let it fill the server's disk.
+    #[arg(long, value_enum, default_value_t = OnLag::Warn, requires = "max_retained_wal")]
+    pub on_lag: OnLag,
     /// After a lost connection or a server restart, reconnect and resume; give up after this many
     /// consecutive failed attempts (0: do not reconnect).
     #[arg(long, default_value_t = 10)]
@@ -81,6 +88,29 @@ pub struct CaptureArgs {
     /// Interval of standby status updates to the server (capped at half of wal_sender_timeout).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub status_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnLag {
+    Warn,
+    Drop,
+}
+
+/// Sizes like PostgreSQL's: a number with an optional unit (B, kB, MB, GB, TB; 1024-based).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 512MB, 10GB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use B, kB, MB, GB or TB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

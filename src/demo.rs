@@ -59,6 +59,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         attribution: crate::attribution::Sources { trigger: true, activity: true },
         activity_interval: Duration::from_millis(200),
         reconnect_attempts: 10,
+        max_retained_wal: None,
+        drop_on_lag: false,
         reconnect_max_delay: Duration::from_secs(30),
     };
     let capture = tokio::spawn(capture::run(opts));

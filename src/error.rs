@@ -34,6 +34,8 @@ pub enum Exit {
     Stream = 12,
     /// A publication or slot exists but does not fit (wrong plugin, wrong tables, wrong database).
     Conflict = 13,
+    /// The capture gave up its slot because it retained more WAL than --max-retained-wal (--on-lag drop).
+    LagLimit = 15,
     Sigint = 130,
     Sigterm = 143,
 }

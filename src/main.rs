@@ -30,7 +30,7 @@ fn main() {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Capture(args) => {
-                let opts = walwitness::capture::options_from_args(args, !cli.quiet);
+                let opts = walwitness::capture::options_from_args(*args, !cli.quiet);
                 match walwitness::capture::run(opts).await {
                     Ok(outcome) => {
                         if !cli.quiet {

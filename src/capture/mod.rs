@@ -22,7 +22,7 @@ use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
-use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, FORMAT_VERSION};
+use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, FORMAT_VERSION};
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
 use names::{parse_table, quote_ident};
 use setup::{PubOrigin, SlotState};
@@ -46,6 +46,8 @@ pub struct CaptureOptions {
     pub progress: bool,
     pub attribution: Sources,
     pub activity_interval: Duration,
+    pub max_retained_wal: Option<u64>,
+    pub drop_on_lag: bool,
     /// Consecutive failed reconnection attempts before giving up (0: never reconnect).
     pub reconnect_attempts: u32,
     /// Cap of the exponential backoff between attempts.
@@ -68,6 +70,7 @@ impl Outcome {
             StopReason::Sigint => Exit::Sigint,
             StopReason::Sigterm => Exit::Sigterm,
             StopReason::Endpos | StopReason::Duration => Exit::Ok,
+            StopReason::MaxRetainedWal => Exit::LagLimit,
         }
     }
 }
@@ -98,7 +101,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     }
     let slot = opts.slot.clone().unwrap_or_else(|| setup::default_slot(&info.database, &tables));
     let publication = opts.publication.clone().unwrap_or_else(|| setup::default_publication(&tables));
-    let slot_state = setup::inspect_slot(&sql, &slot, &info.database).await?;
+    let mut slot_state = setup::inspect_slot(&sql, &slot, &info.database).await?;
 
     // The log is opened (and its tail repaired) before the server is changed: an unwritable --out
     // must not leave a slot behind.
@@ -114,6 +117,25 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
             "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",
             recovery.cut_bytes, recovery.cut_lines
         );
+    }
+
+    // Coverage the log cannot have: recorded as a gap record, never hidden.
+    let mut gap: Option<(Lsn, &'static str)> = None;
+    if slot_state == SlotState::Lost {
+        eprintln!(
+            "walwitness: warning: replication slot {slot} was invalidated by the server (wal_status = lost): the WAL it needed is gone, so deletes since it last ran cannot be recovered; recreating it and recording a gap"
+        );
+        setup::drop_slot(&sql, &slot).await?;
+        slot_state = SlotState::Absent;
+        gap = Some((recovery.last_run.as_ref().map(|r| r.covered_to).unwrap_or_default(), "slot_invalidated"));
+    } else if slot_state == SlotState::Absent {
+        if let Some(run) = recovery.last_run.as_ref().filter(|r| r.slot == slot && r.left_slot()) {
+            eprintln!(
+                "walwitness: warning: replication slot {slot}, which the previous run left to resume from, is gone (dropped by someone, or by the server): deletes after LSN {} until now are not in the log; recreating it and recording a gap",
+                run.covered_to
+            );
+            gap = Some((run.covered_to, "slot_missing"));
+        }
     }
 
     let (pub_origin, warnings) =
@@ -156,6 +178,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         file,
         recovery,
         attributor,
+        gap,
     )
     .await;
     if let Some(s) = sampler {
@@ -176,7 +199,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     }
 
     match &result {
-        Ok(_) if !opts.keep_slot => {
+        Ok(o) if !opts.keep_slot || o.reason == StopReason::MaxRetainedWal => {
             // A deliberate end: leave nothing behind.
             let dropped_slot = setup::drop_slot(&sql, &slot).await;
             let dropped_pub = if pub_origin != PubOrigin::Given {
@@ -214,6 +237,7 @@ async fn capture_with_objects(
     file: Option<std::fs::File>,
     recovery: Recovery,
     attributor: Attributor,
+    gap: Option<(Lsn, &'static str)>,
 ) -> Result<Outcome, Failure> {
     let target = spec.describe();
     let mut repl = ReplicationConnection::connect(spec, &[])
@@ -223,7 +247,8 @@ async fn capture_with_objects(
     let system_identifier = ident.rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
 
     let (created, slot_start) = match slot_state {
-        SlotState::Absent => {
+        // A lost slot was dropped (and a gap recorded) before this point.
+        SlotState::Absent | SlotState::Lost => {
             let cmd = if info.version_num >= 150000 {
                 format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')", quote_ident(slot))
             } else {
@@ -282,6 +307,9 @@ async fn capture_with_objects(
             proto_version: proto,
         },
     );
+    if let Some((from_lsn, reason)) = gap {
+        push_record(&mut first, &Gap { kind: "gap", time: now_rfc3339(), slot, from_lsn, to_lsn: start_lsn, reason });
+    }
     writer
         .send(Chunk::Append { data: first.freeze(), boundary: true, ack: None })
         .await
@@ -327,6 +355,9 @@ async fn capture_with_objects(
     };
     let retained = status::spawn_retained_wal_probe(spec.clone(), slot.to_owned());
     let loop_opts = stream::LoopOptions {
+        keep_slot: opts.keep_slot,
+        max_retained_wal: opts.max_retained_wal,
+        drop_on_lag: opts.drop_on_lag,
         slot: slot.to_owned(),
         publication: publication.to_owned(),
         endpos: opts.endpos,
@@ -372,6 +403,8 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         },
         activity_interval: a.activity_interval,
         reconnect_attempts: a.reconnect_attempts,
+        max_retained_wal: a.max_retained_wal,
+        drop_on_lag: a.on_lag == crate::cli::OnLag::Drop,
         reconnect_max_delay: a.reconnect_max_delay,
     }
 }

@@ -43,6 +43,8 @@ pub enum SlotState {
     Reusable {
         confirmed_flush: Option<String>,
     },
+    /// Invalidated by the server (`wal_status = lost`): the WAL it needed is gone.
+    Lost,
 }
 
 fn q(context: &str, e: tokio_postgres::Error) -> Failure {
@@ -240,12 +242,7 @@ pub async fn inspect_slot(c: &Client, slot: &str, database: &str) -> Result<Slot
         ));
     }
     if wal_status.as_deref() == Some("lost") {
-        return Err(Failure::new(
-            Exit::Stream,
-            format!(
-                "replication slot {slot} was invalidated by the server (wal_status = lost): the WAL it needed is gone, so deletes since it last ran cannot be recovered; drop it with SELECT pg_drop_replication_slot('{slot}') and start again"
-            ),
-        ));
+        return Ok(SlotState::Lost);
     }
     if two_phase {
         return Err(Failure::new(

@@ -45,6 +45,11 @@ impl Progress {
         self.last_commit = Some(commit_time);
     }
 
+    /// Bytes of WAL the slot holds back, as last sampled.
+    pub fn retained(&self) -> Option<i64> {
+        *self.retained.borrow()
+    }
+
     pub fn totals(&self) -> (u64, u64, u64) {
         (self.rows, self.truncates, self.txns)
     }

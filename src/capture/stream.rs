@@ -25,7 +25,7 @@ use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
 };
 use crate::protocol::Lsn;
-use crate::sink::record::{now_rfc3339, push_record, CaptureStopped};
+use crate::sink::record::{now_rfc3339, push_record, CaptureStopped, Gap};
 use crate::sink::writer::{Chunk, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub enum StopReason {
     Duration,
     Sigint,
     Sigterm,
+    /// The slot held more WAL than --max-retained-wal allowed, with --on-lag drop.
+    MaxRetainedWal,
 }
 
 impl StopReason {
@@ -43,11 +45,16 @@ impl StopReason {
             StopReason::Duration => "duration",
             StopReason::Sigint => "sigint",
             StopReason::Sigterm => "sigterm",
+            StopReason::MaxRetainedWal => "max_retained_wal",
         }
     }
 }
 
 pub struct LoopOptions {
+    pub keep_slot: bool,
+    /// Warn when the slot holds more WAL than this; with `drop_on_lag`, end the capture instead.
+    pub max_retained_wal: Option<u64>,
+    pub drop_on_lag: bool,
     /// Names for messages.
     pub slot: String,
     pub publication: String,
@@ -85,6 +92,8 @@ struct Loop {
     progress: Progress,
     tick: tokio::time::Interval,
     status_buf: BytesMut,
+    warned_retained: bool,
+    lag_stop: bool,
 }
 
 enum Flow {
@@ -195,6 +204,8 @@ pub async fn run(
         progress,
         tick,
         status_buf: BytesMut::with_capacity(64),
+        warned_retained: false,
+        lag_stop: false,
     };
     let result: Result<StopReason, Failure> = async {
         loop {
@@ -233,6 +244,7 @@ pub async fn run(
                 },
             };
             match step {
+                Ok(Flow::Go) if lp.lag_stop && !lp.asm.in_transaction() => return Ok(StopReason::MaxRetainedWal),
                 Ok(Flow::Go) => {}
                 Ok(Flow::Stop(r)) => return Ok(r),
                 Err(f) if f.transient && lp.target.reconnect_attempts > 0 => {
@@ -447,6 +459,30 @@ impl Loop {
             self.send_status(want_reply).await?;
         }
         self.progress.maybe_print(self.server_end, durable.lsn.max(self.floor));
+        if let (Some(max), Some(held)) = (self.o.max_retained_wal, self.progress.retained()) {
+            if held > 0 && held as u64 > max {
+                if self.o.drop_on_lag {
+                    if !self.lag_stop {
+                        eprintln!(
+                            "walwitness: slot {} retains {} of WAL, over --max-retained-wal {}: ending the capture and dropping the slot (--on-lag drop); deletes after LSN {} will not be logged",
+                            self.o.slot,
+                            super::status::human_bytes(held as u64),
+                            super::status::human_bytes(max),
+                            durable.lsn.max(self.floor)
+                        );
+                    }
+                    self.lag_stop = true;
+                } else if !self.warned_retained {
+                    self.warned_retained = true;
+                    eprintln!(
+                        "walwitness: warning: slot {} retains {} of WAL, over --max-retained-wal {}; the server keeps it until this capture catches up (use --on-lag drop to give up instead)",
+                        self.o.slot,
+                        super::status::human_bytes(held as u64),
+                        super::status::human_bytes(max)
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -530,8 +566,27 @@ impl Loop {
         let mut rec = BytesMut::new();
         push_record(
             &mut rec,
-            &CaptureStopped { kind: "capture_stopped", time: now_rfc3339(), reason: reason.as_str(), last_lsn },
+            &CaptureStopped {
+                kind: "capture_stopped",
+                time: now_rfc3339(),
+                reason: reason.as_str(),
+                last_lsn,
+                slot_kept: self.o.keep_slot && reason != StopReason::MaxRetainedWal,
+            },
         );
+        if reason == StopReason::MaxRetainedWal {
+            push_record(
+                &mut rec,
+                &Gap {
+                    kind: "gap",
+                    time: now_rfc3339(),
+                    slot: &self.o.slot,
+                    from_lsn: last_lsn,
+                    to_lsn: self.server_end.max(last_lsn),
+                    reason: "max_retained_wal",
+                },
+            );
+        }
         self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }).await?;
         let Loop { mut repl, writer, progress, mut status_buf, floor, .. } = self;
         let d = writer.close().await;

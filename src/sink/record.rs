@@ -11,7 +11,8 @@
 //! | `delete` | one per deleted row of a watched table | `table`, `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
 //! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
 //! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution` |
-//! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`), `last_lsn` |
+//! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` |
+//! | `gap` | when coverage was lost | `time`, `slot`, `from_lsn`, `to_lsn`, `reason` (`slot_missing`, `slot_invalidated`, `max_retained_wal`) |
 //!
 //! * `table` is the raw schema and table name joined by a dot, unquoted: `Sales.Order Lines`.
 //! * `key` maps the replica-identity key columns to their values. With REPLICA IDENTITY FULL it holds the
@@ -146,6 +147,21 @@ pub struct CaptureStopped<'a> {
     pub time: String,
     pub reason: &'a str,
     pub last_lsn: Lsn,
+    /// Whether the slot was kept for a later resume (`--keep-slot`) or dropped.
+    pub slot_kept: bool,
+}
+
+/// `gap`: a stretch of WAL the log cannot cover (the slot was lost, dropped or recreated, or the capture
+/// gave it up to protect the server). Deletes committed between `from_lsn` and `to_lsn` may be missing.
+#[derive(Debug, Serialize)]
+pub struct Gap<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub slot: &'a str,
+    pub from_lsn: Lsn,
+    pub to_lsn: Lsn,
+    pub reason: &'a str,
 }
 
 /// Serialises a whole-line record and appends it with its newline.

@@ -62,6 +62,26 @@ pub struct Recovery {
     pub cut_lines: u64,
     /// Log length after repair.
     pub len: u64,
+    /// The most recent capture run recorded in the log.
+    pub last_run: Option<LastRun>,
+}
+
+/// What the log says about the run that wrote it last, to tell a resume from a gap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastRun {
+    pub slot: String,
+    /// Highest position the run covered (its start, its last commit, or where it stopped).
+    pub covered_to: Lsn,
+    /// `Some(kept)` when it ended deliberately (with the slot kept or dropped); `None` when it crashed
+    /// or lost its connection, which leaves the slot for a resume.
+    pub stopped: Option<bool>,
+}
+
+impl LastRun {
+    /// Whether that run left its slot behind for this one to resume from.
+    pub fn left_slot(&self) -> bool {
+        self.stopped != Some(false)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +111,10 @@ struct Peek {
     #[serde(rename = "type")]
     kind: String,
     end_lsn: Option<String>,
+    slot: Option<String>,
+    start_lsn: Option<String>,
+    last_lsn: Option<String>,
+    slot_kept: Option<bool>,
 }
 
 /// Cuts a torn last line and the lines of an unfinished transaction, then finds the last commit.
@@ -99,6 +123,9 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let mut cut_at: Option<u64> = None;
     let mut cut_lines = 0u64;
     let mut last_commit_end = None;
+    let mut last_run: Option<LastRun> = None;
+    let mut stopped: Option<(bool, Option<Lsn>)> = None;
+    let lsn = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Lsn>().ok());
     let mut lines = BackwardLines::new(len);
     while let Some((start, line, terminated)) = lines.next_line(file)? {
         let peek: Option<Peek> = if terminated { serde_json::from_slice(&line).ok() } else { None };
@@ -115,11 +142,29 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
             }
         }
         if let Some(p) = peek {
-            if p.kind == "commit" {
-                last_commit_end = p.end_lsn.and_then(|s| s.parse::<Lsn>().ok());
+            match p.kind.as_str() {
+                "commit" if last_commit_end.is_none() => last_commit_end = lsn(&p.end_lsn),
+                "capture_stopped" if last_run.is_none() && stopped.is_none() => {
+                    stopped = Some((p.slot_kept.unwrap_or(true), lsn(&p.last_lsn)));
+                }
+                "capture_started" if last_run.is_none() => {
+                    last_run = Some(LastRun {
+                        slot: p.slot.unwrap_or_default(),
+                        covered_to: lsn(&p.start_lsn)
+                            .unwrap_or_default()
+                            .max(stopped.and_then(|s| s.1).unwrap_or_default()),
+                        stopped: stopped.map(|s| s.0),
+                    });
+                }
+                _ => {}
+            }
+            if last_commit_end.is_some() && last_run.is_some() {
                 break;
             }
         }
+    }
+    if let (Some(run), Some(c)) = (last_run.as_mut(), last_commit_end) {
+        run.covered_to = run.covered_to.max(c);
     }
     let keep = cut_at.unwrap_or(0);
     if keep < len {
@@ -127,7 +172,7 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         file.sync_all()?;
     }
     file.seek(SeekFrom::Start(keep))?;
-    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep })
+    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run })
 }
 
 /// Reads lines from the end of a file towards its start without loading it whole.
