@@ -73,7 +73,9 @@ fn chart(r: &Report) -> String {
     let span = (last - first + 1) as f64;
     let plot_w = W - L - R;
     let plot_h = H - T - B;
-    let bar_w = (plot_w / span).max(1.0);
+    let slot = plot_w / span;
+    // A few minutes would otherwise become slabs as wide as the chart.
+    let bar_w = slot.clamp(1.0, 48.0);
     let max = r.minutes.iter().map(|m| m.rows).max().unwrap_or(1).max(1) as f64;
     // Axes and a few gridlines.
     let _ = write!(
@@ -94,7 +96,7 @@ fn chart(r: &Report) -> String {
         );
     }
     for (m, &i) in r.minutes.iter().zip(&idx) {
-        let x = L + (i - first) as f64 * plot_w / span;
+        let x = L + (i - first) as f64 * slot + (slot - bar_w) / 2.0;
         let mut y = T + plot_h;
         for ms in &m.sessions {
             let h = ms.rows as f64 / max * plot_h;

@@ -2,4 +2,5 @@
 //! the real `walwitness` binary against it.
 mod capture;
 mod errors;
+mod readers;
 mod util;
