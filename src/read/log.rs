@@ -9,6 +9,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -27,8 +28,8 @@ pub enum Compression {
 }
 
 /// Opens `path` (`-`: standard input) and undoes gzip or zstd compression if its first bytes say so.
-pub fn open_input(path: &str) -> io::Result<(Box<dyn BufRead>, Compression)> {
-    let raw: Box<dyn Read> = if path == "-" {
+pub fn open_input(path: &str) -> io::Result<(Box<dyn BufRead + Send>, Compression)> {
+    let raw: Box<dyn Read + Send> = if path == "-" {
         Box::new(io::stdin())
     } else {
         Box::new(File::open(Path::new(path))?)
@@ -37,9 +38,9 @@ pub fn open_input(path: &str) -> io::Result<(Box<dyn BufRead>, Compression)> {
 }
 
 /// Wraps a reader in the decoder its magic bytes call for.
-pub fn decompressing<R: BufRead + 'static>(
+pub fn decompressing<R: BufRead + Send + 'static>(
     mut r: R,
-) -> io::Result<(Box<dyn BufRead>, Compression)> {
+) -> io::Result<(Box<dyn BufRead + Send>, Compression)> {
     let head = fill_at_least(&mut r, 4)?;
     if head.starts_with(&GZIP_MAGIC) {
         // Multi-member: `cat a.gz b.gz` and rotated logs compressed piecewise are still one log.
@@ -110,6 +111,83 @@ impl<R: BufRead> Read for ZstdFrames<R> {
             );
         }
     }
+}
+
+/// What the chunk reader thread hands over.
+pub enum Chunk {
+    /// Complete lines, the last one ending with its newline.
+    Lines(Vec<u8>),
+    /// The input ended with these bytes of an unterminated line.
+    Incomplete(usize),
+    Err(io::Error),
+}
+
+/// Reads `input` on its own thread in blocks of whole lines, so that reading (and decompressing)
+/// overlaps with parsing on the other core. At most a few blocks are in flight: memory stays bounded.
+pub fn read_chunks(
+    mut input: Box<dyn BufRead + Send>,
+) -> (
+    std::sync::mpsc::Receiver<Chunk>,
+    std::sync::mpsc::Sender<Vec<u8>>,
+) {
+    const BLOCK: usize = 128 * 1024;
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    // Blocks come back for reuse: fresh megabyte allocations would each cost page faults.
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let mut buf = back_rx
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BLOCK + 64 * 1024));
+            buf.clear();
+            buf.append(&mut carry);
+            let mut eof = false;
+            // Fill to about BLOCK bytes, and further only until a line ends (long lines stay whole).
+            while buf.len() < BLOCK || !buf.contains(&b'\n') {
+                match input.fill_buf() {
+                    Ok([]) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(b) => {
+                        let n = b.len().min(BLOCK.saturating_sub(buf.len()).max(64 * 1024));
+                        buf.extend_from_slice(&b[..n]);
+                        input.consume(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // Hand on the complete lines read before the failure, then the failure.
+                        let keep = buf.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+                        buf.truncate(keep);
+                        let _ = tx.send(Chunk::Lines(buf));
+                        let _ = tx.send(Chunk::Err(e));
+                        return;
+                    }
+                }
+            }
+            let keep = buf.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+            carry.extend_from_slice(&buf[keep..]);
+            buf.truncate(keep);
+            if !buf.is_empty() && tx.send(Chunk::Lines(buf)).is_err() {
+                return; // the consumer stopped (damage, closed pipe)
+            }
+            if eof {
+                let _ = tx.send(Chunk::Incomplete(carry.len()));
+                return;
+            }
+        }
+    });
+    (rx, back_tx)
+}
+
+/// Splits a block of complete lines (as sent by [`read_chunks`]) into lines without their newline
+/// (and without a CR before it).
+pub fn block_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = block.strip_suffix(b"\n").unwrap_or(block);
+    body.split(|&c| c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(move |_| !block.is_empty())
 }
 
 /// Splits a byte stream into lines. A last line without its newline is *incomplete*, not a record:
@@ -328,28 +406,29 @@ impl fmt::Display for Key<'_> {
 }
 
 /// The `session` object, as far as the readers need it (see `crate::attribution::session::Session`).
+/// Owned, because it is parsed once and shared by every row of a transaction (see [`Parser`]).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct SessionRef<'a> {
-    #[serde(borrow, default)]
-    pub attributed_by: Option<Cow<'a, str>>,
+pub struct SessionRef {
+    #[serde(default)]
+    pub attributed_by: Option<String>,
     pub pid: i64,
-    #[serde(borrow, default)]
-    pub backend_start: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub user: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub application_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub client_addr: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub backend_start: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub application_name: Option<String>,
+    #[serde(default)]
+    pub client_addr: Option<String>,
     #[serde(default)]
     pub client_port: Option<i64>,
-    #[serde(borrow, default)]
-    pub query: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub query: Option<String>,
     #[serde(default)]
     pub query_truncated: Option<bool>,
 }
 
-impl SessionRef<'_> {
+impl SessionRef {
     /// `addr:port`, `[v6]:port`, or "local socket" for Unix-socket clients.
     pub fn client(&self) -> String {
         match (&self.client_addr, self.client_port) {
@@ -393,8 +472,12 @@ pub struct Record<'a> {
     pub key: Field<Key<'a>>,
     #[serde(default)]
     pub old: Present,
-    #[serde(borrow, default)]
-    pub session: Field<SessionRef<'a>>,
+    /// The raw `session` JSON: parsed by [`Parser`] only when it differs from the previous line's.
+    #[serde(rename = "session", borrow, default)]
+    pub session_raw: Field<&'a serde_json::value::RawValue>,
+    /// The parsed session, filled in by [`Parser::parse`].
+    #[serde(skip)]
+    pub session: Field<Rc<SessionRef>>,
     #[serde(default)]
     pub deletes: Option<u64>,
     #[serde(default)]
@@ -452,19 +535,57 @@ impl Kind {
     }
 }
 
-/// Parses one line into a record and checks its type and required fields.
+/// Parses lines into checked records. Keeps the last session: the rows of a transaction repeat the same
+/// session object, and parsing it once instead of per row is most of the speed of `report`.
+#[derive(Debug, Default)]
+pub struct Parser {
+    last_raw: Vec<u8>,
+    last: Option<Rc<SessionRef>>,
+}
+
+impl Parser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses one line into a record and checks its type and required fields.
+    pub fn parse<'l>(&mut self, line: &'l [u8]) -> Result<(Kind, Record<'l>), String> {
+        let mut rec: Record = serde_json::from_slice(line).map_err(|e| {
+            if line.is_empty() {
+                "empty line".to_owned()
+            } else {
+                format!("not a valid record: {e}")
+            }
+        })?;
+        let kind = Kind::parse(&rec.kind)
+            .ok_or_else(|| format!("unknown record type {:?}", rec.kind.as_ref()))?;
+        rec.session = match rec.session_raw {
+            Field::Missing => Field::Missing,
+            Field::Null => Field::Null,
+            Field::Value(raw) => {
+                let bytes = raw.get().as_bytes();
+                match &self.last {
+                    Some(s) if self.last_raw == bytes => Field::Value(Rc::clone(s)),
+                    _ => {
+                        let s: SessionRef = serde_json::from_str(raw.get())
+                            .map_err(|e| format!("invalid session object: {e}"))?;
+                        let s = Rc::new(s);
+                        self.last_raw.clear();
+                        self.last_raw.extend_from_slice(bytes);
+                        self.last = Some(Rc::clone(&s));
+                        Field::Value(s)
+                    }
+                }
+            }
+        };
+        rec.check(kind)?;
+        Ok((kind, rec))
+    }
+}
+
+/// Parses one line on its own (no session reuse across lines).
 pub fn parse_line(line: &[u8]) -> Result<(Kind, Record<'_>), String> {
-    let rec: Record = serde_json::from_slice(line).map_err(|e| {
-        if line.is_empty() {
-            "empty line".to_owned()
-        } else {
-            format!("not a valid record: {e}")
-        }
-    })?;
-    let kind = Kind::parse(&rec.kind)
-        .ok_or_else(|| format!("unknown record type {:?}", rec.kind.as_ref()))?;
-    rec.check(kind)?;
-    Ok((kind, rec))
+    Parser::new().parse(line)
 }
 
 impl Record<'_> {
@@ -970,6 +1091,26 @@ pub(crate) mod tests {
         assert_eq!(r.next_line().unwrap(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(r.next_line().unwrap(), None);
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn chunks_keep_lines_whole() {
+        // Lines longer than a block, CRLF, an empty line, and a torn last line.
+        let long = "x".repeat(300_000);
+        let text = format!("a\r\n{long}\n\nb\n{long}\ntorn");
+        let (r, _) = decompressing(io::Cursor::new(text.clone().into_bytes())).unwrap();
+        let (rx, _recycle) = read_chunks(r);
+        let mut lines = Vec::new();
+        let mut incomplete = None;
+        for c in rx {
+            match c {
+                Chunk::Lines(b) => lines.extend(block_lines(&b).map(|l| l.len())),
+                Chunk::Incomplete(n) => incomplete = Some(n),
+                Chunk::Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(lines, [1, 300_000, 0, 1, 300_000]);
+        assert_eq!(incomplete, Some(4));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod replay;
 pub mod report;
 pub mod tail;
 
-use log::{Action, Damage, Kind, LineReader, Record, Validator};
+use log::{Action, Damage, Kind, Parser, Record, Validator};
 
 /// Receives checked records in log order.
 pub trait Consumer {
@@ -84,6 +84,7 @@ pub struct Stats {
 /// Runs lines through the validator and into a consumer; owns the strict/lenient policy.
 pub struct Feeder {
     pub validator: Validator,
+    parser: Parser,
     pub lenient: bool,
     /// Report problems as they happen (tail) rather than only in the summary.
     pub warn_each: bool,
@@ -95,6 +96,7 @@ impl Feeder {
     pub fn new(name: &str, lenient: bool) -> Self {
         Feeder {
             validator: Validator::new(),
+            parser: Parser::new(),
             lenient,
             warn_each: false,
             name: name.to_owned(),
@@ -128,7 +130,7 @@ impl Feeder {
     /// One complete line.
     pub fn line<C: Consumer>(&mut self, line_no: u64, line: &[u8], c: &mut C) -> Result<(), Stop> {
         self.stats.lines += 1;
-        let parsed = log::parse_line(line);
+        let parsed = self.parser.parse(line);
         let verdict = self.validator.check(
             line_no,
             parsed.as_ref().map(|(k, r)| (*k, r)).map_err(Clone::clone),
@@ -200,25 +202,31 @@ pub fn read_files<C: Consumer>(files: &[String], lenient: bool, c: &mut C) -> Re
         })?;
         // A new file is read on its own: its first transaction cannot continue the previous file's.
         let mut feeder = Feeder::new(display, lenient);
-        let mut reader = LineReader::new(input);
-        loop {
-            let line_no = reader.line_no() + 1;
-            match reader.next_line() {
-                Ok(Some(line)) => feeder.line(line_no, line, c)?,
-                Ok(None) => break,
-                Err(e) => {
+        let mut line_no = 0u64;
+        let mut pending = 0usize;
+        let (chunks, recycle) = log::read_chunks(input);
+        for chunk in chunks {
+            match chunk {
+                log::Chunk::Lines(block) => {
+                    for line in log::block_lines(&block) {
+                        line_no += 1;
+                        feeder.line(line_no, line, c)?;
+                    }
+                    let _ = recycle.send(block);
+                }
+                log::Chunk::Incomplete(n) => pending = n,
+                log::Chunk::Err(e) => {
                     // A broken gzip/zstd stream or a read error: the rest of this file is unreadable.
                     let d = Damage {
-                        line: line_no,
+                        line: line_no + 1,
                         message: format!("cannot read further: {e}"),
                         aborted_rows: 0,
                     };
                     feeder.damage(d, c, false)?;
-                    break;
                 }
             }
         }
-        feeder.end(reader.line_no(), reader.pending(), c)?;
+        feeder.end(line_no, pending, c)?;
         if let Some(s) = feeder.summary() {
             eprintln!("{s}");
         }

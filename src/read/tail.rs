@@ -247,7 +247,7 @@ impl<W: Write> Consumer for TailView<W> {
             st.dim(&format!("xid {}", rec.xid())),
             what.join("; ")
         );
-        let commit_session = rec.session.value().map(SessionView::of);
+        let commit_session = rec.session.value().map(|s| SessionView::of(s));
         let session = commit_session.as_ref().or(self.first_session.as_ref());
         block.push_str(&self.session_line(session, rec.attribution.as_deref()));
         block.push('\n');
