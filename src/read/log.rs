@@ -144,7 +144,7 @@ pub fn read_chunks(
             buf.append(&mut carry);
             let mut eof = false;
             // Fill to about BLOCK bytes, and further only until a line ends (long lines stay whole).
-            while buf.len() < BLOCK || !buf.contains(&b'\n') {
+            while buf.len() < BLOCK || memchr::memchr(b'\n', &buf).is_none() {
                 match input.fill_buf() {
                     Ok([]) => {
                         eof = true;
@@ -158,7 +158,7 @@ pub fn read_chunks(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         // Hand on the complete lines read before the failure, then the failure.
-                        let keep = buf.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+                        let keep = memchr::memrchr(b'\n', &buf).map_or(0, |p| p + 1);
                         buf.truncate(keep);
                         let _ = tx.send(Chunk::Lines(buf));
                         let _ = tx.send(Chunk::Err(e));
@@ -166,7 +166,7 @@ pub fn read_chunks(
                     }
                 }
             }
-            let keep = buf.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+            let keep = memchr::memrchr(b'\n', &buf).map_or(0, |p| p + 1);
             carry.extend_from_slice(&buf[keep..]);
             buf.truncate(keep);
             if !buf.is_empty() && tx.send(Chunk::Lines(buf)).is_err() {
@@ -184,10 +184,13 @@ pub fn read_chunks(
 /// Splits a block of complete lines (as sent by [`read_chunks`]) into lines without their newline
 /// (and without a CR before it).
 pub fn block_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let body = block.strip_suffix(b"\n").unwrap_or(block);
-    body.split(|&c| c == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(move |_| !block.is_empty())
+    // memchr's SIMD search: a byte-at-a-time split was a fifth of `report`'s time.
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', block).map(move |end| {
+        let line = &block[start..end];
+        start = end + 1;
+        line.strip_suffix(b"\r").unwrap_or(line)
+    })
 }
 
 /// Splits a byte stream into lines. A last line without its newline is *incomplete*, not a record:
@@ -548,8 +551,43 @@ impl Parser {
         Self::default()
     }
 
-    /// Parses one line into a record and checks its type and required fields.
-    pub fn parse<'l>(&mut self, line: &'l [u8]) -> Result<(Kind, Record<'l>), String> {
+    /// Parses one line into a record and checks its type and required fields. `scratch` may hold the
+    /// bytes the record borrows from (see the fast path below).
+    pub fn parse<'l>(
+        &mut self,
+        line: &'l [u8],
+        scratch: &'l mut Vec<u8>,
+    ) -> Result<(Kind, Record<'l>), String> {
+        // Fast path: a row line that ends with `"session":<the previous session>}` is parsed with
+        // `null` in its place and given the session already parsed. Substituting one valid JSON value
+        // for another keeps the line's validity and meaning; skipping the repeated session object
+        // (most of a row's bytes) roughly halves the time `report` spends parsing.
+        const KEY: &[u8] = b"\"session\":";
+        if self.last.is_some() && !self.last_raw.is_empty() {
+            if let Some(body) = line.strip_suffix(b"}") {
+                if let Some(head) = body.strip_suffix(self.last_raw.as_slice()) {
+                    if head.ends_with(KEY) {
+                        scratch.clear();
+                        scratch.extend_from_slice(head);
+                        scratch.extend_from_slice(b"null}");
+                        let (kind, mut rec) = self.parse_plain(scratch)?;
+                        if matches!(rec.session_raw, Field::Null) {
+                            rec.session =
+                                Field::Value(Rc::clone(self.last.as_ref().expect("checked")));
+                        }
+                        rec.check(kind)?;
+                        return Ok((kind, rec));
+                    }
+                }
+            }
+        }
+        let (kind, rec) = self.parse_plain(line)?;
+        rec.check(kind)?;
+        Ok((kind, rec))
+    }
+
+    /// Parses a line, and its session unless it is the previous line's; does not check fields.
+    fn parse_plain<'l>(&mut self, line: &'l [u8]) -> Result<(Kind, Record<'l>), String> {
         let mut rec: Record = serde_json::from_slice(line).map_err(|e| {
             if line.is_empty() {
                 "empty line".to_owned()
@@ -578,14 +616,15 @@ impl Parser {
                 }
             }
         };
-        rec.check(kind)?;
         Ok((kind, rec))
     }
 }
 
 /// Parses one line on its own (no session reuse across lines).
 pub fn parse_line(line: &[u8]) -> Result<(Kind, Record<'_>), String> {
-    Parser::new().parse(line)
+    let (kind, rec) = Parser::new().parse_plain(line)?;
+    rec.check(kind)?;
+    Ok((kind, rec))
 }
 
 impl Record<'_> {
@@ -1091,6 +1130,51 @@ pub(crate) mod tests {
         assert_eq!(r.next_line().unwrap(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(r.next_line().unwrap(), None);
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn repeated_session_is_parsed_once_and_still_checked() {
+        let s = session(7, "alice", "psql", "DELETE FROM t");
+        let mut p = Parser::new();
+        let mut scratch = Vec::new();
+        let l1 = del(5, 1, T, "a", &s);
+        let first = p
+            .parse(l1.as_bytes(), &mut scratch)
+            .unwrap()
+            .1
+            .session
+            .value()
+            .cloned()
+            .unwrap();
+        let mut scratch = Vec::new();
+        let l2 = del(5, 1, T, "b", &s);
+        let (_, r2) = p.parse(l2.as_bytes(), &mut scratch).unwrap();
+        assert!(Rc::ptr_eq(r2.session.value().unwrap(), &first), "reused");
+        assert_eq!(r2.key.value().unwrap().to_string(), "b");
+        // The rest of the line is still parsed and checked.
+        let bad = l2.replace("\"xid\":5", "\"xid\":\"5\"");
+        let mut scratch = Vec::new();
+        assert!(p.parse(bad.as_bytes(), &mut scratch).is_err());
+        let missing = l2.replace("\"old\":null,", "");
+        let mut scratch = Vec::new();
+        let e = p.parse(missing.as_bytes(), &mut scratch).unwrap_err();
+        assert!(e.contains("old"), "{e}");
+        let broken = format!("{{\"type\":\"delete\",\"session\":{s}}}").replacen('{', "[", 1);
+        let mut scratch = Vec::new();
+        assert!(p.parse(broken.as_bytes(), &mut scratch).is_err());
+        // Another session is parsed.
+        let l3 = del(6, 2, T, "c", &session(8, "bob", "cron", "x"));
+        let mut scratch = Vec::new();
+        assert_eq!(
+            p.parse(l3.as_bytes(), &mut scratch)
+                .unwrap()
+                .1
+                .session
+                .value()
+                .unwrap()
+                .pid,
+            8
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub struct Stats {
 pub struct Feeder {
     pub validator: Validator,
     parser: Parser,
+    scratch: Vec<u8>,
     pub lenient: bool,
     /// Report problems as they happen (tail) rather than only in the summary.
     pub warn_each: bool,
@@ -97,6 +98,7 @@ impl Feeder {
         Feeder {
             validator: Validator::new(),
             parser: Parser::new(),
+            scratch: Vec::new(),
             lenient,
             warn_each: false,
             name: name.to_owned(),
@@ -130,7 +132,20 @@ impl Feeder {
     /// One complete line.
     pub fn line<C: Consumer>(&mut self, line_no: u64, line: &[u8], c: &mut C) -> Result<(), Stop> {
         self.stats.lines += 1;
-        let parsed = self.parser.parse(line);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = self.line_with(line_no, line, &mut scratch, c);
+        self.scratch = scratch;
+        r
+    }
+
+    fn line_with<C: Consumer>(
+        &mut self,
+        line_no: u64,
+        line: &[u8],
+        scratch: &mut Vec<u8>,
+        c: &mut C,
+    ) -> Result<(), Stop> {
+        let parsed = self.parser.parse(line, scratch);
         let verdict = self.validator.check(
             line_no,
             parsed.as_ref().map(|(k, r)| (*k, r)).map_err(Clone::clone),
