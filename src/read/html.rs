@@ -40,7 +40,7 @@ fn num(k: &str, v: u64) -> String {
 }
 
 fn pct(k: &str, v: f64) -> String {
-    format!("<span class=\"n\" data-k=\"{k}\">{v:.1}</span>%")
+    format!("<span class=\"n p\" data-k=\"{k}\">{v:.1}</span>%")
 }
 
 /// Minutes since the epoch of a report minute (`2026-11-26T15:21Z`).
@@ -149,7 +149,7 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;
 .sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
 svg .axis{stroke:#444}svg .grid{stroke:#e3e3e3}svg .tick{font-size:11px;fill:#555}svg .burst{fill:#c62828;font-size:11px}
 svg rect.bar:hover{opacity:.75}.legend{margin:6px 0 0;font-size:12px;color:#333}.legend span{margin-right:14px}
-#check{font-size:12px;color:#888;margin-top:30px}
+#check{font-size:12px;color:#888;margin-top:30px}#sessions td:last-child{min-width:340px}
 "#;
 
 const JS: &str = r#"
@@ -172,7 +172,7 @@ const JS: &str = r#"
     ? 'Check failed: ' + bad.join(', ')
     : 'All ' + n + ' numbers on this page match the embedded report.';
   // Numbers are written plainly for the check above; group digits for people afterwards.
-  document.querySelectorAll('span.n').forEach(function(el){
+  document.querySelectorAll('span.n:not(.p)').forEach(function(el){
     var v = Number(el.textContent);
     if (Number.isInteger(v)) el.textContent = v.toLocaleString('en-US');
   });
