@@ -322,6 +322,13 @@ impl<W: Write> Consumer for ReplayOut<W> {
 }
 
 pub fn run(args: ReplayArgs) -> Exit {
+    if !args.report
+        && (args.report_opts.html.is_some()
+            || args.report_opts.format != crate::cli::ReportFormat::Text)
+    {
+        eprintln!("walwitness replay: error: --format and --html shape the report: add --report (or use walwitness report)");
+        return Exit::Usage;
+    }
     if args.report {
         return super::report::run_with(
             "replay",

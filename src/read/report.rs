@@ -24,8 +24,8 @@
 //!     "statements": [{"statement": "DELETE …", "rows": 30, "transactions": 6}],   // top 50
 //!     "statements_other": {"statements": 0, "rows": 0, "transactions": 0}
 //!   }],
-//!   "unattributed": {"rows": 0, "truncates": 0, "transactions": 0,
-//!                    "row_share_pct": 0.0, "transaction_share_pct": 0.0},
+//!   "unattributed": {"rows": 0, "truncates": 0, "transactions": 0,  // transactions: no attributed row
+//!                    "row_share_pct": 0.0, "transaction_share_pct": 0.0},   // rows + truncates share
 //!   "minutes": [{"minute": "2026-11-26T15:21Z", "rows": 30, "truncates": 0, "burst": false,
 //!                "sessions": [{"session": 0 | null, "rows": 30}]}],   // non-empty minutes, in order
 //!   "median_rows_per_minute": 30, "burst_threshold": 100,   // burst: rows > max(3 × median, 100)
