@@ -20,6 +20,12 @@ if ! command -v openssl >/dev/null 2>&1; then
     fi
 fi
 
+# Headless Chromium renders the `report --html` page in the integration tests.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null </dev/null \
+        || echo "walwitness: could not install chromium; the HTML report test will say it skipped" >&2
+fi
+
 if [ "$#" -eq 0 ]; then
     exec cargo test --all-targets -- --test-threads=2
 else

@@ -33,6 +33,12 @@ pub enum Command {
     Attribution(AttributionCommand),
     /// Start a throwaway local PostgreSQL, delete rows from a Django-style cache table, and show the capture.
     Demo(DemoArgs),
+    /// Show a log grouped by transaction, as people read it; -f follows it as it grows.
+    Tail(TailArgs),
+    /// Check captured logs (plain, gzip or zstd) and write the records that pass the filters as JSON lines.
+    Replay(ReplayArgs),
+    /// Summarise captured logs: who deleted, when, what, and what could not be attributed.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +150,103 @@ pub struct DemoArgs {
     /// Keep the demo's log file at this path instead of a temporary file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The log file (plain, gzip or zstd; -f needs a plain file).
+    pub file: String,
+    /// Keep reading as the file grows; wait for it to appear; reopen it when rotated or truncated.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Pass the records of complete transactions through as JSON lines instead.
+    #[arg(long)]
+    pub json: bool,
+    /// Keys shown per table of a transaction.
+    #[arg(long, default_value_t = 3)]
+    pub keys: usize,
+}
+
+/// Which records `replay` writes; all given filters must match.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilterArgs {
+    /// Commit time at or after this (RFC 3339, e.g. 2026-11-26T15:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Commit time before this (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Transaction id. Repeatable.
+    #[arg(long)]
+    pub xid: Vec<u64>,
+    /// Backend PID of the session. Repeatable.
+    #[arg(long)]
+    pub pid: Vec<i64>,
+    /// Session (login) user. Repeatable.
+    #[arg(long)]
+    pub user: Vec<String>,
+    /// application_name of the session. Repeatable.
+    #[arg(long)]
+    pub app: Vec<String>,
+    /// Client address, addr:port ([v6]:port), or `local` for Unix-socket clients. Repeatable.
+    #[arg(long)]
+    pub client: Vec<String>,
+    /// Table (schema.table; public. assumed). Repeatable.
+    #[arg(long)]
+    pub table: Vec<String>,
+    /// A glob (`*`, `?`) that any key value must match. Repeatable.
+    #[arg(long)]
+    pub key: Vec<String>,
+    /// Record type: delete, truncate, commit, capture_started, capture_stopped. Repeatable.
+    #[arg(long = "type")]
+    pub kind: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Log files (plain, gzip or zstd), or - for standard input.
+    #[arg(required = true)]
+    pub files: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Read past damaged lines (counted on stderr) instead of stopping at the first one.
+    #[arg(long)]
+    pub lenient: bool,
+    /// Write the summary of `walwitness report` instead of the records (the filters apply).
+    #[arg(long)]
+    pub report: bool,
+    #[command(flatten)]
+    pub report_opts: ReportOutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportOutputArgs {
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Also write the report as one self-contained HTML page to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Log files (plain, gzip or zstd), or - for standard input.
+    #[arg(required = true)]
+    pub files: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Read past damaged lines (counted on stderr) instead of stopping at the first one.
+    #[arg(long)]
+    pub lenient: bool,
+    #[command(flatten)]
+    pub output: ReportOutputArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -34,6 +34,8 @@ pub enum Exit {
     Stream = 12,
     /// A publication or slot exists but does not fit (wrong plugin, wrong tables, wrong database).
     Conflict = 13,
+    /// A log file breaks the format (unreadable line, rows without their commit, LSNs out of order).
+    DamagedLog = 14,
     /// The capture gave up its slot because it retained more WAL than --max-retained-wal (--on-lag drop).
     LagLimit = 15,
     Sigint = 130,

@@ -14,4 +14,5 @@ pub mod demo;
 pub mod error;
 pub mod pg;
 pub mod protocol;
+pub mod read;
 pub mod sink;

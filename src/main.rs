@@ -65,6 +65,9 @@ fn main() {
                     f.exit
                 }
             },
+            Command::Tail(args) => walwitness::read::tail::run(args),
+            Command::Replay(args) => walwitness::read::replay::run(args),
+            Command::Report(args) => walwitness::read::report::run(args),
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -248,3 +248,57 @@ async fn proxy_cut_closes_connections() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_recorded_as_a_gap_and_reported() {
+    let env = Env::start().await;
+    env.exec(&format!("{CACHE} INSERT INTO cache SELECT 'k' || g, 'v', now() FROM generate_series(1, 100) g;")).await;
+    let out = env.log_path("g.jsonl");
+    let start = env.lsn().await;
+    env.capture(&out, &["cache"], &["--endpos", &start, "--keep-slot"]).await.assert_code(0);
+    env.exec("DELETE FROM cache WHERE cache_key = 'k1'").await;
+    // Someone drops the slot the log expects to resume from; what happened meanwhile is lost.
+    env.exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots").await;
+    env.exec("DELETE FROM cache WHERE cache_key = 'k2'").await;
+    let mid = env.lsn().await;
+    let r = env.capture(&out, &["cache"], &["--endpos", &mid, "--keep-slot"]).await;
+    r.assert_code(0);
+    assert!(r.stderr.contains("is gone"), "{r}");
+    env.exec("DELETE FROM cache WHERE cache_key = 'k3'").await;
+    let end = env.lsn().await;
+    env.capture(&out, &["cache"], &["--endpos", &end]).await.assert_code(0);
+    let recs = records(&out);
+    check_structure(&recs);
+    let gaps = of_type(&recs, "gap");
+    assert_eq!(gaps.len(), 1, "{recs:#?}");
+    assert_eq!(gaps[0]["reason"], "slot_missing");
+    assert!(lsn_num(gaps[0]["from_lsn"].as_str().unwrap()) <= lsn_num(gaps[0]["to_lsn"].as_str().unwrap()));
+    assert_eq!(deleted_keys(&recs, "public.cache", &["cache_key"]), ["k3"]);
+    let rep = run_bin(&["report".into(), "--format".into(), "json".into(), out.display().to_string()]).await;
+    rep.assert_code(0);
+    let v: serde_json::Value = serde_json::from_str(&rep.stdout).unwrap();
+    assert_eq!(v["gaps"].as_array().unwrap().len(), 1, "{rep}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_retained_wal_the_capture_gives_up_its_slot() {
+    let env = Env::start().await;
+    env.exec(&format!("{CACHE} CREATE TABLE filler (id int PRIMARY KEY, pad text);")).await;
+    let out = env.log_path("lag.jsonl");
+    let bg = env.start_capture(&out, &["cache"], &["--max-retained-wal", "64kB", "--on-lag", "drop"]).await;
+    // A transaction left open pins the slot's restart_lsn (decoding must be able to restart before it),
+    // so the WAL written meanwhile stays retained however fast the capture acknowledges.
+    let blocker = connect(&env.dsn).await;
+    blocker.batch_execute("BEGIN; INSERT INTO filler VALUES (0, 'open')").await.unwrap();
+    env.exec("INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; CHECKPOINT;").await;
+    let mut child = bg.child;
+    let status =
+        tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("capture kept running").unwrap();
+    let stderr = std::fs::read_to_string(&bg.stderr_path).unwrap();
+    assert_eq!(status.code(), Some(15), "{stderr}");
+    assert!(stderr.contains("--max-retained-wal"), "{stderr}");
+    let recs = records(&out);
+    assert_eq!(of_type(&recs, "gap")[0]["reason"], "max_retained_wal");
+    assert_eq!(of_type(&recs, "capture_stopped")[0]["reason"], "max_retained_wal");
+    assert!(env.slots().await.is_empty());
+}

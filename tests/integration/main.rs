@@ -4,5 +4,6 @@ mod attribution;
 mod capture;
 mod errors;
 mod faults;
+mod readers;
 mod util;
 mod versions;

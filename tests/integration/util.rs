@@ -188,7 +188,7 @@ pub fn check_structure(recs: &[Value]) {
                 last_end = end;
                 last_end_num = n;
             }
-            "capture_started" | "capture_stopped" => {
+            "capture_started" | "capture_stopped" | "gap" => {
                 assert!(open.is_none(), "record {i} ({}) inside an open transaction", r["type"]);
             }
             other => panic!("unknown record type {other}"),

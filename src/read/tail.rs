@@ -1,0 +1,396 @@
+//! `walwitness tail FILE`: the log as people read it, one block per committed transaction.
+//!
+//! ```text
+//! 2026-11-26T15:21:09.112702Z  xid 780  5 rows deleted from public.cache
+//!   session  pid 2223  user postgres  app forgotten-cleanup.py  client local socket  (trigger)
+//!   statement  DELETE FROM cache WHERE cache_key IN (SELECT …)
+//!   keys  report:0, report:1, report:10 … (+2 more)
+//! ```
+//! A transaction is shown only when its commit has been read, so rows a crash left without a commit
+//! never appear as committed. With `-f` the file is followed (see `follow`); `--json` passes the
+//! records of complete transactions through unchanged instead.
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::time::Duration;
+
+use crate::cli::TailArgs;
+use crate::error::{Exit, Failure};
+
+use super::follow::{Event, Follower, POLL};
+use super::log::{Kind, Record, SessionRef};
+use super::report::one_line;
+use super::{output_error, Consumer, Feeder, Stop};
+
+/// ANSI styles, or nothing.
+#[derive(Clone, Copy)]
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+    fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    fn red(&self, s: &str) -> String {
+        self.paint("1;31", s)
+    }
+    fn cyan(&self, s: &str) -> String {
+        self.paint("36", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+/// Colour only for a terminal, and never when NO_COLOR is set to anything non-empty (no-color.org).
+fn colour_wanted() -> bool {
+    io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+#[derive(Debug, Default)]
+struct TableRows {
+    name: String,
+    deletes: u64,
+    truncated: Option<(bool, bool)>,
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SessionView {
+    attributed_by: Option<String>,
+    pid: i64,
+    user: Option<String>,
+    app: Option<String>,
+    client: String,
+    query: Option<String>,
+}
+
+impl SessionView {
+    fn of(s: &SessionRef) -> Self {
+        SessionView {
+            attributed_by: s.attributed_by.as_deref().map(str::to_owned),
+            pid: s.pid,
+            user: s.user.as_deref().map(str::to_owned),
+            app: s.application_name.as_deref().map(str::to_owned),
+            client: s.client(),
+            query: s.query.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// The human (or `--json`) view of complete transactions.
+pub struct TailView<W: Write> {
+    out: W,
+    json: bool,
+    keys: usize,
+    style: Style,
+    tables: Vec<TableRows>,
+    first_session: Option<SessionView>,
+    other_sessions: u64,
+    held: Vec<u8>,
+}
+
+impl<W: Write> TailView<W> {
+    pub fn new(out: W, json: bool, keys: usize, colour: bool) -> Self {
+        TailView {
+            out,
+            json,
+            keys,
+            style: Style { on: colour },
+            tables: Vec::new(),
+            first_session: None,
+            other_sessions: 0,
+            held: Vec::new(),
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn table(&mut self, name: &str) -> &mut TableRows {
+        let i = match self.tables.iter().position(|t| t.name == name) {
+            Some(i) => i,
+            None => {
+                self.tables.push(TableRows { name: name.to_owned(), ..Default::default() });
+                self.tables.len() - 1
+            }
+        };
+        &mut self.tables[i]
+    }
+
+    fn session_line(&self, s: Option<&SessionView>, attribution: Option<&str>) -> String {
+        let st = self.style;
+        match s {
+            None => format!(
+                "  {}  {}",
+                st.dim("session"),
+                st.red(&format!("not attributed ({})", attribution.unwrap_or("none")))
+            ),
+            Some(s) => {
+                let mut l = format!(
+                    "  {}  pid {}  user {}  app {}  client {}",
+                    st.dim("session"),
+                    st.cyan(&s.pid.to_string()),
+                    st.cyan(s.user.as_deref().unwrap_or("?")),
+                    st.cyan(s.app.as_deref().unwrap_or("")),
+                    st.cyan(&s.client),
+                );
+                if let Some(a) = attribution.or(s.attributed_by.as_deref()) {
+                    l.push_str(&st.dim(&format!("  ({a})")));
+                }
+                if self.other_sessions > 0 {
+                    l.push_str(&format!("  +{} rows from other sessions", self.other_sessions));
+                }
+                l
+            }
+        }
+    }
+}
+
+impl<W: Write> Consumer for TailView<W> {
+    fn row(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.json {
+            self.held.extend_from_slice(line);
+            self.held.push(b'\n');
+            return Ok(());
+        }
+        let session = rec.session.value();
+        match (&self.first_session, session) {
+            (None, Some(s)) if self.tables.is_empty() => self.first_session = Some(SessionView::of(s)),
+            (Some(f), Some(s)) if f.pid == s.pid => {}
+            (None, None) => {}
+            _ => self.other_sessions += 1,
+        }
+        let keys = self.keys;
+        match kind {
+            Kind::Delete => {
+                let t = self.table(rec.table.as_deref().unwrap_or("?"));
+                t.deletes += 1;
+                if t.keys.len() < keys {
+                    if let Some(k) = rec.key.value() {
+                        t.keys.push(k.to_string());
+                    }
+                }
+            }
+            _ => {
+                for name in rec.tables.iter().flatten() {
+                    let c = (rec.cascade.unwrap_or(false), rec.restart_identity.unwrap_or(false));
+                    self.table(name).truncated = Some(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.json {
+            self.out.write_all(&self.held)?;
+            self.out.write_all(line)?;
+            self.out.write_all(b"\n")?;
+            self.abort();
+            return Ok(());
+        }
+        let st = self.style;
+        let time = rec.commit_time.as_deref().unwrap_or("?");
+        let mut what = Vec::new();
+        for t in &self.tables {
+            if t.deletes > 0 {
+                what.push(format!(
+                    "{} deleted from {}",
+                    st.red(&format!("{} row{}", t.deletes, if t.deletes == 1 { "" } else { "s" })),
+                    st.bold(&t.name)
+                ));
+            }
+            if let Some((cascade, restart)) = t.truncated {
+                let mut s = format!("{} {}", st.red("TRUNCATE"), st.bold(&t.name));
+                if cascade {
+                    s.push_str(" CASCADE");
+                }
+                if restart {
+                    s.push_str(" RESTART IDENTITY");
+                }
+                what.push(s);
+            }
+        }
+        let mut block = format!("{}  {}  {}\n", st.bold(time), st.dim(&format!("xid {}", rec.xid())), what.join("; "));
+        let commit_session = rec.session.value().map(|s| SessionView::of(s));
+        let session = commit_session.as_ref().or(self.first_session.as_ref());
+        block.push_str(&self.session_line(session, rec.attribution.as_deref()));
+        block.push('\n');
+        if let Some(q) = session.and_then(|s| s.query.as_deref()) {
+            block.push_str(&format!("  {}  {}\n", st.dim("statement"), one_line(q, 200)));
+        }
+        for t in &self.tables {
+            if t.keys.is_empty() {
+                continue;
+            }
+            let more = t.deletes.saturating_sub(t.keys.len() as u64);
+            let label = if self.tables.len() > 1 { format!("keys ({})", t.name) } else { "keys".to_owned() };
+            block.push_str(&format!(
+                "  {}  {}{}\n",
+                st.dim(&label),
+                t.keys.join(", "),
+                if more > 0 { format!(" … (+{more} more)") } else { String::new() }
+            ));
+        }
+        self.abort();
+        self.out.write_all(block.as_bytes())
+    }
+
+    fn abort(&mut self) {
+        self.tables.clear();
+        self.first_session = None;
+        self.other_sessions = 0;
+        self.held.clear();
+    }
+
+    fn boundary(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.json {
+            self.out.write_all(line)?;
+            return self.out.write_all(b"\n");
+        }
+        let st = self.style;
+        let time = rec.time.as_deref().unwrap_or("?");
+        let text = if kind == Kind::CaptureStarted {
+            format!(
+                "── capture started {time}: slot {}, tables {}",
+                rec.slot.as_deref().unwrap_or("?"),
+                rec.tables.iter().flatten().map(|t| t.as_ref()).collect::<Vec<_>>().join(", ")
+            )
+        } else if kind == Kind::Gap {
+            format!(
+                "── GAP {time}: deletes between LSN {} and {} may be missing ({})",
+                rec.from_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                rec.to_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                rec.reason.as_deref().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "── capture stopped {time} ({}), log complete up to LSN {}",
+                rec.reason.as_deref().unwrap_or("?"),
+                rec.last_lsn.map(|l| l.to_string()).unwrap_or_default()
+            )
+        };
+        writeln!(self.out, "{}", st.dim(&text))
+    }
+}
+
+pub fn run(args: TailArgs) -> Exit {
+    super::finish("tail", tail(&args))
+}
+
+fn tail(args: &TailArgs) -> Result<(), Stop> {
+    let stdout = io::stdout();
+    let mut view = TailView::new(BufWriter::new(stdout.lock()), args.json, args.keys, !args.json && colour_wanted());
+    let name = if args.file == "-" { "<stdin>" } else { &args.file };
+    // tail shows what it can: damaged lines are reported on stderr and read past.
+    let mut feeder = Feeder::new(name, true);
+    feeder.warn_each = true;
+    if !args.follow {
+        let (input, _) = super::log::open_input(&args.file).map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("cannot open {name}: {e} (to wait for a log that does not exist yet, add -f)"),
+            )
+        })?;
+        let mut reader = super::log::LineReader::new(input);
+        loop {
+            let no = reader.line_no() + 1;
+            match reader.next_line() {
+                Ok(Some(line)) => feeder.line(no, line, &mut view)?,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("walwitness tail: {name}:{no}: cannot read further: {e}");
+                    break;
+                }
+            }
+        }
+        let open = feeder.validator.open_rows();
+        if open > 0 {
+            eprintln!("walwitness tail: {open} row record(s) at the end of {name} have no commit yet: not shown");
+        }
+        return view.flush().map_err(output_error);
+    }
+    if args.file == "-" {
+        return Err(Failure::new(Exit::Usage, "tail -f follows a file; for standard input, drop -f").into());
+    }
+    let mut follower = Follower::new(&args.file);
+    let mut said_waiting = false;
+    loop {
+        let event = follower.poll().map_err(|e| Failure::new(Exit::Usage, format!("cannot follow {name}: {e}")))?;
+        match event {
+            Event::Line => {
+                let no = follower.line_no();
+                feeder.line(no, follower.line(), &mut view)?;
+            }
+            Event::Idle | Event::Missing => {
+                if event == Event::Missing && !said_waiting {
+                    eprintln!("walwitness tail: waiting for {name} to appear…");
+                    said_waiting = true;
+                }
+                view.flush().map_err(output_error)?;
+                std::thread::sleep(POLL.min(Duration::from_millis(200)));
+            }
+            Event::Opened => {}
+            Event::Reopened(why) => {
+                eprintln!("walwitness tail: {name} was {why}; reading it from the start");
+                feeder.validator.reset();
+                view.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::log::tests::{commit, del, session, CS};
+    use super::*;
+
+    fn show(lines: &[String], json: bool) -> String {
+        let mut view = TailView::new(Vec::new(), json, 2, false);
+        let mut f = Feeder::new("t", true);
+        for (i, l) in lines.iter().enumerate() {
+            f.line(i as u64 + 1, l.as_bytes(), &mut view).unwrap();
+        }
+        String::from_utf8(view.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn groups_by_transaction_and_hides_uncommitted_rows() {
+        let s = session(7, "alice", "psql", "DELETE FROM t\n WHERE id < 10");
+        let t = "2026-11-26T15:01:02.000003Z";
+        let lines = vec![
+            CS.to_owned(),
+            del(5, 1, t, "a", &s),
+            del(5, 1, t, "b", &s),
+            del(5, 1, t, "c", &s),
+            commit(5, 1, t, 3, &s),
+            del(6, 2, t, "z", "null"),
+            commit(6, 2, t, 1, "null"),
+            del(7, 3, t, "uncommitted", &s),
+        ];
+        let out = show(&lines, false);
+        assert!(out.contains("2026-11-26T15:01:02.000003Z  xid 5  3 rows deleted from public.t"), "{out}");
+        assert!(out.contains("pid 7  user alice  app psql  client 10.0.0.5:57  (trigger)"), "{out}");
+        assert!(out.contains("statement  DELETE FROM t WHERE id < 10"), "{out}");
+        assert!(out.contains("keys  a, b … (+1 more)"), "{out}");
+        assert!(out.contains("xid 6  1 row deleted"), "{out}");
+        assert!(out.contains("not attributed (trigger)"), "{out}");
+        assert!(!out.contains("uncommitted"), "{out}");
+        assert!(!out.contains('\x1b'));
+        let json = show(&lines, true);
+        assert_eq!(json.lines().count(), 7);
+        assert!(!json.contains("uncommitted"));
+    }
+}
