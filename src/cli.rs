@@ -31,6 +31,10 @@ pub enum Command {
     /// Install or remove the exact (trigger) attribution on tables.
     #[command(subcommand)]
     Attribution(AttributionCommand),
+    /// Check every prerequisite of a capture on a server, and say how to fix what is missing.
+    Doctor(DoctorCliArgs),
+    /// List and remove what walwitness created (slots, publications, attribution triggers and schema).
+    Cleanup(CleanupCliArgs),
     /// Start a throwaway local PostgreSQL, delete rows from a Django-style cache table, and show the capture.
     Demo(DemoArgs),
     /// Show a log grouped by transaction, as people read it; -f follows it as it grows.
@@ -140,6 +144,24 @@ pub struct AttributionArgs {
     pub dsn: String,
     #[arg(long = "table", required = true)]
     pub tables: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorCliArgs {
+    #[arg(long, default_value = "")]
+    pub dsn: String,
+    /// Tables the capture would watch (repeatable).
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupCliArgs {
+    #[arg(long, default_value = "")]
+    pub dsn: String,
+    /// Drop without asking.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,10 +7,12 @@
 //! `capture` wires these together; `cluster` starts throwaway servers for tests and `demo`.
 pub mod attribution;
 pub mod capture;
+pub mod cleanup;
 pub mod cli;
 pub mod cluster;
 pub mod decode;
 pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod pg;
 pub mod protocol;

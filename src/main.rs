@@ -58,6 +58,24 @@ fn main() {
                     f.exit
                 }
             },
+            Command::Doctor(a) => {
+                match walwitness::doctor::run(walwitness::doctor::DoctorArgs { dsn: a.dsn, tables: a.tables }).await {
+                    Ok(code) => code,
+                    Err(f) => {
+                        eprintln!("walwitness: error: {f}");
+                        f.exit
+                    }
+                }
+            }
+            Command::Cleanup(a) => {
+                match walwitness::cleanup::run(walwitness::cleanup::CleanupArgs { dsn: a.dsn, yes: a.yes }).await {
+                    Ok(()) => Exit::Ok,
+                    Err(f) => {
+                        eprintln!("walwitness: error: {f}");
+                        f.exit
+                    }
+                }
+            }
             Command::Demo(args) => match walwitness::demo::run(args).await {
                 Ok(()) => Exit::Ok,
                 Err(f) => {

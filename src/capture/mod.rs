@@ -26,6 +26,7 @@ use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, FORMAT_
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
 use names::{parse_table, quote_ident};
 use setup::{PubOrigin, SlotState};
+pub use status::human_bytes;
 pub use stream::StopReason;
 
 #[derive(Debug, Clone)]

@@ -84,3 +84,68 @@ async fn slot_in_use_names_the_pid() {
     assert_eq!(status.code(), Some(130));
     assert!(env.slots().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_explains_what_to_fix() {
+    let bad =
+        Env::with(ClusterOptions { extra_conf: vec![("wal_level".into(), "replica".into())], ..Default::default() })
+            .await;
+    bad.exec("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE nopk (a int);").await;
+    let run = |dsn: &str, tables: &[&str]| {
+        let mut a: Vec<String> = vec!["doctor".into(), "--dsn".into(), dsn.into()];
+        for t in tables {
+            a.push("--table".into());
+            a.push((*t).into());
+        }
+        a
+    };
+    let r = run_bin(&run(&bad.dsn, &["t", "nopk", "missing"])).await;
+    r.assert_code(6);
+    assert!(r.stdout.contains("FAIL  wal_level = replica → ALTER SYSTEM SET wal_level = logical"), "{r}");
+    assert!(r.stdout.contains("REPLICA IDENTITY FULL (or add a primary key)"), "{r}");
+    assert!(r.stdout.contains("public.missing not found"), "{r}");
+    assert!(r.stdout.contains("pgoutput protocol version"), "{r}");
+
+    let good = Env::start().await;
+    good.exec("CREATE TABLE t (id int PRIMARY KEY); CREATE ROLE lurker LOGIN;").await;
+    let r = run_bin(&run(&good.dsn, &["t"])).await;
+    r.assert_code(0);
+    assert!(r.stdout.contains("ready"), "{r}");
+    assert!(r.stdout.contains("`key` = primary key (id)"), "{r}");
+    let r = run_bin(&run(&good.cluster.socket_dsn("lurker", "postgres"), &["t"])).await;
+    r.assert_code(6);
+    assert!(r.stdout.contains("lacks REPLICATION"), "{r}");
+    assert!(r.stdout.contains("pg_read_all_stats"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_everything_walwitness_left() {
+    let env = Env::start().await;
+    env.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let before = env.catalog_fingerprint().await;
+    let start = env.lsn().await;
+    env.capture(&env.log_path("c.jsonl"), &["t"], &["--endpos", &start, "--keep-slot", "--attribution", "trigger"])
+        .await
+        .assert_code(0);
+    assert_eq!(env.slots().await.len(), 1);
+    assert_eq!(env.publications().await.len(), 1);
+    let args = |yes: bool| {
+        let mut a: Vec<String> = vec!["cleanup".into(), "--dsn".into(), env.dsn.clone()];
+        if yes {
+            a.push("--yes".into());
+        }
+        a
+    };
+    // Without a terminal to ask on and without --yes: lists, refuses, drops nothing.
+    let r = run_bin(&args(false)).await;
+    r.assert_code(2);
+    assert!(r.stdout.contains("slot walwitness_postgres_public_t"), "{r}");
+    assert_eq!(env.slots().await.len(), 1);
+    run_bin(&args(true)).await.assert_code(0);
+    assert!(env.slots().await.is_empty());
+    assert!(env.publications().await.is_empty());
+    assert_eq!(env.catalog_fingerprint().await, before);
+    let r = run_bin(&args(true)).await;
+    r.assert_code(0);
+    assert!(r.stdout.contains("nothing to clean up"), "{r}");
+}

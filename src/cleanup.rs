@@ -1,0 +1,133 @@
+//! `walwitness cleanup`: lists what walwitness created in a database and removes it.
+//!
+//! Found by their marks: slots named `walwitness…` (the default names), publications whose comment
+//! says walwitness created them, and the attribution schema with its triggers. A slot in use is left
+//! alone (its capture is running). Asks before dropping unless `--yes`; without a terminal to ask on,
+//! it refuses rather than guess.
+use std::io::{BufRead, IsTerminal, Write};
+
+use crate::attribution::trigger;
+use crate::capture::names::quote_ident;
+use crate::capture::setup::OWNER_COMMENT;
+use crate::error::{from_pg, Exit, Failure};
+use crate::pg::config::ConnSpec;
+
+pub struct CleanupArgs {
+    pub dsn: String,
+    pub yes: bool,
+}
+
+fn q(e: tokio_postgres::Error) -> Failure {
+    Failure::new(Exit::Internal, e.to_string())
+}
+
+pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
+    let spec = ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
+    let c = crate::pg::connect_sql(&spec)
+        .await
+        .map_err(|e| from_pg(&format!("cannot connect to {}", spec.describe()), e))?;
+    let slots: Vec<(String, Option<i32>)> = c
+        .query(
+            "SELECT slot_name::text, active_pid FROM pg_replication_slots \
+             WHERE slot_name LIKE 'walwitness%' AND database = current_database() ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pubs: Vec<String> = c
+        .query(
+            "SELECT pubname::text FROM pg_publication WHERE obj_description(oid, 'pg_publication') LIKE $1 ORDER BY 1",
+            &[&format!("{OWNER_COMMENT}%")],
+        )
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let triggers: Vec<String> = c
+        .query(
+            "SELECT DISTINCT format('%I.%I', n.nspname, cl.relname) FROM pg_trigger t JOIN pg_class cl ON cl.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE t.tgname IN ($1, $2) ORDER BY 1",
+            &[&trigger::DELETE_TRIGGER, &trigger::TRUNCATE_TRIGGER],
+        )
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let schema: bool = c
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&trigger::SCHEMA])
+        .await
+        .map_err(q)?
+        .get(0);
+    let others: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%' AND database <> current_database()",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+
+    if slots.is_empty() && pubs.is_empty() && triggers.is_empty() && !schema {
+        println!("nothing to clean up in this database");
+        if others > 0 {
+            println!("({others} walwitness slot(s) belong to other databases: run cleanup with a --dsn for each)");
+        }
+        return Ok(());
+    }
+    println!("walwitness objects in this database:");
+    for (s, pid) in &slots {
+        match pid {
+            Some(p) => println!("  slot {s} (IN USE by PID {p}: left alone; stop that capture first)"),
+            None => println!("  slot {s}"),
+        }
+    }
+    for p in &pubs {
+        println!("  publication {p}");
+    }
+    for t in &triggers {
+        println!("  attribution triggers on {t}");
+    }
+    if schema {
+        println!("  schema {} (attribution key and function)", trigger::SCHEMA);
+    }
+    if others > 0 {
+        println!("({others} walwitness slot(s) belong to other databases: run cleanup with a --dsn for each)");
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::new(Exit::Usage, "not dropping anything without confirmation: run again with --yes"));
+        }
+        print!("Drop them? [y/N] ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing dropped");
+            return Ok(());
+        }
+    }
+    for (s, pid) in &slots {
+        if pid.is_none() {
+            c.execute("SELECT pg_drop_replication_slot($1)", &[s]).await.map_err(q)?;
+            println!("dropped slot {s}");
+        }
+    }
+    for p in &pubs {
+        c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(p))).await.map_err(q)?;
+        println!("dropped publication {p}");
+    }
+    if !triggers.is_empty() || schema {
+        trigger::remove(&c, &triggers).await?;
+        if schema {
+            // remove() keeps the schema while any trigger uses it; none is left now.
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", trigger::SCHEMA)).await.map_err(q)?;
+        }
+        println!("removed the attribution triggers and schema");
+    }
+    Ok(())
+}

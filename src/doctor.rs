@@ -1,0 +1,245 @@
+//! `walwitness doctor`: checks every prerequisite of a capture, read-only, and says how to fix each.
+//!
+//! Each check prints one line: `ok`, `warn` (capture works, but something is worth knowing) or
+//! `FAIL` (capture would refuse), followed by the fix. The exit status is 0 when a capture can
+//! start and 6 when it cannot (or the connection's own exit code when there is no connection).
+use std::fmt::Write as _;
+
+use tokio_postgres::Client;
+
+use crate::capture::names::{parse_table, quote_ident};
+use crate::error::{from_pg, Exit, Failure};
+use crate::pg::config::ConnSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    lines: Vec<(Level, String)>,
+}
+
+impl Report {
+    fn add(&mut self, level: Level, msg: impl Into<String>) {
+        self.lines.push((level, msg.into()));
+    }
+    fn ready(&self) -> bool {
+        self.lines.iter().all(|(l, _)| *l != Level::Fail)
+    }
+}
+
+pub struct DoctorArgs {
+    pub dsn: String,
+    pub tables: Vec<String>,
+}
+
+async fn one<T>(c: &Client, sql: &str) -> Result<T, Failure>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    c.query_one(sql, &[]).await.map(|r| r.get(0)).map_err(|e| Failure::new(Exit::Internal, format!("{sql}: {e}")))
+}
+
+pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
+    let spec = ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
+    let target = spec.describe();
+    let c = crate::pg::connect_sql(&spec).await.map_err(|e| from_pg(&format!("cannot connect to {target}"), e))?;
+    let mut r = Report { lines: Vec::new() };
+    r.add(Level::Ok, format!("connected to {target}"));
+
+    let version_num: i32 = one::<String>(&c, "SHOW server_version_num").await?.parse().unwrap_or(0);
+    let version: String = one(&c, "SHOW server_version").await?;
+    if version_num < 140000 {
+        r.add(Level::Fail, format!("PostgreSQL {version} is too old → walwitness needs PostgreSQL 14 or later"));
+    } else {
+        let proto = match version_num {
+            v if v >= 160000 => 4,
+            v if v >= 150000 => 3,
+            _ => 2,
+        };
+        r.add(Level::Ok, format!("PostgreSQL {version}: pgoutput protocol version {proto} will be used"));
+    }
+
+    let wal_level: String = one(&c, "SHOW wal_level").await?;
+    if wal_level == "logical" {
+        r.add(Level::Ok, "wal_level = logical");
+    } else {
+        r.add(
+            Level::Fail,
+            format!("wal_level = {wal_level} → ALTER SYSTEM SET wal_level = logical; then restart the server (a reload is not enough)"),
+        );
+    }
+
+    let slots_max: i32 = one::<String>(&c, "SHOW max_replication_slots").await?.parse().unwrap_or(0);
+    let slots_used: i64 = one(&c, "SELECT count(*) FROM pg_replication_slots").await?;
+    let level = if slots_used < i64::from(slots_max) { Level::Ok } else { Level::Fail };
+    r.add(
+        level,
+        format!(
+            "replication slots: {slots_used} of max_replication_slots = {slots_max} in use{}",
+            if level == Level::Fail {
+                " → raise max_replication_slots (restart needed) or drop unused slots"
+            } else {
+                ""
+            }
+        ),
+    );
+    let senders_max: i32 = one::<String>(&c, "SHOW max_wal_senders").await?.parse().unwrap_or(0);
+    let senders_used: i64 = one(&c, "SELECT count(*) FROM pg_stat_replication").await?;
+    let level = if senders_used < i64::from(senders_max) { Level::Ok } else { Level::Fail };
+    r.add(
+        level,
+        format!(
+            "WAL senders: {senders_used} of max_wal_senders = {senders_max} in use{}",
+            if level == Level::Fail { " → raise max_wal_senders (restart needed)" } else { "" }
+        ),
+    );
+
+    let user: String = one(&c, "SELECT current_user::text").await?;
+    let (repl, superuser): (bool, bool) = c
+        .query_one("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .map_err(|e| Failure::new(Exit::Internal, e.to_string()))?;
+    if repl || superuser {
+        r.add(Level::Ok, format!("role {user} may open replication connections"));
+    } else {
+        r.add(Level::Fail, format!("role {user} lacks REPLICATION → ALTER ROLE {} REPLICATION;", quote_ident(&user)));
+    }
+    let can_create: bool = one(&c, "SELECT has_database_privilege(current_database(), 'CREATE')").await?;
+
+    for t in &args.tables {
+        check_table(&c, &mut r, t, can_create, superuser).await?;
+    }
+
+    let stats: bool = one(&c, "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')").await?;
+    if stats || superuser {
+        r.add(Level::Ok, "activity attribution sees every session (pg_read_all_stats)");
+    } else {
+        r.add(
+            Level::Warn,
+            format!(
+                "activity attribution sees only pid, user and application of other roles' sessions → GRANT pg_read_all_stats TO {};",
+                quote_ident(&user)
+            ),
+        );
+    }
+
+    let keep: String = one(&c, "SHOW max_slot_wal_keep_size").await?;
+    if keep == "-1" {
+        r.add(
+            Level::Warn,
+            "max_slot_wal_keep_size = -1: a slot left behind keeps WAL without limit → set it (ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf();) or use capture --max-retained-wal",
+        );
+    } else {
+        r.add(
+            Level::Ok,
+            format!("max_slot_wal_keep_size = {keep}: a forgotten slot is invalidated before it fills the disk"),
+        );
+    }
+
+    let rows = c
+        .query(
+            "SELECT slot_name::text, active_pid, coalesce(wal_status, ''), \
+             (pg_current_wal_lsn() - restart_lsn)::bigint, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| Failure::new(Exit::Internal, e.to_string()))?;
+    if rows.is_empty() {
+        r.add(Level::Ok, "no walwitness slots exist yet");
+    }
+    for row in rows {
+        let name: String = row.get(0);
+        let pid: Option<i32> = row.get(1);
+        let status: String = row.get(2);
+        let retained: Option<i64> = row.get(3);
+        let lag: Option<i64> = row.get(4);
+        let mut msg = format!(
+            "slot {name}: {}, retains {}, {} behind",
+            pid.map_or("inactive".to_owned(), |p| format!("in use by PID {p}")),
+            crate::capture::human_bytes(retained.unwrap_or(0).max(0) as u64),
+            crate::capture::human_bytes(lag.unwrap_or(0).max(0) as u64)
+        );
+        let level = if status == "lost" {
+            let _ = write!(msg, "; INVALIDATED (wal_status = lost): the next capture records a gap and recreates it");
+            Level::Warn
+        } else if pid.is_none() {
+            let _ = write!(msg, " → resume it with the same capture command, or remove it with walwitness cleanup");
+            Level::Warn
+        } else {
+            Level::Ok
+        };
+        r.add(level, msg);
+    }
+
+    for (level, msg) in &r.lines {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        println!("{tag}  {msg}");
+    }
+    if r.ready() {
+        println!("\nready: walwitness capture can start");
+        Ok(Exit::Ok)
+    } else {
+        println!("\nnot ready: fix the FAIL lines above, then run walwitness doctor again");
+        Ok(Exit::ServerSetup)
+    }
+}
+
+async fn check_table(c: &Client, r: &mut Report, arg: &str, can_create: bool, superuser: bool) -> Result<(), Failure> {
+    let parsed = match parse_table(arg) {
+        Ok(p) => p,
+        Err(e) => {
+            r.add(Level::Fail, e);
+            return Ok(());
+        }
+    };
+    let table = match crate::capture::setup::resolve_table(c, &parsed).await {
+        Ok(t) => t,
+        Err(f) => {
+            r.add(Level::Fail, f.message);
+            return Ok(());
+        }
+    };
+    let q = table.qualified();
+    let meaning = match (table.replica_identity, &table.primary_key) {
+        ('f', Some(pk)) => format!(
+            "REPLICA IDENTITY FULL: `key` = primary key ({}) from the old row, `old` = the whole deleted row",
+            pk.join(", ")
+        ),
+        ('f', None) => "REPLICA IDENTITY FULL without a primary key: `key` is null, `old` = the whole deleted row".to_owned(),
+        ('i', _) => "REPLICA IDENTITY USING INDEX: `key` = the index's columns, `old` = null (ALTER TABLE … REPLICA IDENTITY FULL to keep whole rows)".to_owned(),
+        (_, Some(pk)) => format!(
+            "REPLICA IDENTITY DEFAULT: `key` = primary key ({}), `old` = null (ALTER TABLE {} REPLICA IDENTITY FULL to log whole deleted rows, at the cost of more WAL)",
+            pk.join(", "),
+            table.sql_name()
+        ),
+        (_, None) => "no usable key".to_owned(),
+    };
+    r.add(Level::Ok, format!("table {q}: {meaning}"));
+    let owner: bool = c
+        .query_one("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = $1", &[&table.oid])
+        .await
+        .map(|row| row.get(0))
+        .map_err(|e| Failure::new(Exit::Internal, e.to_string()))?;
+    if superuser || (owner && can_create) {
+        r.add(Level::Ok, format!("table {q}: this role can create its publication"));
+    } else {
+        r.add(
+            Level::Fail,
+            format!(
+                "table {q}: creating the publication needs ownership of the table and CREATE on the database → have the owner run CREATE PUBLICATION walwitness_pub FOR TABLE {} WITH (publish = 'delete, truncate'); and capture with --publication walwitness_pub",
+                table.sql_name()
+            ),
+        );
+    }
+    Ok(())
+}
