@@ -71,6 +71,9 @@ pub struct CaptureArgs {
     /// Stop once the stream has passed this LSN (e.g. 16/B374D848), like pg_recvlogical --endpos.
     #[arg(long, value_parser = parse_lsn)]
     pub endpos: Option<Lsn>,
+    /// Also store the pgoutput payloads as received in this file (framed; see `replay --raw`).
+    #[arg(long)]
+    pub raw_out: Option<PathBuf>,
     /// Interval of the plain progress line when stderr is not a terminal.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub progress_interval: Duration,
@@ -234,6 +237,10 @@ pub struct ReplayArgs {
     /// Read past damaged lines (counted on stderr) instead of stopping at the first one.
     #[arg(long)]
     pub lenient: bool,
+    /// The files are raw captures (`capture --raw-out`): decode them into the records a live capture
+    /// writes (transaction records only; filters and --report do not apply).
+    #[arg(long)]
+    pub raw: bool,
     /// Write the summary of `walwitness report` instead of the records (the filters apply).
     #[arg(long)]
     pub report: bool,

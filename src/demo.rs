@@ -60,6 +60,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         activity_interval: Duration::from_millis(200),
         reconnect_attempts: 10,
         max_retained_wal: None,
+        raw_out: None,
         drop_on_lag: false,
         reconnect_max_delay: Duration::from_secs(30),
     };

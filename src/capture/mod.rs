@@ -49,6 +49,7 @@ pub struct CaptureOptions {
     pub activity_interval: Duration,
     pub max_retained_wal: Option<u64>,
     pub drop_on_lag: bool,
+    pub raw_out: Option<PathBuf>,
     /// Consecutive failed reconnection attempts before giving up (0: never reconnect).
     pub reconnect_attempts: u32,
     /// Cap of the exponential backoff between attempts.
@@ -355,7 +356,29 @@ async fn capture_with_objects(
         None => opts.status_interval,
     };
     let retained = status::spawn_retained_wal_probe(spec.clone(), slot.to_owned());
+    let raw = match &opts.raw_out {
+        Some(p) => {
+            let header = crate::sink::raw::RawHeader {
+                tables: tables
+                    .iter()
+                    .map(|t| crate::sink::raw::RawTable {
+                        schema: t.schema.clone(),
+                        table: t.name.clone(),
+                        primary_key: t.primary_key.clone(),
+                    })
+                    .collect(),
+                slot: slot.to_owned(),
+                publication: publication.to_owned(),
+                proto_version: proto,
+            };
+            Some(crate::sink::raw::RawWriter::open(p, &header).map_err(|e| {
+                Failure::new(Exit::Output, format!("cannot open the raw capture file {}: {e}", p.display()))
+            })?)
+        }
+        None => None,
+    };
     let loop_opts = stream::LoopOptions {
+        raw,
         keep_slot: opts.keep_slot,
         max_retained_wal: opts.max_retained_wal,
         drop_on_lag: opts.drop_on_lag,
@@ -405,6 +428,7 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         activity_interval: a.activity_interval,
         reconnect_attempts: a.reconnect_attempts,
         max_retained_wal: a.max_retained_wal,
+        raw_out: a.raw_out,
         drop_on_lag: a.on_lag == crate::cli::OnLag::Drop,
         reconnect_max_delay: a.reconnect_max_delay,
     }

@@ -51,6 +51,8 @@ impl StopReason {
 }
 
 pub struct LoopOptions {
+    /// The raw capture file, if requested.
+    pub raw: Option<crate::sink::raw::RawWriter>,
     pub keep_slot: bool,
     /// Warn when the slot holds more WAL than this; with `drop_on_lag`, end the capture instead.
     pub max_retained_wal: Option<u64>,
@@ -270,6 +272,7 @@ pub async fn run(
             if lp.asm.in_transaction() {
                 let _ = lp.writer.send(Chunk::Rollback).await;
             }
+            lp.raw_write(|r| r.flush());
             let d = lp.writer.close().await;
             let flush = d.lsn.max(lp.floor);
             lp.status_buf.clear();
@@ -299,6 +302,17 @@ fn publication_skipped_warning(n: &DbError) -> bool {
 }
 
 impl Loop {
+    /// Writes to the raw capture file; a failure there is reported once and ends raw capture, never
+    /// the capture itself (the log is the evidence, the raw file a companion).
+    fn raw_write(&mut self, f: impl FnOnce(&mut crate::sink::raw::RawWriter) -> std::io::Result<()>) {
+        if let Some(r) = self.o.raw.as_mut() {
+            if let Err(e) = f(r) {
+                eprintln!("walwitness: warning: cannot write the raw capture file ({e}); raw capture stopped, the log goes on");
+                self.o.raw = None;
+            }
+        }
+    }
+
     /// Notices in the stream are logged; the one that means changes are being left out ends the
     /// capture like the ERROR of older servers, before anything after it is acknowledged.
     fn on_notice(&mut self, n: DbError) -> Result<(), Failure> {
@@ -356,6 +370,7 @@ impl Loop {
             self.out.clear();
             self.writer.send(Chunk::Rollback).await.map_err(|_| self.writer_failure())?;
         }
+        self.raw_write(|r| r.reconnected());
         self.asm.set_resume_after(self.handed);
         let mut delay = Duration::from_millis(250);
         let max = self.target.reconnect_attempts;
@@ -503,10 +518,21 @@ impl Loop {
                         return Ok(Flow::Stop(StopReason::Endpos));
                     }
                 }
+                let is_begin = matches!(m, Message::Begin { .. });
                 let step = self
                     .asm
                     .handle(wal_start, m, &mut self.out)
                     .map_err(|e| Failure::new(Exit::Stream, e.to_string()))?;
+                if self.o.raw.is_some() {
+                    // The session used at Begin goes first, so offline decoding finds it at the Begin.
+                    let activity = if is_begin { self.asm.current_activity() } else { None };
+                    self.raw_write(|r| {
+                        if let Some((xid, json)) = activity {
+                            r.activity(xid, &json)?;
+                        }
+                        r.xlog(wal_start, &data)
+                    });
+                }
                 match step {
                     Step::Continue => {
                         if self.out.len() >= CHUNK {
@@ -562,6 +588,7 @@ impl Loop {
             self.push(Chunk::Rollback).await?;
         }
         self.flush_deferred_ack().await?;
+        self.raw_write(|r| r.flush());
         let last_lsn = self.handed.max(self.floor);
         let mut rec = BytesMut::new();
         push_record(

@@ -162,6 +162,13 @@ impl Assembler {
         self.txn.is_some()
     }
 
+    /// The activity source's session the open transaction got at Begin (recorded in raw captures so
+    /// offline re-decoding attributes exactly as the live capture did).
+    pub fn current_activity(&self) -> Option<(u32, bytes::Bytes)> {
+        let t = self.txn.as_ref()?;
+        t.activity.as_ref().map(|a| (t.xid, a.json.clone()))
+    }
+
     /// Forgets a transaction interrupted by a lost connection; the server sends it again from Begin.
     pub fn abandon_transaction(&mut self) {
         self.txn = None;

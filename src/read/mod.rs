@@ -15,6 +15,7 @@ use crate::error::{Exit, Failure};
 pub mod follow;
 pub mod html;
 pub mod log;
+pub mod raw_replay;
 pub mod replay;
 pub mod report;
 pub mod tail;

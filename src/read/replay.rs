@@ -279,6 +279,9 @@ impl<W: Write> Consumer for ReplayOut<W> {
 }
 
 pub fn run(args: ReplayArgs) -> Exit {
+    if args.raw {
+        return super::raw_replay::run(&args.files);
+    }
     if !args.report && (args.report_opts.html.is_some() || args.report_opts.format != crate::cli::ReportFormat::Text) {
         eprintln!(
             "walwitness replay: error: --format and --html shape the report: add --report (or use walwitness report)"

@@ -383,3 +383,46 @@ async fn mixed_workload_matches_table_contents() {
     assert_eq!(logged.len(), expected.len());
     assert!(logged == expected, "logged deletes differ from the rows that vanished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_capture_replays_to_the_same_bytes() {
+    let env = Env::start().await;
+    env.exec(&format!(
+        "{CACHE}{} CREATE TABLE f (id int PRIMARY KEY, a text); ALTER TABLE f REPLICA IDENTITY FULL; INSERT INTO f VALUES (1, NULL), (2, 'x');",
+        fill(3000)
+    ))
+    .await;
+    let out = env.log_path("live.jsonl");
+    let raw = env.log_path("live.raw");
+    let raw_s = raw.display().to_string();
+    let bg = env
+        .start_capture(
+            &out,
+            &["cache", "f"],
+            &["--raw-out", &raw_s, "--attribution", "activity", "--activity-interval", "50ms"],
+        )
+        .await;
+    let c = connect(&env.dsn).await;
+    c.batch_execute("BEGIN; DELETE FROM cache WHERE substr(cache_key, 2)::int <= 2000; SELECT pg_sleep(0.3); COMMIT")
+        .await
+        .unwrap();
+    c.batch_execute("DELETE FROM f; TRUNCATE cache").await.unwrap();
+    env.exec("DELETE FROM cache WHERE cache_key = 'nonexistent'").await;
+    env.stop_capture(bg).await;
+    let live = std::fs::read_to_string(&out).unwrap();
+    let live_txns: String = live
+        .lines()
+        .filter(|l| {
+            l.starts_with("{\"type\":\"delete\"")
+                || l.starts_with("{\"type\":\"truncate\"")
+                || l.starts_with("{\"type\":\"commit\"")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(live_txns.contains("\"attributed_by\":\"activity\""), "the sampler saw the long transaction");
+    let r = run_bin(&["replay".into(), "--raw".into(), raw_s]).await;
+    r.assert_code(0);
+    // 2000 rows + commit; then 2 rows of f, the truncate and their commit.
+    assert_eq!(live_txns.lines().count(), 2000 + 1 + 2 + 1 + 1, "{}", r.stderr);
+    assert!(r.stdout == live_txns, "offline decoding differs from the live log");
+}
