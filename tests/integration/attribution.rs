@@ -291,3 +291,33 @@ async fn tcp_password_client_attribution_by_activity() {
     assert_eq!(d["session"]["client_addr"], "127.0.0.1");
     assert!(d["session"]["xact_start"].as_str().unwrap().ends_with('Z'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_function_cannot_be_hijacked() {
+    // mallory owns the watched table and may create objects in public and temp schemas; the attribution
+    // function runs as its (superuser) owner. Nothing mallory defines must run with those rights.
+    let env = Env::start().await;
+    env.exec(
+        "CREATE ROLE mallory LOGIN; GRANT CREATE ON SCHEMA public TO mallory; \
+         CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t OWNER TO mallory; INSERT INTO t VALUES (1), (2);",
+    )
+    .await;
+    run_bin(&["attribution".into(), "install".into(), "--dsn".into(), env.dsn.clone(), "--table".into(), "t".into()])
+        .await
+        .assert_code(0);
+    let m = connect(&env.cluster.socket_dsn("mallory", "postgres")).await;
+    for f in [
+        "CREATE FUNCTION public.sha256(bytea) RETURNS bytea LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 $$",
+        "CREATE FUNCTION public.left(text, int) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 $$",
+        "CREATE FUNCTION pg_temp.encode(bytea, text) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 'x' $$",
+    ] {
+        m.batch_execute(f).await.unwrap();
+    }
+    m.batch_execute("SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id = 1").await.unwrap();
+    let su: bool =
+        env.sql.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'", &[]).await.unwrap().get(0);
+    assert!(!su, "the attribution function ran mallory's code with its owner's rights");
+    // The owner of the table cannot replace or alter the function either.
+    assert!(m.batch_execute("CREATE OR REPLACE FUNCTION walwitness.attribution_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$").await.is_err());
+    assert!(m.batch_execute("SELECT * FROM walwitness.hmac_key").await.is_err());
+}
