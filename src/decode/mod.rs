@@ -481,3 +481,269 @@ fn push_object<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &
     }
     out.extend_from_slice(b"}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::activity::ActivityMap;
+    use crate::attribution::trigger::{pads, Verifier};
+    use crate::protocol::pgoutput::{Column, OldTuple, ReplicaIdentity, TupleData};
+    use bytes::Bytes;
+
+    fn watch() -> WatchList {
+        let mut w = WatchList::new();
+        w.add("public", "cache", Some(vec!["cache_key".into()]));
+        w
+    }
+
+    fn rel(identity: ReplicaIdentity, key_flags: bool) -> Message {
+        Message::Relation {
+            xid: None,
+            oid: 10,
+            namespace: "public".into(),
+            name: "cache".into(),
+            replica_identity: identity,
+            columns: vec![
+                Column { is_key: true, flags: 1, name: "cache_key".into(), type_oid: 25, type_modifier: -1 },
+                Column {
+                    is_key: key_flags,
+                    flags: key_flags as u8,
+                    name: "value".into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                },
+            ],
+        }
+    }
+
+    fn del(kind: OldKind, key: &str, value: Option<&str>) -> Message {
+        let v = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(Bytes::copy_from_slice(s.as_bytes())));
+        Message::Delete {
+            xid: None,
+            relid: 10,
+            old: OldTuple { kind, tuple: TupleData { columns: vec![v(Some(key)), v(value)] } },
+        }
+    }
+
+    fn begin(xid: u32, final_lsn: u64) -> Message {
+        Message::Begin { final_lsn: Lsn(final_lsn), commit_time: 0, xid }
+    }
+
+    fn commit(final_lsn: u64, end: u64) -> Message {
+        Message::Commit { flags: 0, commit_lsn: Lsn(final_lsn), end_lsn: Lsn(end), commit_time: 0 }
+    }
+
+    fn run(asm: &mut Assembler, msgs: Vec<(u64, Message)>) -> (String, Vec<Step>) {
+        let mut out = BytesMut::new();
+        let mut steps = Vec::new();
+        for (lsn, m) in msgs {
+            steps.push(asm.handle(Lsn(lsn), m, &mut out).unwrap());
+        }
+        (String::from_utf8(out.to_vec()).unwrap(), steps)
+    }
+
+    #[test]
+    fn a_transaction_becomes_rows_then_commit() {
+        let mut asm = Assembler::new(watch(), Lsn(0), Attributor::default());
+        let (out, steps) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x50, del(OldKind::Key, "k\"1", None)),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        assert_eq!(
+            out,
+            "{\"type\":\"delete\",\"table\":\"public.cache\",\"xid\":7,\"lsn\":\"0/50\",\"commit_lsn\":\"0/100\",\"commit_time\":\"2000-01-01T00:00:00.000000Z\",\"origin\":null,\"key\":{\"cache_key\":\"k\\\"1\"},\"old\":null,\"session\":null}\n\
+             {\"type\":\"commit\",\"xid\":7,\"commit_lsn\":\"0/100\",\"end_lsn\":\"0/130\",\"commit_time\":\"2000-01-01T00:00:00.000000Z\",\"origin\":null,\"deletes\":1,\"truncates\":0,\"session\":null,\"attribution\":\"none\"}\n"
+        );
+        assert_eq!(
+            steps.last().unwrap(),
+            &Step::Committed { end_lsn: Lsn(0x130), wrote: true, deletes: 1, truncates: 0, commit_time: 0 }
+        );
+    }
+
+    #[test]
+    fn full_identity_uses_primary_key_and_old_row() {
+        let mut asm = Assembler::new(watch(), Lsn(0), Attributor::default());
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Full, true)),
+                (0x50, del(OldKind::Old, "a", None)),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        assert!(out.contains("\"key\":{\"cache_key\":\"a\"},\"old\":{\"cache_key\":\"a\",\"value\":null}"), "{out}");
+    }
+
+    #[test]
+    fn transactions_already_in_the_log_are_skipped_and_empty_ones_write_nothing() {
+        let mut asm = Assembler::new(watch(), Lsn(0x130), Attributor::default());
+        let (out, steps) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x50, del(OldKind::Key, "a", None)),
+                (0x100, commit(0x100, 0x130)),
+                (0, begin(8, 0x200)),
+                (0x200, commit(0x200, 0x230)),
+            ],
+        );
+        assert_eq!(out, "");
+        assert!(matches!(steps[3], Step::Committed { wrote: false, .. }));
+        assert!(matches!(steps[5], Step::Committed { wrote: false, end_lsn: Lsn(0x230), .. }));
+    }
+
+    #[test]
+    fn protocol_violations_are_errors_with_context() {
+        let mut asm = Assembler::new(watch(), Lsn(0), Attributor::default());
+        let mut out = BytesMut::new();
+        let e = asm.handle(Lsn(5), del(OldKind::Key, "a", None), &mut out).unwrap_err();
+        assert!(e.to_string().contains("at LSN 0/5") && e.to_string().contains("outside a transaction"), "{e}");
+        asm.handle(Lsn(0), begin(1, 0x100), &mut out).unwrap();
+        let e = asm.handle(Lsn(6), del(OldKind::Key, "a", None), &mut out).unwrap_err();
+        assert!(e.to_string().contains("never described"), "{e}");
+        let e = asm.handle(Lsn(7), commit(0x999, 0x1000), &mut out).unwrap_err();
+        assert!(e.to_string().contains("Begin announced 0/100"), "{e}");
+    }
+
+    fn signed(v: &Verifier, payload: &str) -> Bytes {
+        Bytes::from(format!("{} {payload}", hex::encode(v.mac(payload.as_bytes()))))
+    }
+
+    fn payload(xid: u64, pid: i32) -> String {
+        format!(
+            r#"{{"v":1,"xid":{xid},"pid":{pid},"backend_start":null,"user":"app","role":"none","application_name":"cron","client_addr":null,"client_port":null,"query":"DELETE FROM cache","query_truncated":false,"xact_start":null,"statement_start":null,"trigger_depth":0,"schema":"public","table":"cache","op":"DELETE"}}"#
+        )
+    }
+
+    fn msg(lsn: u64, content: Bytes) -> Message {
+        Message::LogicalMessage { xid: None, transactional: true, lsn: Lsn(lsn), prefix: "walwitness".into(), content }
+    }
+
+    #[test]
+    fn trigger_session_covers_its_statement_even_when_the_first_row_ties_with_it() {
+        let (i, o) = pads(&[3u8; 32]);
+        let v = Verifier::from_pads(i.clone(), o.clone());
+        let attributor = Attributor { activity: None, verifier: Some(Arc::new(Verifier::from_pads(i, o))) };
+        let mut asm = Assembler::new(watch(), Lsn(0), attributor);
+        // The first row's start LSN equals the message's end LSN, and pgoutput sent the row first.
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x40, del(OldKind::Key, "a", None)),
+                (0x40, msg(0x40, signed(&v, &payload(7 + (5 << 32), 99)))),
+                (0x50, del(OldKind::Key, "b", None)),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3);
+        for l in &lines {
+            assert_eq!(l["session"]["pid"], 99, "{l}");
+            assert_eq!(l["session"]["attributed_by"], "trigger");
+        }
+        assert_eq!(lines[2]["attribution"], "trigger");
+    }
+
+    #[test]
+    fn forged_and_replayed_messages_are_rejected_and_flagged() {
+        let (i, o) = pads(&[3u8; 32]);
+        let v = Verifier::from_pads(i.clone(), o.clone());
+        let attributor = Attributor { activity: None, verifier: Some(Arc::new(Verifier::from_pads(i, o))) };
+        let mut asm = Assembler::new(watch(), Lsn(0), attributor);
+        let (other_i, other_o) = pads(&[4u8; 32]);
+        let forger = Verifier::from_pads(other_i, other_o);
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x10, msg(0x10, signed(&forger, &payload(7, 1)))),
+                // Validly signed, but for another transaction: a replay.
+                (0x20, msg(0x20, signed(&v, &payload(8, 2)))),
+                (0x50, del(OldKind::Key, "a", None)),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["session"], serde_json::Value::Null);
+        let rejected = lines[1]["rejected_attribution_messages"].as_array().unwrap();
+        assert_eq!(rejected.len(), 2);
+        assert!(rejected[0].as_str().unwrap().contains("does not match"));
+        assert!(rejected[1].as_str().unwrap().contains("signed for xid 8"));
+        assert_eq!(asm.rejected_messages, 2);
+    }
+
+    #[test]
+    fn activity_and_trigger_disagreeing_is_flagged_not_hidden() {
+        let (i, o) = pads(&[3u8; 32]);
+        let v = Verifier::from_pads(i.clone(), o.clone());
+        let map = Arc::new(ActivityMap::new());
+        map.record(
+            std::time::Instant::now(),
+            vec![(7, Session { attributed_by: "activity".into(), pid: 555, ..Default::default() })],
+        );
+        let attributor = Attributor { activity: Some(map), verifier: Some(Arc::new(Verifier::from_pads(i, o))) };
+        let mut asm = Assembler::new(watch(), Lsn(0), attributor);
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x10, msg(0x10, signed(&v, &payload(7, 99)))),
+                (0x50, del(OldKind::Key, "a", None)),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["session"]["pid"], 99, "the trigger wins");
+        assert_eq!(lines[0]["session"]["conflict"]["pid"], 555, "the activity view is kept");
+        assert_eq!(lines[1]["attribution_conflict"], true);
+    }
+
+    #[test]
+    fn truncate_lists_only_watched_tables() {
+        let mut asm = Assembler::new(watch(), Lsn(0), Attributor::default());
+        let other = Message::Relation {
+            xid: None,
+            oid: 11,
+            namespace: "public".into(),
+            name: "other".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![],
+        };
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0, other),
+                (
+                    0x50,
+                    Message::Truncate {
+                        xid: None,
+                        relids: vec![11, 10, 10],
+                        flags: 1,
+                        cascade: true,
+                        restart_identity: false,
+                    },
+                ),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        assert!(
+            out.starts_with("{\"type\":\"truncate\",\"tables\":[\"public.cache\"],\"xid\":7,\"lsn\":\"0/50\""),
+            "{out}"
+        );
+        assert!(out.contains("\"cascade\":true,\"restart_identity\":false"));
+        assert!(out.contains("\"truncates\":1"));
+    }
+}
