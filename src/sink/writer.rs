@@ -88,6 +88,8 @@ impl LastRun {
 pub enum SinkError {
     #[error("cannot open output file {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("output file {path} is being written by another walwitness capture: stop it first, or use another --out")]
+    Locked { path: PathBuf },
     #[error("cannot read or repair output file {path}: {source}")]
     Repair { path: PathBuf, source: io::Error },
 }
@@ -102,6 +104,16 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| SinkError::Open { path: path.to_owned(), source })?;
+    // Two captures appending to one log would interleave their transactions: hold an exclusive lock
+    // for as long as the file is open (released by the kernel when the process exits, even on kill -9).
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(SinkError::Locked { path: path.to_owned() });
+        }
+    }
     let rec = repair_tail(&mut file).map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
     Ok((file, rec))
 }
@@ -445,6 +457,15 @@ mod tests {
         let (rec, s) = recover(&log);
         assert_eq!(s, format!("{STARTED}{big}{COMMIT1}"));
         assert_eq!(rec.last_commit_end, Some(Lsn(0x10)));
+    }
+
+    #[test]
+    fn a_log_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("busy.jsonl");
+        let (_held, _) = open_log(&p).unwrap();
+        let e = open_log(&p).unwrap_err();
+        assert!(e.to_string().contains("another walwitness capture"), "{e}");
     }
 
     #[test]
