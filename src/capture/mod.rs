@@ -8,6 +8,7 @@
 //! ```
 pub mod names;
 pub mod setup;
+mod spooled;
 mod status;
 mod stream;
 

@@ -1,3 +1,5 @@
-//! The forensic log: record format (`record`) and the durable writer (`writer`).
+//! The forensic log: record format (`record`), the durable writer (`writer`), and the spool files of
+//! transactions that are not final yet (`spool`).
 pub mod record;
+pub mod spool;
 pub mod writer;
