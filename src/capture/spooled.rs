@@ -127,11 +127,6 @@ impl Spooled {
         self.block.is_some() || self.open.values().any(|h| h.in_stream)
     }
 
-    /// Whether anything is held, for an orderly stop.
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.prepared.is_empty()
-    }
-
     /// Acknowledgements must stay at or below this while a prepared transaction waits: the server sends
     /// a PREPARE again only if it starts after the slot's confirmed position.
     pub fn ack_cap(&self) -> Option<Lsn> {
@@ -200,6 +195,13 @@ impl Spooled {
                         h.spool.append(lsn, raw).map_err(|e| io("write", e))?;
                     }
                     _ => {}
+                }
+                // In a prepared (non-streamed) transaction the server counts a Relation as sent for
+                // good, and later transactions do not get it again: the relation cache needs it now.
+                // A streamed one's counts only once it commits (pgoutput `cleanup_rel_sync_cache`),
+                // and its replay brings it.
+                if !h.in_stream && matches!(msg, Message::Relation { .. }) {
+                    return Ok(Route::Pass(msg));
                 }
                 return Ok(Route::Held);
             }
@@ -537,3 +539,28 @@ fn rewrite_aborted(rendered: &[u8], abort_lsn: Option<Lsn>, abort_time: Option<i
 
 #[cfg(test)]
 mod tests;
+
+/// START_REPLICATION options for streaming and two-phase, and whether Stream Abort then carries the
+/// abort LSN and time. `parallel` (proto 4, 16+) is asked for only for those two fields: walwitness
+/// applies nothing in parallel, and the server sends the same messages otherwise.
+pub fn replication_options(proto: u32, two_phase: bool) -> (String, bool) {
+    let parallel = proto >= 4;
+    let mut s = format!(", streaming '{}'", if parallel { "parallel" } else { "on" });
+    if two_phase && proto >= 3 {
+        s.push_str(", two_phase 'on'");
+    }
+    (s, parallel)
+}
+
+/// Startup parameters of the replication connection: settings the walsender's decoding reads.
+pub fn startup_params(opts: &super::CaptureOptions) -> Vec<(&'static str, String)> {
+    let mut p = Vec::new();
+    if let Some(bytes) = opts.logical_decoding_work_mem {
+        // The server's unit is kB; its minimum is 64kB (it refuses less with a clear error).
+        p.push(("logical_decoding_work_mem", format!("{}kB", bytes.div_ceil(1024))));
+    }
+    if opts.stream_every_change {
+        p.push(("debug_logical_replication_streaming", "immediate".to_owned()));
+    }
+    p
+}
