@@ -198,7 +198,7 @@ async fn aborted_streamed_deletes_with_include_aborted() {
     // The readers accept the log and count the attempts.
     let run = run_bin(&["report".into(), out.display().to_string()]).await;
     run.assert_code(0);
-    assert!(run.stdout.contains("aborted"), "{run}");
+    assert!(run.stdout.contains("Aborted attempts (rolled back, nothing deleted): 2 "), "{run}");
     let run = run_bin(&["replay".into(), out.display().to_string()]).await;
     run.assert_code(0);
 }
