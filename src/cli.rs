@@ -101,6 +101,24 @@ pub struct CaptureArgs {
     /// Interval of standby status updates to the server (capped at half of wal_sender_timeout).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub status_interval: Duration,
+    /// logical_decoding_work_mem of the replication connection (e.g. 64kB, 64MB; server default 64MB):
+    /// a transaction whose changes outgrow it is streamed to walwitness before it commits, and spooled
+    /// on disk next to the log instead of on the server.
+    #[arg(long, value_parser = parse_size)]
+    pub logical_decoding_work_mem: Option<u64>,
+    /// PostgreSQL 16+: stream every transaction while it is open (debug_logical_replication_streaming =
+    /// immediate), so activity attribution sees each one live. Costs a spool file and more messages per
+    /// transaction.
+    #[arg(long)]
+    pub stream_every_change: bool,
+    /// Also log deletes of streamed or prepared transactions that then rolled back, as `aborted_delete`
+    /// records closed by an `abort` record (evidence of attempts).
+    #[arg(long)]
+    pub include_aborted: bool,
+    /// PostgreSQL 15+: decode prepared transactions at PREPARE (two-phase); their deletes are logged at
+    /// COMMIT PREPARED with the gid. Marks the slot two-phase for good.
+    #[arg(long)]
+    pub two_phase: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -63,6 +63,10 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         raw_out: None,
         drop_on_lag: false,
         reconnect_max_delay: Duration::from_secs(30),
+        logical_decoding_work_mem: None,
+        stream_every_change: false,
+        include_aborted: false,
+        two_phase: false,
     };
     let capture = tokio::spawn(capture::run(opts));
     wait_for_capture_start(&log_path, &capture).await?;

@@ -25,6 +25,10 @@ struct Entry {
 #[derive(Default)]
 pub struct ActivityMap {
     inner: Mutex<HashMap<u32, Entry>>,
+    /// Xids of streamed transactions the capture just saw: still open on the server, so one sample
+    /// right now catches their session (see `sample_now`).
+    wanted: Mutex<Vec<u32>>,
+    wake: tokio::sync::Notify,
 }
 
 fn looks_deleting(q: Option<&str>) -> bool {
@@ -68,6 +72,20 @@ impl ActivityMap {
         if let Ok(mut m) = self.inner.lock() {
             m.retain(|_, e| now.duration_since(e.last_seen) < TTL);
         }
+    }
+
+    /// Asks the sampler for a sample now, off the stream's hot path: a streamed transaction is still
+    /// open when its first block arrives, so a large cull is attributed even if it started and will
+    /// end between two regular samples.
+    pub fn sample_now(&self, xid: u32) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.push(xid);
+        }
+        self.wake.notify_one();
+    }
+
+    fn take_wanted(&self) -> Vec<u32> {
+        self.wanted.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default()
     }
 
     pub fn lookup(&self, xid: u32) -> Option<SessionJson> {
@@ -154,7 +172,10 @@ pub fn spawn_sampler(
         let mut failures: u64 = 0;
         let mut client: Option<tokio_postgres::Client> = None;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = map.wake.notified() => {}
+            }
             if std::sync::Arc::strong_count(&map) == 1 {
                 return;
             }
@@ -164,7 +185,15 @@ pub fn spawn_sampler(
             }
             let Some(c) = &client else { continue };
             match c.query(&sql, &[]).await {
-                Ok(rows) => map.record(Instant::now(), rows.iter().filter_map(session_from_row).collect()),
+                Ok(rows) => {
+                    map.record(Instant::now(), rows.iter().filter_map(session_from_row).collect());
+                    for xid in map.take_wanted() {
+                        match map.lookup(xid) {
+                            Some(s) => tracing::info!("streamed transaction {xid}: session of pid {} recorded while it was open", s.pid),
+                            None => tracing::info!("streamed transaction {xid}: not open in pg_stat_activity any more (or in another database)"),
+                        }
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     // Say it once loudly: a silently failing sampler would look like "nobody was seen".

@@ -8,6 +8,7 @@
 //! ```
 pub mod names;
 pub mod setup;
+mod spooled;
 mod status;
 mod stream;
 
@@ -54,6 +55,14 @@ pub struct CaptureOptions {
     pub reconnect_attempts: u32,
     /// Cap of the exponential backoff between attempts.
     pub reconnect_max_delay: Duration,
+    /// logical_decoding_work_mem for the replication connection, in bytes.
+    pub logical_decoding_work_mem: Option<u64>,
+    /// debug_logical_replication_streaming = immediate (16+).
+    pub stream_every_change: bool,
+    /// Write deletes of aborted streamed/prepared transactions as `aborted_delete`.
+    pub include_aborted: bool,
+    /// Two-phase decoding (15+).
+    pub two_phase: bool,
 }
 
 /// What a finished capture did.
@@ -93,6 +102,21 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
 
     // Checks first: refusing must leave the server untouched.
     let info = setup::server_info(&sql).await?;
+    if opts.two_phase && info.version_num < 150000 {
+        return Err(Failure::new(
+            Exit::ServerSetup,
+            format!("--two-phase needs PostgreSQL 15 or later (pgoutput protocol 3); this server is {}", info.version),
+        ));
+    }
+    if opts.stream_every_change && info.version_num < 160000 {
+        return Err(Failure::new(
+            Exit::ServerSetup,
+            format!(
+                "--stream-every-change needs PostgreSQL 16 or later (debug_logical_replication_streaming); this server is {}: use --logical-decoding-work-mem 64kB to stream large transactions instead",
+                info.version
+            ),
+        ));
+    }
     let mut tables = Vec::new();
     for t in &opts.tables {
         let arg = parse_table(t).map_err(|e| Failure::new(Exit::Usage, e))?;
@@ -103,7 +127,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     }
     let slot = opts.slot.clone().unwrap_or_else(|| setup::default_slot(&info.database, &tables));
     let publication = opts.publication.clone().unwrap_or_else(|| setup::default_publication(&tables));
-    let mut slot_state = setup::inspect_slot(&sql, &slot, &info.database).await?;
+    let mut slot_state = setup::inspect_slot(&sql, &slot, &info.database, opts.two_phase).await?;
 
     // The log is opened (and its tail repaired) before the server is changed: an unwritable --out
     // must not leave a slot behind.
@@ -216,7 +240,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         Ok(_) => say(opts.progress, &format!("walwitness: kept slot {slot} and publication {publication} (--keep-slot); run the same command to resume")),
         Err(_) if pub_origin == PubOrigin::Created => {
             // Nothing was captured into a slot that does not exist yet: don't leave a fresh publication.
-            if matches!(setup::inspect_slot(&sql, &slot, &info.database).await, Ok(SlotState::Absent)) {
+            if matches!(setup::inspect_slot(&sql, &slot, &info.database, opts.two_phase).await, Ok(SlotState::Absent)) {
                 let _ = setup::drop_publication(&sql, &publication).await;
             }
         }
@@ -242,7 +266,22 @@ async fn capture_with_objects(
     gap: Option<(Lsn, &'static str)>,
 ) -> Result<Outcome, Failure> {
     let target = spec.describe();
-    let mut repl = ReplicationConnection::connect(spec, &[])
+    // Spools of streamed and prepared transactions: next to the log, leftovers of a crashed run removed.
+    let spool_dir = match &opts.out {
+        Output::File(p) => crate::sink::spool::SpoolDir::beside(p),
+        Output::Stdout => crate::sink::spool::SpoolDir::temporary(),
+    }
+    .map_err(|e| {
+        Failure::new(
+            Exit::Output,
+            format!(
+                "cannot prepare the spool directory for streamed transactions (next to the log, <out>.spool/): {e}"
+            ),
+        )
+    })?;
+    let startup = spooled::startup_params(opts);
+    let params: Vec<(&str, &str)> = startup.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut repl = ReplicationConnection::connect(spec, &params)
         .await
         .map_err(|e| from_pg(&format!("cannot open a replication connection to {target}"), e))?;
     let ident = repl.simple_query("IDENTIFY_SYSTEM").await.map_err(|e| from_pg("IDENTIFY_SYSTEM failed", e))?;
@@ -252,7 +291,12 @@ async fn capture_with_objects(
         // A lost slot was dropped (and a gap recorded) before this point.
         SlotState::Absent | SlotState::Lost => {
             let cmd = if info.version_num >= 150000 {
-                format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')", quote_ident(slot))
+                // TWO_PHASE at creation: prepared transactions are decoded at PREPARE from the start.
+                let two_phase = if opts.two_phase { ", TWO_PHASE" } else { "" };
+                format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing'{two_phase})",
+                    quote_ident(slot)
+                )
             } else {
                 format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot))
             };
@@ -268,7 +312,10 @@ async fn capture_with_objects(
         }
     };
     let log_mark = recovery.last_commit_end.unwrap_or_default();
-    let start_lsn = slot_start.max(log_mark);
+    // With two-phase, a transaction prepared before the log's last commit and still waiting for COMMIT
+    // PREPARED is only sent again if decoding starts before its PREPARE: start from the slot's position
+    // (kept before every waiting PREPARE, see `spooled`); what the log already holds is skipped.
+    let start_lsn = if opts.two_phase { slot_start } else { slot_start.max(log_mark) };
 
     let mut target = stream::StreamTarget {
         spec: spec.clone(),
@@ -281,6 +328,9 @@ async fn capture_with_objects(
         },
         reconnect_attempts: opts.reconnect_attempts,
         reconnect_max_delay: opts.reconnect_max_delay,
+        two_phase: opts.two_phase,
+        startup,
+        stream_abort_has_lsn: false,
     };
     target
         .start(&mut repl, start_lsn)
@@ -343,6 +393,7 @@ async fn capture_with_objects(
     for t in tables {
         watch.add(&t.schema, &t.name, t.primary_key.clone());
     }
+    let spooled = spooled::Spooled::new(spool_dir, opts.include_aborted, opts.two_phase, attributor.activity.clone());
     let assembler = Assembler::new(watch, log_mark, attributor);
     let wal_sender_timeout = sql
         .query_one("SELECT setting::bigint * CASE unit WHEN 's' THEN 1000 ELSE 1 END FROM pg_settings WHERE name = 'wal_sender_timeout'", &[])
@@ -390,6 +441,7 @@ async fn capture_with_objects(
         status_every,
         progress: opts.progress,
         progress_interval: opts.progress_interval,
+        spooled,
     };
     let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await;
     outcome
@@ -431,5 +483,9 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         raw_out: a.raw_out,
         drop_on_lag: a.on_lag == crate::cli::OnLag::Drop,
         reconnect_max_delay: a.reconnect_max_delay,
+        logical_decoding_work_mem: a.logical_decoding_work_mem,
+        stream_every_change: a.stream_every_change,
+        include_aborted: a.include_aborted,
+        two_phase: a.two_phase,
     }
 }

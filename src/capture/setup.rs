@@ -204,7 +204,8 @@ pub fn default_slot(database: &str, tables: &[Table]) -> String {
 }
 
 /// Reads the slot's state; refuses a slot that belongs to something else or is busy.
-pub async fn inspect_slot(c: &Client, slot: &str, database: &str) -> Result<SlotState, Failure> {
+/// `two_phase`: the capture handles two-phase messages (`--two-phase`), so a two-phase slot is usable.
+pub async fn inspect_slot(c: &Client, slot: &str, database: &str, two_phase: bool) -> Result<SlotState, Failure> {
     let rows = c
         .query(
             "SELECT plugin::text, slot_type, database::text, active_pid, confirmed_flush_lsn::text, wal_status, two_phase \
@@ -222,7 +223,7 @@ pub async fn inspect_slot(c: &Client, slot: &str, database: &str) -> Result<Slot
     let pid: Option<i32> = r.get(3);
     let confirmed: Option<String> = r.get(4);
     let wal_status: Option<String> = r.get(5);
-    let two_phase: bool = r.get(6);
+    let slot_two_phase: bool = r.get(6);
     if kind != "logical" || plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
         return Err(Failure::new(
             Exit::Conflict,
@@ -244,10 +245,10 @@ pub async fn inspect_slot(c: &Client, slot: &str, database: &str) -> Result<Slot
     if wal_status.as_deref() == Some("lost") {
         return Ok(SlotState::Lost);
     }
-    if two_phase {
+    if slot_two_phase && !two_phase {
         return Err(Failure::new(
             Exit::Conflict,
-            format!("replication slot {slot} has two-phase decoding enabled, which walwitness does not handle: use another --slot"),
+            format!("replication slot {slot} has two-phase decoding enabled: run with --two-phase to use it, or use another --slot"),
         ));
     }
     Ok(SlotState::Reusable { confirmed_flush: confirmed })

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use super::spooled::{self, Replay, Route, Spooled};
 use super::status::Progress;
 use super::Outcome;
 use crate::capture::names::{quote_ident, quote_literal};
@@ -66,6 +67,8 @@ pub struct LoopOptions {
     pub status_every: Duration,
     pub progress: bool,
     pub progress_interval: Duration,
+    /// Streamed and prepared transactions, held until they are final.
+    pub spooled: Spooled,
 }
 
 /// Flush a transaction's rows to the writer in pieces of this size, so memory does not grow with it.
@@ -91,6 +94,8 @@ struct Loop {
     handed: Lsn,
     /// End of the last transaction that wrote nothing, not yet handed to the writer.
     deferred_ack: Lsn,
+    /// Highest position handed to the writer as an ack (after `ack`'s cap).
+    acked: Lsn,
     progress: Progress,
     tick: tokio::time::Interval,
     status_buf: BytesMut,
@@ -142,6 +147,11 @@ pub struct StreamTarget {
     pub proto: u32,
     pub reconnect_attempts: u32,
     pub reconnect_max_delay: Duration,
+    pub two_phase: bool,
+    /// Extra startup parameters of the replication connection (see `spooled::startup_params`).
+    pub startup: Vec<(&'static str, String)>,
+    /// Set by `start`: Stream Abort carries abort_lsn/abort_time (streaming 'parallel').
+    pub stream_abort_has_lsn: bool,
 }
 
 impl StreamTarget {
@@ -149,8 +159,10 @@ impl StreamTarget {
     /// says it is too high (SQLSTATE 0A000).
     pub async fn start(&mut self, conn: &mut ReplicationConnection, from: Lsn) -> Result<(), PgError> {
         loop {
+            let (extra, abort_lsn) = spooled::replication_options(self.proto, self.two_phase);
+            self.stream_abort_has_lsn = abort_lsn;
             let cmd = format!(
-                "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages 'true')",
+                "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages 'true'{extra})",
                 quote_ident(&self.slot),
                 from,
                 self.proto,
@@ -165,7 +177,8 @@ impl StreamTarget {
     }
 
     async fn connect_and_start(&mut self, from: Lsn) -> Result<ReplicationConnection, PgError> {
-        let mut conn = ReplicationConnection::connect(&self.spec, &[]).await?;
+        let params: Vec<(&str, &str)> = self.startup.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut conn = ReplicationConnection::connect(&self.spec, &params).await?;
         self.start(&mut conn, from).await?;
         Ok(conn)
     }
@@ -203,6 +216,7 @@ pub async fn run(
         server_end: start_lsn,
         handed: start_lsn,
         deferred_ack: start_lsn,
+        acked: start_lsn,
         progress,
         tick,
         status_buf: BytesMut::with_capacity(64),
@@ -349,7 +363,8 @@ impl Loop {
     async fn flush_deferred_ack(&mut self) -> Result<(), Failure> {
         if self.deferred_ack > self.handed && !self.asm.in_transaction() {
             self.handed = self.deferred_ack;
-            self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(self.deferred_ack) }).await?;
+            let ack = self.ack(self.deferred_ack);
+            self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(ack) }).await?;
         }
         Ok(())
     }
@@ -371,6 +386,8 @@ impl Loop {
             self.writer.send(Chunk::Rollback).await.map_err(|_| self.writer_failure())?;
         }
         self.raw_write(|r| r.reconnected());
+        // Partly streamed and prepared transactions are sent again from their start.
+        self.o.spooled.reset();
         self.asm.set_resume_after(self.handed);
         let mut delay = Duration::from_millis(250);
         let max = self.target.reconnect_attempts;
@@ -525,8 +542,19 @@ impl Loop {
         match msg {
             ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                 self.server_end = self.server_end.max(wal_end);
-                let m = pgoutput::parse(&data, ParseOptions { in_stream: false, stream_abort_has_lsn: false })
+                let opts = ParseOptions {
+                    in_stream: self.o.spooled.in_stream_block(),
+                    stream_abort_has_lsn: self.target.stream_abort_has_lsn,
+                };
+                let m = pgoutput::parse(&data, opts)
                     .map_err(|e| Failure::new(Exit::Stream, format!("at LSN {wal_start}: {e}")))?;
+                // Streamed and prepared transactions are held in spools until final (`spooled`).
+                let m = match self.o.spooled.route(wal_start, &data, m, self.acked) {
+                    Ok(Route::Pass(m)) => m,
+                    Ok(Route::Held) => return Ok(Flow::Go),
+                    Ok(Route::Replay(r)) => return self.replay(*r).await,
+                    Err(e) => return Err(Failure::new(Exit::Stream, e.to_string())),
+                };
                 if let (Some(endpos), Message::Begin { final_lsn, .. }) = (self.o.endpos, &m) {
                     if *final_lsn > endpos {
                         return Ok(Flow::Stop(StopReason::Endpos));
@@ -564,7 +592,8 @@ impl Loop {
                         } else {
                             let data = self.out.split().freeze();
                             self.handed = self.handed.max(end_lsn);
-                            self.push(Chunk::Append { data, boundary: true, ack: Some(end_lsn) }).await?;
+                            let ack = self.ack(end_lsn);
+                            self.push(Chunk::Append { data, boundary: true, ack: Some(ack) }).await?;
                         }
                         if wrote {
                             self.progress.committed(deletes, truncates, commit_time);
@@ -577,10 +606,11 @@ impl Loop {
             }
             ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                 self.server_end = self.server_end.max(wal_end);
-                if !self.asm.in_transaction() && wal_end > self.handed {
+                if !self.asm.in_transaction() && !self.o.spooled.streams_open() && wal_end > self.handed {
                     // Nothing of ours is open below wal_end: once what is queued is durable, it may be acked.
                     self.handed = wal_end;
-                    self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(wal_end) }).await?;
+                    let ack = self.ack(wal_end);
+                    self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(ack) }).await?;
                 }
                 if reply_requested {
                     self.send_status(false).await?;
@@ -593,8 +623,58 @@ impl Loop {
         Ok(Flow::Go)
     }
 
+    /// The position to hand to the writer as acknowledgeable for `lsn`: capped below a prepared
+    /// transaction that waits for COMMIT PREPARED (`Spooled::ack_cap`).
+    fn ack(&mut self, lsn: Lsn) -> Lsn {
+        let a = self.o.spooled.ack_cap().map_or(lsn, |cap| lsn.min(cap));
+        self.acked = self.acked.max(a);
+        a
+    }
+
+    /// A streamed or prepared transaction became final: feeds it through the Assembler and hands the
+    /// records to the writer like an ordinary transaction's (a commit acknowledges its end; an abort
+    /// written with --include-aborted acknowledges nothing).
+    async fn replay(&mut self, mut r: Replay) -> Result<Flow, Failure> {
+        if let (Some(endpos), Some(c)) = (self.o.endpos, r.commit_lsn()) {
+            if c > endpos {
+                return Ok(Flow::Stop(StopReason::Endpos));
+            }
+        }
+        let fail = |e: String| Failure::new(Exit::Stream, e);
+        while let Some((lsn, m)) = r.next_message().map_err(|e| fail(e.to_string()))? {
+            match self.asm.handle(lsn, m, &mut self.out).map_err(|e| fail(e.to_string()))? {
+                Step::Continue => {
+                    if self.out.len() >= CHUNK {
+                        let data = r.finish_rows(self.asm.take_complete(&mut self.out));
+                        self.push(Chunk::Append { data, boundary: false, ack: None }).await?;
+                    }
+                }
+                Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
+                    let data = r.finish_last(self.out.split().freeze());
+                    let ack = match r.kind {
+                        spooled::ReplayKind::Commit { .. } => {
+                            self.handed = self.handed.max(end_lsn);
+                            if wrote {
+                                self.progress.committed(deletes, truncates, commit_time);
+                            }
+                            Some(self.ack(end_lsn))
+                        }
+                        spooled::ReplayKind::Abort { .. } => None,
+                    };
+                    self.push(Chunk::Append { data, boundary: true, ack }).await?;
+                    if r.commit_lsn().is_some() && self.o.endpos.is_some_and(|e| end_lsn >= e) {
+                        return Ok(Flow::Stop(StopReason::Endpos));
+                    }
+                }
+            }
+        }
+        Ok(Flow::Go)
+    }
+
     /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.
     async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
+        // Unfinished streamed or prepared transactions are sent again on the next run.
+        self.o.spooled.reset();
         if self.asm.in_transaction() {
             // Its commit has not arrived; with --keep-slot it is sent again on the next run.
             self.asm.abandon_transaction();

@@ -483,6 +483,11 @@ pub enum Kind {
     CaptureStarted,
     CaptureStopped,
     Gap,
+    /// Rows of a streamed or prepared transaction that rolled back (`--include-aborted`): evidence of
+    /// an attempt, never of a deletion. Closed by their `abort` record.
+    AbortedDelete,
+    AbortedTruncate,
+    Abort,
 }
 
 impl Kind {
@@ -494,6 +499,9 @@ impl Kind {
             "capture_started" => Kind::CaptureStarted,
             "capture_stopped" => Kind::CaptureStopped,
             "gap" => Kind::Gap,
+            "aborted_delete" => Kind::AbortedDelete,
+            "aborted_truncate" => Kind::AbortedTruncate,
+            "abort" => Kind::Abort,
             _ => return None,
         })
     }
@@ -506,6 +514,9 @@ impl Kind {
             Kind::CaptureStarted => "capture_started",
             Kind::CaptureStopped => "capture_stopped",
             Kind::Gap => "gap",
+            Kind::AbortedDelete => "aborted_delete",
+            Kind::AbortedTruncate => "aborted_truncate",
+            Kind::Abort => "abort",
         }
     }
 
@@ -651,6 +662,23 @@ impl Record<'_> {
                 need(self.reason.is_some(), "reason");
                 need(self.from_lsn.is_some(), "from_lsn");
                 need(self.to_lsn.is_some(), "to_lsn");
+            }
+            Kind::AbortedDelete => {
+                need(self.table.is_some(), "table");
+                need(self.xid.is_some(), "xid");
+                need(self.lsn.is_some(), "lsn");
+                need(self.key.present(), "key");
+                need(self.session.present(), "session");
+            }
+            Kind::AbortedTruncate => {
+                need(self.tables.is_some(), "tables");
+                need(self.xid.is_some(), "xid");
+                need(self.lsn.is_some(), "lsn");
+            }
+            Kind::Abort => {
+                need(self.xid.is_some(), "xid");
+                need(self.deletes.is_some(), "deletes");
+                need(self.truncates.is_some(), "truncates");
             }
         }
         if !missing.is_empty() {
@@ -882,7 +910,14 @@ impl Validator {
                     }),
                 }
             }
-            Kind::CaptureStarted | Kind::CaptureStopped | Kind::Gap => {
+            // Aborted attempts are written whole between transactions, so to the structure they are
+            // boundaries (each consumer decides what to make of them).
+            Kind::CaptureStarted
+            | Kind::CaptureStopped
+            | Kind::Gap
+            | Kind::AbortedDelete
+            | Kind::AbortedTruncate
+            | Kind::Abort => {
                 let damage = self.abort_open(line, &format!("are followed by {}", kind.as_str()));
                 if kind == Kind::CaptureStarted {
                     self.last_commit = None;

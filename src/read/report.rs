@@ -82,6 +82,12 @@ pub struct Report {
     /// Stretches of WAL the log could not cover (`gap` records): deletes there may be missing.
     #[serde(default)]
     pub gaps: Vec<GapOut>,
+    /// Rolled-back streamed or prepared transactions logged with `--include-aborted` (`abort` records),
+    /// and their `aborted_delete` rows: attempts, not deletions.
+    #[serde(default)]
+    pub aborted_attempts: u64,
+    #[serde(default)]
+    pub aborted_rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -449,6 +455,8 @@ pub struct Aggregator {
     tables: HashMap<String, (u64, u64)>,
     pending: Pending,
     gaps: Vec<GapOut>,
+    aborted_attempts: u64,
+    aborted_rows: u64,
 }
 
 impl Aggregator {
@@ -742,6 +750,8 @@ impl Aggregator {
             key_prefixes_other: prefixes_other,
             tables,
             gaps: self.gaps.clone(),
+            aborted_attempts: self.aborted_attempts,
+            aborted_rows: self.aborted_rows,
         }
     }
 }
@@ -796,6 +806,11 @@ impl Consumer for Aggregator {
     }
 
     fn boundary(&mut self, kind: Kind, rec: &Record, _line: &[u8]) -> io::Result<()> {
+        match kind {
+            Kind::Abort => self.aborted_attempts += 1,
+            Kind::AbortedDelete => self.aborted_rows += 1,
+            _ => {}
+        }
         if kind == Kind::Gap {
             self.gaps.push(GapOut {
                 time: rec.time.as_deref().unwrap_or_default().to_owned(),
@@ -851,6 +866,14 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         for g in &r.gaps {
             writeln!(w, "  {}  LSN {} .. {}  ({})", g.time, g.from_lsn, g.to_lsn, g.reason)?;
         }
+    }
+    if r.aborted_attempts > 0 {
+        writeln!(
+            w,
+            "Aborted attempts (rolled back, nothing deleted): {} transactions or savepoints, {} rows",
+            thousands(r.aborted_attempts),
+            thousands(r.aborted_rows)
+        )?;
     }
     let u = &r.unattributed;
     writeln!(

@@ -262,7 +262,18 @@ impl<W: Write> Consumer for TailView<W> {
         }
         let st = self.style;
         let time = rec.time.as_deref().unwrap_or("?");
-        let text = if kind == Kind::CaptureStarted {
+        if matches!(kind, Kind::AbortedDelete | Kind::AbortedTruncate) {
+            // Summed up by their `abort` record.
+            return Ok(());
+        }
+        let text = if kind == Kind::Abort {
+            format!(
+                "── aborted attempt: xid {} rolled back {} deletes and {} truncates (logged as aborted_delete)",
+                rec.xid(),
+                rec.deletes.unwrap_or(0),
+                rec.truncates.unwrap_or(0)
+            )
+        } else if kind == Kind::CaptureStarted {
             format!(
                 "── capture started {time}: slot {}, tables {}",
                 rec.slot.as_deref().unwrap_or("?"),

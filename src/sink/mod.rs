@@ -1,4 +1,6 @@
-//! The forensic log: record format (`record`) and the durable writer (`writer`).
+//! The forensic log: record format (`record`), the durable writer (`writer`), the raw capture file
+//! (`raw`), and the spool files of transactions that are not final yet (`spool`).
 pub mod raw;
 pub mod record;
+pub mod spool;
 pub mod writer;

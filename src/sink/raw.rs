@@ -13,6 +13,8 @@
 //! evidence itself (the log is). A frame cut short at the end (a crash) is reported and ignored.
 //! Trigger attribution messages are replayed but cannot be verified offline (the key stays on the
 //! server), so offline output matches the live log for captures with `--attribution none|activity`.
+//! Transactions the server streamed before commit (larger than `logical_decoding_work_mem`) and prepared
+//! transactions are assembled from their spool files and are not stored in the raw file.
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -10,7 +10,10 @@
 //! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version` |
 //! | `delete` | one per deleted row of a watched table | `table`, `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
 //! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
-//! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution` |
+//! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for a prepared transaction (`--two-phase`) |
+//! | `aborted_delete` | `--include-aborted` only: one per row a streamed or prepared transaction deleted and then rolled back | the fields of `delete`, with `commit_lsn` and `commit_time` `null`, plus `abort_lsn` and `abort_time` (`null` when unknown) |
+//! | `aborted_truncate` | likewise for a rolled-back TRUNCATE | the fields of `truncate`, changed like `aborted_delete`'s |
+//! | `abort` | after the `aborted_*` records of one rollback | `xid` (top level), `subxid` (= `xid` for the whole transaction, else the rolled-back subtransaction), `abort_lsn`, `abort_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for ROLLBACK PREPARED |
 //! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` |
 //! | `gap` | when coverage was lost | `time`, `slot`, `from_lsn`, `to_lsn`, `reason` (`slot_missing`, `slot_invalidated`, `max_retained_wal`) |
 //!
@@ -26,7 +29,18 @@
 //!   the commit record's `attribution` then says why (`"none"`: attribution was not requested or no evidence).
 //! * A transaction's records are contiguous and end with its `commit` record; `delete`/`truncate` lines not
 //!   followed by their `commit` are an incomplete transaction (a crash mid-write) and are cut on the next start.
-//! * Only committed changes are logged: a rolled-back transaction or savepoint leaves nothing.
+//! * Only committed changes are logged as `delete`/`truncate`: a rolled-back transaction or savepoint leaves
+//!   nothing, except with `--include-aborted` (below).
+//! * A transaction the server streamed before it committed (`--logical-decoding-work-mem`,
+//!   `--stream-every-change`) or decoded at PREPARE (`--two-phase`) is written only when it commits, and its
+//!   records are exactly those of any other transaction (the commit of a prepared one adds `gid`).
+//! * Aborted attempts (`--include-aborted`): what a rolled-back streamed or prepared transaction (or a
+//!   savepoint inside a streamed one) had deleted, as `aborted_delete`/`aborted_truncate` records closed by
+//!   one `abort` record, contiguous and never inside another transaction's records. Only what the server had
+//!   already streamed can appear (it discards the rest without sending it). `abort_lsn`/`abort_time` are
+//!   known on PostgreSQL 16+ (and for ROLLBACK PREPARED). Unlike commits they are at-least-once: after a
+//!   restart the same attempt may be written again, with the same `xid` and `lsn`s. Readers that count
+//!   deletions ignore them.
 use std::fmt::Write as _;
 
 use bytes::BytesMut;

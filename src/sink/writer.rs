@@ -142,7 +142,8 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     while let Some((start, line, terminated)) = lines.next_line(file)? {
         let peek: Option<Peek> = if terminated { serde_json::from_slice(&line).ok() } else { None };
         let is_boundary = match &peek {
-            Some(p) => !matches!(p.kind.as_str(), "delete" | "truncate"),
+            // Aborted rows are closed by their `abort` record like rows by their commit.
+            Some(p) => !matches!(p.kind.as_str(), "delete" | "truncate" | "aborted_delete" | "aborted_truncate"),
             None => false,
         };
         if cut_at.is_none() {

@@ -5,5 +5,6 @@ mod capture;
 mod errors;
 mod faults;
 mod readers;
+mod streaming;
 mod util;
 mod versions;
