@@ -101,6 +101,11 @@ struct Loop {
     status_buf: BytesMut,
     warned_retained: bool,
     lag_stop: bool,
+    /// Bytes at the start of `out` that are complete transactions not yet handed to the writer, and the
+    /// LSN they make acknowledgeable. Small transactions are handed over in batches (at CHUNK bytes or the
+    /// next tick), so a stream of them costs one writer wake-up and one fsync per batch, not each.
+    batched_len: usize,
+    batched_ack: Option<Lsn>,
 }
 
 enum Flow {
@@ -222,6 +227,8 @@ pub async fn run(
         status_buf: BytesMut::with_capacity(64),
         warned_retained: false,
         lag_stop: false,
+        batched_len: 0,
+        batched_ack: None,
     };
     let result: Result<StopReason, Failure> = async {
         loop {
@@ -242,8 +249,12 @@ pub async fn run(
                             lp.o.endpos = Some(e);
                         }
                     }
-                    match lp.flush_deferred_ack().await {
-                        Ok(()) => lp.on_tick().await.map(|()| Flow::Go),
+                    // Batched transactions wait at most one tick for the writer.
+                    match lp.flush_batch().await {
+                        Ok(()) => match lp.flush_deferred_ack().await {
+                            Ok(()) => lp.on_tick().await.map(|()| Flow::Go),
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     }
                 }
@@ -283,6 +294,9 @@ pub async fn run(
         Ok(reason) => lp.stop(reason).await,
         Err(f) => {
             // Keep what is durable acknowledged, then give up; the slot stays for a resume.
+            if let Some(batch) = lp.take_batch() {
+                let _ = lp.writer.send(batch).await;
+            }
             if lp.asm.in_transaction() {
                 let _ = lp.writer.send(Chunk::Rollback).await;
             }
@@ -380,6 +394,10 @@ impl Loop {
         sigterm: &mut tokio::signal::unix::Signal,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<StopReason>, Failure> {
+        // Complete transactions go to the log first; the connection is gone, so no ticking while waiting.
+        if let Some(batch) = self.take_batch() {
+            self.writer.send(batch).await.map_err(|_| self.writer_failure())?;
+        }
         if self.asm.in_transaction() {
             self.asm.abandon_transaction();
             self.out.clear();
@@ -445,7 +463,30 @@ impl Loop {
     }
 
     /// Hands bytes to the writer, answering the server on time while the writer is busy.
+    /// Hands a chunk to the writer after any batched transactions, so the log keeps the stream's order.
     async fn push(&mut self, chunk: Chunk) -> Result<(), Failure> {
+        self.flush_batch().await?;
+        self.push_raw(chunk).await
+    }
+
+    /// Hands the batched complete transactions to the writer.
+    async fn flush_batch(&mut self) -> Result<(), Failure> {
+        if let Some(chunk) = self.take_batch() {
+            self.push_raw(chunk).await?;
+        }
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> Option<Chunk> {
+        if self.batched_len == 0 && self.batched_ack.is_none() {
+            return None;
+        }
+        let data = self.asm.split_prefix(&mut self.out, self.batched_len);
+        self.batched_len = 0;
+        Some(Chunk::Append { data, boundary: true, ack: self.batched_ack.take() })
+    }
+
+    async fn push_raw(&mut self, chunk: Chunk) -> Result<(), Failure> {
         let writer_tx = self.writer.sender();
         loop {
             tokio::select! {
@@ -578,8 +619,9 @@ impl Loop {
                 match step {
                     Step::Continue => {
                         if self.out.len() >= CHUNK {
+                            self.flush_batch().await?;
                             let data = self.asm.take_complete(&mut self.out);
-                            self.push(Chunk::Append { data, boundary: false, ack: None }).await?;
+                            self.push_raw(Chunk::Append { data, boundary: false, ack: None }).await?;
                         }
                     }
                     Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
@@ -590,10 +632,13 @@ impl Loop {
                             // commit, keepalive, or stop) hands it to the writer.
                             self.deferred_ack = self.deferred_ack.max(end_lsn);
                         } else {
-                            let data = self.out.split().freeze();
                             self.handed = self.handed.max(end_lsn);
                             let ack = self.ack(end_lsn);
-                            self.push(Chunk::Append { data, boundary: true, ack: Some(ack) }).await?;
+                            self.batched_len = self.out.len();
+                            self.batched_ack = Some(self.batched_ack.map_or(ack, |b| b.max(ack)));
+                            if self.batched_len >= CHUNK {
+                                self.flush_batch().await?;
+                            }
                         }
                         if wrote {
                             self.progress.committed(deletes, truncates, commit_time);
@@ -640,6 +685,8 @@ impl Loop {
                 return Ok(Flow::Stop(StopReason::Endpos));
             }
         }
+        // The replayed transaction's records are cut from `out` as a whole: nothing else may be in it.
+        self.flush_batch().await?;
         let fail = |e: String| Failure::new(Exit::Stream, e);
         while let Some((lsn, m)) = r.next_message().map_err(|e| fail(e.to_string()))? {
             match self.asm.handle(lsn, m, &mut self.out).map_err(|e| fail(e.to_string()))? {
@@ -673,6 +720,7 @@ impl Loop {
 
     /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.
     async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
+        self.flush_batch().await?;
         // Unfinished streamed or prepared transactions are sent again on the next run.
         self.o.spooled.reset();
         if self.asm.in_transaction() {

@@ -199,6 +199,16 @@ impl Assembler {
         self.handle_inner(lsn, msg, out)
     }
 
+    /// Splits off the first `n` bytes of `out` (complete records before any row still being decided),
+    /// keeping the pending row's position right.
+    pub fn split_prefix(&mut self, out: &mut BytesMut, n: usize) -> bytes::Bytes {
+        let n = n.min(out.len());
+        if let Some(p) = &mut self.pending {
+            p.start = p.start.saturating_sub(n);
+        }
+        out.split_to(n).freeze()
+    }
+
     /// Bytes of `out` that are complete records (everything before a pending row), split off for writing.
     pub fn take_complete(&mut self, out: &mut BytesMut) -> bytes::Bytes {
         match &mut self.pending {
