@@ -32,6 +32,15 @@ pub struct SpoolDir {
     next: u64,
 }
 
+impl Drop for SpoolDir {
+    /// Leaves nothing next to the log once no spool is left in it (an open one keeps the directory).
+    fn drop(&mut self) {
+        if self._temp.is_none() {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
 impl SpoolDir {
     /// Opens (creating with mode 0700) the spool directory next to `log`, deleting spools left by an
     /// earlier run: their transactions will be sent again whole.
