@@ -122,7 +122,8 @@ async fn million_row_streamed_delete_is_exact_with_bounded_memory() {
     assert!(streamed >= 1, "the transaction was not streamed (stream_txns = {streamed})");
     assert!(hwm < RSS_BOUND_KIB, "peak RSS {hwm} KiB over the bound {RSS_BOUND_KIB} KiB");
     assert_exact(&ids(&out, "delete"), &(1..=N).collect::<Vec<_>>());
-    assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0, "spool files left behind");
+    // Spools are deleted after use, and the directory with the last of them.
+    assert!(!spool_dir.exists(), "spool directory left behind");
     let recs: Vec<serde_json::Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
