@@ -80,7 +80,9 @@ async fn streamed_txns(env: &Env) -> i64 {
 /// Runs `sql` in an open transaction and waits until the server streamed some of it (a spool file exists),
 /// then rolls it back. Held open because PostgreSQL 18 no longer streams a transaction it already knows
 /// aborted (it drops its changes instead), which a ROLLBACK before decoding catches up would be.
-async fn rollback_after_streaming(env: &Env, spool_dir: &std::path::Path, sql: &str) {
+async fn rollback_after_streaming(env: &Env, bg: &Background, spool_dir: &std::path::Path, sql: &str) {
+    // Earlier transactions first, so the spool we wait for is this transaction's and not one of theirs.
+    wait_confirmed(env, bg).await;
     let c = connect(&env.dsn).await;
     c.batch_execute(&format!("BEGIN; {sql}")).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -157,6 +159,7 @@ async fn savepoint_rollbacks_inside_a_streamed_transaction() {
     .await;
     rollback_after_streaming(
         &env,
+        &bg,
         &out.with_file_name("sp.jsonl.spool"),
         "DELETE FROM t WHERE id BETWEEN 40001 AND 50000",
     )
@@ -188,6 +191,7 @@ async fn aborted_streamed_deletes_with_include_aborted() {
     env.exec("BEGIN; DELETE FROM t WHERE id <= 10000; SAVEPOINT s; DELETE FROM t WHERE id BETWEEN 10001 AND 20000; ROLLBACK TO s; DELETE FROM t WHERE id = 29000; COMMIT").await;
     rollback_after_streaming(
         &env,
+        &bg,
         &out.with_file_name("ab.jsonl.spool"),
         "DELETE FROM t WHERE id BETWEEN 20001 AND 28000",
     )
