@@ -101,3 +101,20 @@ pub fn from_pg(context: &str, e: PgError) -> Failure {
     let transient = is_transient(&e);
     Failure { exit, message: msg, transient }
 }
+
+/// Maps an error of an ordinary SQL statement (tokio-postgres): a missing privilege is `Privilege`,
+/// anything else `Internal`; the server's message and hint are kept.
+pub fn from_sql(context: &str, e: tokio_postgres::Error) -> Failure {
+    let exit = match e.code().map(|c| c.code()) {
+        Some("42501") => Exit::Privilege,
+        _ => Exit::Internal,
+    };
+    let detail = match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(h) => format!("{} (hint: {h})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
+    };
+    Failure::new(exit, format!("{context}: {detail}"))
+}

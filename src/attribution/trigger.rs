@@ -181,11 +181,7 @@ $walwitness$"#,
     )
 }
 
-fn q(context: &str, e: tokio_postgres::Error) -> Failure {
-    let exit = if e.code().map(|c| c.code()) == Some("42501") { Exit::Privilege } else { Exit::Internal };
-    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string());
-    Failure::new(exit, format!("{context}: {msg}"))
-}
+use crate::error::from_sql as q;
 
 /// Installs (idempotently) the schema, key, function and the triggers on `tables` (SQL names).
 pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {

@@ -47,23 +47,7 @@ pub enum SlotState {
     Lost,
 }
 
-fn q(context: &str, e: tokio_postgres::Error) -> Failure {
-    let exit = match e.code().map(|c| c.code()) {
-        Some("42501") => Exit::Privilege,
-        _ => Exit::Internal,
-    };
-    let detail = match e.as_db_error() {
-        Some(db) => {
-            let mut s = db.message().to_owned();
-            if let Some(h) = db.hint() {
-                s.push_str(&format!(" (hint: {h})"));
-            }
-            s
-        }
-        None => e.to_string(),
-    };
-    Failure::new(exit, format!("{context}: {detail}"))
-}
+use crate::error::from_sql as q;
 
 pub async fn server_info(c: &Client) -> Result<ServerInfo, Failure> {
     let row = c

@@ -139,7 +139,6 @@ pub struct Assembler {
     relations: RelationCache,
     txn: Option<Txn>,
     resume_after: Lsn,
-    scratch: HashMap<u32, ()>,
     attributor: Attributor,
     /// Messages with our prefix that failed verification, over the whole capture.
     pub rejected_messages: u64,
@@ -152,7 +151,6 @@ impl Assembler {
             relations: RelationCache::new(watch),
             txn: None,
             resume_after,
-            scratch: HashMap::new(),
             attributor,
             rejected_messages: 0,
         }
@@ -319,13 +317,14 @@ impl Assembler {
             }
             Message::Truncate { relids, cascade, restart_identity, .. } => {
                 let t = self.txn.as_mut().ok_or_else(|| err("Truncate outside a transaction".into()))?;
-                self.scratch.clear();
+                let mut seen: Vec<u32> = Vec::with_capacity(relids.len());
                 let mut names = Vec::new();
                 for relid in relids {
                     let rel = self.relations.get(relid).ok_or_else(|| {
                         err(format!("relation OID {relid} was never described by a Relation message"))
                     })?;
-                    if rel.watched && self.scratch.insert(relid, ()).is_none() {
+                    if rel.watched && !seen.contains(&relid) {
+                        seen.push(relid);
                         names.push(rel.qualified.clone());
                     }
                 }

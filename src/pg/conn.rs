@@ -943,23 +943,8 @@ impl ReplicationConnection {
             }
             Phase::ClientCopyDone | Phase::Draining => {}
         }
-        let mut err = None;
-        loop {
-            let f = self.read_frame().await?;
-            match f.tag {
-                b'Z' => break,
-                b'c' => self.phase = Phase::Draining,
-                b'E' => {
-                    let e = DbError::parse(&f.body)?;
-                    err.get_or_insert(PgError::Db(e));
-                }
-                b'N' => log_notice(&f.body),
-                b'S' => self.parameter_status(&f.body)?,
-                _ => {}
-            }
-        }
-        self.phase = Phase::Ready;
-        err.map_or(Ok(()), Err)
+        // The server's CopyData, CopyDone and CommandComplete are skipped on the way to ReadyForQuery.
+        self.drain_to_ready().await
     }
 
     /// Sends Terminate and closes the socket. Errors are irrelevant here:

@@ -133,8 +133,8 @@ pub fn push_lsn(out: &mut BytesMut, lsn: Lsn) {
 }
 
 pub fn push_u64(out: &mut BytesMut, n: u64) {
-    let mut b = itoa_buf(n);
-    out.extend_from_slice(b.as_bytes_mut());
+    let b = itoa_buf(n);
+    out.extend_from_slice(b.as_bytes());
 }
 
 fn itoa_buf(n: u64) -> ItoaOut {
@@ -158,7 +158,7 @@ struct ItoaOut {
 }
 
 impl ItoaOut {
-    fn as_bytes_mut(&mut self) -> &[u8] {
+    fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 }
