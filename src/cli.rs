@@ -101,6 +101,11 @@ pub struct CaptureArgs {
     /// Interval of standby status updates to the server (capped at half of wal_sender_timeout).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub status_interval: Duration,
+    /// Reconnect when nothing at all arrives from the server for this long (like wal_receiver_timeout):
+    /// after half of it walwitness asks for a keepalive, so only a dead or frozen connection stays
+    /// silent. 0 disables.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub receive_timeout: Duration,
     /// logical_decoding_work_mem of the replication connection (e.g. 64kB, 64MB; server default 64MB):
     /// a transaction whose changes outgrow it is streamed to walwitness before it commits, and spooled
     /// on disk next to the log instead of on the server.

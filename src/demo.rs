@@ -63,6 +63,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         raw_out: None,
         drop_on_lag: false,
         reconnect_max_delay: Duration::from_secs(30),
+        receive_timeout: Some(Duration::from_secs(60)),
         logical_decoding_work_mem: None,
         stream_every_change: false,
         include_aborted: false,

@@ -6,6 +6,7 @@
 //!                         ▲                                            │ durable LSN
 //!                         └──────── standby status updates ◀───────────┘
 //! ```
+mod acks;
 pub mod names;
 pub mod setup;
 mod spooled;
@@ -55,6 +56,8 @@ pub struct CaptureOptions {
     pub reconnect_attempts: u32,
     /// Cap of the exponential backoff between attempts.
     pub reconnect_max_delay: Duration,
+    /// Reconnect after this long without anything from the server (`None`: never).
+    pub receive_timeout: Option<Duration>,
     /// logical_decoding_work_mem for the replication connection, in bytes.
     pub logical_decoding_work_mem: Option<u64>,
     /// debug_logical_replication_streaming = immediate (16+).
@@ -393,7 +396,21 @@ async fn capture_with_objects(
     for t in tables {
         watch.add(&t.schema, &t.name, t.primary_key.clone());
     }
-    let spooled = spooled::Spooled::new(spool_dir, opts.include_aborted, opts.two_phase, attributor.activity.clone());
+    let mut spooled =
+        spooled::Spooled::new(spool_dir, opts.include_aborted, opts.two_phase, attributor.activity.clone());
+    // Prepared transactions are kept on disk next to the log, so the slot may be acknowledged past a
+    // waiting PREPARE (the server can shut down, and the next run finds them); not for standard output.
+    if opts.two_phase && matches!(opts.out, Output::File(_)) {
+        let damaged = spooled.durable_prepared().map_err(|e| {
+            Failure::new(
+                Exit::Output,
+                format!("cannot read the prepared transactions kept in the spool directory: {e}"),
+            )
+        })?;
+        for d in damaged {
+            eprintln!("walwitness: warning: a prepared transaction kept by an earlier run cannot be used ({d}); if it commits, its deletes will be missing from the log (the files stay for inspection)");
+        }
+    }
     let assembler = Assembler::new(watch, log_mark, attributor);
     let wal_sender_timeout = sql
         .query_one("SELECT setting::bigint * CASE unit WHEN 's' THEN 1000 ELSE 1 END FROM pg_settings WHERE name = 'wal_sender_timeout'", &[])
@@ -441,6 +458,7 @@ async fn capture_with_objects(
         status_every,
         progress: opts.progress,
         progress_interval: opts.progress_interval,
+        receive_timeout: opts.receive_timeout,
         spooled,
     };
     let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await;
@@ -483,6 +501,7 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         raw_out: a.raw_out,
         drop_on_lag: a.on_lag == crate::cli::OnLag::Drop,
         reconnect_max_delay: a.reconnect_max_delay,
+        receive_timeout: Some(a.receive_timeout).filter(|d| !d.is_zero()),
         logical_decoding_work_mem: a.logical_decoding_work_mem,
         stream_every_change: a.stream_every_change,
         include_aborted: a.include_aborted,

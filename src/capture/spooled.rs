@@ -28,6 +28,7 @@ use crate::attribution::activity::ActivityMap;
 use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
 use crate::protocol::pgoutput::{self, Message, ParseOptions};
 use crate::protocol::Lsn;
+use crate::sink::prepared::{self, PreparedMeta};
 use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64};
 use crate::sink::spool::{Spool, SpoolDir, SpoolReader};
 
@@ -99,6 +100,12 @@ pub struct Spooled {
     include_aborted: bool,
     two_phase: bool,
     activity: Option<Arc<ActivityMap>>,
+    /// Prepared transactions' spools are made durable at PREPARE (`sink::prepared`), so
+    /// acknowledgements need not stay below them. Off when the log goes to standard output: nothing is
+    /// durable then, and the next run could not find the spools.
+    durable_prepared: bool,
+    /// Durable spools of transactions already replayed, removed once the log is durable past the LSN.
+    retired: Vec<(Lsn, u32, Spool)>,
 }
 
 impl Spooled {
@@ -113,6 +120,57 @@ impl Spooled {
             include_aborted,
             two_phase,
             activity,
+            durable_prepared: false,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Keeps prepared transactions durable from now on, and takes back those an earlier run left
+    /// waiting for COMMIT PREPARED. Returns what was found damaged (and is not replayed).
+    pub fn durable_prepared(&mut self) -> std::io::Result<Vec<String>> {
+        self.durable_prepared = true;
+        let found = prepared::load(self.dir.path())?;
+        for (m, spool) in found.intact {
+            let mut h = held(m.xid, spool, m.in_stream, Lsn::INVALID);
+            h.gid = Some(m.gid);
+            h.origin = m.origin;
+            h.relations = m.relations;
+            self.prepared.insert(m.xid, h);
+        }
+        Ok(found.damaged)
+    }
+
+    /// A replayed transaction's durable spool stays until the log is durable past `lsn`.
+    pub fn retire(&mut self, lsn: Lsn, r: Replay) {
+        if let Some(spool) = r.spool.filter(Spool::is_durable) {
+            self.retired.push((lsn, r.xid, spool));
+        }
+    }
+
+    /// Removes the retired spools the log now covers.
+    pub fn release(&mut self, durable: Lsn) {
+        if self.retired.iter().all(|r| r.0 > durable) {
+            return;
+        }
+        let dir = self.dir.path().to_owned();
+        let (done, keep) = std::mem::take(&mut self.retired).into_iter().partition(|r| r.0 <= durable);
+        self.retired = keep;
+        for (_, xid, spool) in done {
+            prepared::remove(&dir, xid, spool);
+        }
+    }
+
+    /// The end of a capture, after the writer closed (everything queued is durable): durable prepared
+    /// spools stay for the next run only if the slot does.
+    pub fn finish(mut self, keep_prepared: bool) {
+        let dir = self.dir.path().to_owned();
+        for (_, xid, spool) in self.retired.drain(..) {
+            prepared::remove(&dir, xid, spool);
+        }
+        if !keep_prepared {
+            for (xid, h) in self.prepared.drain() {
+                prepared::remove(&dir, xid, h.spool);
+            }
         }
     }
 
@@ -131,14 +189,15 @@ impl Spooled {
     /// a PREPARE again only if it starts after the slot's confirmed position.
     pub fn ack_cap(&self) -> Option<Lsn> {
         let preparing = self.preparing.and_then(|x| self.open.get(&x));
-        self.prepared.values().chain(preparing).map(|h| h.ack_cap).min()
+        self.prepared.values().filter(|h| !h.spool.is_durable()).chain(preparing).map(|h| h.ack_cap).min()
     }
 
-    /// Forgets everything held (a lost connection, or a stop): the server sends unfinished transactions
-    /// again from their start. Spool files are deleted as they are dropped.
+    /// Forgets what is held after a lost connection: the server sends unfinished transactions again
+    /// from their start. Scratch spool files are deleted as they are dropped; durable prepared ones
+    /// are kept, since the server may have been told it need not send them again.
     pub fn reset(&mut self) {
         self.open.clear();
-        self.prepared.clear();
+        self.prepared.retain(|_, h| h.spool.is_durable());
         self.block = None;
         self.preparing = None;
     }
@@ -292,8 +351,23 @@ impl Spooled {
                     .remove(&xid)
                     .ok_or_else(|| err(format!("Prepare of xid {xid}, which was never received")))?;
                 h.gid = Some(gid);
-                // From now on it waits for COMMIT PREPARED: keep the restart point before it.
-                h.ack_cap = h.ack_cap.min(acked);
+                // Sent again (the slot was not acknowledged past it): the new copy replaces the old.
+                if let Some(old) = self.prepared.remove(&xid) {
+                    prepared::remove(self.dir.path(), xid, old.spool);
+                }
+                if self.durable_prepared {
+                    let meta = PreparedMeta {
+                        xid,
+                        gid: h.gid.clone().unwrap_or_default(),
+                        in_stream: h.in_stream,
+                        origin: h.origin.clone(),
+                        relations: h.relations.clone(),
+                    };
+                    prepared::persist(self.dir.path(), &mut h.spool, &meta).map_err(|e| io("make durable", e))?;
+                } else {
+                    // From now on it waits for COMMIT PREPARED: keep the restart point before it.
+                    h.ack_cap = h.ack_cap.min(acked);
+                }
                 self.prepared.insert(xid, h);
                 Ok(Route::Held)
             }
@@ -323,7 +397,14 @@ impl Spooled {
                         };
                         Ok(Route::Replay(Box::new(Replay::new(h, 0, kind).map_err(|e| io("read", e))?)))
                     }
-                    _ => Ok(Route::Held),
+                    Some(h) => {
+                        // Nothing is written for it: the spool goes once the log is durable past the rollback.
+                        if h.spool.is_durable() {
+                            self.retired.push((rollback_end_lsn, xid, h.spool));
+                        }
+                        Ok(Route::Held)
+                    }
+                    None => Ok(Route::Held),
                 }
             }
             other => Ok(Route::Pass(other)),
@@ -352,8 +433,9 @@ pub struct Replay {
     relations: std::vec::IntoIter<(u32, Lsn, Bytes)>,
     reader: SpoolReader,
     in_stream: bool,
-    /// Kept so the file lives until the replay is done; deleted when the replay is dropped.
-    _spool: Spool,
+    /// Kept so the file lives until the replay is done; a scratch one is deleted when the replay is
+    /// dropped, a durable one handed to `Spooled::retire`.
+    spool: Option<Spool>,
 }
 
 impl Replay {
@@ -368,7 +450,7 @@ impl Replay {
             relations: std::mem::take(&mut h.relations).into_iter(),
             reader,
             in_stream: h.in_stream,
-            _spool: h.spool,
+            spool: Some(h.spool),
         })
     }
 

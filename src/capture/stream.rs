@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use super::acks::{Acks, Ticket};
 use super::spooled::{self, Replay, Route, Spooled};
 use super::status::Progress;
 use super::Outcome;
@@ -67,6 +68,8 @@ pub struct LoopOptions {
     pub status_every: Duration,
     pub progress: bool,
     pub progress_interval: Duration,
+    /// Reconnect when nothing at all arrives for this long (`--receive-timeout`; `None`: never).
+    pub receive_timeout: Option<Duration>,
     /// Streamed and prepared transactions, held until they are final.
     pub spooled: Spooled,
 }
@@ -82,30 +85,24 @@ struct Loop {
     asm: Assembler,
     out: BytesMut,
     o: LoopOptions,
-    /// Lowest position we may report: already durable in the log or already confirmed by the slot.
-    floor: Lsn,
-    /// Last flush position sent to the server.
-    sent_flush: Lsn,
+    /// What may be acknowledged and where the log resumes (`acks`).
+    acks: Acks,
     last_status: Instant,
     last_reply_request: Instant,
     /// Highest WAL position the server said it has sent.
     server_end: Lsn,
-    /// Highest LSN handed to the writer as acknowledgeable.
-    handed: Lsn,
-    /// End of the last transaction that wrote nothing, not yet handed to the writer.
-    deferred_ack: Lsn,
-    /// Highest position handed to the writer as an ack (after `ack`'s cap).
-    acked: Lsn,
     progress: Progress,
     tick: tokio::time::Interval,
     status_buf: BytesMut,
     warned_retained: bool,
     lag_stop: bool,
-    /// Bytes at the start of `out` that are complete transactions not yet handed to the writer, and the
-    /// LSN they make acknowledgeable. Small transactions are handed over in batches (at CHUNK bytes or the
+    /// Bytes at the start of `out` that are complete transactions not yet handed to the writer (their
+    /// commit is `acks`' batch). Small transactions are handed over in batches (at CHUNK bytes or the
     /// next tick), so a stream of them costs one writer wake-up and one fsync per batch, not each.
     batched_len: usize,
-    batched_ack: Option<Lsn>,
+    /// When the loop last received something, or stopped waiting for the writer: the receive timeout
+    /// counts only time spent waiting for the server.
+    last_heard: Instant,
 }
 
 enum Flow {
@@ -214,21 +211,17 @@ pub async fn run(
         asm,
         out: BytesMut::with_capacity(CHUNK * 2),
         o,
-        floor: start_lsn,
-        sent_flush: Lsn::INVALID,
+        acks: Acks::new(start_lsn),
         last_status: now,
         last_reply_request: now,
         server_end: start_lsn,
-        handed: start_lsn,
-        deferred_ack: start_lsn,
-        acked: start_lsn,
         progress,
         tick,
         status_buf: BytesMut::with_capacity(64),
         warned_retained: false,
         lag_stop: false,
         batched_len: 0,
-        batched_ack: None,
+        last_heard: now,
     };
     let result: Result<StopReason, Failure> = async {
         loop {
@@ -252,7 +245,10 @@ pub async fn run(
                     // Batched transactions wait at most one tick for the writer.
                     match lp.flush_batch().await {
                         Ok(()) => match lp.flush_deferred_ack().await {
-                            Ok(()) => lp.on_tick().await.map(|()| Flow::Go),
+                            Ok(()) => match lp.on_tick().await {
+                                Ok(()) => lp.check_receive_timeout().map(|()| Flow::Go),
+                                Err(e) => Err(e),
+                            },
                             Err(e) => Err(e),
                         },
                         Err(e) => Err(e),
@@ -294,15 +290,18 @@ pub async fn run(
         Ok(reason) => lp.stop(reason).await,
         Err(f) => {
             // Keep what is durable acknowledged, then give up; the slot stays for a resume.
-            if let Some(batch) = lp.take_batch() {
-                let _ = lp.writer.send(batch).await;
+            if let Some((batch, t)) = lp.take_batch() {
+                if lp.writer.send(batch).await.is_ok() {
+                    lp.acks.record_queued(t);
+                }
             }
             if lp.asm.in_transaction() {
                 let _ = lp.writer.send(Chunk::Rollback).await;
             }
             lp.raw_write(|r| r.flush());
+            let cap = lp.o.spooled.ack_cap();
             let d = lp.writer.close().await;
-            let flush = d.lsn.max(lp.floor);
+            let flush = lp.acks.flush(d.lsn, cap);
             lp.status_buf.clear();
             encode_standby_status(&mut lp.status_buf, flush, flush, flush, now_pg_micros(), false);
             let _ = lp.repl.send_copy_data(&lp.status_buf).await;
@@ -366,7 +365,7 @@ impl Loop {
                 self.server_end,
                 self.o.publication,
                 self.o.slot,
-                self.writer.durable().borrow().lsn.max(self.floor),
+                self.flush_pos(),
                 self.o.slot
             ),
         )
@@ -375,12 +374,19 @@ impl Loop {
     /// Hands the end of the last transaction that wrote nothing to the writer. Only between
     /// transactions: the empty chunk is a rollback boundary.
     async fn flush_deferred_ack(&mut self) -> Result<(), Failure> {
-        if self.deferred_ack > self.handed && !self.asm.in_transaction() {
-            self.handed = self.deferred_ack;
-            let ack = self.ack(self.deferred_ack);
-            self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(ack) }).await?;
+        if self.asm.in_transaction() {
+            return Ok(());
+        }
+        self.flush_batch().await?;
+        if let Some(t) = self.acks.take_deferred(self.o.spooled.ack_cap()) {
+            self.push_raw(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(t.ack) }, Some(t)).await?;
         }
         Ok(())
+    }
+
+    /// The flush position to report now: durable, capped below a waiting prepare, never below the floor.
+    fn flush_pos(&self) -> Lsn {
+        self.acks.flush(self.writer.durable().borrow().lsn, self.o.spooled.ack_cap())
     }
 
     /// Reconnects with capped exponential backoff and resumes from what is durable. Transactions the
@@ -395,8 +401,9 @@ impl Loop {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<StopReason>, Failure> {
         // Complete transactions go to the log first; the connection is gone, so no ticking while waiting.
-        if let Some(batch) = self.take_batch() {
+        if let Some((batch, t)) = self.take_batch() {
             self.writer.send(batch).await.map_err(|_| self.writer_failure())?;
+            self.acks.record_queued(t);
         }
         if self.asm.in_transaction() {
             self.asm.abandon_transaction();
@@ -404,9 +411,10 @@ impl Loop {
             self.writer.send(Chunk::Rollback).await.map_err(|_| self.writer_failure())?;
         }
         self.raw_write(|r| r.reconnected());
-        // Partly streamed and prepared transactions are sent again from their start.
+        // Partly streamed and prepared transactions are sent again from their start (prepared ones
+        // whose spool is durable are kept: the server may not send them again).
         self.o.spooled.reset();
-        self.asm.set_resume_after(self.handed);
+        self.asm.set_resume_after(self.acks.queued());
         let mut delay = Duration::from_millis(250);
         let max = self.target.reconnect_attempts;
         for attempt in 1..=max {
@@ -422,12 +430,12 @@ impl Loop {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => return Ok(Some(StopReason::Duration)),
                 _ = tokio::time::sleep(delay) => {}
             }
-            let from = self.writer.durable().borrow().lsn.max(self.floor);
+            let from = self.flush_pos();
             match self.target.connect_and_start(from).await {
                 Ok(conn) => {
                     self.repl = conn;
-                    self.floor = from;
-                    self.sent_flush = Lsn::INVALID;
+                    self.acks.reconnected(from);
+                    self.last_heard = Instant::now();
                     eprintln!("walwitness: reconnected; resuming from LSN {from}");
                     return Ok(None);
                 }
@@ -457,60 +465,77 @@ impl Loop {
             format!(
                 "{}; nothing after LSN {} was acknowledged, so the next run resumes there",
                 d.error.unwrap_or_else(|| "the log writer stopped".into()),
-                d.lsn.max(self.floor)
+                self.acks.flush(d.lsn, self.o.spooled.ack_cap())
             ),
         )
     }
 
-    /// Hands bytes to the writer, answering the server on time while the writer is busy.
     /// Hands a chunk to the writer after any batched transactions, so the log keeps the stream's order.
-    async fn push(&mut self, chunk: Chunk) -> Result<(), Failure> {
+    async fn push(&mut self, chunk: Chunk, ticket: Option<Ticket>) -> Result<(), Failure> {
         self.flush_batch().await?;
-        self.push_raw(chunk).await
+        self.push_raw(chunk, ticket).await
     }
 
     /// Hands the batched complete transactions to the writer.
     async fn flush_batch(&mut self) -> Result<(), Failure> {
-        if let Some(chunk) = self.take_batch() {
-            self.push_raw(chunk).await?;
+        if let Some((chunk, t)) = self.take_batch() {
+            self.push_raw(chunk, Some(t)).await?;
         }
         Ok(())
     }
 
-    fn take_batch(&mut self) -> Option<Chunk> {
-        if self.batched_len == 0 && self.batched_ack.is_none() {
-            return None;
-        }
+    /// The batched transactions' bytes with their ticket, which must be recorded once the chunk is queued.
+    fn take_batch(&mut self) -> Option<(Chunk, Ticket)> {
+        let t = self.acks.take_batch(self.o.spooled.ack_cap())?;
         let data = self.asm.split_prefix(&mut self.out, self.batched_len);
         self.batched_len = 0;
-        Some(Chunk::Append { data, boundary: true, ack: self.batched_ack.take() })
+        Some((Chunk::Append { data, boundary: true, ack: Some(t.ack) }, t))
     }
 
-    async fn push_raw(&mut self, chunk: Chunk) -> Result<(), Failure> {
+    /// Queues a chunk, answering the server on time while the writer is busy. A chunk in hand is never
+    /// dropped: if answering the server fails meanwhile (the connection is gone), the chunk is still
+    /// queued — waiting for room without ticking — before the failure is returned, because the resume
+    /// mark already counts its transactions as written once `ticket` is recorded.
+    async fn push_raw(&mut self, chunk: Chunk, ticket: Option<Ticket>) -> Result<(), Failure> {
         let writer_tx = self.writer.sender();
-        loop {
+        let mut failed: Option<Failure> = None;
+        let queued = loop {
+            if failed.is_some() {
+                break writer_tx.send(chunk).await.is_ok();
+            }
             tokio::select! {
                 biased;
-                permit = writer_tx.reserve() => {
-                    return match permit {
-                        Ok(p) => { p.send(chunk); Ok(()) }
-                        Err(_) => Err(self.writer_failure()),
-                    };
+                permit = writer_tx.reserve() => match permit {
+                    Ok(p) => { p.send(chunk); break true; }
+                    Err(_) => break false,
+                },
+                _ = self.tick.tick() => {
+                    if let Err(f) = self.on_tick().await {
+                        failed = Some(f);
+                    }
                 }
-                _ = self.tick.tick() => self.on_tick().await?,
             }
+        };
+        // Time spent waiting for the writer is not time the server was silent.
+        self.last_heard = self.last_heard.max(Instant::now());
+        if !queued {
+            return Err(self.writer_failure());
         }
+        if let Some(t) = ticket {
+            self.acks.record_queued(t);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), Failure> {
-        let flush = self.writer.durable().borrow().lsn.max(self.floor);
+        let flush = self.flush_pos();
         self.status_buf.clear();
         encode_standby_status(&mut self.status_buf, flush, flush, flush, now_pg_micros(), reply_requested);
         self.repl
             .send_copy_data(&self.status_buf)
             .await
             .map_err(|e| from_pg("cannot send a status update; run the same command again to resume", e))?;
-        self.sent_flush = flush;
+        self.acks.record_sent(flush);
         self.last_status = Instant::now();
         if reply_requested {
             self.last_reply_request = self.last_status;
@@ -525,13 +550,22 @@ impl Loop {
         }
         let since = self.last_status.elapsed();
         // Waiting for --endpos on an idle server: ask for a keepalive, which carries the server's position.
-        let want_reply = self.o.endpos.is_some()
+        let endpos_reply = self.o.endpos.is_some()
             && !self.asm.in_transaction()
             && self.last_reply_request.elapsed() >= Duration::from_millis(500);
-        if since >= self.o.status_every || durable.lsn.max(self.floor) > self.sent_flush || want_reply {
+        // Silent for half the receive timeout: ask for a keepalive, so a live server proves it is there
+        // (an idle walsender whose client is caught up sends nothing on its own).
+        let probe = self
+            .o
+            .receive_timeout
+            .is_some_and(|t| self.last_heard.elapsed() >= t / 2 && self.last_reply_request.elapsed() >= t / 4);
+        let want_reply = endpos_reply || probe;
+        self.o.spooled.release(durable.lsn);
+        let flush = self.flush_pos();
+        if since >= self.o.status_every || flush > self.acks.sent() || want_reply {
             self.send_status(want_reply).await?;
         }
-        self.progress.maybe_print(self.server_end, durable.lsn.max(self.floor));
+        self.progress.maybe_print(self.server_end, flush);
         if let (Some(max), Some(held)) = (self.o.max_retained_wal, self.progress.retained()) {
             if held > 0 && held as u64 > max {
                 if self.o.drop_on_lag {
@@ -541,7 +575,7 @@ impl Loop {
                             self.o.slot,
                             super::status::human_bytes(held as u64),
                             super::status::human_bytes(max),
-                            durable.lsn.max(self.floor)
+                            flush
                         );
                     }
                     self.lag_stop = true;
@@ -559,10 +593,31 @@ impl Loop {
         Ok(())
     }
 
+    /// A connection that delivers nothing — not even the keepalive asked for at half the timeout — is
+    /// taken for dead (a frozen network path, a stalled proxy) and replaced, like `wal_receiver_timeout`.
+    fn check_receive_timeout(&self) -> Result<(), Failure> {
+        let Some(t) = self.o.receive_timeout else { return Ok(()) };
+        let silent = self.last_heard.elapsed();
+        if silent < t {
+            return Ok(());
+        }
+        let mut f = Failure::new(
+            Exit::Stream,
+            format!(
+                "received nothing from the server for {} (--receive-timeout {}), not even an asked-for keepalive: the connection is taken for dead",
+                humantime::format_duration(Duration::from_secs(silent.as_secs())),
+                humantime::format_duration(t)
+            ),
+        );
+        f.transient = true;
+        Err(f)
+    }
+
     /// Handles `first`, then the frames its read already brought in, without going back through the
     /// loop's `select!`: one read holds at most a few hundred KiB, so the status tick is not delayed
     /// noticeably, and `push` still answers it while the writer is full.
     async fn on_frames(&mut self, first: Bytes) -> Result<Flow, Failure> {
+        self.last_heard = Instant::now();
         let mut next = Some(first);
         while let Some(payload) = next {
             if let Flow::Stop(r) = self.on_frame(payload).await? {
@@ -590,7 +645,7 @@ impl Loop {
                 let m = pgoutput::parse(&data, opts)
                     .map_err(|e| Failure::new(Exit::Stream, format!("at LSN {wal_start}: {e}")))?;
                 // Streamed and prepared transactions are held in spools until final (`spooled`).
-                let m = match self.o.spooled.route(wal_start, &data, m, self.acked) {
+                let m = match self.o.spooled.route(wal_start, &data, m, self.acks.acked()) {
                     Ok(Route::Pass(m)) => m,
                     Ok(Route::Held) => return Ok(Flow::Go),
                     Ok(Route::Replay(r)) => return self.replay(*r).await,
@@ -621,7 +676,7 @@ impl Loop {
                         if self.out.len() >= CHUNK {
                             self.flush_batch().await?;
                             let data = self.asm.take_complete(&mut self.out);
-                            self.push_raw(Chunk::Append { data, boundary: false, ack: None }).await?;
+                            self.push_raw(Chunk::Append { data, boundary: false, ack: None }, None).await?;
                         }
                     }
                     Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
@@ -630,12 +685,10 @@ impl Loop {
                             // transaction in the database): a writer round trip each would cost more
                             // than decoding them, so only remember the position; the next tick (or
                             // commit, keepalive, or stop) hands it to the writer.
-                            self.deferred_ack = self.deferred_ack.max(end_lsn);
+                            self.acks.nothing_open_until(end_lsn);
                         } else {
-                            self.handed = self.handed.max(end_lsn);
-                            let ack = self.ack(end_lsn);
+                            self.acks.batched_commit(end_lsn);
                             self.batched_len = self.out.len();
-                            self.batched_ack = Some(self.batched_ack.map_or(ack, |b| b.max(ack)));
                             if self.batched_len >= CHUNK {
                                 self.flush_batch().await?;
                             }
@@ -651,11 +704,10 @@ impl Loop {
             }
             ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                 self.server_end = self.server_end.max(wal_end);
-                if !self.asm.in_transaction() && !self.o.spooled.streams_open() && wal_end > self.handed {
+                if !self.asm.in_transaction() && !self.o.spooled.streams_open() && wal_end > self.acks.queued() {
                     // Nothing of ours is open below wal_end: once what is queued is durable, it may be acked.
-                    self.handed = wal_end;
-                    let ack = self.ack(wal_end);
-                    self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(ack) }).await?;
+                    let t = self.acks.ticket(wal_end, self.o.spooled.ack_cap());
+                    self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(t.ack) }, Some(t)).await?;
                 }
                 if reply_requested {
                     self.send_status(false).await?;
@@ -666,14 +718,6 @@ impl Loop {
             }
         }
         Ok(Flow::Go)
-    }
-
-    /// The position to hand to the writer as acknowledgeable for `lsn`: capped below a prepared
-    /// transaction that waits for COMMIT PREPARED (`Spooled::ack_cap`).
-    fn ack(&mut self, lsn: Lsn) -> Lsn {
-        let a = self.o.spooled.ack_cap().map_or(lsn, |cap| lsn.min(cap));
-        self.acked = self.acked.max(a);
-        a
     }
 
     /// A streamed or prepared transaction became final: feeds it through the Assembler and hands the
@@ -693,25 +737,29 @@ impl Loop {
                 Step::Continue => {
                     if self.out.len() >= CHUNK {
                         let data = r.finish_rows(self.asm.take_complete(&mut self.out));
-                        self.push(Chunk::Append { data, boundary: false, ack: None }).await?;
+                        self.push(Chunk::Append { data, boundary: false, ack: None }, None).await?;
                     }
                 }
                 Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
                     let data = r.finish_last(self.out.split().freeze());
-                    let ack = match r.kind {
+                    let ticket = match r.kind {
                         spooled::ReplayKind::Commit { .. } => {
-                            self.handed = self.handed.max(end_lsn);
                             if wrote {
                                 self.progress.committed(deletes, truncates, commit_time);
                             }
-                            Some(self.ack(end_lsn))
+                            Some(self.acks.ticket(end_lsn, self.o.spooled.ack_cap()))
                         }
                         spooled::ReplayKind::Abort { .. } => None,
                     };
-                    self.push(Chunk::Append { data, boundary: true, ack }).await?;
-                    if r.commit_lsn().is_some() && self.o.endpos.is_some_and(|e| end_lsn >= e) {
-                        return Ok(Flow::Stop(StopReason::Endpos));
-                    }
+                    let ack = ticket.map(|t| t.ack);
+                    self.push(Chunk::Append { data, boundary: true, ack }, ticket).await?;
+                    let at = match r.kind {
+                        spooled::ReplayKind::Commit { end_lsn, .. } => end_lsn,
+                        spooled::ReplayKind::Abort { abort_lsn, .. } => abort_lsn.unwrap_or(self.server_end),
+                    };
+                    let stop = r.commit_lsn().is_some() && self.o.endpos.is_some_and(|e| end_lsn >= e);
+                    self.o.spooled.retire(at, r);
+                    return Ok(if stop { Flow::Stop(StopReason::Endpos) } else { Flow::Go });
                 }
             }
         }
@@ -721,17 +769,16 @@ impl Loop {
     /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.
     async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
         self.flush_batch().await?;
-        // Unfinished streamed or prepared transactions are sent again on the next run.
-        self.o.spooled.reset();
         if self.asm.in_transaction() {
             // Its commit has not arrived; with --keep-slot it is sent again on the next run.
             self.asm.abandon_transaction();
             self.out.clear();
-            self.push(Chunk::Rollback).await?;
+            self.push(Chunk::Rollback, None).await?;
         }
+        // While prepared transactions still cap it: a waiting PREPARE must be sent again next time.
         self.flush_deferred_ack().await?;
         self.raw_write(|r| r.flush());
-        let last_lsn = self.handed.max(self.floor);
+        let last_lsn = self.acks.covered();
         let mut rec = BytesMut::new();
         push_record(
             &mut rec,
@@ -756,13 +803,17 @@ impl Loop {
                 },
             );
         }
-        self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }).await?;
-        let Loop { mut repl, writer, progress, mut status_buf, floor, .. } = self;
+        self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }, None).await?;
+        let cap = self.o.spooled.ack_cap();
+        let Loop { mut repl, writer, progress, mut status_buf, acks, o, .. } = self;
         let d = writer.close().await;
         if let Some(e) = d.error {
             return Err(Failure::new(Exit::Output, e));
         }
-        let flush = d.lsn.max(floor);
+        let flush = acks.flush(d.lsn, cap);
+        // Unfinished streamed transactions come again on the next run; prepared ones whose spool is
+        // durable stay for it only if the slot does.
+        o.spooled.finish(o.keep_slot && reason != StopReason::MaxRetainedWal);
         status_buf.clear();
         encode_standby_status(&mut status_buf, flush, flush, flush, now_pg_micros(), false);
         let _ = repl.send_copy_data(&status_buf).await;

@@ -1,5 +1,6 @@
 //! The forensic log: record format (`record`), the durable writer (`writer`), the raw capture file
 //! (`raw`), and the spool files of transactions that are not final yet (`spool`).
+pub mod prepared;
 pub mod raw;
 pub mod record;
 pub mod spool;

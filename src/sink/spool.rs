@@ -73,7 +73,7 @@ impl SpoolDir {
         self.next += 1;
         let path = self.path.join(format!("xid-{xid}-{}.{EXT}", self.next));
         let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-        Ok(Spool { path, out: BufWriter::with_capacity(BUF, file), len: 0 })
+        Ok(Spool { path, out: BufWriter::with_capacity(BUF, file), len: 0, keep: false })
     }
 }
 
@@ -82,6 +82,8 @@ pub struct Spool {
     path: PathBuf,
     out: BufWriter<File>,
     len: u64,
+    /// A durable spool (`sink::prepared`) outlives the process: dropping it keeps the file.
+    keep: bool,
 }
 
 impl Spool {
@@ -131,9 +133,41 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Makes what was spooled durable (fsync) under `name` in the same directory; from then on dropping
+    /// the spool keeps the file, and only [`Spool::discard`] removes it.
+    pub fn persist(&mut self, name: &str) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        let to = self.path.with_file_name(name);
+        std::fs::rename(&self.path, &to)?;
+        self.path = to;
+        self.keep = true;
+        Ok(())
+    }
+
+    /// A durable spool found again by a later run; `len` is the length its metadata recorded.
+    pub fn reopen(path: PathBuf, len: u64) -> io::Result<Spool> {
+        let mut file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path)?;
+        file.seek(SeekFrom::Start(len))?;
+        Ok(Spool { path, out: BufWriter::with_capacity(BUF, file), len, keep: true })
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.keep
+    }
+
+    /// Removes the file, durable or not.
+    pub fn discard(mut self) {
+        self.keep = false;
+    }
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
