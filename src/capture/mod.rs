@@ -213,8 +213,9 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     if let Some(s) = sampler {
         s.abort();
     }
-    // The server may have restarted while we streamed: cleanup needs a live connection.
-    let sql = if sql.is_closed() {
+    // The server may have restarted while we streamed, or the path to it frozen (the stream then
+    // reconnected on its own): cleanup needs a connection that answers.
+    let sql = if !answers(&sql).await {
         std::sync::Arc::new(
             crate::pg::connect_sql(&spec)
                 .await
@@ -507,4 +508,13 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         include_aborted: a.include_aborted,
         two_phase: a.two_phase,
     }
+}
+
+/// Whether a connection still answers within a few seconds (a closed one, or one behind a stalled
+/// network path, does not: cleanup through it would fail or wait forever).
+async fn answers(sql: &tokio_postgres::Client) -> bool {
+    !sql.is_closed()
+        && tokio::time::timeout(std::time::Duration::from_secs(5), sql.simple_query("SELECT 1"))
+            .await
+            .is_ok_and(|r| r.is_ok())
 }

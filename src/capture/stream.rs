@@ -511,6 +511,11 @@ impl Loop {
                 },
                 _ = self.tick.tick() => {
                     if let Err(f) = self.on_tick().await {
+                        // Said now: the writer may wait long (a stalled reader of --out -).
+                        eprintln!(
+                            "walwitness: {}; handing the transactions already received to the writer before reconnecting",
+                            f.message
+                        );
                         failed = Some(f);
                     }
                 }

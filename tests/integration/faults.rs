@@ -110,44 +110,6 @@ async fn kill_9_at_random_points_loses_and_duplicates_nothing() {
     eprintln!("killed {kills} times; {} rows deleted", ROWS - present.len());
 }
 
-/// A TCP proxy the test controls: `cut()` drops every connection through it, both sides.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut rx = cut_rx.clone();
-                rx.borrow_and_update();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.changed() => {}
-                    }
-                    // Dropping both streams closes both sides.
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
-}
-
 async fn delete_batch(dsn: &str, from: usize, to: usize) {
     let c = connect(dsn).await;
     for lo in (from..to).step_by(50) {

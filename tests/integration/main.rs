@@ -4,6 +4,7 @@ mod attribution;
 mod capture;
 mod errors;
 mod faults;
+mod integrity;
 mod readers;
 mod streaming;
 mod util;

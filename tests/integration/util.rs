@@ -305,3 +305,72 @@ impl Env {
             .collect()
     }
 }
+
+/// A TCP proxy the test controls: `cut()` drops every connection through it, both sides; `freeze()`
+/// stops forwarding on the connections open at that moment while keeping them open (a stalled
+/// middlebox), and new connections forward normally.
+pub struct Proxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+    freeze: tokio::sync::watch::Sender<u64>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let (freeze, freeze_rx) = tokio::sync::watch::channel(0u64);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                // Connections are numbered from 1; `freeze` carries the highest number it stalls.
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.borrow_and_update();
+                let mut freeze_rx = freeze_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let frozen = async {
+                        while *freeze_rx.borrow_and_update() < n {
+                            if freeze_rx.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                        _ = cut_rx.changed() => return,
+                        _ = frozen => {}
+                    }
+                    // Frozen: both sockets stay open, nothing moves, until a cut.
+                    let _ = cut_rx.changed().await;
+                    drop((client, server));
+                });
+            }
+        });
+        Proxy { port, cut, freeze, accepted }
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Stalls every connection accepted so far.
+    pub fn freeze(&self) {
+        let upto = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        self.freeze.send_modify(|n| *n = upto);
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+}
