@@ -191,6 +191,32 @@ async fn sql_ascii_foreign_messages_with_trigger_attribution() {
     assert!(!stderr.contains("reconnecting"), "the capture lost its stream:\n{stderr}");
 }
 
+/// Waits until the slot confirmed the current WAL position, then returns the capture's peak RSS.
+async fn wait_confirmed_peak_rss(env: &Env, bg: &Background) -> u64 {
+    let end = lsn_num(&env.lsn().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let c: Option<String> = env
+            .sql
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if c.as_deref().is_some_and(|c| lsn_num(c) >= end) {
+            return vm_hwm_kib(bg.child.id().unwrap());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the capture never confirmed the current position:\n{}",
+            std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
@@ -219,30 +245,7 @@ async fn huge_foreign_message_is_not_buffered() {
     env.exec("DELETE FROM t WHERE k IN ('k3', 'k4')").await;
     let pid = bg.child.id().unwrap();
     // Once everything up to now is confirmed, the messages have passed through the capture.
-    let hwm = {
-        let end = lsn_num(&env.lsn().await);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let c: Option<String> = env
-                .sql
-                .query_opt(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .and_then(|r| r.get(0));
-            if c.as_deref().is_some_and(|c| lsn_num(c) >= end) {
-                break vm_hwm_kib(pid);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the capture never confirmed the current position:\n{}",
-                std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let hwm = wait_confirmed_peak_rss(&env, &bg).await;
     eprintln!("two {} MiB foreign messages: capture peak RSS {hwm} KiB", SIZE >> 20);
     let stderr = env.stop_capture(bg).await;
     assert!(hwm < BOUND_KIB, "peak RSS {hwm} KiB over {BOUND_KIB} KiB: the message was buffered\n{stderr}");
@@ -254,4 +257,43 @@ async fn huge_foreign_message_is_not_buffered() {
     for d in &dels {
         assert_eq!(d["session"]["attributed_by"], "trigger", "{d}");
     }
+}
+
+/// Item 8 inside a streamed transaction (`--logical-decoding-work-mem 64kB`), where messages carry the
+/// `[xid]` field: the foreign message is dropped, the transaction's deletes are logged and attributed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_foreign_message_in_a_streamed_transaction() {
+    const SIZE: u64 = 48 << 20;
+    let env = Env::start().await;
+    env.exec("CREATE TABLE t (k text PRIMARY KEY); INSERT INTO t SELECT 'k' || g FROM generate_series(1, 3000) g;")
+        .await;
+    let out = env.log_path("streamed.jsonl");
+    let bg = env
+        .start_capture(
+            &out,
+            &["t"],
+            &["--attribution", "trigger", "--logical-decoding-work-mem", "64kB", "--reconnect-attempts", "1"],
+        )
+        .await;
+    env.exec(&format!(
+        "BEGIN; DELETE FROM t WHERE k <= 'k2'; SELECT pg_logical_emit_message(true, 'other', repeat('x', {SIZE})); \
+         DELETE FROM t WHERE k > 'k2'; COMMIT"
+    ))
+    .await;
+    let hwm = wait_confirmed_peak_rss(&env, &bg).await;
+    let streamed: i64 = env
+        .sql
+        .query_one("SELECT coalesce(sum(stream_txns), 0)::bigint FROM pg_stat_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stderr = env.stop_capture(bg).await;
+    eprintln!("{} MiB foreign message in a streamed transaction: capture peak RSS {hwm} KiB", SIZE >> 20);
+    assert!(streamed >= 1, "the transaction was not streamed");
+    assert!(hwm < 40 * 1024, "peak RSS {hwm} KiB: the message was buffered");
+    let recs = records(&out);
+    check_structure(&recs);
+    let dels = of_type(&recs, "delete");
+    assert_eq!(dels.len(), 3000, "{stderr}");
+    assert!(dels.iter().all(|d| d["session"]["attributed_by"] == "trigger"));
 }
