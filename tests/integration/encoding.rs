@@ -243,7 +243,6 @@ async fn huge_foreign_message_is_not_buffered() {
     .await;
     env.exec(&format!("SELECT pg_logical_emit_message(false, 'other', repeat('y', {SIZE}))")).await;
     env.exec("DELETE FROM t WHERE k IN ('k3', 'k4')").await;
-    let pid = bg.child.id().unwrap();
     // Once everything up to now is confirmed, the messages have passed through the capture.
     let hwm = wait_confirmed_peak_rss(&env, &bg).await;
     eprintln!("two {} MiB foreign messages: capture peak RSS {hwm} KiB", SIZE >> 20);
