@@ -288,6 +288,7 @@ async fn live_pg15() {
                 }
                 CopyEvent::Done => panic!("stream ended early"),
                 CopyEvent::Notice(n) => eprintln!("server notice: {n:?}"),
+                CopyEvent::Skipped(_) => {}
             },
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }

@@ -118,8 +118,12 @@ impl Verifier {
         if given.len() != want.len() || given.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return Err("signature does not match the installed key".into());
         }
+        // The signature is good, so the message is the trigger's. In a SQL_ASCII database its text (the
+        // statement, the application name) may hold bytes that are not UTF-8, which JSON cannot carry:
+        // those become U+FFFD rather than turning an authentic message into a rejected one.
+        let payload = String::from_utf8_lossy(payload);
         let p: Payload =
-            serde_json::from_slice(payload).map_err(|e| format!("signed payload is not understood: {e}"))?;
+            serde_json::from_str(&payload).map_err(|e| format!("signed payload is not understood: {e}"))?;
         if p.v != 1 {
             return Err(format!("unknown payload version {}", p.v));
         }
@@ -354,5 +358,23 @@ mod tests {
         assert!(v.verify(b"nosignature").is_err());
         assert!(v.verify(b"zz {}").is_err());
         assert!(v.verify(&signed(&v, "{\"v\":2}")).is_err());
+    }
+
+    #[test]
+    fn signed_payload_with_bytes_that_are_not_utf8_is_accepted() {
+        // A SQL_ASCII database: the statement held a raw 0xFF byte, which the server's JSON kept as is.
+        let (i, o) = pads(&[7u8; 32]);
+        let v = Verifier::from_pads(i, o);
+        let payload = P.replace("DELETE FROM t", "DELETE FROM t WHERE k = '\u{1}'").into_bytes();
+        let payload: Vec<u8> = payload.into_iter().map(|b| if b == 1 { 0xff } else { b }).collect();
+        let mut msg = hex::encode(v.mac(&payload)).into_bytes();
+        msg.push(b' ');
+        msg.extend_from_slice(&payload);
+        let p = v.verify(&msg).unwrap();
+        assert_eq!(p.query.as_deref(), Some("DELETE FROM t WHERE k = '\u{fffd}'"));
+        // The signature still covers the bytes as sent.
+        let n = msg.len();
+        msg[n - 3] ^= 1;
+        assert!(v.verify(&msg).is_err());
     }
 }

@@ -333,6 +333,7 @@ async fn capture_with_objects(
         reconnect_attempts: opts.reconnect_attempts,
         reconnect_max_delay: opts.reconnect_max_delay,
         two_phase: opts.two_phase,
+        messages: opts.attribution.trigger,
         startup,
         stream_abort_has_lsn: false,
     };

@@ -150,6 +150,9 @@ pub struct StreamTarget {
     pub reconnect_attempts: u32,
     pub reconnect_max_delay: Duration,
     pub two_phase: bool,
+    /// Ask pgoutput for logical decoding messages: only with trigger attribution, the one reader of them.
+    /// Any role can emit messages, so without it they stay on the server (see `proto-notes/commands.md`).
+    pub messages: bool,
     /// Extra startup parameters of the replication connection (see `spooled::startup_params`).
     pub startup: Vec<(&'static str, String)>,
     /// Set by `start`: Stream Abort carries abort_lsn/abort_time (streaming 'parallel').
@@ -164,14 +167,19 @@ impl StreamTarget {
             let (extra, abort_lsn) = spooled::replication_options(self.proto, self.two_phase);
             self.stream_abort_has_lsn = abort_lsn;
             let cmd = format!(
-                "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages 'true'{extra})",
+                "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}, messages '{}'{extra})",
                 quote_ident(&self.slot),
                 from,
                 self.proto,
                 quote_literal(&quote_ident(&self.publication)),
+                self.messages,
             );
             match conn.start_copy_both(&cmd).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Other applications' messages (any role can emit them, up to 1 GB) are dropped unread.
+                    conn.skip_foreign_messages(crate::attribution::trigger::PREFIX);
+                    return Ok(());
+                }
                 Err(e) if e.sqlstate() == Some("0A000") && self.proto > 2 => self.proto -= 1,
                 Err(e) => return Err(e),
             }
@@ -257,6 +265,10 @@ pub async fn run(
                 ev = lp.repl.recv() => match ev {
                     Ok(CopyEvent::Data(b)) => lp.on_frames(b).await,
                     Ok(CopyEvent::Notice(n)) => lp.on_notice(n).map(|()| Flow::Go),
+                    Ok(CopyEvent::Skipped(_)) => {
+                        lp.last_heard = Instant::now();
+                        Ok(Flow::Go)
+                    }
                     Err(e) if e.db_error().is_some_and(publication_missing_error) => Err(lp.publication_gap(&e.to_string())),
                     Ok(CopyEvent::Done) => {
                         let mut f = Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?)");

@@ -20,6 +20,7 @@ use bytes::BytesMut;
 
 use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
 use crate::attribution::{Attributor, Session, SessionJson};
+use crate::protocol::buf::lossless_name;
 use crate::protocol::pgoutput::{Message, OldKind, Value};
 use crate::protocol::Lsn;
 use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64, push_value};
@@ -446,7 +447,10 @@ impl Assembler {
                                 t.conflict = true;
                             }
                         }
-                        t.trigger.insert(format!("{}.{}", p.schema, p.table), Arc::new(SessionJson::new(&session)));
+                        // Keyed like `Relation::qualified`, whose names are in the lossless form.
+                        let table =
+                            format!("{}.{}", lossless_name(p.schema.as_bytes()), lossless_name(p.table.as_bytes()));
+                        t.trigger.insert(table, Arc::new(SessionJson::new(&session)));
                     }
                     Err(reason) => {
                         t.reject(lsn, reason);

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 
+use crate::protocol::buf::lossless_name;
 use crate::protocol::pgoutput::{Column, ReplicaIdentity};
 use crate::sink::record::push_str;
 
@@ -23,8 +24,11 @@ impl WatchList {
         Self::default()
     }
 
+    /// Names as the catalog gives them; kept in the form the stream's names are decoded to
+    /// (`protocol::buf::lossless_name`), so that even a name that looks escaped still matches.
     pub fn add(&mut self, schema: &str, table: &str, primary_key: Option<Vec<String>>) {
-        self.tables.insert((schema.to_owned(), table.to_owned()), primary_key);
+        let n = |s: &str| lossless_name(s.as_bytes());
+        self.tables.insert((n(schema), n(table)), primary_key.map(|pk| pk.iter().map(|c| n(c)).collect()));
     }
 
     fn lookup(&self, schema: &str, table: &str) -> Option<&Option<Vec<String>>> {

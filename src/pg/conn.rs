@@ -27,6 +27,7 @@ use tokio::net::{TcpStream, UnixStream};
 use super::config::{ConnSpec, SslMode, Target};
 use super::error::{AuthError, DbError, PgError};
 use super::tls;
+use crate::protocol::replication::{ForeignMessages, Verdict};
 
 /// Read-buffer headroom kept before each read, so that a busy stream is
 /// consumed in large chunks with few syscalls.
@@ -39,6 +40,10 @@ const MAX_RESERVE_STEP: usize = 16 * 1024 * 1024;
 const MAX_FRAME_LEN: usize = 0x3fff_ffff;
 /// How long `finish_copy` waits for the server to wind the stream down.
 pub const DEFAULT_FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// CopyData payloads up to this size are always received whole; larger ones are shown to the
+/// [`ForeignMessages`] filter first. Far above walwitness's own messages (under 64 KiB: the statement is
+/// cut at 8192 characters), so those are never judged, and what a skipped message can cost is one read.
+pub const SKIP_CHECK_MIN: usize = 1 << 20;
 
 /// Result of [`ReplicationConnection::simple_query`], in text format.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,6 +67,10 @@ pub enum CopyEvent {
     Data(Bytes),
     /// The server ended the stream (CopyDone, or the command completed).
     Done,
+    /// This many bytes of a CopyData payload that the [`ForeignMessages`] filter judged not worth
+    /// receiving (a large logical decoding message of another application) arrived and were dropped
+    /// unread. Repeated as the rest of that payload arrives: the server is alive and sending.
+    Skipped(usize),
     /// A NoticeResponse (WARNING, NOTICE, ...) in the middle of the stream. Handed to the caller
     /// rather than only logged: some carry meaning for the data, e.g. PostgreSQL 18's
     /// `skipped loading publication`, which 14-17 report as an ERROR instead.
@@ -163,6 +172,13 @@ fn missing_bytes(buf: &[u8]) -> usize {
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     (1 + len.max(4) as usize).saturating_sub(buf.len())
+}
+
+/// What the read buffer yields next.
+enum Incoming {
+    Frame(Frame),
+    /// Bytes of a skipped CopyData frame, dropped.
+    Skipped(usize),
 }
 
 /// Checked reads from a message body.
@@ -279,6 +295,10 @@ pub struct ReplicationConnection {
     target: String,
     tls: bool,
     phase: Phase,
+    /// Judges large CopyData payloads by their first bytes ([`skip_foreign_messages`](Self::skip_foreign_messages)).
+    filter: Option<ForeignMessages>,
+    /// Bytes of a skipped CopyData frame still to arrive and be dropped.
+    discard: usize,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -461,6 +481,8 @@ impl ReplicationConnection {
             target: spec.describe_target(target),
             tls,
             phase: Phase::Ready,
+            filter: None,
+            discard: 0,
         };
         conn.startup(spec, target, params).await?;
         tracing::debug!(target = %conn.target, tls, pid = conn.backend_pid, "replication connection established");
@@ -502,7 +524,7 @@ impl ReplicationConnection {
                     // but keep the first word either way.
                     self.secret_key = c.i32().unwrap_or(0);
                 }
-                b'Z' => return Ok(()),
+                b'Z' => return self.take_sql_ascii_as_stored().await,
                 b'E' => return Err(PgError::from_startup_error(DbError::parse(&f.body)?)),
                 b'N' => log_notice(&f.body),
                 b'v' => tracing::debug!("server negotiated protocol version"),
@@ -511,6 +533,21 @@ impl ReplicationConnection {
                 }
             }
         }
+    }
+
+    /// In a SQL_ASCII database the server cannot convert text to UTF8, only check it (`pg_server_to_any`
+    /// in `mbutils.c`), and anyone can store bytes that are not UTF-8: with `client_encoding` UTF8 one
+    /// such byte in a row, a name or a message prefix is an ERROR that ends the stream at the same place
+    /// every time. With `client_encoding` SQL_ASCII the server sends the bytes as stored, and the decoder
+    /// keeps them losslessly (`protocol::buf::lossless_name`, `sink::record::push_value`). Every other
+    /// server encoding converts to UTF8 and stays that way.
+    async fn take_sql_ascii_as_stored(&mut self) -> Result<(), PgError> {
+        if self.parameter("server_encoding") == Some("SQL_ASCII")
+            && self.parameter("client_encoding") != Some("SQL_ASCII")
+        {
+            self.simple_query("SET client_encoding TO 'SQL_ASCII'").await?;
+        }
+        Ok(())
     }
 
     async fn authenticate(&mut self, spec: &ConnSpec, target: &Target) -> Result<(), PgError> {
@@ -692,19 +729,68 @@ impl ReplicationConnection {
     /// `rbuf` or does nothing; frames are split off synchronously.
     async fn read_frame(&mut self) -> Result<Frame, PgError> {
         loop {
-            if let Some(f) = split_frame(&mut self.rbuf)? {
-                return Ok(f);
-            }
-            let want = missing_bytes(&self.rbuf).clamp(READ_CHUNK, MAX_RESERVE_STEP);
-            self.rbuf.reserve(want);
-            let n = self.socket.read_buf(&mut self.rbuf).await?;
-            if n == 0 {
-                if !self.rbuf.is_empty() {
-                    tracing::debug!(pending = self.rbuf.len(), "connection closed mid-message");
-                }
-                return Err(PgError::Closed);
+            match self.next_incoming()? {
+                Some(Incoming::Frame(f)) => return Ok(f),
+                // Only `recv` asks for skipping; elsewhere the rest of a skipped frame is just dropped.
+                Some(Incoming::Skipped(_)) => continue,
+                None => self.fill().await?,
             }
         }
+    }
+
+    /// What the read buffer holds next, without I/O: a complete frame, or bytes of a skipped one
+    /// dropped. `None`: more bytes are needed.
+    fn next_incoming(&mut self) -> Result<Option<Incoming>, PgError> {
+        if self.discard > 0 {
+            let n = self.discard.min(self.rbuf.len());
+            self.rbuf.advance(n);
+            self.discard -= n;
+            return Ok((n > 0).then_some(Incoming::Skipped(n)));
+        }
+        if let Some(f) = split_frame(&mut self.rbuf)? {
+            if let (Some(filter), b'd') = (self.filter.as_mut(), f.tag) {
+                filter.delivered(&f.body);
+            }
+            return Ok(Some(Incoming::Frame(f)));
+        }
+        if self.front_verdict() == Verdict::Skip {
+            // split_frame checked the length: 5 bytes are there, and the frame is incomplete.
+            let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+            tracing::debug!(bytes = len, "dropping a large logical decoding message of another application unread");
+            self.discard = 1 + len as usize;
+            return self.next_incoming();
+        }
+        Ok(None)
+    }
+
+    /// The filter's verdict on the incomplete CopyData frame at the front of the buffer, if it is large.
+    fn front_verdict(&self) -> Verdict {
+        let Some(filter) = &self.filter else { return Verdict::Keep };
+        match self.rbuf.get(..5) {
+            Some([b'd', l @ ..]) if i32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize > SKIP_CHECK_MIN + 4 => {
+                filter.check(&self.rbuf[5..])
+            }
+            _ => Verdict::Keep,
+        }
+    }
+
+    /// Reads more bytes. While a large frame's fate is open (or its bytes are being dropped), only a
+    /// chunk at a time: the buffer must not be grown for a frame that will not be kept.
+    async fn fill(&mut self) -> Result<(), PgError> {
+        let want = if self.discard > 0 || self.front_verdict() == Verdict::NeedMore {
+            READ_CHUNK
+        } else {
+            missing_bytes(&self.rbuf).clamp(READ_CHUNK, MAX_RESERVE_STEP)
+        };
+        self.rbuf.reserve(want);
+        let n = self.socket.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            if !self.rbuf.is_empty() || self.discard > 0 {
+                tracing::debug!(pending = self.rbuf.len(), "connection closed mid-message");
+            }
+            return Err(PgError::Closed);
+        }
+        Ok(())
     }
 
     /// Consumes everything up to ReadyForQuery, returning the first error.
@@ -843,17 +929,32 @@ impl ReplicationConnection {
         }
     }
 
+    /// From now on, drop large logical decoding messages whose prefix is not `own_prefix` as they
+    /// arrive, instead of buffering them whole ([`ForeignMessages`]; [`CopyEvent::Skipped`] reports
+    /// the dropped bytes). Call right after the stream started.
+    pub fn skip_foreign_messages(&mut self, own_prefix: &str) {
+        self.filter = Some(ForeignMessages::new(own_prefix));
+    }
+
     /// Next event of the COPY BOTH stream.
     ///
     /// Cancel-safe: dropping the future (e.g. in `tokio::select!`) loses no
     /// data, because frames are only taken out of the read buffer once they
-    /// are complete, and no state changes before that.
+    /// are complete, and no state changes before that (the bytes of a skipped
+    /// frame are dropped synchronously, and counted in `discard`).
     pub async fn recv(&mut self) -> Result<CopyEvent, PgError> {
         loop {
             if self.phase == Phase::Ready {
                 return Ok(CopyEvent::Done);
             }
-            let f = self.read_frame().await?;
+            let f = match self.next_incoming()? {
+                Some(Incoming::Frame(f)) => f,
+                Some(Incoming::Skipped(n)) => return Ok(CopyEvent::Skipped(n)),
+                None => {
+                    self.fill().await?;
+                    continue;
+                }
+            };
             match f.tag {
                 b'd' => return Ok(CopyEvent::Data(f.body.freeze())),
                 b'c' => {
@@ -894,10 +995,18 @@ impl ReplicationConnection {
     /// stream loop drains what one read brought in without a `select!` round per message (at a
     /// million small messages, those polls were ~10% of the capture's CPU).
     pub fn try_recv_buffered(&mut self) -> Result<Option<Bytes>, PgError> {
-        if self.phase == Phase::Ready || self.rbuf.first() != Some(&b'd') {
+        if self.phase == Phase::Ready || self.discard > 0 || self.rbuf.first() != Some(&b'd') {
             return Ok(None);
         }
-        Ok(split_frame(&mut self.rbuf)?.map(|f| f.body.freeze()))
+        match split_frame(&mut self.rbuf)? {
+            Some(f) => {
+                if let Some(filter) = self.filter.as_mut() {
+                    filter.delivered(&f.body);
+                }
+                Ok(Some(f.body.freeze()))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Sends one CopyData message (e.g. a standby status update) and flushes.
@@ -1093,13 +1202,9 @@ mod tests {
         assert!(DbError::parse(b"").is_err());
     }
 
-    /// The reader over a real (in-process) socket pair: partial writes and
-    /// cancelled reads must not lose or corrupt frames.
-    #[tokio::test]
-    async fn recv_is_cancel_safe() {
-        let (client, mut server) = UnixStream::pair().unwrap();
-        let mut conn = ReplicationConnection {
-            socket: Socket::Unix(client),
+    fn test_conn(socket: UnixStream) -> ReplicationConnection {
+        ReplicationConnection {
+            socket: Socket::Unix(socket),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             params: HashMap::new(),
@@ -1108,7 +1213,93 @@ mod tests {
             target: "test".into(),
             tls: false,
             phase: Phase::CopyBoth,
-        };
+            filter: None,
+            discard: 0,
+        }
+    }
+
+    /// CopyData holding XLogData with one pgoutput message.
+    fn xlog(msg: &[u8]) -> Vec<u8> {
+        let mut p = vec![b'w'];
+        p.extend_from_slice(&[0; 24]);
+        p.extend_from_slice(msg);
+        frame(b'd', &p)
+    }
+
+    fn logical_message(prefix: &[u8], content: &[u8]) -> Vec<u8> {
+        let mut m = vec![b'M', 1];
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(prefix);
+        m.push(0);
+        m.extend_from_slice(&(content.len() as i32).to_be_bytes());
+        m.extend_from_slice(content);
+        xlog(&m)
+    }
+
+    /// A large message of another application is dropped as it arrives (the read buffer never holds
+    /// much of it), cancelled reads in the middle of it lose nothing, and what follows arrives intact;
+    /// large messages of our own and other large payloads are received whole.
+    #[tokio::test]
+    async fn large_foreign_messages_are_dropped_unread() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let mut conn = test_conn(client);
+        conn.skip_foreign_messages("walwitness");
+        let big = vec![b'x'; 3 * SKIP_CHECK_MIN];
+        let foreign = logical_message(b"other", &big);
+        let ours = logical_message(b"walwitness", &big);
+        let delete = xlog(&[b"D".as_slice(), &big].concat());
+        let mut wire = xlog(b"first");
+        wire.extend(&foreign);
+        wire.extend(xlog(b"after"));
+        wire.extend(&ours);
+        wire.extend(&delete);
+        wire.extend(frame(b'c', b""));
+        let writer = tokio::spawn(async move {
+            for chunk in wire.chunks(7000) {
+                server.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            server
+        });
+        let mut got = Vec::new();
+        let mut skipped = 0;
+        let mut cap = 0;
+        loop {
+            // Cancelled polls (a select! losing to a timer) must be harmless at any point.
+            let ev = match tokio::time::timeout(Duration::from_micros(50), conn.recv()).await {
+                Ok(ev) => ev.unwrap(),
+                Err(_) => continue,
+            };
+            if conn.discard > 0 {
+                assert!(conn.try_recv_buffered().unwrap().is_none(), "no frame while dropping one");
+                cap = cap.max(conn.rbuf.capacity());
+            }
+            match ev {
+                CopyEvent::Skipped(n) => skipped += n,
+                CopyEvent::Data(d) => got.push(d),
+                CopyEvent::Done => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(skipped, foreign.len());
+        assert!(cap < SKIP_CHECK_MIN, "read buffer grew to {cap} bytes for a dropped message");
+        let want: Vec<&[u8]> = vec![&xlog(b"first")[5..], &xlog(b"after")[5..], &ours[5..], &delete[5..]]
+            .into_iter()
+            .map(|v| v.to_vec().leak() as &[u8])
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(g[..] == *w, "payload of {} bytes differs", w.len());
+        }
+        drop(writer.await.unwrap());
+    }
+
+    /// The reader over a real (in-process) socket pair: partial writes and
+    /// cancelled reads must not lose or corrupt frames.
+    #[tokio::test]
+    async fn recv_is_cancel_safe() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let mut conn = test_conn(client);
         let big = vec![7u8; 300_000];
         let mut wire = frame(b'd', b"first");
         wire.extend(frame(b'N', b"SNOTICE\0C00000\0Mhi\0\0"));

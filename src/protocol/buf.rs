@@ -47,6 +47,33 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// A name from the server as a `String`, without losing or confusing anything: valid UTF-8 is kept as it
+/// is, except text of the escaped form; anything else (bytes that are not UTF-8, which only a SQL_ASCII
+/// database lets through) becomes that escaped form, `\x` followed by two lower-case hex digits per byte
+/// (PostgreSQL's bytea notation). Valid text that already has that form (`\x`, then only `0-9a-f`) is
+/// escaped too, so two different byte strings never give the same `String`, and a name that is plain
+/// UTF-8 (every real one) is unchanged.
+pub fn lossless_name(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(s) if !looks_escaped(s) => s.to_owned(),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut out = String::with_capacity(2 + raw.len() * 2);
+            out.push_str("\\x");
+            for &b in raw {
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xF)]));
+            }
+            out
+        }
+    }
+}
+
+/// Whether `s` has the form [`lossless_name`] gives escaped names: `\x` and lower-case hex digits only.
+fn looks_escaped(s: &str) -> bool {
+    s.strip_prefix("\\x").is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 /// Cursor over one message. Cloning the underlying [`Bytes`] is a reference
 /// count bump, so a `Reader` can be built from a borrowed buffer cheaply.
 #[derive(Debug, Clone)]
@@ -144,17 +171,16 @@ impl Reader {
         self.u64().map(Lsn)
     }
 
-    /// A NUL-terminated string. The server converts identifiers to the
-    /// connection's client_encoding, which we require to be UTF8, so anything
-    /// else is a protocol error rather than data to repair.
+    /// A NUL-terminated string (a name, prefix or gid), in the lossless form of [`lossless_name`]: the
+    /// server sends these in the client encoding, which is UTF8 except in a SQL_ASCII database, where it
+    /// sends the bytes as stored and any role can store bytes that are not UTF-8. Those are data to keep,
+    /// not a reason to stop the stream.
     pub fn cstr(&mut self) -> Result<String, DecodeError> {
         let start = self.pos;
         let rest = self.bytes.get(start..).unwrap_or_default();
         let nul = rest.iter().position(|&b| b == 0).ok_or_else(|| self.error("string is not NUL-terminated"))?;
         let raw = rest.get(..nul).unwrap_or_default();
-        let s = std::str::from_utf8(raw)
-            .map_err(|e| self.error_at(start.saturating_add(e.valid_up_to()), "string is not valid UTF-8"))?;
-        let s = s.to_owned();
+        let s = lossless_name(raw);
         // nul < rest.len(), so this cannot overflow past the buffer.
         self.pos = start.saturating_add(nul).saturating_add(1);
         Ok(s)
@@ -249,10 +275,43 @@ mod tests {
         assert_eq!(e.offset, 8);
         assert!(e.reason.contains("NUL"));
 
-        let mut r = reader(b"ab\xFFc\0");
-        let e = r.cstr().unwrap_err();
-        assert_eq!(e.offset, 2);
-        assert!(e.reason.contains("UTF-8"));
+        // Not UTF-8 (a SQL_ASCII database): kept, in the escaped form, and the cursor moves on.
+        let mut r = reader(b"ab\xFFc\0x\0");
+        assert_eq!(r.cstr().unwrap(), "\\x6162ff63");
+        assert_eq!(r.cstr().unwrap(), "x");
+        r.expect_end().unwrap();
+    }
+
+    #[test]
+    fn lossless_names_are_unchanged_or_escaped_and_never_collide() {
+        // Real names, UTF-8 included, are unchanged; so is text that only resembles the escape.
+        for s in ["public", "", "Order Lines", "é日本", "\\", "\\X41", "\\xFF", "x\\x41", "\\x4g"] {
+            assert_eq!(lossless_name(s.as_bytes()), s);
+        }
+        assert_eq!(lossless_name(b"\xff"), "\\xff");
+        assert_eq!(lossless_name(b"caf\xe9"), "\\x636166e9");
+        assert_eq!(lossless_name(b"\xc3"), "\\xc3");
+        // Text of the escaped form is escaped itself, so it cannot pass for the bytes it spells.
+        assert_eq!(lossless_name(b"\\xff"), "\\x5c786666");
+        assert_eq!(lossless_name(b"\\x"), "\\x5c78");
+        // Injective over every short byte string from an alphabet that makes collisions likely.
+        let alphabet: &[u8] = &[b'\\', b'x', b'f', b'5', b'c', 0xff, 0xc3, 0xa9];
+        let mut seen = std::collections::HashMap::new();
+        let mut strings: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..5 {
+            let longer: Vec<Vec<u8>> = strings
+                .iter()
+                .filter(|s| s.len() == strings.last().map_or(0, Vec::len))
+                .flat_map(|s| alphabet.iter().map(move |&b| [s.as_slice(), &[b]].concat()))
+                .collect();
+            strings.extend(longer);
+        }
+        for s in &strings {
+            if let Some(other) = seen.insert(lossless_name(s), s.clone()) {
+                panic!("{other:?} and {s:?} both give {:?}", lossless_name(s));
+            }
+        }
+        assert!(seen.len() > 30_000, "{}", seen.len());
     }
 
     #[test]

@@ -982,11 +982,30 @@ mod tests {
     }
 
     #[test]
-    fn bad_utf8_in_names_is_an_error() {
+    fn names_that_are_not_utf8_are_kept_losslessly() {
+        // A SQL_ASCII database sends names, prefixes and gids as stored: never a reason to stop.
         let bytes = W::new(b'O').u64(0).raw(b"o\xC3\0").bytes();
-        let e = parse(&bytes, PLAIN).unwrap_err();
-        assert_eq!(e.message, "Origin");
-        assert!(e.reason.contains("UTF-8"));
+        assert_eq!(parse(&bytes, PLAIN).unwrap(), Message::Origin { origin_lsn: Lsn(0), name: "\\x6fc3".into() });
+        let bytes = W::new(b'M').u8(0).u64(9).raw(b"\xff\0").i32(2).raw(b"\xff\xfe").bytes();
+        let Message::LogicalMessage { prefix, content, .. } = parse(&bytes, PLAIN).unwrap() else { panic!() };
+        assert_eq!(prefix, "\\xff");
+        assert_eq!(&content[..], b"\xff\xfe");
+        let bytes = W::new(b'K').u8(0).u64(1).u64(2).i64(3).u32(4).raw(b"g\xe9\0").bytes();
+        let Message::CommitPrepared { gid, .. } = parse(&bytes, PLAIN).unwrap() else { panic!() };
+        assert_eq!(gid, "\\x67e9");
+        let bytes = W::new(b'R')
+            .u32(1)
+            .s("public")
+            .raw(b"t\xff\0")
+            .u8(b'd')
+            .u16(1)
+            .u8(1)
+            .raw(b"k\xff\0")
+            .u32(25)
+            .i32(-1)
+            .bytes();
+        let Message::Relation { name, columns, .. } = parse(&bytes, PLAIN).unwrap() else { panic!() };
+        assert_eq!((name.as_str(), columns[0].name.as_str()), ("\\x74ff", "\\x6bff"));
     }
 
     #[test]

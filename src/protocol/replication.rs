@@ -100,6 +100,78 @@ pub fn unix_micros_to_pg_micros(unix_micros: i64) -> i64 {
     unix_micros.saturating_sub(PG_EPOCH_UNIX_MICROS)
 }
 
+/// Offset of the pgoutput message inside an XLogData payload: `'w'`, dataStart, walEnd, sendTime.
+const XLOGDATA_HEADER: usize = 1 + 8 + 8 + 8;
+
+/// What to do with a CopyData payload, judged from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The bytes so far do not tell yet.
+    NeedMore,
+    /// Receive it whole.
+    Keep,
+    /// A logical decoding message of another application: its body may be dropped unread.
+    Skip,
+}
+
+/// Decides from the first bytes of an XLogData payload whether it is a logical decoding message (`'M'`)
+/// whose prefix is not `own_prefix`, so the framing layer can drop the rest of it as it arrives instead
+/// of buffering it: any role can emit such messages, up to 1 GB each (`pg_logical_emit_message`), and
+/// nothing but walwitness's own messages is read. Pure; the connection feeds it.
+///
+/// The `'M'` layout is `'M'`, [Int32 xid], Int8 flags, Int64 lsn, String prefix, Int32 length, content
+/// (`proto.c` `logicalrep_write_message`), the xid only inside a Stream Start/Stop block — which this
+/// type follows itself from the payloads it is shown ([`delivered`](Self::delivered)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignMessages {
+    /// With its NUL terminator, as it is on the wire.
+    own_prefix: Vec<u8>,
+    in_stream: bool,
+}
+
+impl ForeignMessages {
+    pub fn new(own_prefix: &str) -> Self {
+        let mut own = own_prefix.as_bytes().to_vec();
+        own.push(0);
+        ForeignMessages { own_prefix: own, in_stream: false }
+    }
+
+    /// Every CopyData payload that was received whole, in stream order.
+    pub fn delivered(&mut self, payload: &[u8]) {
+        if payload.first() == Some(&b'w') {
+            match payload.get(XLOGDATA_HEADER) {
+                Some(b'S') => self.in_stream = true,
+                Some(b'E') => self.in_stream = false,
+                _ => {}
+            }
+        }
+    }
+
+    /// `head`: the first bytes of the next payload, as many as have arrived.
+    pub fn check(&self, head: &[u8]) -> Verdict {
+        match head.first() {
+            None => return Verdict::NeedMore,
+            Some(b'w') => {}
+            Some(_) => return Verdict::Keep,
+        }
+        match head.get(XLOGDATA_HEADER) {
+            None => return Verdict::NeedMore,
+            Some(b'M') => {}
+            Some(_) => return Verdict::Keep,
+        }
+        let xid = if self.in_stream { 4 } else { 0 };
+        let prefix_at = XLOGDATA_HEADER + 1 + xid + 1 + 8;
+        for (i, want) in self.own_prefix.iter().enumerate() {
+            match head.get(prefix_at + i) {
+                None => return Verdict::NeedMore,
+                Some(b) if b != want => return Verdict::Skip,
+                Some(_) => {}
+            }
+        }
+        Verdict::Keep
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +308,77 @@ mod tests {
         assert_eq!(unix_micros_to_pg_micros(i64::MIN), i64::MIN);
     }
 
+    /// An XLogData payload holding a logical decoding message, as `logicalrep_write_message` writes it.
+    fn message(xid: Option<u32>, prefix: &[u8], content: &[u8]) -> Bytes {
+        let mut m = vec![b'M'];
+        if let Some(x) = xid {
+            m.extend_from_slice(&x.to_be_bytes());
+        }
+        m.push(1);
+        m.extend_from_slice(&0x16_B374_D848u64.to_be_bytes());
+        m.extend_from_slice(prefix);
+        m.push(0);
+        m.extend_from_slice(&(content.len() as i32).to_be_bytes());
+        m.extend_from_slice(content);
+        xlogdata(1, 1, 0, &m)
+    }
+
+    /// The verdict once all of `payload` is known, checking that every shorter head either waits or
+    /// already gives that verdict.
+    fn verdict(f: &ForeignMessages, payload: &[u8]) -> Verdict {
+        let last = f.check(payload);
+        for n in 0..payload.len() {
+            let v = f.check(&payload[..n]);
+            assert!(v == Verdict::NeedMore || v == last, "head of {n} bytes: {v:?}, whole: {last:?}");
+        }
+        last
+    }
+
+    #[test]
+    fn foreign_messages_are_skipped_by_prefix_alone() {
+        let f = ForeignMessages::new("walwitness");
+        let big = vec![b'x'; 1000];
+        assert_eq!(verdict(&f, &message(None, b"walwitness", &big)), Verdict::Keep);
+        assert_eq!(verdict(&f, &message(None, b"other", &big)), Verdict::Skip);
+        assert_eq!(verdict(&f, &message(None, b"", &big)), Verdict::Skip);
+        assert_eq!(verdict(&f, &message(None, b"walwitnes", &big)), Verdict::Skip);
+        assert_eq!(verdict(&f, &message(None, b"walwitnessX", &big)), Verdict::Skip);
+        assert_eq!(verdict(&f, &message(None, b"\xff", &big)), Verdict::Skip);
+        // Decided from the prefix: the content is never looked at, however long the prefix.
+        let m = message(None, &vec![b'a'; 100_000], &big);
+        assert_eq!(f.check(&m[..XLOGDATA_HEADER + 1 + 1 + 8 + 1]), Verdict::Skip);
+        let m = message(None, b"walwitness", &big);
+        assert_eq!(f.check(&m[..XLOGDATA_HEADER + 1 + 1 + 8 + 11]), Verdict::Keep);
+        assert_eq!(f.check(&m[..XLOGDATA_HEADER + 1 + 1 + 8 + 10]), Verdict::NeedMore);
+        // Everything else is kept whole: other pgoutput messages (a big Delete), keepalives, garbage
+        // (which the decoder then reports).
+        assert_eq!(verdict(&f, &xlogdata(1, 1, 0, b"Dxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")), Verdict::Keep);
+        assert_eq!(verdict(&f, &keepalive(1, 2, 0)), Verdict::Keep);
+        assert_eq!(verdict(&f, b"zz"), Verdict::Keep);
+        assert_eq!(f.check(b""), Verdict::NeedMore);
+    }
+
+    #[test]
+    fn foreign_messages_follow_stream_blocks() {
+        let mut f = ForeignMessages::new("walwitness");
+        let big = vec![b'x'; 100];
+        // Inside a stream block the xid comes first; read without it, "walwitness" would not line up.
+        let ours = message(Some(0x0102_0304), b"walwitness", &big);
+        let theirs = message(Some(0x0102_0304), b"other", &big);
+        assert_eq!(verdict(&f, &ours), Verdict::Skip, "outside a block the xid is taken for the prefix");
+        f.delivered(&xlogdata(1, 1, 0, b"S\0\0\0\x07\x01"));
+        assert_eq!(verdict(&f, &ours), Verdict::Keep);
+        assert_eq!(verdict(&f, &theirs), Verdict::Skip);
+        // Other payloads change nothing; Stream Stop ends the block.
+        f.delivered(&keepalive(1, 2, 0));
+        f.delivered(&message(Some(7), b"x", b""));
+        assert_eq!(verdict(&f, &ours), Verdict::Keep);
+        f.delivered(&xlogdata(1, 1, 0, b"E"));
+        assert_eq!(verdict(&f, &message(None, b"walwitness", &big)), Verdict::Keep);
+        f.delivered(b"");
+        f.delivered(b"w");
+    }
+
     #[test]
     fn fuzz_smoke_no_panic() {
         let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -251,6 +394,9 @@ mod tests {
             if let Some(first) = v.first_mut() {
                 *first = [b'w', b'k', *first][(next() % 3) as usize];
             }
+            let mut f = ForeignMessages::new("walwitness");
+            f.delivered(&v);
+            let _ = f.check(&v);
             let _ = parse_copy_data(Bytes::from(v));
         }
     }

@@ -287,11 +287,13 @@ impl<'de> Deserialize<'de> for Present {
     }
 }
 
-/// A key column's value as the readers need it: text, SQL NULL, or a marker object (binary/TOAST).
+/// A key column's value as the readers need it: text, SQL NULL, text that is not UTF-8 (the hex of
+/// `{"text_hex":"…"}`), or another marker object (binary/TOAST).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyValue<'a> {
     Text(Cow<'a, str>),
     Null,
+    TextHex(String),
     Other,
 }
 
@@ -300,6 +302,8 @@ impl fmt::Display for KeyValue<'_> {
         match self {
             KeyValue::Text(s) => f.write_str(s),
             KeyValue::Null => f.write_str("NULL"),
+            // PostgreSQL's bytea notation, as the log writes names that are not UTF-8.
+            KeyValue::TextHex(h) => write!(f, "\\x{h}"),
             KeyValue::Other => f.write_str("{…}"),
         }
     }
@@ -329,8 +333,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for KeyValue<'a> {
                 Ok(KeyValue::Null)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(KeyValue::Other)
+                let mut hex = None;
+                let mut fields = 0;
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    fields += 1;
+                    if k == "text_hex" {
+                        hex = m.next_value::<Option<String>>()?;
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(match hex {
+                    Some(h) if fields == 1 => KeyValue::TextHex(h),
+                    _ => KeyValue::Other,
+                })
             }
         }
         d.deserialize_any(V)
@@ -1193,5 +1209,20 @@ pub(crate) mod tests {
         assert_eq!(sess.pid, 7);
         assert_eq!(sess.query.as_deref(), Some("DELETE FROM t WHERE a = 'x\ny'"));
         assert_eq!(sess.client(), "10.0.0.5:57");
+    }
+
+    #[test]
+    fn keys_that_are_not_utf8_show_their_bytes() {
+        let l =
+            del(5, 1, T, "x", "null").replace(r#"{"id":"x"}"#, r#"{"id":{"text_hex":"61ff"},"b":{"binary_hex":"00"}}"#);
+        let (_, r) = parse_line(l.as_bytes()).unwrap();
+        let k = r.key.value().unwrap();
+        assert_eq!(k.0[0].1, KeyValue::TextHex("61ff".into()));
+        assert_eq!(k.0[1].1, KeyValue::Other);
+        assert_eq!(k.to_string(), "id=\\x61ff,b={…}");
+        // A marker object with anything else is not taken for text.
+        let l = del(5, 1, T, "x", "null").replace(r#"{"id":"x"}"#, r#"{"id":{"text_hex":"61","x":1}}"#);
+        let (_, r) = parse_line(l.as_bytes()).unwrap();
+        assert_eq!(r.key.value().unwrap().0[0].1, KeyValue::Other);
     }
 }

@@ -122,6 +122,8 @@ impl Filter {
             let hit = self.keys.iter().all(|g| {
                 key.0.iter().any(|(_, v)| match v {
                     super::log::KeyValue::Text(s) => glob_match(g, s),
+                    // Text that is not UTF-8 matches in its displayed form, `\x` + hex.
+                    v @ super::log::KeyValue::TextHex(_) => glob_match(g, &v.to_string()),
                     _ => false,
                 })
             });

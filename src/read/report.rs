@@ -354,7 +354,7 @@ pub fn key_prefix<'k>(key: &'k Key) -> &'k str {
             None => s,
         },
         Some((_, KeyValue::Null)) => "NULL",
-        Some((_, KeyValue::Other)) => "{…}",
+        Some((_, KeyValue::Other | KeyValue::TextHex(_))) => "{…}",
         None => "",
     }
 }

@@ -24,6 +24,15 @@
 //! * Values are the text forms PostgreSQL sends, or `null` for SQL NULL. A TOASTed value the server did not
 //!   send is written as `{"unchanged_toast":true}` (pgoutput never does this for a deleted row, but the
 //!   marker keeps the log honest if it ever does). A value sent in binary form is `{"binary_hex":"…"}`.
+//! * Text that is not valid UTF-8 — possible only in a SQL_ASCII database, where the server stores and
+//!   sends any bytes — is written `{"text_hex":"…"}`: its exact bytes as lower-case hex, two digits per
+//!   byte (`caf\xe9` → `{"text_hex":"636166e9"}`). Valid UTF-8 is always a plain JSON string, so no two
+//!   different values print the same, and nothing is replaced by U+FFFD.
+//! * Names from the stream (tables, columns, `origin`, `gid`) are UTF-8 in every database but a SQL_ASCII
+//!   one. There, a name that is not valid UTF-8 is written `\x` followed by the hex of its bytes
+//!   (PostgreSQL's bytea notation: `"\\x636166e9"` in JSON); a valid name that itself has that form
+//!   (`\x` then only `0-9a-f`) is escaped the same way, so the form is unambiguous. Every other name is
+//!   written as it is.
 //! * `origin` is the replication origin name of the transaction, or `null`.
 //! * `session` is the client session the transaction is attributed to, or `null` when it is not attributed;
 //!   the commit record's `attribution` then says why (`"none"`: attribution was not requested or no evidence).
@@ -41,8 +50,6 @@
 //!   known on PostgreSQL 16+ (and for ROLLBACK PREPARED). Unlike commits they are at-least-once: after a
 //!   restart the same attempt may be written again, with the same `xid` and `lsn`s. Readers that count
 //!   deletions ignore them.
-use std::fmt::Write as _;
-
 use bytes::BytesMut;
 use serde::Serialize;
 
@@ -94,21 +101,26 @@ pub fn push_value(out: &mut BytesMut, v: &Value) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::UnchangedToast => out.extend_from_slice(b"{\"unchanged_toast\":true}"),
-        // Valid UTF-8 (the usual case) is borrowed as is; only invalid bytes pay for the lossy copy.
+        // Valid UTF-8 (the usual case, and always outside SQL_ASCII databases) is a JSON string; other
+        // bytes are kept exactly, as hex in a marker object, never replaced (U+FFFD would make different
+        // keys print the same).
         Value::Text(b) => match std::str::from_utf8(b) {
             Ok(s) => push_str(out, s),
-            Err(_) => push_str(out, &String::from_utf8_lossy(b)),
+            Err(_) => push_hex_object(out, b"{\"text_hex\":\"", b),
         },
-        Value::Binary(b) => {
-            out.extend_from_slice(b"{\"binary_hex\":\"");
-            let mut s = String::with_capacity(b.len() * 2);
-            for byte in b.iter() {
-                let _ = write!(s, "{byte:02x}");
-            }
-            out.extend_from_slice(s.as_bytes());
-            out.extend_from_slice(b"\"}");
-        }
+        Value::Binary(b) => push_hex_object(out, b"{\"binary_hex\":\"", b),
     }
+}
+
+/// `{"<name>":"<lower-case hex of bytes>"}`, `open` being everything up to the opening quote of the hex.
+fn push_hex_object(out: &mut BytesMut, open: &[u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(open.len() + bytes.len() * 2 + 2);
+    out.extend_from_slice(open);
+    for &b in bytes {
+        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xF)]]);
+    }
+    out.extend_from_slice(b"\"}");
 }
 
 /// Appends `"X/Y"` as `Lsn`'s Display writes it (upper-case hex halves, no padding), without going
@@ -296,9 +308,28 @@ mod tests {
                 }
             }
         }
-        let mut b = BytesMut::new();
-        push_value(&mut b, &Value::Text(bytes::Bytes::from_static(b"ok\xffok")));
-        assert_eq!(&b[..], "\"ok\u{fffd}ok\"".as_bytes());
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_kept_as_hex() {
+        let text = |v: &'static [u8]| {
+            let mut b = BytesMut::new();
+            push_value(&mut b, &Value::Text(bytes::Bytes::from_static(v)));
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        assert_eq!(text(b"ok\xffok"), r#"{"text_hex":"6f6bff6f6b"}"#);
+        assert_eq!(text(b"\xc3"), r#"{"text_hex":"c3"}"#);
+        // Valid UTF-8 stays a string, whatever it looks like.
+        assert_eq!(text("é".as_bytes()), "\"é\"");
+        assert_eq!(text(b"\\xff"), r#""\\xff""#);
+        assert_eq!(text(b"{\"text_hex\":\"ff\"}"), r#""{\"text_hex\":\"ff\"}""#);
+        // Different bytes never print the same (a lossy decoder gives U+FFFD for all of these).
+        let all: Vec<&'static [u8]> = vec![b"\xff", b"\xfe", b"\xef\xbf\xbd", b"\xc3", b"\xc3\xff", b"\\xff", b"ff"];
+        let printed: std::collections::BTreeSet<String> = all.iter().map(|v| text(v)).collect();
+        assert_eq!(printed.len(), all.len(), "{printed:?}");
+        for p in &printed {
+            serde_json::from_str::<serde_json::Value>(p).unwrap();
+        }
     }
 
     #[test]
