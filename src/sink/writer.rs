@@ -257,8 +257,14 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
             }
         }
     }
-    if let (Some(run), Some(c)) = (last_run.as_mut(), last_commit_end) {
-        run.covered_to = run.covered_to.max(c);
+    if let Some(run) = last_run.as_mut() {
+        // What the run covered: its own commits and what it resumed after. Logs without `resume_after`
+        // (older versions) did not change servers behind the log's back: their last commit counts.
+        let own = match run.resume_after {
+            Some(r) => run.last_commit_end.unwrap_or_default().max(r),
+            None => last_commit_end.unwrap_or_default(),
+        };
+        run.covered_to = run.covered_to.max(own);
     }
     let keep = cut_at.unwrap_or(0);
     if keep < len {
@@ -573,6 +579,8 @@ mod tests {
         let (rec, _) = recover(&format!("{STARTED}{DEL}{COMMIT2}{a}"));
         assert_eq!(rec.last_commit_end, Some(Lsn(0x1_0000_0020)));
         assert_eq!(rec.resume_mark(), Lsn(0x8));
+        // Its coverage is its own: an earlier run's (maybe another server's) commits are not.
+        assert_eq!(rec.last_run.unwrap().covered_to, Lsn(0x8));
         // Logs without resume_after: the last commit, as before.
         let (rec, _) = recover(&format!("{STARTED}{DEL}{COMMIT2}{STARTED}"));
         assert_eq!(rec.resume_mark(), Lsn(0x1_0000_0020));
