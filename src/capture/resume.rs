@@ -127,7 +127,7 @@ pub fn plan(recovery: &Recovery, s: &Server) -> Plan {
             from_lsn: run.covered_to,
             to_lsn: normal_start,
             detail: format!(
-                "replication slot {}, which the log's last run left to resume from at LSN {}, was gone and had to be created again",
+                "replication slot {}, which the log's last run left to resume from at LSN {}, is gone (dropped by someone, or by the server) and was created again",
                 s.slot, run.covered_to
             ),
         })
