@@ -270,7 +270,10 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     if keep < len {
         file.set_len(keep)?;
     }
-    file.sync_all()?;
+    // Only a regular file has anything to sync (a device such as /dev/full refuses fsync with EINVAL).
+    if file.metadata()?.is_file() {
+        file.sync_all()?;
+    }
     file.seek(SeekFrom::Start(keep))?;
     Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run })
 }
