@@ -124,6 +124,9 @@ pub struct CaptureArgs {
     /// COMMIT PREPARED with the gid. Marks the slot two-phase for good.
     #[arg(long)]
     pub two_phase: bool,
+    /// How often to check that the publication still covers the watched tables (tests shorten it).
+    #[arg(long, value_parser = parse_duration, default_value = "5s", hide = true)]
+    pub coverage_check_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

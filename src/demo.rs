@@ -68,6 +68,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         stream_every_change: false,
         include_aborted: false,
         two_phase: false,
+        coverage_interval: Duration::from_secs(5),
     };
     let capture = tokio::spawn(capture::run(opts));
     wait_for_capture_start(&log_path, &capture).await?;

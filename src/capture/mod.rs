@@ -7,7 +7,9 @@
 //!                         └──────── standby status updates ◀───────────┘
 //! ```
 mod acks;
+pub mod coverage;
 pub mod names;
+pub mod resume;
 pub mod setup;
 mod spooled;
 mod status;
@@ -25,6 +27,7 @@ use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
 use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, FORMAT_VERSION};
+use crate::sink::writer::LastRun;
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
 use names::{parse_table, quote_ident};
 use setup::{PubOrigin, SlotState};
@@ -66,6 +69,8 @@ pub struct CaptureOptions {
     pub include_aborted: bool,
     /// Two-phase decoding (15+).
     pub two_phase: bool,
+    /// How often the publication's coverage of the watched tables is checked while the capture runs.
+    pub coverage_interval: Duration,
 }
 
 /// What a finished capture did.
@@ -148,51 +153,44 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         );
     }
 
-    // Coverage the log cannot have: recorded as a gap record, never hidden.
-    let mut gap: Option<(Lsn, &'static str)> = None;
-    if slot_state == SlotState::Lost {
+    // A slot the server invalidated cannot be resumed: recreated, and a gap recorded (`resume`).
+    let invalidated = slot_state == SlotState::Lost;
+    if invalidated {
         eprintln!(
             "walwitness: warning: replication slot {slot} was invalidated by the server (wal_status = lost): the WAL it needed is gone, so deletes since it last ran cannot be recovered; recreating it and recording a gap"
         );
         setup::drop_slot(&sql, &slot).await?;
         slot_state = SlotState::Absent;
-        gap = Some((recovery.last_run.as_ref().map(|r| r.covered_to).unwrap_or_default(), "slot_invalidated"));
-    } else if slot_state == SlotState::Absent {
-        if let Some(run) = recovery.last_run.as_ref().filter(|r| r.slot == slot && r.left_slot()) {
-            eprintln!(
-                "walwitness: warning: replication slot {slot}, which the previous run left to resume from, is gone (dropped by someone, or by the server): deletes after LSN {} until now are not in the log; recreating it and recording a gap",
-                run.covered_to
-            );
-            gap = Some((run.covered_to, "slot_missing"));
-        }
     }
 
+    // Read before the publication is checked: coverage lost after that check opens a gap from here.
+    let coverage_start = coverage::current_lsn(&sql).await.unwrap_or_default();
     let (pub_origin, warnings) =
         setup::ensure_publication(&sql, &publication, opts.publication.is_some(), &tables).await?;
     for w in warnings {
         eprintln!("walwitness: warning: {w}");
     }
+    // Refused after this point: a publication this run created must not stay behind.
+    let drop_created = |e: Failure| {
+        let sql = sql.clone();
+        let publication = publication.clone();
+        async move {
+            if pub_origin == PubOrigin::Created {
+                let _ = setup::drop_publication(&sql, &publication).await;
+            }
+            e
+        }
+    };
+    let expect = match coverage_at_start(&sql, &publication, &tables, info.version_num).await {
+        Ok(e) => e,
+        Err(e) => return Err(drop_created(e).await),
+    };
 
     let sql_tables: Vec<String> = tables.iter().map(setup::Table::sql_name).collect();
-    let mut attributor = Attributor::default();
-    if opts.attribution.trigger {
-        trigger::install(&sql, &sql_tables).await?;
-        attributor.verifier = Some(std::sync::Arc::new(trigger::load_verifier(&sql).await?));
-        say(opts.progress, &format!("walwitness: attribution trigger installed on {}", sql_tables.join(", ")));
-    }
-    let mut sampler = None;
-    if opts.attribution.activity {
-        if !activity::can_read_all_stats(&sql).await {
-            eprintln!(
-                "walwitness: warning: role {} is not a member of pg_read_all_stats: for other roles' sessions only pid, user and application are visible (no statement, client address or start time); GRANT pg_read_all_stats TO {}",
-                info.user,
-                quote_ident(&info.user)
-            );
-        }
-        let map = std::sync::Arc::new(activity::ActivityMap::new());
-        sampler = Some(activity::spawn_sampler(spec.clone(), map.clone(), opts.activity_interval));
-        attributor.activity = Some(map);
-    }
+    let (attributor, sampler) = match attribution(&opts, &spec, &sql, &info, &sql_tables).await {
+        Ok(a) => a,
+        Err(e) => return Err(drop_created(e).await),
+    };
 
     let result = capture_with_objects(
         signals,
@@ -207,7 +205,8 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         file,
         recovery,
         attributor,
-        gap,
+        invalidated,
+        (expect, coverage_start),
     )
     .await;
     if let Some(s) = sampler {
@@ -267,7 +266,8 @@ async fn capture_with_objects(
     file: Option<std::fs::File>,
     recovery: Recovery,
     attributor: Attributor,
-    gap: Option<(Lsn, &'static str)>,
+    invalidated: bool,
+    (expect, coverage_start): (coverage::Expect, Lsn),
 ) -> Result<Outcome, Failure> {
     let target = spec.describe();
     // Spools of streamed and prepared transactions: next to the log, leftovers of a crashed run removed.
@@ -289,7 +289,10 @@ async fn capture_with_objects(
         .await
         .map_err(|e| from_pg(&format!("cannot open a replication connection to {target}"), e))?;
     let ident = repl.simple_query("IDENTIFY_SYSTEM").await.map_err(|e| from_pg("IDENTIFY_SYSTEM failed", e))?;
-    let system_identifier = ident.rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
+    let column = |i: usize| ident.rows.first().and_then(|r| r.get(i).cloned().flatten()).unwrap_or_default();
+    let system_identifier = column(0);
+    let timeline: u32 = column(1).parse().unwrap_or(0);
+    let flush_lsn: Lsn = column(2).parse().unwrap_or_default();
 
     let (created, slot_start) = match slot_state {
         // A lost slot was dropped (and a gap recorded) before this point.
@@ -315,11 +318,46 @@ async fn capture_with_objects(
             (false, confirmed_flush.and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default())
         }
     };
-    let log_mark = recovery.last_commit_end.unwrap_or_default();
+    // The log's positions are trusted only on the server, database and history that wrote them.
+    let history = if resume::history_needed(&recovery, timeline) {
+        match repl.simple_query(&format!("TIMELINE_HISTORY {timeline}")).await {
+            Ok(r) => Some(resume::parse_history(
+                &r.rows.first().and_then(|row| row.get(1).cloned().flatten()).unwrap_or_default(),
+            )),
+            Err(e) => {
+                eprintln!("walwitness: warning: cannot read the history of timeline {timeline} ({e}): the log's positions are taken as not in this server's history");
+                None
+            }
+        }
+    } else {
+        None
+    };
     // With two-phase, a transaction prepared before the log's last commit and still waiting for COMMIT
-    // PREPARED is only sent again if decoding starts before its PREPARE: start from the slot's position
-    // (kept before every waiting PREPARE, see `spooled`); what the log already holds is skipped.
-    let start_lsn = if opts.two_phase { slot_start } else { slot_start.max(log_mark) };
+    // PREPARED is only sent again if decoding starts before its PREPARE: the plan starts from the slot's
+    // position (kept before every waiting PREPARE, see `spooled`); what the log already holds is skipped.
+    let plan = resume::plan(
+        &recovery,
+        &resume::Server {
+            system_identifier: &system_identifier,
+            database: &info.database,
+            timeline,
+            flush_lsn,
+            slot,
+            slot_start,
+            slot_created: created,
+            slot_invalidated: invalidated,
+            two_phase: opts.two_phase,
+            history: history.as_deref(),
+        },
+    );
+    if let Some(g) = &plan.gap {
+        eprintln!(
+            "walwitness: warning: {}; recording a gap ({}) from LSN {} to LSN {}",
+            g.detail, g.reason, g.from_lsn, g.to_lsn
+        );
+    }
+    let log_mark = plan.resume_after;
+    let start_lsn = plan.start_lsn;
 
     let mut target = stream::StreamTarget {
         spec: spec.clone(),
@@ -362,10 +400,19 @@ async fn capture_with_objects(
             walwitness_version: env!("CARGO_PKG_VERSION"),
             format_version: FORMAT_VERSION,
             proto_version: proto,
+            timeline,
+            resume_after: log_mark,
         },
     );
-    if let Some((from_lsn, reason)) = gap {
-        push_record(&mut first, &Gap { kind: "gap", time: now_rfc3339(), slot, from_lsn, to_lsn: start_lsn, reason });
+    if let Some(g) = &plan.gap {
+        push_record(&mut first, &Gap::closed(slot, g.reason, g.from_lsn, g.to_lsn, &g.detail));
+    }
+    // Gaps the last run left open end here: this run checked the publication's coverage at its start.
+    if plan.close_open_gaps {
+        for g in recovery.last_run.as_ref().map(|r: &LastRun| r.open_gaps.as_slice()).unwrap_or_default() {
+            let detail = format!("coverage resumed when a capture started again at LSN {start_lsn}");
+            push_record(&mut first, &Gap::closing(slot, &g.reason, g.table.as_deref(), g.from_lsn, start_lsn, &detail));
+        }
     }
     writer
         .send(Chunk::Append { data: first.freeze(), boundary: true, ack: None })
@@ -462,6 +509,14 @@ async fn capture_with_objects(
         progress_interval: opts.progress_interval,
         receive_timeout: opts.receive_timeout,
         spooled,
+        coverage: Some(coverage::Checker::spawn(
+            sql.clone(),
+            spec.clone(),
+            expect,
+            info.version_num,
+            coverage_start,
+            opts.coverage_interval,
+        )),
     };
     let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await;
     outcome
@@ -508,6 +563,7 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         stream_every_change: a.stream_every_change,
         include_aborted: a.include_aborted,
         two_phase: a.two_phase,
+        coverage_interval: a.coverage_check_interval,
     }
 }
 
@@ -518,4 +574,82 @@ async fn answers(sql: &tokio_postgres::Client) -> bool {
         && tokio::time::timeout(std::time::Duration::from_secs(5), sql.simple_query("SELECT 1"))
             .await
             .is_ok_and(|r| r.is_ok())
+}
+
+/// What the publication covers at start, checked like the running capture will check it: a row filter on
+/// a watched table is refused (deletes of rows outside it would not be sent).
+async fn coverage_at_start(
+    sql: &tokio_postgres::Client,
+    publication: &str,
+    tables: &[setup::Table],
+    version_num: u32,
+) -> Result<coverage::Expect, Failure> {
+    let mut expect = coverage::Expect {
+        publication: publication.to_owned(),
+        tables: tables.iter().map(|t| coverage::Watched { oid: t.oid, name: t.qualified() }).collect(),
+        truncates: true,
+    };
+    let (_, _, rows) = coverage::query(sql, &expect, version_num)
+        .await
+        .map_err(|e| crate::error::from_sql("cannot check what the publication covers", e))?;
+    expect.truncates = rows.first().and_then(|r| r.pubtruncate).unwrap_or(false);
+    if let Some(f) = coverage::findings(&expect, &rows).first() {
+        return Err(Failure::new(
+            Exit::Conflict,
+            format!(
+                "{}: fix the publication (ALTER PUBLICATION {} …) or use another",
+                f.detail,
+                quote_ident(publication)
+            ),
+        ));
+    }
+    Ok(expect)
+}
+
+/// Sets up attribution: the trigger (installed now, removed again if installing it fails part way and
+/// this run created its schema) and the activity sampler.
+async fn attribution(
+    opts: &CaptureOptions,
+    spec: &ConnSpec,
+    sql: &tokio_postgres::Client,
+    info: &setup::ServerInfo,
+    sql_tables: &[String],
+) -> Result<(Attributor, Option<tokio::task::JoinHandle<()>>), Failure> {
+    let mut attributor = Attributor::default();
+    if opts.attribution.trigger {
+        let existed: bool = sql
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&trigger::SCHEMA])
+            .await
+            .map_err(|e| crate::error::from_sql("cannot read pg_namespace", e))?
+            .get(0);
+        let installed = async {
+            trigger::install(sql, sql_tables).await?;
+            trigger::load_verifier(sql).await
+        }
+        .await;
+        match installed {
+            Ok(v) => attributor.verifier = Some(std::sync::Arc::new(v)),
+            Err(e) => {
+                if !existed {
+                    let _ = trigger::remove(sql, sql_tables).await;
+                }
+                return Err(e);
+            }
+        }
+        say(opts.progress, &format!("walwitness: attribution trigger installed on {}", sql_tables.join(", ")));
+    }
+    let mut sampler = None;
+    if opts.attribution.activity {
+        if !activity::can_read_all_stats(sql).await {
+            eprintln!(
+                "walwitness: warning: role {} is not a member of pg_read_all_stats: for other roles' sessions only pid, user and application are visible (no statement, client address or start time); GRANT pg_read_all_stats TO {}",
+                info.user,
+                quote_ident(&info.user)
+            );
+        }
+        let map = std::sync::Arc::new(activity::ActivityMap::new());
+        sampler = Some(activity::spawn_sampler(spec.clone(), map.clone(), opts.activity_interval));
+        attributor.activity = Some(map);
+    }
+    Ok((attributor, sampler))
 }

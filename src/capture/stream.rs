@@ -72,6 +72,8 @@ pub struct LoopOptions {
     pub receive_timeout: Option<Duration>,
     /// Streamed and prepared transactions, held until they are final.
     pub spooled: Spooled,
+    /// The periodic check that the publication still covers the watched tables (`coverage`).
+    pub coverage: Option<super::coverage::Checker>,
 }
 
 /// Flush a transaction's rows to the writer in pieces of this size, so memory does not grow with it.
@@ -252,7 +254,7 @@ pub async fn run(
                     }
                     // Batched transactions wait at most one tick for the writer.
                     match lp.flush_batch().await {
-                        Ok(()) => match lp.flush_deferred_ack().await {
+                        Ok(()) => match lp.flush_deferred_ack_and_coverage().await {
                             Ok(()) => match lp.on_tick().await {
                                 Ok(()) => lp.check_receive_timeout().map(|()| Flow::Go),
                                 Err(e) => Err(e),
@@ -309,6 +311,15 @@ pub async fn run(
             }
             if lp.asm.in_transaction() {
                 let _ = lp.writer.send(Chunk::Rollback).await;
+            }
+            // The stream may have failed because coverage ended (the publication was dropped): say so.
+            if let Some(c) = lp.o.coverage.as_mut() {
+                let events = c.check_now(Duration::from_secs(5)).await;
+                if !events.is_empty() {
+                    let mut rec = BytesMut::new();
+                    super::coverage::push_events(&mut rec, &lp.o.slot, &events);
+                    let _ = lp.writer.send(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }).await;
+                }
             }
             lp.raw_write(|r| r.flush());
             let cap = lp.o.spooled.ack_cap();
@@ -394,6 +405,26 @@ impl Loop {
             self.push_raw(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(t.ack) }, Some(t)).await?;
         }
         Ok(())
+    }
+
+    async fn flush_deferred_ack_and_coverage(&mut self) -> Result<(), Failure> {
+        self.flush_deferred_ack().await?;
+        self.write_coverage(false).await
+    }
+
+    /// Writes what the coverage check found, between transactions (`now`: check first).
+    async fn write_coverage(&mut self, now: bool) -> Result<(), Failure> {
+        if self.asm.in_transaction() {
+            return Ok(());
+        }
+        let Some(c) = self.o.coverage.as_mut() else { return Ok(()) };
+        let events = if now { c.check_now(Duration::from_secs(5)).await } else { c.pending() };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut rec = BytesMut::new();
+        super::coverage::push_events(&mut rec, &self.o.slot, &events);
+        self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }, None).await
     }
 
     /// The flush position to report now: durable, capped below a waiting prepare, never below the floor.
@@ -794,6 +825,7 @@ impl Loop {
         }
         // While prepared transactions still cap it: a waiting PREPARE must be sent again next time.
         self.flush_deferred_ack().await?;
+        self.write_coverage(true).await?;
         self.raw_write(|r| r.flush());
         let last_lsn = self.acks.covered();
         let mut rec = BytesMut::new();
@@ -808,17 +840,12 @@ impl Loop {
             },
         );
         if reason == StopReason::MaxRetainedWal {
-            push_record(
-                &mut rec,
-                &Gap {
-                    kind: "gap",
-                    time: now_rfc3339(),
-                    slot: &self.o.slot,
-                    from_lsn: last_lsn,
-                    to_lsn: self.server_end.max(last_lsn),
-                    reason: "max_retained_wal",
-                },
+            // Open: coverage resumes only when a capture starts again, which closes it.
+            let detail = format!(
+                "slot {} retained more WAL than --max-retained-wal and was dropped (--on-lag drop): deletes after LSN {last_lsn} are not logged until a capture starts again",
+                self.o.slot
             );
+            push_record(&mut rec, &Gap::opened(&self.o.slot, "max_retained_wal", None, last_lsn, &detail));
         }
         self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }, None).await?;
         let cap = self.o.spooled.ack_cap();

@@ -488,6 +488,14 @@ pub struct Record<'a> {
     pub format_version: Option<u64>,
     #[serde(borrow, default)]
     pub reason: Option<Cow<'a, str>>,
+    /// `gap`: its end is not known yet (`to_lsn` is `null`).
+    #[serde(default)]
+    pub open: Option<bool>,
+    /// `gap`: ends the open gap with the same `reason`, `table` and `from_lsn`.
+    #[serde(default)]
+    pub closes: Option<bool>,
+    #[serde(borrow, default)]
+    pub detail: Option<Cow<'a, str>>,
 }
 
 /// What a record is, once checked.
@@ -677,7 +685,7 @@ impl Record<'_> {
                 need(self.time.is_some(), "time");
                 need(self.reason.is_some(), "reason");
                 need(self.from_lsn.is_some(), "from_lsn");
-                need(self.to_lsn.is_some(), "to_lsn");
+                need(self.to_lsn.is_some() || self.open == Some(true), "to_lsn");
             }
             Kind::AbortedDelete => {
                 need(self.table.is_some(), "table");

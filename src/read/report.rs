@@ -94,8 +94,17 @@ pub struct Report {
 pub struct GapOut {
     pub time: String,
     pub from_lsn: String,
+    /// Empty while the gap is open.
     pub to_lsn: String,
     pub reason: String,
+    /// Coverage ended at `from_lsn` and no later record says where it resumed.
+    #[serde(default)]
+    pub open: bool,
+    /// The watched table concerned, if not all of them.
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -812,12 +821,31 @@ impl Consumer for Aggregator {
             _ => {}
         }
         if kind == Kind::Gap {
-            self.gaps.push(GapOut {
+            let g = GapOut {
                 time: rec.time.as_deref().unwrap_or_default().to_owned(),
                 from_lsn: rec.from_lsn.map(|l| l.to_string()).unwrap_or_default(),
                 to_lsn: rec.to_lsn.map(|l| l.to_string()).unwrap_or_default(),
                 reason: rec.reason.as_deref().unwrap_or_default().to_owned(),
-            });
+                open: rec.open == Some(true),
+                table: rec.table.as_deref().map(str::to_owned),
+                detail: rec.detail.as_deref().unwrap_or_default().to_owned(),
+            };
+            // A record that closes an open gap completes it rather than adding another.
+            let opened = (rec.closes == Some(true))
+                .then(|| {
+                    self.gaps
+                        .iter_mut()
+                        .rev()
+                        .find(|o| o.open && o.reason == g.reason && o.table == g.table && o.from_lsn == g.from_lsn)
+                })
+                .flatten();
+            match opened {
+                Some(o) => {
+                    o.open = false;
+                    o.to_lsn = g.to_lsn;
+                }
+                None => self.gaps.push(g),
+            }
         }
         Ok(())
     }
@@ -864,7 +892,9 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     if !r.gaps.is_empty() {
         writeln!(w, "GAPS: {} stretch(es) of WAL not covered — deletes there may be missing:", r.gaps.len())?;
         for g in &r.gaps {
-            writeln!(w, "  {}  LSN {} .. {}  ({})", g.time, g.from_lsn, g.to_lsn, g.reason)?;
+            let to = if g.open { "(still open)" } else { g.to_lsn.as_str() };
+            let table = g.table.as_deref().map(|t| format!(", {t}")).unwrap_or_default();
+            writeln!(w, "  {}  LSN {} .. {}  ({}{table})", g.time, g.from_lsn, to, g.reason)?;
         }
     }
     if r.aborted_attempts > 0 {

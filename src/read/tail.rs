@@ -280,12 +280,20 @@ impl<W: Write> Consumer for TailView<W> {
                 rec.tables.iter().flatten().map(|t| t.as_ref()).collect::<Vec<_>>().join(", ")
             )
         } else if kind == Kind::Gap {
-            format!(
-                "── GAP {time}: deletes between LSN {} and {} may be missing ({})",
-                rec.from_lsn.map(|l| l.to_string()).unwrap_or_default(),
-                rec.to_lsn.map(|l| l.to_string()).unwrap_or_default(),
-                rec.reason.as_deref().unwrap_or("?")
-            )
+            let from = rec.from_lsn.map(|l| l.to_string()).unwrap_or_default();
+            let to = rec.to_lsn.map(|l| l.to_string()).unwrap_or_default();
+            let why = match (rec.reason.as_deref().unwrap_or("?"), rec.table.as_deref()) {
+                (r, Some(t)) => format!("{r}, {t}"),
+                (r, None) => r.to_owned(),
+            };
+            let detail = rec.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+            if rec.open == Some(true) {
+                format!("── GAP {time}: deletes after LSN {from} may be missing, until further notice ({why}){detail}")
+            } else if rec.closes == Some(true) {
+                format!("── gap closed {time}: deletes between LSN {from} and {to} may be missing ({why}); covered again from there")
+            } else {
+                format!("── GAP {time}: deletes between LSN {from} and {to} may be missing ({why}){detail}")
+            }
         } else {
             format!(
                 "── capture stopped {time} ({}), log complete up to LSN {}",

@@ -7,7 +7,7 @@
 //!
 //! | type | written | fields |
 //! |---|---|---|
-//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version` |
+//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; `timeline` (the server's timeline at start) and `resume_after` (transactions ending at or below it were already in the log for this server, database and slot, and are not written again; `0/0`: none) — these two are absent from logs of earlier versions |
 //! | `delete` | one per deleted row of a watched table | `table`, `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
 //! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
 //! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for a prepared transaction (`--two-phase`) |
@@ -15,8 +15,22 @@
 //! | `aborted_truncate` | likewise for a rolled-back TRUNCATE | the fields of `truncate`, changed like `aborted_delete`'s |
 //! | `abort` | after the `aborted_*` records of one rollback | `xid` (top level), `subxid` (= `xid` for the whole transaction, else the rolled-back subtransaction), `abort_lsn`, `abort_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for ROLLBACK PREPARED |
 //! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` |
-//! | `gap` | when coverage was lost | `time`, `slot`, `from_lsn`, `to_lsn`, `reason` (`slot_missing`, `slot_invalidated`, `max_retained_wal`) |
+//! | `gap` | when coverage was lost, and again when an open gap closes | `time`, `slot`, `from_lsn`, `to_lsn` (`null` while `open`), `reason` (see below), `open`, `closes`, `table`, `detail` (the last four absent from logs of earlier versions) |
 //!
+//! * `gap`: deletes committed between `from_lsn` and `to_lsn` may be missing from the log. `reason`:
+//!   `slot_missing`, `slot_invalidated` (the slot the log resumes from is gone or unusable);
+//!   `max_retained_wal` (given up, `--on-lag drop`); `other_cluster`, `other_database`, `other_slot` (the log's
+//!   last run captured another server, database or slot: its positions say nothing about this one);
+//!   `rewound` (the server's history is behind the log: point-in-time recovery, a restored backup,
+//!   `pg_rewind`); while a capture runs, `table_dropped`, `table_unpublished` (`ALTER PUBLICATION … DROP
+//!   TABLE`), `table_row_filter` (the publication filters the table's rows, 15+), `deletes_unpublished`,
+//!   `truncates_unpublished` (its `publish` option changed), `publication_dropped`. `open: true` (with
+//!   `to_lsn` `null`): coverage ended at `from_lsn` and the end is not known yet; a later `gap` with
+//!   `closes: true` and the same `reason`, `table` and `from_lsn` gives it (`to_lsn`: where coverage
+//!   resumed). A gap still open at the end of a run is closed at the start of the next run on the same
+//!   server and database. `table`: the watched table concerned, or `null` for all of them. `detail`: what was
+//!   found, in words. Positions are the server's (for `other_cluster`/`other_database` the log holds nothing
+//!   of this server's before `to_lsn`, so `from_lsn` is `0/0`).
 //! * `table` is the raw schema and table name joined by a dot, unquoted: `Sales.Order Lines`.
 //! * `key` maps the replica-identity key columns to their values. With REPLICA IDENTITY FULL it holds the
 //!   primary-key columns taken from the old row, or is `null` when the table has no primary key.
@@ -212,6 +226,12 @@ pub struct CaptureStarted<'a> {
     pub walwitness_version: &'static str,
     pub format_version: u32,
     pub proto_version: u32,
+    /// The server's timeline (IDENTIFY_SYSTEM) when the run started: a later run on another timeline checks
+    /// that the log's positions are still in the server's history.
+    pub timeline: u32,
+    /// Transactions ending at or below this were already in the log (for this server, database and slot)
+    /// when the run started, and are not written again.
+    pub resume_after: Lsn,
 }
 
 /// `capture_stopped`: a deliberate end, with the last LSN the log covers.
@@ -226,8 +246,10 @@ pub struct CaptureStopped<'a> {
     pub slot_kept: bool,
 }
 
-/// `gap`: a stretch of WAL the log cannot cover (the slot was lost, dropped or recreated, or the capture
-/// gave it up to protect the server). Deletes committed between `from_lsn` and `to_lsn` may be missing.
+/// `gap`: a stretch of WAL the log cannot cover (the slot was lost, dropped or recreated, the capture gave
+/// it up to protect the server, the log belongs to another server or history, or the publication stopped
+/// covering a table). Deletes committed between `from_lsn` and `to_lsn` may be missing; `to_lsn` is `None`
+/// while the gap is `open` (its end not known yet), and a later record that `closes` it gives the end.
 #[derive(Debug, Serialize)]
 pub struct Gap<'a> {
     #[serde(rename = "type")]
@@ -235,8 +257,69 @@ pub struct Gap<'a> {
     pub time: String,
     pub slot: &'a str,
     pub from_lsn: Lsn,
-    pub to_lsn: Lsn,
+    pub to_lsn: Option<Lsn>,
     pub reason: &'a str,
+    pub open: bool,
+    pub closes: bool,
+    pub table: Option<&'a str>,
+    pub detail: &'a str,
+}
+
+impl<'a> Gap<'a> {
+    /// A gap whose both ends are known.
+    pub fn closed(slot: &'a str, reason: &'a str, from_lsn: Lsn, to_lsn: Lsn, detail: &'a str) -> Gap<'a> {
+        Gap {
+            kind: "gap",
+            time: now_rfc3339(),
+            slot,
+            from_lsn,
+            to_lsn: Some(to_lsn.max(from_lsn)),
+            reason,
+            open: false,
+            closes: false,
+            table: None,
+            detail,
+        }
+    }
+
+    /// Coverage ended at `from_lsn`; the end is not known yet.
+    pub fn opened(slot: &'a str, reason: &'a str, table: Option<&'a str>, from_lsn: Lsn, detail: &'a str) -> Gap<'a> {
+        Gap {
+            kind: "gap",
+            time: now_rfc3339(),
+            slot,
+            from_lsn,
+            to_lsn: None,
+            reason,
+            open: true,
+            closes: false,
+            table,
+            detail,
+        }
+    }
+
+    /// Ends the open gap with the same `reason`, `table` and `from_lsn`: coverage resumed at `to_lsn`.
+    pub fn closing(
+        slot: &'a str,
+        reason: &'a str,
+        table: Option<&'a str>,
+        from_lsn: Lsn,
+        to_lsn: Lsn,
+        detail: &'a str,
+    ) -> Gap<'a> {
+        Gap {
+            kind: "gap",
+            time: now_rfc3339(),
+            slot,
+            from_lsn,
+            to_lsn: Some(to_lsn.max(from_lsn)),
+            reason,
+            open: false,
+            closes: true,
+            table,
+            detail,
+        }
+    }
 }
 
 /// Serialises a whole-line record and appends it with its newline.

@@ -75,12 +75,45 @@ pub struct LastRun {
     /// `Some(kept)` when it ended deliberately (with the slot kept or dropped); `None` when it crashed
     /// or lost its connection, which leaves the slot for a resume.
     pub stopped: Option<bool>,
+    /// The server it captured (`capture_started`): an empty identifier is unknown.
+    pub system_identifier: String,
+    pub database: String,
+    /// `None` in logs written before the field existed.
+    pub timeline: Option<u32>,
+    /// `resume_after` of its `capture_started` (`None` in logs written before the field existed).
+    pub resume_after: Option<Lsn>,
+    /// `end_lsn` of the last commit this run wrote.
+    pub last_commit_end: Option<Lsn>,
+    /// Gaps it opened and nothing closed yet.
+    pub open_gaps: Vec<OpenGap>,
+}
+
+/// A `gap` record with `open: true` that no later record `closes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenGap {
+    pub reason: String,
+    pub table: Option<String>,
+    pub from_lsn: Lsn,
 }
 
 impl LastRun {
     /// Whether that run left its slot behind for this one to resume from.
     pub fn left_slot(&self) -> bool {
         self.stopped != Some(false)
+    }
+}
+
+impl Recovery {
+    /// Transactions ending at or below this are in the log for the last run's server, database and slot:
+    /// the run's own `resume_after` raised by what it wrote, or (logs without `resume_after`) the log's
+    /// last commit.
+    pub fn resume_mark(&self) -> Lsn {
+        match &self.last_run {
+            Some(LastRun { resume_after: Some(r), last_commit_end, .. }) => {
+                (*r).max(last_commit_end.unwrap_or_default())
+            }
+            _ => self.last_commit_end.unwrap_or_default(),
+        }
     }
 }
 
@@ -96,6 +129,7 @@ pub enum SinkError {
 
 /// Opens (creating with mode 0600) the log, repairs its tail and says where it ends.
 pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
+    let existed = path.exists();
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -115,9 +149,18 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
         }
     }
     let rec = repair_tail(&mut file).map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
+    if !existed {
+        // A new file survives a crash only once its directory entry is durable too.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
+    }
     Ok((file, rec))
 }
 
+/// The fields of a line that repair needs. Everything is optional and loosely typed: a line that does
+/// not parse as this is taken for damage and cut, so no field may be stricter than what any record holds.
 #[derive(Deserialize)]
 struct Peek {
     #[serde(rename = "type")]
@@ -127,9 +170,24 @@ struct Peek {
     start_lsn: Option<String>,
     last_lsn: Option<String>,
     slot_kept: Option<bool>,
+    system_identifier: Option<serde_json::Value>,
+    database: Option<serde_json::Value>,
+    timeline: Option<serde_json::Value>,
+    resume_after: Option<serde_json::Value>,
+    reason: Option<serde_json::Value>,
+    table: Option<serde_json::Value>,
+    from_lsn: Option<serde_json::Value>,
+    open: Option<serde_json::Value>,
+    closes: Option<serde_json::Value>,
 }
 
-/// Cuts a torn last line and the lines of an unfinished transaction, then finds the last commit.
+fn text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+/// Cuts a torn last line and the lines of an unfinished transaction, then finds the last commit and what
+/// the last run recorded about itself. The file is synced whatever was found: its tail may have been
+/// written by a process that died before its fsync, and the next run acknowledges from it.
 fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let len = file.seek(SeekFrom::End(0))?;
     let mut cut_at: Option<u64> = None;
@@ -137,6 +195,9 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let mut last_commit_end = None;
     let mut last_run: Option<LastRun> = None;
     let mut stopped: Option<(bool, Option<Lsn>)> = None;
+    // Of the last run, read backwards: gaps closed later, gaps still open.
+    let mut closed: Vec<(String, Option<String>, Lsn)> = Vec::new();
+    let mut open_gaps: Vec<OpenGap> = Vec::new();
     let lsn = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Lsn>().ok());
     let mut lines = BackwardLines::new(len);
     while let Some((start, line, terminated)) = lines.next_line(file)? {
@@ -160,13 +221,33 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
                 "capture_stopped" if last_run.is_none() && stopped.is_none() => {
                     stopped = Some((p.slot_kept.unwrap_or(true), lsn(&p.last_lsn)));
                 }
+                "gap" if last_run.is_none() => {
+                    let key = (
+                        text(&p.reason).unwrap_or_default(),
+                        text(&p.table),
+                        lsn(&text(&p.from_lsn)).unwrap_or_default(),
+                    );
+                    if p.closes.as_ref().and_then(|v| v.as_bool()) == Some(true) {
+                        closed.push(key);
+                    } else if p.open.as_ref().and_then(|v| v.as_bool()) == Some(true) && !closed.contains(&key) {
+                        open_gaps.push(OpenGap { reason: key.0, table: key.1, from_lsn: key.2 });
+                    }
+                }
                 "capture_started" if last_run.is_none() => {
+                    open_gaps.reverse();
                     last_run = Some(LastRun {
                         slot: p.slot.unwrap_or_default(),
                         covered_to: lsn(&p.start_lsn)
                             .unwrap_or_default()
                             .max(stopped.and_then(|s| s.1).unwrap_or_default()),
                         stopped: stopped.map(|s| s.0),
+                        system_identifier: text(&p.system_identifier).unwrap_or_default(),
+                        database: text(&p.database).unwrap_or_default(),
+                        timeline: p.timeline.as_ref().and_then(|v| v.as_u64()).and_then(|t| u32::try_from(t).ok()),
+                        resume_after: lsn(&text(&p.resume_after)),
+                        // Commits read before reaching its start are its own.
+                        last_commit_end,
+                        open_gaps: std::mem::take(&mut open_gaps),
                     });
                 }
                 _ => {}
@@ -176,12 +257,21 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
             }
         }
     }
-    if let (Some(run), Some(c)) = (last_run.as_mut(), last_commit_end) {
-        run.covered_to = run.covered_to.max(c);
+    if let Some(run) = last_run.as_mut() {
+        // What the run covered: its own commits and what it resumed after. Logs without `resume_after`
+        // (older versions) did not change servers behind the log's back: their last commit counts.
+        let own = match run.resume_after {
+            Some(r) => run.last_commit_end.unwrap_or_default().max(r),
+            None => last_commit_end.unwrap_or_default(),
+        };
+        run.covered_to = run.covered_to.max(own);
     }
     let keep = cut_at.unwrap_or(0);
     if keep < len {
         file.set_len(keep)?;
+    }
+    // Only a regular file has anything to sync (a device such as /dev/full refuses fsync with EINVAL).
+    if file.metadata()?.is_file() {
         file.sync_all()?;
     }
     file.seek(SeekFrom::Start(keep))?;
@@ -458,6 +548,45 @@ mod tests {
         let (rec, s) = recover(&log);
         assert_eq!(s, format!("{STARTED}{big}{COMMIT1}"));
         assert_eq!(rec.last_commit_end, Some(Lsn(0x10)));
+    }
+
+    #[test]
+    fn the_last_run_and_its_open_gaps() {
+        let a = "{\"type\":\"capture_started\",\"slot\":\"s\",\"start_lsn\":\"0/5\",\"system_identifier\":\"7\",\"database\":\"app\",\"timeline\":2,\"resume_after\":\"0/8\"}\n";
+        let open = |r: &str, from: &str| {
+            format!("{{\"type\":\"gap\",\"reason\":\"{r}\",\"table\":\"public.t\",\"from_lsn\":\"{from}\",\"to_lsn\":null,\"open\":true,\"closes\":false}}\n")
+        };
+        let close = |r: &str, from: &str| {
+            format!("{{\"type\":\"gap\",\"reason\":\"{r}\",\"table\":\"public.t\",\"from_lsn\":\"{from}\",\"to_lsn\":\"0/30\",\"open\":false,\"closes\":true}}\n")
+        };
+        // An earlier run's open gap is not this run's; one of this run's was closed, one was not.
+        let log = format!(
+            "{}{STARTED}{a}{DEL}{COMMIT1}{}{}{}",
+            open("old", "0/1"),
+            open("table_unpublished", "0/9"),
+            close("table_unpublished", "0/9"),
+            open("table_dropped", "0/12")
+        );
+        let (rec, s) = recover(&log);
+        assert_eq!(s, log);
+        let run = rec.last_run.clone().unwrap();
+        assert_eq!((run.system_identifier.as_str(), run.database.as_str(), run.timeline), ("7", "app", Some(2)));
+        assert_eq!(run.last_commit_end, Some(Lsn(0x10)));
+        assert_eq!(
+            run.open_gaps,
+            [OpenGap { reason: "table_dropped".into(), table: Some("public.t".into()), from_lsn: Lsn(0x12) }]
+        );
+        // resume_after raised by the run's own commits.
+        assert_eq!(rec.resume_mark(), Lsn(0x10));
+        // A run that wrote nothing resumes after what it started with, not after an earlier run's commits.
+        let (rec, _) = recover(&format!("{STARTED}{DEL}{COMMIT2}{a}"));
+        assert_eq!(rec.last_commit_end, Some(Lsn(0x1_0000_0020)));
+        assert_eq!(rec.resume_mark(), Lsn(0x8));
+        // Its coverage is its own: an earlier run's (maybe another server's) commits are not.
+        assert_eq!(rec.last_run.unwrap().covered_to, Lsn(0x8));
+        // Logs without resume_after: the last commit, as before.
+        let (rec, _) = recover(&format!("{STARTED}{DEL}{COMMIT2}{STARTED}"));
+        assert_eq!(rec.resume_mark(), Lsn(0x1_0000_0020));
     }
 
     #[test]

@@ -190,6 +190,12 @@ pub fn check_structure(recs: &[Value]) {
             }
             "capture_started" | "capture_stopped" | "gap" => {
                 assert!(open.is_none(), "record {i} ({}) inside an open transaction", r["type"]);
+                // Positions of another server, or of a history the server went back on, start over.
+                if r["type"] == "gap"
+                    && ["other_cluster", "other_database", "rewound"].contains(&r["reason"].as_str().unwrap_or(""))
+                {
+                    last_end_num = 0;
+                }
             }
             other => panic!("unknown record type {other}"),
         }
