@@ -50,7 +50,7 @@ use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
 /// Version of this format, written in `capture_started`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Appends a JSON string literal, byte for byte what serde_json writes.
 pub fn push_str(out: &mut BytesMut, s: &str) {
@@ -193,6 +193,8 @@ pub struct CaptureStarted<'a> {
     pub slot: &'a str,
     pub publication: &'a str,
     pub tables: &'a [String],
+    /// The watched tables with their OIDs (what `relation_renamed` refers to); format version 2.
+    pub relations: &'a [WatchedRelation<'a>],
     pub start_lsn: Lsn,
     pub server_version: &'a str,
     pub system_identifier: &'a str,
@@ -200,6 +202,14 @@ pub struct CaptureStarted<'a> {
     pub walwitness_version: &'static str,
     pub format_version: u32,
     pub proto_version: u32,
+}
+
+/// A watched table in `capture_started`.
+#[derive(Debug, Serialize)]
+pub struct WatchedRelation<'a> {
+    pub oid: u32,
+    pub schema: &'a str,
+    pub name: &'a str,
 }
 
 /// `capture_stopped`: a deliberate end, with the last LSN the log covers.
