@@ -169,7 +169,7 @@ BEGIN
       'trigger_depth', pg_trigger_depth() - 1,
       'schema', TG_TABLE_SCHEMA,
       'table', TG_TABLE_NAME,
-      'relid', TG_RELID,
+      'relid', TG_RELID::bigint,
       'op', TG_OP)::text;
     PERFORM pg_logical_emit_message(true, '{PREFIX}',
       encode(sha256(k_opad || sha256(k_ipad || convert_to(payload, 'UTF8'))), 'hex') || ' ' || payload);

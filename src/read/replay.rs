@@ -22,6 +22,37 @@ enum ClientMatch {
     Addr(String, Option<i64>),
 }
 
+/// A `--table` filter: the (schema, name) pairs it may mean (an unquoted part also folded to lower
+/// case, as the capture resolves it), matched against `schema`/`name`/`partition`/`relations`, or,
+/// for logs written before those fields (format version 1), against the joined `table` strings.
+#[derive(Debug, Clone, PartialEq)]
+struct TableMatch {
+    names: Vec<(String, String)>,
+}
+
+impl TableMatch {
+    fn parse(arg: &str) -> Result<TableMatch, Failure> {
+        let t = crate::capture::names::parse_table(arg).map_err(|e| usage(format!("--table: {e}")))?;
+        let mut names = vec![(t.schema.clone(), t.table.clone())];
+        let folded = (
+            if t.schema_quoted { t.schema.clone() } else { t.schema.to_lowercase() },
+            if t.table_quoted { t.table.clone() } else { t.table.to_lowercase() },
+        );
+        if folded != names[0] {
+            names.push(folded);
+        }
+        Ok(TableMatch { names })
+    }
+
+    fn pair(&self, schema: &str, name: &str) -> bool {
+        self.names.iter().any(|(s, n)| s == schema && n == name)
+    }
+
+    fn joined(&self, table: &str) -> bool {
+        self.names.iter().any(|(s, n)| table.len() == s.len() + 1 + n.len() && table == format!("{s}.{n}"))
+    }
+}
+
 /// The compiled `--since … --type` filters.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -32,7 +63,7 @@ pub struct Filter {
     users: Vec<String>,
     apps: Vec<String>,
     clients: Vec<ClientMatch>,
-    tables: Vec<String>,
+    tables: Vec<TableMatch>,
     keys: Vec<String>,
     kinds: Vec<Kind>,
 }
@@ -56,7 +87,7 @@ impl Filter {
         for k in &a.kind {
             kinds.push(Kind::parse(k).ok_or_else(|| {
                 usage(format!(
-                    "--type {k:?}: expected delete, truncate, commit, capture_started, capture_stopped or gap"
+                    "--type {k:?}: expected delete, truncate, commit, relation_renamed, capture_started, capture_stopped, gap, aborted_delete, aborted_truncate or abort"
                 ))
             })?);
         }
@@ -69,7 +100,7 @@ impl Filter {
             users: a.user.clone(),
             apps: a.app.clone(),
             clients,
-            tables: a.table.iter().map(|t| if t.contains('.') { t.clone() } else { format!("public.{t}") }).collect(),
+            tables: a.table.iter().map(|t| TableMatch::parse(t)).collect::<Result<Vec<_>, _>>()?,
             keys: a.key.clone(),
             kinds,
         })
@@ -106,10 +137,13 @@ impl Filter {
             return false;
         }
         if !self.tables.is_empty() {
-            let hit = match (&rec.table, &rec.tables) {
-                (Some(t), _) => self.tables.iter().any(|f| f == t),
-                (None, Some(ts)) => ts.iter().any(|t| self.tables.iter().any(|f| f == t)),
-                _ => false,
+            let hit = match rec.named_relations() {
+                Some(names) => names.iter().any(|(s, n)| self.tables.iter().any(|f| f.pair(s, n))),
+                None => match (&rec.table, &rec.tables) {
+                    (Some(t), _) => self.tables.iter().any(|f| f.joined(t)),
+                    (None, Some(ts)) => ts.iter().any(|t| self.tables.iter().any(|f| f.joined(t))),
+                    _ => false,
+                },
             };
             if !hit {
                 return false;
@@ -156,6 +190,19 @@ impl Filter {
             }
         }
         true
+    }
+
+    /// Follows a `relation_renamed` record: a `--table` filter that selected the table under its
+    /// previous name selects it under the new one from here on.
+    pub fn follow_rename(&mut self, rec: &Record) {
+        let (Some(ps), Some(pn), Some(s), Some(n)) =
+            (rec.previous_schema.as_deref(), rec.previous_name.as_deref(), rec.schema.as_deref(), rec.name.as_deref())
+        else {
+            return;
+        };
+        if self.tables.iter().any(|f| f.pair(ps, pn)) && !self.tables.iter().any(|f| f.pair(s, n)) {
+            self.tables.push(TableMatch { names: vec![(s.to_owned(), n.to_owned())] });
+        }
     }
 
     /// Whether a capture_started/capture_stopped record is written.
@@ -237,6 +284,15 @@ impl<W: Write> ReplayOut<W> {
 
 impl<W: Write> Consumer for ReplayOut<W> {
     fn row(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if kind == Kind::RelationRenamed {
+            // Context for the rows after it: written with them if any of its transaction's rows pass.
+            self.filter.follow_rename(rec);
+            if self.filter.kind_allowed(kind) {
+                self.held.extend_from_slice(line);
+                self.held.push(b'\n');
+            }
+            return Ok(());
+        }
         if self.filter.row_matches(rec) {
             self.any_row = true;
             if self.filter.kind_allowed(kind) {

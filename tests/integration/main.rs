@@ -5,6 +5,7 @@ mod capture;
 mod errors;
 mod faults;
 mod readers;
+mod relations;
 mod streaming;
 mod util;
 mod versions;
