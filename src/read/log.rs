@@ -1097,6 +1097,52 @@ pub(crate) mod tests {
         assert_eq!(actions, [Boundary, Row, Row, Commit, Row, Commit]);
     }
 
+    /// A format-2 delete of `schema`.`name` (with `table` joining them as the capture writes it).
+    pub fn del2(xid: u64, lsn: u64, schema: &str, name: &str, key: &str) -> String {
+        del(xid, lsn, T, key, "null").replacen(
+            r#""table":"public.t","#,
+            &format!(r#""table":"{schema}.{name}","schema":"{schema}","name":"{name}","#),
+            1,
+        )
+    }
+
+    pub fn renamed(xid: u64, lsn: u64, from: (&str, &str), to: (&str, &str)) -> String {
+        format!(
+            r#"{{"type":"relation_renamed","oid":16384,"table":"{}.{}","schema":"{}","name":"{}","previous_table":"{}.{}","previous_schema":"{}","previous_name":"{}","xid":{xid},"lsn":"0/{:X}","commit_lsn":"0/{:X}","commit_time":"{T}","origin":null}}"#,
+            to.0,
+            to.1,
+            to.0,
+            to.1,
+            from.0,
+            from.1,
+            from.0,
+            from.1,
+            lsn * 16 - 8,
+            lsn * 16
+        )
+    }
+
+    #[test]
+    fn relation_renamed_belongs_to_its_transaction_and_is_not_counted() {
+        let lines = vec![
+            renamed(5, 1, ("public", "t"), ("public", "t_x")),
+            del2(5, 1, "public", "t_x", "a"),
+            commit(5, 1, T, 1, "null"),
+            // Cut before its rows' commit: it is dropped with them.
+            renamed(6, 2, ("public", "t_x"), ("public", "t")),
+        ];
+        let (actions, damages) = run(&lines);
+        use Action::*;
+        assert_eq!(actions, [Row, Row, Commit, Row]);
+        assert_eq!(damages.len(), 1, "{damages:?}");
+        assert_eq!(damages[0].aborted_rows, 1);
+        let (kind, rec) = parse_line(lines[0].as_bytes()).unwrap();
+        assert_eq!(kind, Kind::RelationRenamed);
+        assert_eq!(rec.named_relations().unwrap(), [("public", "t_x"), ("public", "t")]);
+        let bad = lines[0].replace(r#""previous_name":"t","#, "");
+        assert!(parse_line(bad.as_bytes()).unwrap_err().contains("previous_name"));
+    }
+
     #[test]
     fn rows_without_commit_are_damage() {
         let s = "null";

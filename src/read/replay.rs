@@ -502,4 +502,52 @@ mod tests {
         assert_eq!(f, ClientMatch::Addr("::1".into(), Some(5432)));
         assert_eq!(parse_client("::1").unwrap(), ClientMatch::Addr("::1".into(), None));
     }
+
+    #[test]
+    fn table_filter_uses_schema_and_name_and_follows_renames() {
+        use super::super::log::tests::{del2, renamed};
+        let lines = vec![
+            CS.to_owned(),
+            del2(5, 1, "a.b", "c", "1"),
+            commit(5, 1, "2026-11-26T15:01:02.000003Z", 1, "null"),
+            del2(6, 2, "a", "b.c", "2"),
+            commit(6, 2, "2026-11-26T15:01:02.000003Z", 1, "null"),
+            renamed(7, 3, ("a", "b.c"), ("public", "hidden")),
+            del2(7, 3, "public", "hidden", "3"),
+            commit(7, 3, "2026-11-26T15:01:02.000003Z", 1, "null"),
+        ];
+        let keys = |filter: &str| -> Vec<String> {
+            let args = FilterArgs { table: vec![filter.into()], kind: vec!["delete".into()], ..Default::default() };
+            replay_lines(&lines, args, false)
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]["id"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(keys("\"a.b\".c"), ["1"]);
+        assert_eq!(keys("a.\"b.c\""), ["2", "3"], "the rename is followed");
+        assert_eq!(keys("hidden"), ["3"]);
+        // The rename record goes out with its transaction's rows.
+        let all =
+            replay_lines(&lines, FilterArgs { table: vec!["a.\"b.c\"".into()], ..Default::default() }, false).unwrap();
+        assert_eq!(all.iter().filter(|l| l.contains("relation_renamed")).count(), 1);
+        assert!(matches!(
+            Filter::from_args(&FilterArgs { table: vec!["\"open".into()], ..Default::default() }),
+            Err(f) if f.message.contains("--table")
+        ));
+    }
+
+    #[test]
+    fn table_filter_on_old_logs_compares_the_joined_name() {
+        // Format 1: only `table` ("public.t" in these helpers).
+        let lines = log();
+        for (filter, n) in
+            [("t", 4), ("public.t", 4), ("\"public\".\"t\"", 4), ("Public.T", 4), ("\"T\"", 0), ("public.u", 0)]
+        {
+            let args = FilterArgs { table: vec![filter.into()], kind: vec!["delete".into()], ..Default::default() };
+            assert_eq!(replay_lines(&lines, args, false).unwrap().len(), n, "{filter}");
+        }
+    }
 }
