@@ -293,6 +293,8 @@ async fn inheritance_children_are_not_watched_and_keep_working() {
     let recs = records(&out);
     check_structure(&recs);
     assert_eq!(deletes(&recs), [row("public", "parent", "1")], "{recs:#?}");
+    let doctor = run_bin(&["doctor".into(), "--dsn".into(), env.dsn.clone(), "--table".into(), "parent".into()]).await;
+    assert!(format!("{}{}", doctor.stdout, doctor.stderr).contains("inheritance children (kid)"), "{doctor}");
 }
 
 /// `"a.b"."c"` and `"a"."b.c"` both print as `a.b.c` in `table`: `schema` and `name` tell them apart,
