@@ -241,14 +241,22 @@ async fn partitions_attached_while_capturing_are_logged() {
     let env = Env::start().await;
     env.exec(MEASUREMENTS).await;
     let out = env.log_path("a.jsonl");
+    let version: i32 =
+        env.sql.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
     let bg = env.start_capture(&out, &["public.m"], &[]).await;
     env.exec(
         "CREATE TABLE parts.m_3 PARTITION OF m FOR VALUES FROM (200) TO (300); INSERT INTO m VALUES (250, 'eu'); \
-         CREATE TABLE loose (id int, region text, PRIMARY KEY (id, region)); INSERT INTO loose VALUES (350, 'us'); \
-         DELETE FROM loose WHERE id = 350; INSERT INTO loose VALUES (351, 'us'); \
-         ALTER TABLE m ATTACH PARTITION loose FOR VALUES FROM (300) TO (400);",
+         CREATE TABLE loose (id int, region text, PRIMARY KEY (id, region));",
     )
     .await;
+    if version >= 150000 {
+        // A table with changes decoded before it became a partition: PostgreSQL 14's walsender keeps
+        // it unpublished until it reconnects (its pgoutput `rel_sync_cache_relation_cb` does not reset
+        // `replicate_valid`), so only 15+ can be asked this.
+        env.exec("INSERT INTO loose VALUES (350, 'us'); DELETE FROM loose WHERE id = 350;").await;
+    }
+    env.exec("ALTER TABLE m ATTACH PARTITION loose FOR VALUES FROM (300) TO (400); INSERT INTO m VALUES (351, 'us');")
+        .await;
     env.exec("DELETE FROM m WHERE id IN (250, 351)").await;
     env.stop_capture(bg).await;
     let recs = records(&out);
