@@ -242,13 +242,13 @@ pub struct FilterArgs {
     /// Client address, addr:port ([v6]:port), or `local` for Unix-socket clients. Repeatable.
     #[arg(long)]
     pub client: Vec<String>,
-    /// Table (schema.table; public. assumed). Repeatable.
+    /// Table (schema.table as for capture; public. assumed): matches the watched table, a partition, or a name it had (relation_renamed). Repeatable.
     #[arg(long)]
     pub table: Vec<String>,
     /// A glob (`*`, `?`) that any key value must match. Repeatable.
     #[arg(long)]
     pub key: Vec<String>,
-    /// Record type: delete, truncate, commit, capture_started, capture_stopped. Repeatable.
+    /// Record type: delete, truncate, commit, relation_renamed, capture_started, capture_stopped, gap, aborted_delete, aborted_truncate, abort. Repeatable.
     #[arg(long = "type")]
     pub kind: Vec<String>,
 }

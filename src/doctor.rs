@@ -225,6 +225,31 @@ async fn check_table(c: &Client, r: &mut Report, arg: &str, can_create: bool, su
         (_, None) => "no usable key".to_owned(),
     };
     r.add(Level::Ok, format!("table {q}: {meaning}"));
+    match crate::capture::setup::members(c, &table).await {
+        Ok((partitions, children)) => {
+            if !partitions.is_empty() {
+                r.add(
+                    Level::Ok,
+                    format!(
+                        "table {q}: {} partition{}, logged as {q}'s rows (with the partition named)",
+                        partitions.len(),
+                        if partitions.len() == 1 { "" } else { "s" }
+                    ),
+                );
+            }
+            if !children.is_empty() {
+                r.add(
+                    Level::Warn,
+                    format!(
+                        "table {q}: inheritance children ({}) are not logged, also when DELETE FROM {} removes their rows → watch them with their own --table",
+                        children.join(", "),
+                        table.sql_name()
+                    ),
+                );
+            }
+        }
+        Err(f) => r.add(Level::Fail, f.message),
+    }
     let owner: bool = c
         .query_one("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = $1", &[&table.oid])
         .await
@@ -236,7 +261,7 @@ async fn check_table(c: &Client, r: &mut Report, arg: &str, can_create: bool, su
         r.add(
             Level::Fail,
             format!(
-                "table {q}: creating the publication needs ownership of the table and CREATE on the database → have the owner run CREATE PUBLICATION walwitness_pub FOR TABLE {} WITH (publish = 'delete, truncate'); and capture with --publication walwitness_pub",
+                "table {q}: creating the publication needs ownership of the table and CREATE on the database → have the owner run CREATE PUBLICATION walwitness_pub FOR TABLE ONLY {} WITH (publish = 'delete, truncate'); and capture with --publication walwitness_pub",
                 table.sql_name()
             ),
         );

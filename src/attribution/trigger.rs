@@ -55,6 +55,10 @@ pub struct Payload {
     pub trigger_depth: Option<i32>,
     pub schema: String,
     pub table: String,
+    /// The table's OID (`TG_RELID`); absent from triggers installed by earlier walwitness versions,
+    /// whose messages are matched by name.
+    #[serde(default)]
+    pub relid: Option<u32>,
     pub op: String,
 }
 
@@ -169,6 +173,7 @@ BEGIN
       'trigger_depth', pg_trigger_depth() - 1,
       'schema', TG_TABLE_SCHEMA,
       'table', TG_TABLE_NAME,
+      'relid', TG_RELID::bigint,
       'op', TG_OP)::text;
     PERFORM pg_logical_emit_message(true, '{PREFIX}',
       encode(sha256(k_opad || sha256(k_ipad || convert_to(payload, 'UTF8'))), 'hex') || ' ' || payload);

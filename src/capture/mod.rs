@@ -9,6 +9,7 @@
 mod acks;
 pub mod coverage;
 pub mod names;
+mod partitions;
 pub mod resume;
 pub mod setup;
 mod spooled;
@@ -26,7 +27,7 @@ use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
-use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, FORMAT_VERSION};
+use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, WatchedRelation, FORMAT_VERSION};
 use crate::sink::writer::LastRun;
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
 use names::{parse_table, quote_ident};
@@ -133,6 +134,20 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
             tables.push(table);
         }
     }
+    // Partitions belong to their watched table; inheritance children are tables of their own.
+    let mut partitions: Vec<(u32, Vec<setup::Partition>)> = Vec::new();
+    for t in &tables {
+        let (parts, children) = setup::members(&sql, t).await?;
+        if !children.is_empty() {
+            eprintln!(
+                "walwitness: warning: {} has inheritance children ({}): rows deleted from them (also by DELETE FROM {}) are not logged; watch them with their own --table",
+                t.qualified(),
+                children.join(", "),
+                t.sql_name()
+            );
+        }
+        partitions.push((t.oid, parts));
+    }
     let slot = opts.slot.clone().unwrap_or_else(|| setup::default_slot(&info.database, &tables));
     let publication = opts.publication.clone().unwrap_or_else(|| setup::default_publication(&tables));
     let mut slot_state = setup::inspect_slot(&sql, &slot, &info.database, opts.two_phase).await?;
@@ -199,6 +214,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         &sql,
         &info,
         &tables,
+        &partitions,
         &slot,
         &publication,
         slot_state,
@@ -260,6 +276,7 @@ async fn capture_with_objects(
     sql: &std::sync::Arc<tokio_postgres::Client>,
     info: &setup::ServerInfo,
     tables: &[setup::Table],
+    partitions: &[(u32, Vec<setup::Partition>)],
     slot: &str,
     publication: &str,
     slot_state: SlotState,
@@ -384,6 +401,8 @@ async fn capture_with_objects(
     let writer = Writer::start(&opts.out, file, recovery.len)
         .map_err(|e| Failure::new(Exit::Output, format!("cannot start the log writer: {e}")))?;
     let table_names: Vec<String> = tables.iter().map(setup::Table::qualified).collect();
+    let relations: Vec<WatchedRelation> =
+        tables.iter().map(|t| WatchedRelation { oid: t.oid, schema: &t.schema, name: &t.name }).collect();
     let mut first = bytes::BytesMut::new();
     push_record(
         &mut first,
@@ -393,6 +412,7 @@ async fn capture_with_objects(
             slot,
             publication,
             tables: &table_names,
+            relations: &relations,
             start_lsn,
             server_version: &info.version,
             system_identifier: &system_identifier,
@@ -443,7 +463,12 @@ async fn capture_with_objects(
 
     let mut watch = WatchList::new();
     for t in tables {
-        watch.add(&t.schema, &t.name, t.primary_key.clone());
+        watch.add_table(t.oid, &t.schema, &t.name, t.primary_key.clone());
+    }
+    for (root, parts) in partitions {
+        for p in parts {
+            watch.add_partition(p.oid, *root, p.primary_key.clone());
+        }
     }
     let mut spooled =
         spooled::Spooled::new(spool_dir, opts.include_aborted, opts.two_phase, attributor.activity.clone());
@@ -482,6 +507,13 @@ async fn capture_with_objects(
                         schema: t.schema.clone(),
                         table: t.name.clone(),
                         primary_key: t.primary_key.clone(),
+                        oid: Some(t.oid),
+                        partitions: partitions
+                            .iter()
+                            .filter(|(root, _)| *root == t.oid)
+                            .flat_map(|(_, ps)| ps.iter())
+                            .map(|p| crate::sink::raw::RawPartition { oid: p.oid, primary_key: p.primary_key.clone() })
+                            .collect(),
                     })
                     .collect(),
                 slot: slot.to_owned(),
@@ -517,6 +549,7 @@ async fn capture_with_objects(
             coverage_start,
             opts.coverage_interval,
         )),
+        partitions: partitions::PartitionLookup::new(spec.clone(), sql.clone()),
     };
     let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await;
     outcome

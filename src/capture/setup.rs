@@ -17,6 +17,17 @@ pub struct Table {
     pub name: String,
     pub replica_identity: char,
     pub primary_key: Option<Vec<String>>,
+    /// A partitioned table (relkind 'p').
+    pub partitioned: bool,
+}
+
+/// A partition (at any depth) of a watched table: its rows are the watched table's.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub primary_key: Option<Vec<String>>,
 }
 
 impl Table {
@@ -164,9 +175,65 @@ pub async fn resolve_table(c: &Client, arg: &TableArg) -> Result<Table, Failure>
             name: name.clone(),
             replica_identity: ri,
             primary_key: if pk.is_empty() { None } else { Some(pk) },
+            partitioned: kind == "p",
         });
     }
     Err(Failure::new(Exit::TableNotFound, format!("table {}.{} not found in this database", arg.schema, arg.table)))
+}
+
+/// The partitions of a watched table (all levels; none for a table that is not partitioned), and the
+/// names of its inheritance children, which are not watched. Refuses when a partition has no replica
+/// identity usable for deletes: the publication covers every partition, so publishing would make
+/// every DELETE on it fail.
+pub async fn members(c: &Client, t: &Table) -> Result<(Vec<Partition>, Vec<String>), Failure> {
+    let rows = c
+        .query(
+            "SELECT p.relid::oid, n.nspname::text, c.relname::text, c.relkind::text, c.relreplident::text, \
+               (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = p.relid AND i.indisprimary) \
+             FROM pg_partition_tree($1::oid::regclass) p \
+             JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.relid <> $1::oid::regclass ORDER BY p.level, 2, 3",
+            &[&t.oid],
+        )
+        .await
+        .map_err(|e| q(&format!("cannot list the partitions of {}", t.qualified()), e))?;
+    let mut partitions = Vec::new();
+    let mut unusable = Vec::new();
+    for r in &rows {
+        let (oid, schema, name, kind, ident): (u32, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let primary_key: Option<Vec<String>> = r.get(5);
+        let sql_name = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        if kind == "r" && (ident == "n" || (ident == "d" && primary_key.is_none())) {
+            unusable.push(sql_name);
+        }
+        partitions.push(Partition { oid, schema, name, primary_key });
+    }
+    if !unusable.is_empty() {
+        return Err(Failure::new(
+            Exit::ReplicaIdentity,
+            format!(
+                "{} has partitions without a primary key or usable replica identity ({}): publishing the table publishes them too, and every DELETE on them would then fail; run ALTER TABLE … REPLICA IDENTITY FULL (or add a primary key) on each first",
+                t.qualified(),
+                unusable.join(", ")
+            ),
+        ));
+    }
+    let children = c
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = $1 AND NOT c.relispartition ORDER BY 1",
+            &[&t.oid],
+        )
+        .await
+        .map_err(|e| q(&format!("cannot list the inheritance children of {}", t.qualified()), e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((partitions, children))
 }
 
 pub fn default_publication(tables: &[Table]) -> String {
@@ -251,10 +318,10 @@ pub enum PubOrigin {
 /// Checks that an existing publication covers every table and publishes deletes.
 async fn check_publication_covers(c: &Client, publication: &str, tables: &[Table]) -> Result<Vec<String>, Failure> {
     let row = c
-        .query_one("SELECT pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_one("SELECT pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
         .map_err(|e| q("cannot read the publication", e))?;
-    let (pubdelete, pubtruncate): (bool, bool) = (row.get(0), row.get(1));
+    let (pubdelete, pubtruncate, viaroot): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
     if !pubdelete {
         return Err(Failure::new(
             Exit::Conflict,
@@ -265,11 +332,20 @@ async fn check_publication_covers(c: &Client, publication: &str, tables: &[Table
     if !pubtruncate {
         warnings.push(format!("publication {publication} does not publish TRUNCATE: truncates will not be logged"));
     }
+    if viaroot && pubtruncate && tables.iter().any(|t| t.partitioned) {
+        warnings.push(format!(
+            "publication {publication} has publish_via_partition_root = true: PostgreSQL then does not publish a TRUNCATE of single partitions, so those will not be logged"
+        ));
+    }
     for t in tables {
+        // pg_publication_tables lists a partitioned table's partitions rather than the table itself
+        // (unless it publishes through the root); a FOR ALL TABLES publication covers every table.
         let covered: bool = c
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
-                &[&publication, &t.schema, &t.name],
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3) \
+                 OR EXISTS (SELECT 1 FROM pg_publication p JOIN pg_publication_rel r ON r.prpubid = p.oid WHERE p.pubname = $1 AND r.prrelid = $4) \
+                 OR EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1 AND puballtables)",
+                &[&publication, &t.schema, &t.name, &t.oid],
             )
             .await
             .map_err(|e| q("cannot read the publication's tables", e))?
@@ -321,7 +397,10 @@ pub async fn ensure_publication(
             format!("publication {publication} (given with --publication) does not exist"),
         )),
         None => {
-            let list: Vec<String> = tables.iter().map(Table::sql_name).collect();
+            // ONLY: PostgreSQL would otherwise add the inheritance children that exist now (not those
+            // created later), which walwitness does not watch, and make deletes on any of them without
+            // a replica identity fail. Partitions are always covered through their table.
+            let list: Vec<String> = tables.iter().map(|t| format!("ONLY {}", t.sql_name())).collect();
             let sql = format!(
                 "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'delete, truncate'); COMMENT ON PUBLICATION {} IS {}",
                 quote_ident(publication),

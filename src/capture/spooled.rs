@@ -35,7 +35,7 @@ use crate::sink::spool::{Spool, SpoolDir, SpoolReader};
 /// Commit position and time written into an aborted transaction's synthesized Begin. No real commit
 /// has it, so the rows rendered for it are recognised and rewritten (`rewrite_aborted`); its
 /// final LSN is also above any resume point, so the Assembler never skips an abort's rows.
-const ABORT_SENTINEL_LSN: Lsn = Lsn(u64::MAX);
+use crate::decode::ABORT_SENTINEL_LSN;
 const ABORT_SENTINEL_TIME: i64 = 0;
 
 #[derive(Debug, thiserror::Error)]

@@ -74,6 +74,8 @@ pub struct LoopOptions {
     pub spooled: Spooled,
     /// The periodic check that the publication still covers the watched tables (`coverage`).
     pub coverage: Option<super::coverage::Checker>,
+    /// Catalog lookups of relations the stream describes that are not known to be watched.
+    pub partitions: super::partitions::PartitionLookup,
 }
 
 /// Flush a transaction's rows to the writer in pieces of this size, so memory does not grow with it.
@@ -705,6 +707,7 @@ impl Loop {
                     }
                 }
                 let is_begin = matches!(m, Message::Begin { .. });
+                self.lookup_relation(&m).await?;
                 let step = self
                     .asm
                     .handle(wal_start, m, &mut self.out)
@@ -781,6 +784,7 @@ impl Loop {
         self.flush_batch().await?;
         let fail = |e: String| Failure::new(Exit::Stream, e);
         while let Some((lsn, m)) = r.next_message().map_err(|e| fail(e.to_string()))? {
+            self.lookup_relation(&m).await?;
             match self.asm.handle(lsn, m, &mut self.out).map_err(|e| fail(e.to_string()))? {
                 Step::Continue => {
                     if self.out.len() >= CHUNK {
@@ -812,6 +816,15 @@ impl Loop {
             }
         }
         Ok(Flow::Go)
+    }
+
+    /// A relation the stream describes that is not known to be watched may be a partition attached
+    /// since the start (`partitions`); raw captures record what was found.
+    async fn lookup_relation(&mut self, m: &Message) -> Result<(), Failure> {
+        if let Some(f) = self.o.partitions.before(&mut self.asm, m).await? {
+            self.raw_write(|r| r.partition(f.oid, f.root, f.primary_key.as_deref()));
+        }
+        Ok(())
     }
 
     /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.

@@ -24,7 +24,14 @@ use crate::protocol::buf::lossless_name;
 use crate::protocol::pgoutput::{Message, OldKind, Value};
 use crate::protocol::Lsn;
 use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64, push_value};
-use relations::{RelationCache, WatchList};
+use relations::{QName, RelationCache, WatchList};
+
+/// Commit position written into the synthesized Begin of a rolled-back streamed or prepared
+/// transaction replayed for `--include-aborted` (see `capture::spooled`). No real commit has it. The
+/// Assembler undoes what such a replay taught the relation cache, as the server does for an aborted
+/// streamed transaction (its Relation messages count as sent only once it commits), and writes no
+/// `relation_renamed` for it.
+pub const ABORT_SENTINEL_LSN: Lsn = Lsn(u64::MAX);
 
 /// What a message meant for the transaction stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +68,14 @@ struct Txn {
     truncates: u64,
     /// The activity source's session for this xid, if a sample saw it.
     activity: Option<Arc<SessionJson>>,
-    /// The latest verified trigger session per watched table: it covers the rows of its statement.
+    /// The latest verified trigger session per watched table (keyed `#<oid>`, or `schema.table` for
+    /// triggers installed by earlier versions): it covers the rows of its statement.
     trigger: HashMap<String, Arc<SessionJson>>,
+    /// Watched tables whose reported name this transaction changed, with the name before: put back if
+    /// the transaction is abandoned (its records never reach the log).
+    renames: Vec<(usize, QName)>,
+    /// An aborted attempt's replay: the relation cache entries it replaced, put back at its end.
+    saved_relations: Vec<(u32, relations::Saved)>,
     /// Session written in the commit record: the first one any record carried.
     first_session: Option<Arc<SessionJson>>,
     attributed_trigger: u64,
@@ -132,7 +145,8 @@ struct Pending {
 
 enum PendingKey {
     Rel(u32),
-    Tables(Vec<String>),
+    /// The watched tables of a truncate (indexes into the watch list).
+    Tables(Vec<usize>),
 }
 
 pub struct Assembler {
@@ -170,8 +184,39 @@ impl Assembler {
 
     /// Forgets a transaction interrupted by a lost connection; the server sends it again from Begin.
     pub fn abandon_transaction(&mut self) {
-        self.txn = None;
+        if let Some(t) = self.txn.take() {
+            self.undo(t);
+        }
         self.pending = None;
+    }
+
+    /// Puts back what a transaction that will not be in the log changed in the relation cache.
+    fn undo(&mut self, mut t: Txn) {
+        for (i, before) in t.renames.drain(..).rev() {
+            self.relations.table_mut(i).reported = before;
+        }
+        for (oid, saved) in t.saved_relations.drain(..).rev() {
+            self.relations.restore(oid, saved);
+        }
+    }
+
+    /// Whether a Relation message is for a relation the capture should look up in the catalog first
+    /// (a partition attached since the start?): returns its OID.
+    pub fn needs_lookup(&self, msg: &Message) -> Option<u32> {
+        match msg {
+            Message::Relation { oid, .. } if self.relations.needs_lookup(*oid) => Some(*oid),
+            _ => None,
+        }
+    }
+
+    /// The OIDs of the watched tables.
+    pub fn watched_oids(&self) -> Vec<u32> {
+        self.relations.watched_oids()
+    }
+
+    /// Records a partition of a watched table found by a catalog lookup.
+    pub fn add_partition(&mut self, oid: u32, root: u32, primary_key: Option<Vec<String>>) -> bool {
+        self.relations.add_partition(oid, root, primary_key)
     }
 
     /// Raises the position below which transactions are already logged.
@@ -226,9 +271,17 @@ impl Assembler {
         let trig = if t.trigger.is_empty() {
             None
         } else {
+            let rels = &self.relations;
+            let lookup = |i: usize| {
+                let st = rels.table(i);
+                st.oid
+                    .and_then(|o| t.trigger.get(&format!("#{o}")))
+                    .or_else(|| t.trigger.get(&st.current.qualified()))
+                    .cloned()
+            };
             match &p.key {
-                PendingKey::Rel(relid) => self.relations.get(*relid).and_then(|r| t.trigger.get(&r.qualified)).cloned(),
-                PendingKey::Tables(names) => names.iter().find_map(|n| t.trigger.get(n)).cloned(),
+                PendingKey::Rel(relid) => rels.get(*relid).and_then(|r| r.watched).and_then(lookup),
+                PendingKey::Tables(tables) => tables.iter().find_map(|&i| lookup(i)),
             }
         };
         t.push_session(out, trig);
@@ -254,6 +307,8 @@ impl Assembler {
                     truncates: 0,
                     activity: self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new),
                     trigger: HashMap::new(),
+                    renames: Vec::new(),
+                    saved_relations: Vec::new(),
                     first_session: None,
                     attributed_trigger: 0,
                     attributed_activity: 0,
@@ -270,6 +325,11 @@ impl Assembler {
                 t.rebuild_common();
             }
             Message::Relation { oid, namespace, name: relname, replica_identity, columns, .. } => {
+                if let Some(t) = self.txn.as_mut().filter(|t| t.final_lsn == ABORT_SENTINEL_LSN) {
+                    if !t.saved_relations.iter().any(|(o, _)| *o == oid) {
+                        t.saved_relations.push((oid, self.relations.save(oid)));
+                    }
+                }
                 self.relations.update(oid, namespace, relname, replica_identity, columns);
             }
             Message::Delete { relid, old, .. } => {
@@ -278,18 +338,25 @@ impl Assembler {
                     .relations
                     .get(relid)
                     .ok_or_else(|| err(format!("relation OID {relid} was never described by a Relation message")))?;
-                if !rel.watched || t.skip {
+                let Some(w) = rel.watched else {
                     return Ok(Step::Continue);
-                }
+                };
                 let vals = &old.tuple.columns;
                 if vals.len() != rel.columns.len() {
                     return Err(err(format!(
                         "old tuple of {} has {} columns, its Relation message described {}",
-                        rel.qualified,
+                        rel.name.qualified(),
                         vals.len(),
                         rel.columns.len()
                     )));
                 }
+                note_rename(&mut self.relations, t, w, lsn, out);
+                if t.skip {
+                    return Ok(Step::Continue);
+                }
+                let Some(rel) = self.relations.get(relid) else {
+                    return Err(err(format!("relation OID {relid} vanished from the relation cache")));
+                };
                 let row_start = out.len();
                 out.extend_from_slice(&rel.delete_prefix);
                 push_u64(out, u64::from(t.xid));
@@ -318,27 +385,46 @@ impl Assembler {
             }
             Message::Truncate { relids, cascade, restart_identity, .. } => {
                 let t = self.txn.as_mut().ok_or_else(|| err("Truncate outside a transaction".into()))?;
+                // The watched relations it truncated (each once) and the watched tables they belong to.
                 let mut seen: Vec<u32> = Vec::with_capacity(relids.len());
-                let mut names = Vec::new();
+                let mut tables: Vec<usize> = Vec::new();
                 for relid in relids {
                     let rel = self.relations.get(relid).ok_or_else(|| {
                         err(format!("relation OID {relid} was never described by a Relation message"))
                     })?;
-                    if rel.watched && !seen.contains(&relid) {
-                        seen.push(relid);
-                        names.push(rel.qualified.clone());
+                    if let Some(w) = rel.watched {
+                        if !seen.contains(&relid) {
+                            seen.push(relid);
+                            if !tables.contains(&w) {
+                                tables.push(w);
+                            }
+                        }
                     }
                 }
-                if names.is_empty() || t.skip {
+                for &w in &tables {
+                    note_rename(&mut self.relations, t, w, lsn, out);
+                }
+                if seen.is_empty() || t.skip {
                     return Ok(Step::Continue);
                 }
                 let row_start = out.len();
                 out.extend_from_slice(b"{\"type\":\"truncate\",\"tables\":[");
-                for (i, n) in names.iter().enumerate() {
+                for (i, &w) in tables.iter().enumerate() {
                     if i > 0 {
                         out.extend_from_slice(b",");
                     }
-                    push_str(out, n);
+                    push_str(out, &self.relations.table(w).current.qualified());
+                }
+                out.extend_from_slice(b"],\"relations\":[");
+                for (i, relid) in seen.iter().enumerate() {
+                    let Some(rel) = self.relations.get(*relid) else { continue };
+                    let Some(w) = rel.watched else { continue };
+                    if i > 0 {
+                        out.extend_from_slice(b",");
+                    }
+                    out.extend_from_slice(b"{");
+                    self.relations.push_reference(out, w, rel);
+                    out.extend_from_slice(b"}");
                 }
                 out.extend_from_slice(b"],\"xid\":");
                 push_u64(out, u64::from(t.xid));
@@ -352,16 +438,20 @@ impl Assembler {
                     b",\"restart_identity\":false"
                 });
                 out.extend_from_slice(b",\"session\":");
-                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(names) });
+                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(tables) });
                 t.truncates += 1;
             }
             Message::Commit { commit_lsn, end_lsn, commit_time, .. } => {
-                let t = self.txn.take().ok_or_else(|| err("Commit outside a transaction".into()))?;
+                let mut t = self.txn.take().ok_or_else(|| err("Commit outside a transaction".into()))?;
                 if commit_lsn != t.final_lsn {
                     return Err(err(format!(
                         "Commit of xid {} at {commit_lsn} but its Begin announced {}",
                         t.xid, t.final_lsn
                     )));
+                }
+                // An aborted attempt's Relation messages never counted as sent (see ABORT_SENTINEL_LSN).
+                for (oid, saved) in t.saved_relations.drain(..).rev() {
+                    self.relations.restore(oid, saved);
                 }
                 let wrote = !t.skip && (t.deletes > 0 || t.truncates > 0);
                 if wrote {
@@ -447,10 +537,15 @@ impl Assembler {
                                 t.conflict = true;
                             }
                         }
-                        // Keyed like `Relation::qualified`, whose names are in the lossless form.
-                        let table =
-                            format!("{}.{}", lossless_name(p.schema.as_bytes()), lossless_name(p.table.as_bytes()));
-                        t.trigger.insert(table, Arc::new(SessionJson::new(&session)));
+                        // Keyed like the relation cache: by OID, or (older payloads) by the name in the
+                        // lossless form the stream's names are decoded to.
+                        let key = match p.relid {
+                            Some(oid) => format!("#{oid}"),
+                            None => {
+                                format!("{}.{}", lossless_name(p.schema.as_bytes()), lossless_name(p.table.as_bytes()))
+                            }
+                        };
+                        t.trigger.insert(key, Arc::new(SessionJson::new(&session)));
                     }
                     Err(reason) => {
                         t.reject(lsn, reason);
@@ -480,6 +575,43 @@ impl Assembler {
         }
         Ok(Step::Continue)
     }
+}
+
+/// Writes `relation_renamed` before the first record that shows the watched table `i` under another
+/// name than the log last showed. In a transaction already in the log only the state follows; an
+/// aborted attempt's names are not reported (its rename was rolled back too).
+fn note_rename(relations: &mut RelationCache, t: &mut Txn, i: usize, lsn: Lsn, out: &mut BytesMut) {
+    let st = relations.table_mut(i);
+    if st.current == st.reported || t.final_lsn == ABORT_SENTINEL_LSN {
+        return;
+    }
+    let previous = std::mem::replace(&mut st.reported, st.current.clone());
+    t.renames.push((i, previous.clone()));
+    if t.skip {
+        return;
+    }
+    let st = relations.table(i);
+    out.extend_from_slice(b"{\"type\":\"relation_renamed\",\"oid\":");
+    match st.oid {
+        Some(o) => push_u64(out, u64::from(o)),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"table\":");
+    push_str(out, &st.current.qualified());
+    out.extend_from_slice(b",");
+    st.current.push_fields(out);
+    out.extend_from_slice(b",\"previous_table\":");
+    push_str(out, &previous.qualified());
+    out.extend_from_slice(b",\"previous_schema\":");
+    push_str(out, &previous.schema);
+    out.extend_from_slice(b",\"previous_name\":");
+    push_str(out, &previous.name);
+    out.extend_from_slice(b",\"xid\":");
+    push_u64(out, u64::from(t.xid));
+    out.extend_from_slice(b",\"lsn\":");
+    push_lsn(out, lsn);
+    out.extend_from_slice(&t.common);
+    out.extend_from_slice(b"}\n");
 }
 
 fn push_object<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &'a Value)>) {
@@ -569,7 +701,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "{\"type\":\"delete\",\"table\":\"public.cache\",\"xid\":7,\"lsn\":\"0/50\",\"commit_lsn\":\"0/100\",\"commit_time\":\"2000-01-01T00:00:00.000000Z\",\"origin\":null,\"key\":{\"cache_key\":\"k\\\"1\"},\"old\":null,\"session\":null}\n\
+            "{\"type\":\"delete\",\"table\":\"public.cache\",\"schema\":\"public\",\"name\":\"cache\",\"xid\":7,\"lsn\":\"0/50\",\"commit_lsn\":\"0/100\",\"commit_time\":\"2000-01-01T00:00:00.000000Z\",\"origin\":null,\"key\":{\"cache_key\":\"k\\\"1\"},\"old\":null,\"session\":null}\n\
              {\"type\":\"commit\",\"xid\":7,\"commit_lsn\":\"0/100\",\"end_lsn\":\"0/130\",\"commit_time\":\"2000-01-01T00:00:00.000000Z\",\"origin\":null,\"deletes\":1,\"truncates\":0,\"session\":null,\"attribution\":\"none\"}\n"
         );
         assert_eq!(
@@ -753,10 +885,169 @@ mod tests {
             ],
         );
         assert!(
-            out.starts_with("{\"type\":\"truncate\",\"tables\":[\"public.cache\"],\"xid\":7,\"lsn\":\"0/50\""),
+            out.starts_with("{\"type\":\"truncate\",\"tables\":[\"public.cache\"],\"relations\":[{\"table\":\"public.cache\",\"schema\":\"public\",\"name\":\"cache\"}],\"xid\":7,\"lsn\":\"0/50\""),
             "{out}"
         );
         assert!(out.contains("\"cascade\":true,\"restart_identity\":false"));
         assert!(out.contains("\"truncates\":1"));
+    }
+
+    fn watch_oid() -> WatchList {
+        let mut w = WatchList::new();
+        w.add_table(10, "public", "cache", Some(vec!["cache_key".into()]));
+        w.add_partition(12, 10, None);
+        w
+    }
+
+    fn rel_named(oid: u32, schema: &str, name: &str) -> Message {
+        match rel(ReplicaIdentity::Default, false) {
+            Message::Relation { xid, replica_identity, columns, .. } => {
+                Message::Relation { xid, oid, namespace: schema.into(), name: name.into(), replica_identity, columns }
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    fn del_from(relid: u32, key: &str) -> Message {
+        match del(OldKind::Key, key, None) {
+            Message::Delete { xid, old, .. } => Message::Delete { xid, relid, old },
+            _ => unreachable!(),
+        }
+    }
+
+    fn lines(out: &str) -> Vec<serde_json::Value> {
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn watched_by_oid_through_renames_with_a_record_for_each_new_name() {
+        let mut asm = Assembler::new(watch_oid(), Lsn(0), Attributor::default());
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                // BEGIN; ALTER TABLE cache RENAME TO cache_x; DELETE FROM cache_x …; rename back; COMMIT
+                (0, begin(7, 0x100)),
+                (0x40, rel_named(10, "public", "cache_x")),
+                (0x40, del_from(10, "a")),
+                (0x100, commit(0x100, 0x130)),
+                // A decoy given the watched name is not the watched table.
+                (0, begin(8, 0x200)),
+                (0x140, rel_named(11, "public", "cache")),
+                (0x140, del_from(11, "decoy")),
+                (0x200, commit(0x200, 0x230)),
+                // The next change shows the original name again.
+                (0, begin(9, 0x300)),
+                (0x240, rel_named(10, "public", "cache")),
+                (0x240, del_from(10, "b")),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let l = lines(&out);
+        let kinds: Vec<&str> = l.iter().map(|r| r["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["relation_renamed", "delete", "commit", "relation_renamed", "delete", "commit"], "{out}");
+        assert_eq!(l[0]["oid"], 10);
+        assert_eq!((l[0]["schema"].as_str(), l[0]["name"].as_str()), (Some("public"), Some("cache_x")));
+        assert_eq!((l[0]["previous_schema"].as_str(), l[0]["previous_name"].as_str()), (Some("public"), Some("cache")));
+        assert_eq!(l[0]["xid"], 7);
+        assert_eq!(l[0]["commit_lsn"], "0/100");
+        assert_eq!((l[1]["table"].as_str(), l[1]["name"].as_str()), (Some("public.cache_x"), Some("cache_x")));
+        assert_eq!(l[2]["deletes"], 1);
+        assert_eq!(l[3]["previous_name"], "cache_x");
+        assert_eq!(l[4]["key"]["cache_key"], "b");
+    }
+
+    #[test]
+    fn partitions_are_logged_as_their_watched_table_naming_the_partition() {
+        let mut asm = Assembler::new(watch_oid(), Lsn(0), Attributor::default());
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0x40, rel_named(12, "part", "cache_p1")),
+                (0x40, del_from(12, "a")),
+                (
+                    0x50,
+                    Message::Truncate {
+                        xid: None,
+                        relids: vec![12],
+                        flags: 0,
+                        cascade: false,
+                        restart_identity: false,
+                    },
+                ),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        let l = lines(&out);
+        assert_eq!(l.len(), 3, "{out}");
+        assert_eq!(l[0]["table"], "public.cache");
+        assert_eq!((l[0]["schema"].as_str(), l[0]["name"].as_str()), (Some("public"), Some("cache")));
+        assert_eq!(l[0]["partition"], serde_json::json!({"schema": "part", "name": "cache_p1"}));
+        assert_eq!(l[1]["tables"], serde_json::json!(["public.cache"]));
+        assert_eq!(
+            l[1]["relations"],
+            serde_json::json!([{"table": "public.cache", "schema": "public", "name": "cache", "partition": {"schema": "part", "name": "cache_p1"}}])
+        );
+        // Unknown relations are for the capture to look up; known ones are not.
+        assert_eq!(asm.needs_lookup(&rel_named(13, "part", "cache_p2")), Some(13));
+        assert_eq!(asm.needs_lookup(&rel_named(12, "part", "cache_p1")), None);
+        assert!(asm.add_partition(13, 10, None));
+        assert_eq!(asm.needs_lookup(&rel_named(13, "part", "cache_p2")), None);
+    }
+
+    #[test]
+    fn an_abandoned_transaction_reports_its_rename_again_when_sent_again() {
+        let mut asm = Assembler::new(watch_oid(), Lsn(0), Attributor::default());
+        let mut out = BytesMut::new();
+        for (lsn, m) in [(0, begin(7, 0x100)), (0x40, rel_named(10, "s2", "cache")), (0x40, del_from(10, "a"))] {
+            asm.handle(Lsn(lsn), m, &mut out).unwrap();
+        }
+        asm.abandon_transaction();
+        let (again, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0x40, rel_named(10, "s2", "cache")),
+                (0x40, del_from(10, "a")),
+                (0x100, commit(0x100, 0x130)),
+            ],
+        );
+        assert!(again.starts_with("{\"type\":\"relation_renamed\""), "{again}");
+    }
+
+    #[test]
+    fn an_aborted_attempt_teaches_the_relation_cache_nothing() {
+        let mut asm = Assembler::new(watch_oid(), Lsn(0), Attributor::default());
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(6, 0x80)),
+                (0x10, rel_named(10, "public", "cache")),
+                (0x10, del_from(10, "x")),
+                (0x80, commit(0x80, 0x90)),
+                // Replay of a rolled-back streamed transaction that renamed the table first.
+                (0, Message::Begin { final_lsn: ABORT_SENTINEL_LSN, commit_time: 0, xid: 7 }),
+                (0x40, rel_named(10, "public", "cache_x")),
+                (0x40, del_from(10, "a")),
+                (
+                    u64::MAX,
+                    Message::Commit {
+                        flags: 0,
+                        commit_lsn: ABORT_SENTINEL_LSN,
+                        end_lsn: ABORT_SENTINEL_LSN,
+                        commit_time: 0,
+                    },
+                ),
+                // The server does not describe the table again: the name before the attempt holds.
+                (0, begin(8, 0x200)),
+                (0x140, del_from(10, "b")),
+                (0x200, commit(0x200, 0x230)),
+            ],
+        );
+        let l = lines(&out);
+        assert!(l.iter().all(|r| r["type"] != "relation_renamed"), "{out}");
+        assert_eq!(l[2]["table"], "public.cache_x", "the attempt's own rows show its names");
+        assert_eq!(l.last().unwrap()["type"], "commit");
+        assert_eq!(l[l.len() - 2]["table"], "public.cache", "{out}");
     }
 }

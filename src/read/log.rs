@@ -438,6 +438,24 @@ pub struct Record<'a> {
     pub table: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub tables: Option<Vec<Cow<'a, str>>>,
+    /// The watched table's schema and name (format version 2; `table` joins them ambiguously).
+    #[serde(borrow, default)]
+    pub schema: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    /// The partition a deleted row was in, when it was not in the watched table itself.
+    #[serde(borrow, default)]
+    pub partition: Option<RelName<'a>>,
+    /// A truncate's watched relations (format version 2).
+    #[serde(borrow, default)]
+    pub relations: Option<Vec<RelRef<'a>>>,
+    /// relation_renamed: the name the log showed before.
+    #[serde(borrow, default)]
+    pub previous_table: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub previous_schema: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub previous_name: Option<Cow<'a, str>>,
     #[serde(default)]
     pub xid: Option<u64>,
     #[serde(default)]
@@ -498,6 +516,53 @@ pub struct Record<'a> {
     pub detail: Option<Cow<'a, str>>,
 }
 
+/// A schema and name (a `partition`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RelName<'a> {
+    #[serde(borrow)]
+    pub schema: Cow<'a, str>,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+}
+
+/// One entry of a truncate's `relations`: the watched table, and the partition truncated if it was one.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RelRef<'a> {
+    #[serde(borrow)]
+    pub schema: Cow<'a, str>,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub partition: Option<RelName<'a>>,
+}
+
+impl Record<'_> {
+    /// The watched tables (schema, name) and partitions a row record names: from `schema`/`name`,
+    /// `partition` and `relations` when the log has them (format version 2); `None` for older logs,
+    /// which only have the ambiguous `table`/`tables` strings.
+    pub fn named_relations(&self) -> Option<Vec<(&str, &str)>> {
+        if let Some(rs) = &self.relations {
+            let mut v = Vec::with_capacity(rs.len() * 2);
+            for r in rs {
+                v.push((r.schema.as_ref(), r.name.as_ref()));
+                if let Some(p) = &r.partition {
+                    v.push((p.schema.as_ref(), p.name.as_ref()));
+                }
+            }
+            return Some(v);
+        }
+        let (s, n) = (self.schema.as_deref()?, self.name.as_deref()?);
+        let mut v = vec![(s, n)];
+        if let Some(p) = &self.partition {
+            v.push((p.schema.as_ref(), p.name.as_ref()));
+        }
+        if let (Some(ps), Some(pn)) = (self.previous_schema.as_deref(), self.previous_name.as_deref()) {
+            v.push((ps, pn));
+        }
+        Some(v)
+    }
+}
+
 /// What a record is, once checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -512,6 +577,9 @@ pub enum Kind {
     AbortedDelete,
     AbortedTruncate,
     Abort,
+    /// A watched table appears under another name from here on (format version 2). Part of the
+    /// transaction whose records follow it, counted in neither `deletes` nor `truncates`.
+    RelationRenamed,
 }
 
 impl Kind {
@@ -526,6 +594,7 @@ impl Kind {
             "aborted_delete" => Kind::AbortedDelete,
             "aborted_truncate" => Kind::AbortedTruncate,
             "abort" => Kind::Abort,
+            "relation_renamed" => Kind::RelationRenamed,
             _ => return None,
         })
     }
@@ -541,6 +610,7 @@ impl Kind {
             Kind::AbortedDelete => "aborted_delete",
             Kind::AbortedTruncate => "aborted_truncate",
             Kind::Abort => "abort",
+            Kind::RelationRenamed => "relation_renamed",
         }
     }
 
@@ -704,6 +774,16 @@ impl Record<'_> {
                 need(self.deletes.is_some(), "deletes");
                 need(self.truncates.is_some(), "truncates");
             }
+            Kind::RelationRenamed => {
+                need(self.schema.is_some(), "schema");
+                need(self.name.is_some(), "name");
+                need(self.previous_schema.is_some(), "previous_schema");
+                need(self.previous_name.is_some(), "previous_name");
+                need(self.xid.is_some(), "xid");
+                need(self.lsn.is_some(), "lsn");
+                need(self.commit_lsn.is_some(), "commit_lsn");
+                need(self.commit_time.is_some(), "commit_time");
+            }
         }
         if !missing.is_empty() {
             return Err(format!(
@@ -792,7 +872,7 @@ pub struct Damage {
 pub enum Action {
     /// The line is unusable (bad JSON, unknown type, missing fields, a commit without its rows).
     Skip,
-    /// A delete/truncate of the open transaction: hold it until its commit.
+    /// A delete/truncate (or relation_renamed) of the open transaction: hold it until its commit.
     Row,
     /// The commit of the open transaction: its held rows are committed.
     Commit,
@@ -813,6 +893,8 @@ struct OpenTxn {
     first_line: u64,
     deletes: u64,
     truncates: u64,
+    /// relation_renamed records (handed on as rows too).
+    renames: u64,
 }
 
 /// Checks the log's structural rules as lines arrive: a transaction's rows are contiguous, share xid
@@ -831,7 +913,7 @@ impl Validator {
 
     /// Rows currently held for a transaction whose commit has not been read.
     pub fn open_rows(&self) -> u64 {
-        self.open.as_ref().map_or(0, |t| t.deletes + t.truncates)
+        self.open.as_ref().map_or(0, |t| t.deletes + t.truncates + t.renames)
     }
 
     /// Forget everything (the file was rotated or truncated: a new log starts).
@@ -841,7 +923,7 @@ impl Validator {
 
     fn abort_open(&mut self, line: u64, why: &str) -> Option<Damage> {
         let t = self.open.take()?;
-        let rows = t.deletes + t.truncates;
+        let rows = t.deletes + t.truncates + t.renames;
         Some(Damage {
             line,
             message: format!(
@@ -863,7 +945,7 @@ impl Validator {
             }
         };
         match kind {
-            Kind::Delete | Kind::Truncate => {
+            Kind::Delete | Kind::Truncate | Kind::RelationRenamed => {
                 let xid = rec.xid();
                 let commit_lsn = rec.commit_lsn.unwrap_or_default();
                 let mut damage = None;
@@ -873,12 +955,18 @@ impl Validator {
                             .abort_open(line, &format!("are followed by a row of xid {xid} instead of their commit"));
                     }
                 }
-                let t =
-                    self.open.get_or_insert(OpenTxn { xid, commit_lsn, first_line: line, deletes: 0, truncates: 0 });
-                if kind == Kind::Delete {
-                    t.deletes += 1;
-                } else {
-                    t.truncates += 1;
+                let t = self.open.get_or_insert(OpenTxn {
+                    xid,
+                    commit_lsn,
+                    first_line: line,
+                    deletes: 0,
+                    truncates: 0,
+                    renames: 0,
+                });
+                match kind {
+                    Kind::Delete => t.deletes += 1,
+                    Kind::Truncate => t.truncates += 1,
+                    _ => t.renames += 1,
                 }
                 Verdict { action: Action::Row, damage }
             }
@@ -1031,6 +1119,52 @@ pub(crate) mod tests {
         assert!(damages.is_empty(), "{damages:?}");
         use Action::*;
         assert_eq!(actions, [Boundary, Row, Row, Commit, Row, Commit]);
+    }
+
+    /// A format-2 delete of `schema`.`name` (with `table` joining them as the capture writes it).
+    pub fn del2(xid: u64, lsn: u64, schema: &str, name: &str, key: &str) -> String {
+        del(xid, lsn, T, key, "null").replacen(
+            r#""table":"public.t","#,
+            &format!(r#""table":"{schema}.{name}","schema":"{schema}","name":"{name}","#),
+            1,
+        )
+    }
+
+    pub fn renamed(xid: u64, lsn: u64, from: (&str, &str), to: (&str, &str)) -> String {
+        format!(
+            r#"{{"type":"relation_renamed","oid":16384,"table":"{}.{}","schema":"{}","name":"{}","previous_table":"{}.{}","previous_schema":"{}","previous_name":"{}","xid":{xid},"lsn":"0/{:X}","commit_lsn":"0/{:X}","commit_time":"{T}","origin":null}}"#,
+            to.0,
+            to.1,
+            to.0,
+            to.1,
+            from.0,
+            from.1,
+            from.0,
+            from.1,
+            lsn * 16 - 8,
+            lsn * 16
+        )
+    }
+
+    #[test]
+    fn relation_renamed_belongs_to_its_transaction_and_is_not_counted() {
+        let lines = vec![
+            renamed(5, 1, ("public", "t"), ("public", "t_x")),
+            del2(5, 1, "public", "t_x", "a"),
+            commit(5, 1, T, 1, "null"),
+            // Cut before its rows' commit: it is dropped with them.
+            renamed(6, 2, ("public", "t_x"), ("public", "t")),
+        ];
+        let (actions, damages) = run(&lines);
+        use Action::*;
+        assert_eq!(actions, [Row, Row, Commit, Row]);
+        assert_eq!(damages.len(), 1, "{damages:?}");
+        assert_eq!(damages[0].aborted_rows, 1);
+        let (kind, rec) = parse_line(lines[0].as_bytes()).unwrap();
+        assert_eq!(kind, Kind::RelationRenamed);
+        assert_eq!(rec.named_relations().unwrap(), [("public", "t_x"), ("public", "t")]);
+        let bad = lines[0].replace(r#""previous_name":"t","#, "");
+        assert!(parse_line(bad.as_bytes()).unwrap_err().contains("previous_name"));
     }
 
     #[test]

@@ -44,7 +44,15 @@ fn decode_file(path: &str, out: &mut impl Write) -> Result<(), Result<Failure, i
         RawReader::new(Bytes::from(data)).map_err(|e| Ok(Failure::new(Exit::DamagedLog, format!("{path}: {e}"))))?;
     let mut watch = WatchList::new();
     for t in &header.tables {
-        watch.add(&t.schema, &t.table, t.primary_key.clone());
+        match t.oid {
+            Some(oid) => {
+                watch.add_table(oid, &t.schema, &t.table, t.primary_key.clone());
+                for p in &t.partitions {
+                    watch.add_partition(p.oid, oid, p.primary_key.clone());
+                }
+            }
+            None => watch.add(&t.schema, &t.table, t.primary_key.clone()),
+        }
     }
     let map = Arc::new(ActivityMap::new());
     let attributor = Attributor { activity: Some(map.clone()), verifier: None };
@@ -65,6 +73,9 @@ fn decode_file(path: &str, out: &mut impl Write) -> Result<(), Result<Failure, i
                 if let Ok(s) = serde_json::from_slice::<Session>(&session) {
                     map.record(Instant::now(), vec![(xid, s)]);
                 }
+            }
+            Frame::Partition { oid, root, primary_key } => {
+                asm.add_partition(oid, root, primary_key);
             }
             Frame::Reconnected => {
                 asm.abandon_transaction();

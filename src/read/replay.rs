@@ -22,6 +22,37 @@ enum ClientMatch {
     Addr(String, Option<i64>),
 }
 
+/// A `--table` filter: the (schema, name) pairs it may mean (an unquoted part also folded to lower
+/// case, as the capture resolves it), matched against `schema`/`name`/`partition`/`relations`, or,
+/// for logs written before those fields (format version 1), against the joined `table` strings.
+#[derive(Debug, Clone, PartialEq)]
+struct TableMatch {
+    names: Vec<(String, String)>,
+}
+
+impl TableMatch {
+    fn parse(arg: &str) -> Result<TableMatch, Failure> {
+        let t = crate::capture::names::parse_table(arg).map_err(|e| usage(format!("--table: {e}")))?;
+        let mut names = vec![(t.schema.clone(), t.table.clone())];
+        let folded = (
+            if t.schema_quoted { t.schema.clone() } else { t.schema.to_lowercase() },
+            if t.table_quoted { t.table.clone() } else { t.table.to_lowercase() },
+        );
+        if folded != names[0] {
+            names.push(folded);
+        }
+        Ok(TableMatch { names })
+    }
+
+    fn pair(&self, schema: &str, name: &str) -> bool {
+        self.names.iter().any(|(s, n)| s == schema && n == name)
+    }
+
+    fn joined(&self, table: &str) -> bool {
+        self.names.iter().any(|(s, n)| table.len() == s.len() + 1 + n.len() && table == format!("{s}.{n}"))
+    }
+}
+
 /// The compiled `--since … --type` filters.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -32,7 +63,7 @@ pub struct Filter {
     users: Vec<String>,
     apps: Vec<String>,
     clients: Vec<ClientMatch>,
-    tables: Vec<String>,
+    tables: Vec<TableMatch>,
     keys: Vec<String>,
     kinds: Vec<Kind>,
 }
@@ -56,7 +87,7 @@ impl Filter {
         for k in &a.kind {
             kinds.push(Kind::parse(k).ok_or_else(|| {
                 usage(format!(
-                    "--type {k:?}: expected delete, truncate, commit, capture_started, capture_stopped or gap"
+                    "--type {k:?}: expected delete, truncate, commit, relation_renamed, capture_started, capture_stopped, gap, aborted_delete, aborted_truncate or abort"
                 ))
             })?);
         }
@@ -69,7 +100,7 @@ impl Filter {
             users: a.user.clone(),
             apps: a.app.clone(),
             clients,
-            tables: a.table.iter().map(|t| if t.contains('.') { t.clone() } else { format!("public.{t}") }).collect(),
+            tables: a.table.iter().map(|t| TableMatch::parse(t)).collect::<Result<Vec<_>, _>>()?,
             keys: a.key.clone(),
             kinds,
         })
@@ -106,10 +137,13 @@ impl Filter {
             return false;
         }
         if !self.tables.is_empty() {
-            let hit = match (&rec.table, &rec.tables) {
-                (Some(t), _) => self.tables.iter().any(|f| f == t),
-                (None, Some(ts)) => ts.iter().any(|t| self.tables.iter().any(|f| f == t)),
-                _ => false,
+            let hit = match rec.named_relations() {
+                Some(names) => names.iter().any(|(s, n)| self.tables.iter().any(|f| f.pair(s, n))),
+                None => match (&rec.table, &rec.tables) {
+                    (Some(t), _) => self.tables.iter().any(|f| f.joined(t)),
+                    (None, Some(ts)) => ts.iter().any(|t| self.tables.iter().any(|f| f.joined(t))),
+                    _ => false,
+                },
             };
             if !hit {
                 return false;
@@ -158,6 +192,19 @@ impl Filter {
             }
         }
         true
+    }
+
+    /// Follows a `relation_renamed` record: a `--table` filter that selected the table under its
+    /// previous name selects it under the new one from here on.
+    pub fn follow_rename(&mut self, rec: &Record) {
+        let (Some(ps), Some(pn), Some(s), Some(n)) =
+            (rec.previous_schema.as_deref(), rec.previous_name.as_deref(), rec.schema.as_deref(), rec.name.as_deref())
+        else {
+            return;
+        };
+        if self.tables.iter().any(|f| f.pair(ps, pn)) && !self.tables.iter().any(|f| f.pair(s, n)) {
+            self.tables.push(TableMatch { names: vec![(s.to_owned(), n.to_owned())] });
+        }
     }
 
     /// Whether a capture_started/capture_stopped record is written.
@@ -239,6 +286,15 @@ impl<W: Write> ReplayOut<W> {
 
 impl<W: Write> Consumer for ReplayOut<W> {
     fn row(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if kind == Kind::RelationRenamed {
+            // Context for the rows after it: written with them if any of its transaction's rows pass.
+            self.filter.follow_rename(rec);
+            if self.filter.kind_allowed(kind) {
+                self.held.extend_from_slice(line);
+                self.held.push(b'\n');
+            }
+            return Ok(());
+        }
         if self.filter.row_matches(rec) {
             self.any_row = true;
             if self.filter.kind_allowed(kind) {
@@ -447,5 +503,53 @@ mod tests {
         let f = parse_client("[::1]:5432").unwrap();
         assert_eq!(f, ClientMatch::Addr("::1".into(), Some(5432)));
         assert_eq!(parse_client("::1").unwrap(), ClientMatch::Addr("::1".into(), None));
+    }
+
+    #[test]
+    fn table_filter_uses_schema_and_name_and_follows_renames() {
+        use super::super::log::tests::{del2, renamed};
+        let lines = vec![
+            CS.to_owned(),
+            del2(5, 1, "a.b", "c", "1"),
+            commit(5, 1, "2026-11-26T15:01:02.000003Z", 1, "null"),
+            del2(6, 2, "a", "b.c", "2"),
+            commit(6, 2, "2026-11-26T15:01:02.000003Z", 1, "null"),
+            renamed(7, 3, ("a", "b.c"), ("public", "hidden")),
+            del2(7, 3, "public", "hidden", "3"),
+            commit(7, 3, "2026-11-26T15:01:02.000003Z", 1, "null"),
+        ];
+        let keys = |filter: &str| -> Vec<String> {
+            let args = FilterArgs { table: vec![filter.into()], kind: vec!["delete".into()], ..Default::default() };
+            replay_lines(&lines, args, false)
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]["id"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(keys("\"a.b\".c"), ["1"]);
+        assert_eq!(keys("a.\"b.c\""), ["2", "3"], "the rename is followed");
+        assert_eq!(keys("hidden"), ["3"]);
+        // The rename record goes out with its transaction's rows.
+        let all =
+            replay_lines(&lines, FilterArgs { table: vec!["a.\"b.c\"".into()], ..Default::default() }, false).unwrap();
+        assert_eq!(all.iter().filter(|l| l.contains("relation_renamed")).count(), 1);
+        assert!(matches!(
+            Filter::from_args(&FilterArgs { table: vec!["\"open".into()], ..Default::default() }),
+            Err(f) if f.message.contains("--table")
+        ));
+    }
+
+    #[test]
+    fn table_filter_on_old_logs_compares_the_joined_name() {
+        // Format 1: only `table` ("public.t" in these helpers).
+        let lines = log();
+        for (filter, n) in
+            [("t", 4), ("public.t", 4), ("\"public\".\"t\"", 4), ("Public.T", 4), ("\"T\"", 0), ("public.u", 0)]
+        {
+            let args = FilterArgs { table: vec![filter.into()], kind: vec!["delete".into()], ..Default::default() };
+            assert_eq!(replay_lines(&lines, args, false).unwrap().len(), n, "{filter}");
+        }
     }
 }

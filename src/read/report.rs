@@ -767,6 +767,10 @@ impl Aggregator {
 
 impl Consumer for Aggregator {
     fn row(&mut self, kind: Kind, rec: &Record, _line: &[u8]) -> io::Result<()> {
+        if kind == Kind::RelationRenamed {
+            self.filter.follow_rename(rec);
+            return Ok(());
+        }
         if !self.filter.kind_allowed(kind) || !self.filter.row_matches(rec) {
             return Ok(());
         }

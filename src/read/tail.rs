@@ -94,6 +94,8 @@ pub struct TailView<W: Write> {
     first_session: Option<SessionView>,
     other_sessions: u64,
     held: Vec<u8>,
+    /// `old → new` of the transaction's relation_renamed records.
+    renames: Vec<String>,
 }
 
 impl<W: Write> TailView<W> {
@@ -107,6 +109,7 @@ impl<W: Write> TailView<W> {
             first_session: None,
             other_sessions: 0,
             held: Vec::new(),
+            renames: Vec::new(),
         }
     }
 
@@ -165,6 +168,18 @@ impl<W: Write> Consumer for TailView<W> {
             self.held.push(b'\n');
             return Ok(());
         }
+        if kind == Kind::RelationRenamed {
+            self.renames.push(format!(
+                "{} → {}",
+                rec.previous_table.as_deref().map(str::to_owned).unwrap_or_else(|| format!(
+                    "{}.{}",
+                    rec.previous_schema.as_deref().unwrap_or("?"),
+                    rec.previous_name.as_deref().unwrap_or("?")
+                )),
+                rec.table.as_deref().unwrap_or("?")
+            ));
+            return Ok(());
+        }
         let session = rec.session.value();
         match (&self.first_session, session) {
             (None, Some(s)) if self.tables.is_empty() => self.first_session = Some(SessionView::of(s)),
@@ -175,7 +190,11 @@ impl<W: Write> Consumer for TailView<W> {
         let keys = self.keys;
         match kind {
             Kind::Delete => {
-                let t = self.table(rec.table.as_deref().unwrap_or("?"));
+                let label = match &rec.partition {
+                    Some(p) => format!("{} (partition {}.{})", rec.table.as_deref().unwrap_or("?"), p.schema, p.name),
+                    None => rec.table.as_deref().unwrap_or("?").to_owned(),
+                };
+                let t = self.table(&label);
                 t.deletes += 1;
                 if t.keys.len() < keys {
                     if let Some(k) = rec.key.value() {
@@ -184,9 +203,22 @@ impl<W: Write> Consumer for TailView<W> {
                 }
             }
             _ => {
-                for name in rec.tables.iter().flatten() {
-                    let c = (rec.cascade.unwrap_or(false), rec.restart_identity.unwrap_or(false));
-                    self.table(name).truncated = Some(c);
+                let c = (rec.cascade.unwrap_or(false), rec.restart_identity.unwrap_or(false));
+                let labels: Vec<String> = match &rec.relations {
+                    Some(rs) => rs
+                        .iter()
+                        .map(|r| {
+                            let table = format!("{}.{}", r.schema, r.name);
+                            match &r.partition {
+                                Some(p) => format!("{table} (partition {}.{})", p.schema, p.name),
+                                None => table,
+                            }
+                        })
+                        .collect(),
+                    None => rec.tables.iter().flatten().map(|t| t.to_string()).collect(),
+                };
+                for label in labels {
+                    self.table(&label).truncated = Some(c);
                 }
             }
         }
@@ -224,6 +256,9 @@ impl<W: Write> Consumer for TailView<W> {
             }
         }
         let mut block = format!("{}  {}  {}\n", st.bold(time), st.dim(&format!("xid {}", rec.xid())), what.join("; "));
+        for r in &self.renames {
+            block.push_str(&format!("  {}  {}\n", st.dim("renamed"), st.bold(r)));
+        }
         let commit_session = rec.session.value().map(|s| SessionView::of(s));
         let session = commit_session.as_ref().or(self.first_session.as_ref());
         block.push_str(&self.session_line(session, rec.attribution.as_deref()));
@@ -253,6 +288,7 @@ impl<W: Write> Consumer for TailView<W> {
         self.first_session = None;
         self.other_sessions = 0;
         self.held.clear();
+        self.renames.clear();
     }
 
     fn boundary(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {

@@ -8,7 +8,11 @@
 //!         b'a', u32 xid, u32 n, n bytes          — the activity source's session for xid (JSON), as used live
 //!         b'r'                                   — the connection was re-established: a transaction
 //!                                                  in progress is sent again from its Begin
+//!         b'p', u32 oid, u32 root, u32 n, n bytes — a partition of watched table `root` found while
+//!                                                  capturing; JSON of its primary key (array or null)
 //! ```
+//! The header's tables carry `oid` and `partitions` ([{"oid","primary_key"}]) since format version 2
+//! of the log; files without them are decoded matching tables by name.
 //! The file is written through a buffer and is not fsynced: it is a companion for analysis, not the
 //! evidence itself (the log is). A frame cut short at the end (a crash) is reported and ignored.
 //! Trigger attribution messages are replayed but cannot be verified offline (the key stays on the
@@ -31,6 +35,18 @@ const MAGIC: &[u8; 6] = b"WWRAW\x01";
 pub struct RawTable {
     pub schema: String,
     pub table: String,
+    pub primary_key: Option<Vec<String>>,
+    /// The table's OID; absent in files of earlier versions, which are then matched by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<u32>,
+    /// Its partitions known at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<RawPartition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RawPartition {
+    pub oid: u32,
     pub primary_key: Option<Vec<String>>,
 }
 
@@ -78,6 +94,15 @@ impl RawWriter {
         self.out.write_all(session_json)
     }
 
+    pub fn partition(&mut self, oid: u32, root: u32, primary_key: Option<&[String]>) -> io::Result<()> {
+        let pk = serde_json::to_vec(&primary_key).map_err(io::Error::other)?;
+        self.out.write_all(b"p")?;
+        self.out.write_all(&oid.to_be_bytes())?;
+        self.out.write_all(&root.to_be_bytes())?;
+        self.out.write_all(&(pk.len() as u32).to_be_bytes())?;
+        self.out.write_all(&pk)
+    }
+
     pub fn reconnected(&mut self) -> io::Result<()> {
         self.out.write_all(b"r")
     }
@@ -92,6 +117,7 @@ pub enum Frame {
     XLog { wal_start: Lsn, payload: Bytes },
     Activity { xid: u32, session: Bytes },
     Reconnected,
+    Partition { oid: u32, root: u32, primary_key: Option<Vec<String>> },
 }
 
 /// Pure reader over a whole raw file's bytes.
@@ -145,6 +171,16 @@ impl RawReader {
                 self.pos = at + 1;
                 Ok(Some(Frame::Reconnected))
             }
+            b'p' => {
+                let h = take(at + 1, 12)?;
+                let (oid, root) = (u32_at(at + 1), u32_at(at + 5));
+                let n = u32_at(at + 9) as usize;
+                let end = take(h, n)?;
+                let primary_key = serde_json::from_slice(&d[h..end])
+                    .map_err(|e| format!("partition frame at byte {at} is not understood: {e}"))?;
+                self.pos = end;
+                Ok(Some(Frame::Partition { oid, root, primary_key }))
+            }
             other => Err(format!("unknown frame type {other:#04x} at byte {at}: the file is damaged")),
         }
     }
@@ -159,7 +195,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.raw");
         let h = RawHeader {
-            tables: vec![RawTable { schema: "public".into(), table: "t".into(), primary_key: Some(vec!["id".into()]) }],
+            tables: vec![RawTable {
+                schema: "public".into(),
+                table: "t".into(),
+                primary_key: Some(vec!["id".into()]),
+                oid: Some(9),
+                partitions: vec![RawPartition { oid: 10, primary_key: None }],
+            }],
             slot: "s".into(),
             publication: "p".into(),
             proto_version: 3,
@@ -167,6 +209,7 @@ mod tests {
         let mut w = RawWriter::open(&p, &h).unwrap();
         w.xlog(Lsn(5), b"B123").unwrap();
         w.activity(7, b"{}").unwrap();
+        w.partition(11, 9, Some(&["id".to_owned()])).unwrap();
         w.flush().unwrap();
         drop(w);
         let mut w = RawWriter::open(&p, &h).unwrap();
@@ -184,6 +227,7 @@ mod tests {
             vec![
                 Frame::XLog { wal_start: Lsn(5), payload: Bytes::from_static(b"B123") },
                 Frame::Activity { xid: 7, session: Bytes::from_static(b"{}") },
+                Frame::Partition { oid: 11, root: 9, primary_key: Some(vec!["id".into()]) },
                 Frame::Reconnected,
                 Frame::XLog { wal_start: Lsn(6), payload: Bytes::from_static(b"C") },
             ]

@@ -7,9 +7,10 @@
 //!
 //! | type | written | fields |
 //! |---|---|---|
-//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; `timeline` (the server's timeline at start) and `resume_after` (transactions ending at or below it were already in the log for this server, database and slot, and are not written again; `0/0`: none) — these two are absent from logs of earlier versions |
-//! | `delete` | one per deleted row of a watched table | `table`, `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
-//! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
+//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `relations` (array of `{oid, schema, name}`, format 2), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; `timeline` (the server's timeline at start) and `resume_after` (transactions ending at or below it were already in the log for this server, database and slot, and are not written again; `0/0`: none) — these two are absent from logs of earlier versions |
+//! | `delete` | one per deleted row of a watched table | `table`, `schema`, `name` (format 2), `partition` (format 2, only for a row of a partition), `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
+//! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `relations` (format 2: one `{table, schema, name[, partition]}` per watched relation truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
+//! | `relation_renamed` | format 2: in a transaction's records, before the first record that shows a watched table under another name than the log last showed | `oid`, `table`, `schema`, `name` (the new name), `previous_table`, `previous_schema`, `previous_name`, `xid`, `lsn` (of that first record), `commit_lsn`, `commit_time`, `origin` |
 //! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for a prepared transaction (`--two-phase`) |
 //! | `aborted_delete` | `--include-aborted` only: one per row a streamed or prepared transaction deleted and then rolled back | the fields of `delete`, with `commit_lsn` and `commit_time` `null`, plus `abort_lsn` and `abort_time` (`null` when unknown) |
 //! | `aborted_truncate` | likewise for a rolled-back TRUNCATE | the fields of `truncate`, changed like `aborted_delete`'s |
@@ -31,7 +32,24 @@
 //!   server and database. `table`: the watched table concerned, or `null` for all of them. `detail`: what was
 //!   found, in words. Positions are the server's (for `other_cluster`/`other_database` the log holds nothing
 //!   of this server's before `to_lsn`, so `from_lsn` is `0/0`).
-//! * `table` is the raw schema and table name joined by a dot, unquoted: `Sales.Order Lines`.
+//! * Format version 2 (this one) added `schema`/`name`, `partition`, `relations` and `relation_renamed`;
+//!   version 1 logs have only `table`/`tables`. Readers accept both.
+//! * Watched tables are identified by their OID, resolved from the names given at start: a rename or
+//!   `SET SCHEMA` (even undone in the same transaction) does not hide deletes, and another table given a
+//!   watched table's name is not logged. Names are those the table had at the change (the stream
+//!   describes a relation again after it changed), so the same table can appear under several names:
+//!   each change of name is announced by a `relation_renamed` record carrying the table's `oid` (listed in
+//!   `capture_started`'s `relations`).
+//! * `table` is the raw schema and table name joined by a dot, unquoted: `Sales.Order Lines`. It is
+//!   ambiguous when a name contains a dot (`"a.b"."c"` and `"a"."b.c"` are both `a.b.c`); `schema` and
+//!   `name` are the two parts, exact.
+//! * Partitions: the rows of a partitioned table's partitions (at any depth, including partitions
+//!   attached while the capture runs) are the watched table's rows: `table`/`schema`/`name` name the
+//!   watched table and `partition` (`{"schema","name"}`) the partition the row was in. A partitioned
+//!   table is not described by the stream (it has no rows of its own), so its name is the one known at
+//!   start. A TRUNCATE of the table lists every partition in `relations`; a TRUNCATE of one partition is
+//!   logged too, naming just it. Inheritance children (`INHERITS`) are tables of their own and are not
+//!   logged unless watched themselves.
 //! * `key` maps the replica-identity key columns to their values. With REPLICA IDENTITY FULL it holds the
 //!   primary-key columns taken from the old row, or is `null` when the table has no primary key.
 //! * `old` is the whole old row (column → value) with REPLICA IDENTITY FULL, otherwise `null`.
@@ -71,7 +89,7 @@ use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
 /// Version of this format, written in `capture_started`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Appends a JSON string literal, byte for byte what serde_json writes.
 pub fn push_str(out: &mut BytesMut, s: &str) {
@@ -219,6 +237,8 @@ pub struct CaptureStarted<'a> {
     pub slot: &'a str,
     pub publication: &'a str,
     pub tables: &'a [String],
+    /// The watched tables with their OIDs (what `relation_renamed` refers to); format version 2.
+    pub relations: &'a [WatchedRelation<'a>],
     pub start_lsn: Lsn,
     pub server_version: &'a str,
     pub system_identifier: &'a str,
@@ -232,6 +252,14 @@ pub struct CaptureStarted<'a> {
     /// Transactions ending at or below this were already in the log (for this server, database and slot)
     /// when the run started, and are not written again.
     pub resume_after: Lsn,
+}
+
+/// A watched table in `capture_started`.
+#[derive(Debug, Serialize)]
+pub struct WatchedRelation<'a> {
+    pub oid: u32,
+    pub schema: &'a str,
+    pub name: &'a str,
 }
 
 /// `capture_stopped`: a deliberate end, with the last LSN the log covers.

@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod integrity;
 mod readers;
+mod relations;
 mod streaming;
 mod util;
 mod versions;

@@ -177,6 +177,12 @@ pub fn check_structure(recs: &[Value]) {
                     *t += 1
                 }
             }
+            "relation_renamed" => {
+                // Part of its transaction, before the first record under the new name; not counted.
+                let xid = r["xid"].as_u64().unwrap();
+                let (x, _, _) = open.get_or_insert((xid, 0, 0));
+                assert_eq!(*x, xid, "record {i} interleaves transactions: {r}");
+            }
             "commit" => {
                 let (x, d, t) = open.take().unwrap_or_else(|| panic!("commit without rows at record {i}: {r}"));
                 assert_eq!(r["xid"].as_u64().unwrap(), x, "commit xid at record {i}");
