@@ -168,11 +168,20 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.jsonl");
         std::fs::write(&p, &bytes).unwrap();
-        let (_f, rec) = walwitness::sink::writer::open_log(&p).unwrap();
-        let after = std::fs::read(&p).unwrap();
-        prop_assert!(bytes.starts_with(&after));
-        prop_assert!(after.is_empty() || after.ends_with(b"\n"));
-        prop_assert_eq!(rec.len as usize, after.len());
+        match walwitness::sink::writer::open_log(&p) {
+            Ok((_f, rec)) => {
+                let after = std::fs::read(&p).unwrap();
+                prop_assert!(bytes.starts_with(&after));
+                prop_assert!(after.is_empty() || after.ends_with(b"\n"));
+                prop_assert_eq!(rec.len as usize, after.len());
+            }
+            // Only a file that does not begin like a log is refused, and it is left as it was.
+            Err(e) => {
+                prop_assert!(e.to_string().contains("not a walwitness log"), "{}", e);
+                prop_assert!(!br#"{"type":"capture_started""#.starts_with(&bytes[..bytes.len().min(25)]));
+                prop_assert_eq!(std::fs::read(&p).unwrap(), bytes);
+            }
+        }
     }
 
     /// The JSONL reader (replay, report, tail) over arbitrary lines: errors, never panics.

@@ -141,6 +141,12 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         }
         Output::Stdout => (None, Recovery::default()),
     };
+    if let (Some(mode), Output::File(p)) = (recovery.exposed_mode, &opts.out) {
+        eprintln!(
+            "walwitness: warning: the log {} can be read by other users (mode {mode:04o}); it holds the keys of deleted rows and the statements that deleted them: chmod 600 it",
+            p.display()
+        );
+    }
     if recovery.cut_bytes > 0 {
         eprintln!(
             "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",

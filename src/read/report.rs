@@ -1005,7 +1005,7 @@ fn report(files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutp
     let r = build(files, filter, lenient)?;
     if let Some(path) = &out.html {
         let page = super::html::render(&r);
-        std::fs::write(path, page).map_err(|e| {
+        write_private(path, page.as_bytes()).map_err(|e| {
             Failure::new(
                 Exit::Output,
                 format!("cannot write {}: {e} (check the directory exists and is writable)", path.display()),
@@ -1022,6 +1022,15 @@ fn report(files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutp
         }
     }
     w.flush().map_err(super::output_error)
+}
+
+/// Writes a report file: created 0600 (it names who deleted what), never through a symbolic link,
+/// and an existing file is replaced only if it is ours and has one name (`sink::outfile`).
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
+    let mut f = crate::sink::outfile::open_private(path, crate::sink::outfile::Access::Write)?.file;
+    f.set_len(0)?;
+    f.write_all(data)?;
+    f.flush()
 }
 
 pub fn run_with(cmd: &str, files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutputArgs) -> Exit {
@@ -1162,5 +1171,24 @@ mod tests {
         assert_eq!(r.statements.len(), 1, "one shape");
         assert_eq!(r.key_prefixes.len(), TOP);
         assert_eq!(r.key_prefixes_other.prefixes, 10);
+    }
+
+    /// Issue 13: `report --html` followed a planted symbolic link and overwrote its target.
+    #[test]
+    fn html_report_is_private_and_never_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("root-only");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = d.path().join("incident.html");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = write_private(&link, b"<html>").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        let p = d.path().join("new.html");
+        write_private(&p, b"<html>long</html>").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        write_private(&p, b"<p>").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "<p>");
     }
 }
