@@ -147,6 +147,20 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
             p.display()
         );
     }
+    // Spools of streamed and prepared transactions: next to the log, leftovers of a crashed run removed.
+    // Like the log, checked before the server is changed (a hostile directory is refused).
+    let spool_dir = match &opts.out {
+        Output::File(p) => crate::sink::spool::SpoolDir::beside(p),
+        Output::Stdout => crate::sink::spool::SpoolDir::temporary(),
+    }
+    .map_err(|e| {
+        Failure::new(
+            Exit::Output,
+            format!(
+                "cannot prepare the spool directory for streamed transactions (next to the log, <out>.spool/): {e}"
+            ),
+        )
+    })?;
     if recovery.cut_bytes > 0 {
         eprintln!(
             "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",
@@ -212,6 +226,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         slot_state,
         file,
         recovery,
+        spool_dir,
         attributor,
         gap,
     )
@@ -272,23 +287,11 @@ async fn capture_with_objects(
     slot_state: SlotState,
     file: Option<std::fs::File>,
     recovery: Recovery,
+    spool_dir: crate::sink::spool::SpoolDir,
     attributor: Attributor,
     gap: Option<(Lsn, &'static str)>,
 ) -> Result<Outcome, Failure> {
     let target = spec.describe();
-    // Spools of streamed and prepared transactions: next to the log, leftovers of a crashed run removed.
-    let spool_dir = match &opts.out {
-        Output::File(p) => crate::sink::spool::SpoolDir::beside(p),
-        Output::Stdout => crate::sink::spool::SpoolDir::temporary(),
-    }
-    .map_err(|e| {
-        Failure::new(
-            Exit::Output,
-            format!(
-                "cannot prepare the spool directory for streamed transactions (next to the log, <out>.spool/): {e}"
-            ),
-        )
-    })?;
     let startup = spooled::startup_params(opts);
     let params: Vec<(&str, &str)> = startup.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut repl = ReplicationConnection::connect(spec, &params)
