@@ -51,10 +51,10 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
     }
     if install {
         trigger::install(&sql, &names).await?;
-        eprintln!("walwitness: attribution trigger installed on {}", names.join(", "));
+        crate::term::eprint_line(&format!("walwitness: attribution trigger installed on {}", names.join(", ")));
     } else {
         trigger::remove(&sql, &names).await?;
-        eprintln!("walwitness: attribution trigger removed from {}", names.join(", "));
+        crate::term::eprint_line(&format!("walwitness: attribution trigger removed from {}", names.join(", ")));
     }
     Ok(())
 }

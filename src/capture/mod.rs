@@ -190,7 +190,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     let (pub_origin, warnings) =
         setup::ensure_publication(&sql, &publication, opts.publication.is_some(), &tables).await?;
     for w in warnings {
-        eprintln!("walwitness: warning: {w}");
+        crate::term::eprint_line(&format!("walwitness: warning: {w}"));
     }
 
     let sql_tables: Vec<String> = tables.iter().map(setup::Table::sql_name).collect();
@@ -383,17 +383,18 @@ async fn capture_with_objects(
 
     if opts.progress {
         let redacted = redact_dsn(&opts.dsn);
+        use crate::term::clean;
         eprintln!(
             "walwitness: capturing DELETE and TRUNCATE on {} in database {} ({})",
-            table_names.join(", "),
-            info.database,
-            info.version
+            clean(&table_names.join(", ")),
+            clean(&info.database),
+            clean(&info.version)
         );
-        eprintln!("  slot:        {slot} ({})", if created { "created" } else { "reused: resuming" });
-        eprintln!("  publication: {publication}");
+        eprintln!("  slot:        {} ({})", clean(slot), if created { "created" } else { "reused: resuming" });
+        eprintln!("  publication: {}", clean(publication));
         eprintln!("  start LSN:   {start_lsn} (pgoutput protocol version {proto})");
         match &opts.out {
-            Output::File(p) => eprintln!("  log:         {}", p.display()),
+            Output::File(p) => eprintln!("  log:         {}", clean(&p.display().to_string())),
             Output::Stdout => eprintln!("  log:         standard output"),
         }
         eprintln!(
@@ -419,7 +420,7 @@ async fn capture_with_objects(
             )
         })?;
         for d in damaged {
-            eprintln!("walwitness: warning: a prepared transaction kept by an earlier run cannot be used ({d}); if it commits, its deletes will be missing from the log (the files stay for inspection)");
+            crate::term::eprint_line(&format!("walwitness: warning: a prepared transaction kept by an earlier run cannot be used ({d}); if it commits, its deletes will be missing from the log (the files stay for inspection)"));
         }
     }
     let assembler = Assembler::new(watch, log_mark, attributor);

@@ -377,9 +377,9 @@ impl Spooled {
                         Ok(Route::Replay(Box::new(Replay::new(h, 0, kind).map_err(|e| io("read", e))?)))
                     }
                     None => {
-                        eprintln!(
+                        crate::term::eprint_line(&format!(
                             "walwitness: warning: at LSN {commit_lsn}: COMMIT PREPARED '{gid}' (xid {xid}) committed a transaction whose PREPARE this capture never received (it was prepared before two-phase decoding started on the slot, or before the log began): its deletes are not in the log"
-                        );
+                        ));
                         Ok(Route::Held)
                     }
                 }
