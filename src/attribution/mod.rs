@@ -39,7 +39,7 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
         AttributionCommand::Install(a) => (a, true),
         AttributionCommand::Remove(a) => (a, false),
     };
-    let spec = crate::pg::config::ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
+    let spec = crate::pg::config::ConnSpec::parse(&args.conn.resolve()?).map_err(|e| from_pg("invalid --dsn", e))?;
     let sql = crate::pg::connect_sql(&spec)
         .await
         .map_err(|e| from_pg(&format!("cannot connect to {}", spec.describe()), e))?;

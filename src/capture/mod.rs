@@ -489,9 +489,9 @@ pub fn output_from_arg(out: &str) -> Output {
     }
 }
 
-pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureOptions {
-    CaptureOptions {
-        dsn: a.dsn,
+pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> Result<CaptureOptions, Failure> {
+    Ok(CaptureOptions {
+        dsn: a.conn.resolve()?,
         tables: a.tables,
         out: output_from_arg(&a.out),
         slot: a.slot,
@@ -518,7 +518,7 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         stream_every_change: a.stream_every_change,
         include_aborted: a.include_aborted,
         two_phase: a.two_phase,
-    }
+    })
 }
 
 /// Whether a connection still answers within a few seconds (a closed one, or one behind a stalled
