@@ -5,6 +5,7 @@ mod capture;
 mod encoding;
 mod errors;
 mod faults;
+mod hostile;
 mod integrity;
 mod readers;
 mod streaming;
