@@ -495,8 +495,9 @@ fn extract_kv(dsn: &str) -> Result<Extracted, PgError> {
     Ok(Extracted { keys, rest })
 }
 
-/// An unencoded `@` anywhere but between the user info and the host makes a URL ambiguous: libpq (and
-/// tokio-postgres) end the user info at the first `@` (or `/`), so the rest of a password holding an
+/// An unencoded `@` anywhere but between the user info and the host makes a URL ambiguous: libpq ends
+/// the user info at the first `@` (its look-ahead stops at the first `@` or `/`: `fe-connect.c`,
+/// `conninfo_uri_parse_options`), and so does tokio-postgres, so the rest of a password holding an
 /// `@` (or a `/` and an `@`) became the host or the database name — and was printed in every
 /// connection error. Such URLs are refused, with no part of them in the message.
 fn check_url_ats(dsn: &str) -> Result<(), PgError> {

@@ -1037,8 +1037,11 @@ fn report(files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutp
 /// Writes a report file: created 0600 (it names who deleted what), never through a symbolic link,
 /// and an existing file is replaced only if it is ours and has one name (`sink::outfile`).
 pub fn write_private(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
-    let mut f = crate::sink::outfile::open_private(path, crate::sink::outfile::Access::Write)?.file;
-    f.set_len(0)?;
+    let o = crate::sink::outfile::open_private(path, crate::sink::outfile::Access::Write)?;
+    let mut f = o.file;
+    if o.regular {
+        f.set_len(0)?;
+    }
     f.write_all(data)?;
     f.flush()
 }

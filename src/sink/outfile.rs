@@ -5,12 +5,13 @@
 //! capture truncated a root-only file), a hard link to someone else's file, a FIFO (an open that never
 //! returns), or a file another user owns (who can then edit the evidence at will). So: the open never
 //! follows a symbolic link (`O_NOFOLLOW`) nor blocks (`O_NONBLOCK`), and an existing file must be a
-//! regular file with one name, owned by the user running walwitness. New files are created `0600`.
+//! regular file with one name, owned by the user running walwitness (or a character device such as
+//! `/dev/null`: only root can create one). New files are created `0600`.
 //! Every check is made on the opened descriptor (`fstat`), so a path swapped after the check changes
 //! nothing.
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The effective user id: who files must belong to.
@@ -35,6 +36,8 @@ pub struct Opened {
     pub file: File,
     /// Created by this open (it did not exist).
     pub created: bool,
+    /// A regular file (else a character device such as /dev/null).
+    pub regular: bool,
     /// Permission bits of the file as found (`0o600` for a new one).
     pub mode: u32,
 }
@@ -66,10 +69,13 @@ pub fn open_private(path: &Path, access: Access) -> io::Result<Opened> {
         Err(e) => return Err(explain_open_error(e)),
     };
     let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
+    let regular = meta.file_type().is_file();
+    // A character device (/dev/null, /dev/full, a terminal) is a sink, not a file someone can edit, and
+    // only root can create one: accepted as it is. FIFOs, sockets, directories and block devices are not.
+    if !regular && !meta.file_type().is_char_device() {
         return Err(refused(NOT_REGULAR));
     }
-    if !created {
+    if !created && regular {
         let me = euid();
         if meta.uid() != me {
             return Err(refused(&format!(
@@ -86,7 +92,7 @@ pub fn open_private(path: &Path, access: Access) -> io::Result<Opened> {
     }
     // O_NONBLOCK only guarded the open against a FIFO; regular files ignore it, but clear it anyway.
     clear_nonblock(&file)?;
-    Ok(Opened { file, created, mode: if created { 0o600 } else { meta.mode() & 0o7777 } })
+    Ok(Opened { file, created, regular, mode: if created { 0o600 } else { meta.mode() & 0o7777 } })
 }
 
 fn clear_nonblock(file: &File) -> io::Result<()> {
@@ -166,6 +172,8 @@ mod tests {
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RWXU, 0).unwrap();
         let e = open_private(&fifo, Access::Write).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
+        let o = open_private(Path::new("/dev/null"), Access::ReadWrite).unwrap();
+        assert!(!o.regular && !o.created);
         let e = open_private(d.path(), Access::Append).unwrap_err();
         assert!(e.kind() == io::ErrorKind::IsADirectory || e.to_string().contains("not a regular"), "{e}");
         let a = d.path().join("a");

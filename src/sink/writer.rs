@@ -115,11 +115,11 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
             return Err(SinkError::Locked { path: path.to_owned() });
         }
     }
-    if !opened.created {
+    if !opened.created && opened.regular {
         check_is_log(&mut file).map_err(|source| SinkError::NotALog { path: path.to_owned(), source })?;
     }
     let mut rec = repair_tail(&mut file).map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
-    rec.exposed_mode = Some(opened.mode).filter(|m| super::outfile::exposed(*m));
+    rec.exposed_mode = Some(opened.mode).filter(|m| opened.regular && super::outfile::exposed(*m));
     Ok((file, rec))
 }
 
