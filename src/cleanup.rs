@@ -4,6 +4,7 @@
 //! says walwitness created them, and the attribution schema with its triggers. A slot in use is left
 //! alone (its capture is running). Asks before dropping unless `--yes`; without a terminal to ask on,
 //! it refuses rather than guess.
+use crate::term::clean;
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::attribution::trigger;
@@ -82,15 +83,15 @@ pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
     println!("walwitness objects in this database:");
     for (s, pid) in &slots {
         match pid {
-            Some(p) => println!("  slot {s} (IN USE by PID {p}: left alone; stop that capture first)"),
-            None => println!("  slot {s}"),
+            Some(p) => println!("  slot {} (IN USE by PID {p}: left alone; stop that capture first)", clean(s)),
+            None => println!("  slot {}", clean(s)),
         }
     }
     for p in &pubs {
-        println!("  publication {p}");
+        println!("  publication {}", clean(p));
     }
     for t in &triggers {
-        println!("  attribution triggers on {t}");
+        println!("  attribution triggers on {}", clean(t));
     }
     if schema {
         println!("  schema {} (attribution key and function)", trigger::SCHEMA);
@@ -114,12 +115,12 @@ pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
     for (s, pid) in &slots {
         if pid.is_none() {
             c.execute("SELECT pg_drop_replication_slot($1)", &[s]).await.map_err(q)?;
-            println!("dropped slot {s}");
+            println!("dropped slot {}", clean(s));
         }
     }
     for p in &pubs {
         c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(p))).await.map_err(q)?;
-        println!("dropped publication {p}");
+        println!("dropped publication {}", clean(p));
     }
     if !triggers.is_empty() || schema {
         trigger::remove(&c, &triggers).await?;

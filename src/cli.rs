@@ -45,11 +45,89 @@ pub enum Command {
     Report(ReportArgs),
 }
 
+/// Where the connection string comes from. A password on the command line is visible to every local
+/// user (`ps`, /proc/PID/cmdline), so it can also come from the environment or a file.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DsnArgs {
+    /// Connection string: libpq key=value or a postgres:// URL. PG* environment variables and ~/.pgpass
+    /// apply. A password given here is visible to every local user in `ps`: put the connection string
+    /// in the WALWITNESS_DSN environment variable or in a file (--dsn-file) instead, or the password in
+    /// ~/.pgpass or PGPASSWORD. Without --dsn and --dsn-file, WALWITNESS_DSN is used.
+    #[arg(long, value_name = "DSN", conflicts_with = "dsn_file")]
+    pub dsn: Option<String>,
+    /// Read the connection string from this file (its first line; `-` for standard input). Keep it
+    /// mode 0600.
+    #[arg(long, value_name = "FILE")]
+    pub dsn_file: Option<PathBuf>,
+}
+
+/// The environment variable holding a connection string (used without --dsn and --dsn-file).
+pub const DSN_ENV: &str = "WALWITNESS_DSN";
+
+impl DsnArgs {
+    /// The connection string: --dsn, else the first line of --dsn-file, else `WALWITNESS_DSN`, else
+    /// empty (libpq defaults and PG* variables). Warns when a password sits on the command line or in a
+    /// file other users can read.
+    pub fn resolve(&self) -> Result<String, crate::error::Failure> {
+        self.resolve_with(&|k| std::env::var(k).ok(), &mut std::io::stdin().lock(), true)
+    }
+
+    pub fn resolve_with(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        stdin: &mut dyn std::io::Read,
+        warn: bool,
+    ) -> Result<String, crate::error::Failure> {
+        use crate::error::{Exit, Failure};
+        if let Some(d) = &self.dsn {
+            if warn && crate::pg::config::has_password(d) {
+                eprintln!(
+                    "walwitness: warning: the password in --dsn is visible to every local user (ps); put the connection string in {DSN_ENV} or a --dsn-file, or the password in ~/.pgpass"
+                );
+            }
+            return Ok(d.clone());
+        }
+        if let Some(path) = &self.dsn_file {
+            let mut text = String::new();
+            let read = if path.as_os_str() == "-" {
+                stdin.read_to_string(&mut text).map(|_| ())
+            } else {
+                read_dsn_file(path, warn).map(|t| text = t)
+            };
+            read.map_err(|e| {
+                Failure::new(
+                    Exit::Config,
+                    format!("cannot read the connection string from --dsn-file {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(text.lines().next().unwrap_or("").trim().to_owned());
+        }
+        Ok(env(DSN_ENV).unwrap_or_default())
+    }
+}
+
+/// Reads a --dsn-file (at most 64 KiB), warning when group or others can read it.
+fn read_dsn_file(path: &std::path::Path, warn: bool) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path)?;
+    let mode = f.metadata()?.mode();
+    if warn && mode & 0o077 != 0 {
+        eprintln!(
+            "walwitness: warning: --dsn-file {} can be read by other users (mode {:04o}): chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    let mut text = String::new();
+    f.take(64 * 1024).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// Connection string: libpq key=value or a postgres:// URL. PG* environment variables and ~/.pgpass apply.
-    #[arg(long, default_value = "")]
-    pub dsn: String,
+    #[command(flatten)]
+    pub conn: DsnArgs,
     /// Table to watch, as schema.table (public. is assumed without a schema; "Quoted"."Names" keep their case). Repeatable.
     #[arg(long = "table", required = true)]
     pub tables: Vec<String>,
@@ -169,16 +247,16 @@ pub enum AttributionCommand {
 
 #[derive(Debug, Args)]
 pub struct AttributionArgs {
-    #[arg(long, default_value = "")]
-    pub dsn: String,
+    #[command(flatten)]
+    pub conn: DsnArgs,
     #[arg(long = "table", required = true)]
     pub tables: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct DoctorCliArgs {
-    #[arg(long, default_value = "")]
-    pub dsn: String,
+    #[command(flatten)]
+    pub conn: DsnArgs,
     /// Tables the capture would watch (repeatable).
     #[arg(long = "table")]
     pub tables: Vec<String>,
@@ -186,8 +264,8 @@ pub struct DoctorCliArgs {
 
 #[derive(Debug, Args)]
 pub struct CleanupCliArgs {
-    #[arg(long, default_value = "")]
-    pub dsn: String,
+    #[command(flatten)]
+    pub conn: DsnArgs,
     /// Drop without asking.
     #[arg(long)]
     pub yes: bool,
@@ -310,4 +388,45 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_lsn(s: &str) -> Result<Lsn, String> {
     s.parse::<Lsn>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dsn: Option<&str>, file: Option<&std::path::Path>) -> DsnArgs {
+        DsnArgs { dsn: dsn.map(str::to_owned), dsn_file: file.map(|p| p.to_owned()) }
+    }
+
+    /// Issue 13: the connection string (and its password) need not be on the command line, where
+    /// every local user sees it in `ps`.
+    #[test]
+    fn dsn_from_option_file_stdin_or_environment() {
+        let env = |k: &str| (k == DSN_ENV).then(|| "host=fromenv password=e".to_owned());
+        let none = |_: &str| None;
+        let mut stdin: &[u8] = b"host=fromstdin password=s\nignored\n";
+        assert_eq!(args(Some("host=x"), None).resolve_with(&env, &mut stdin, false).unwrap(), "host=x");
+        assert_eq!(args(None, None).resolve_with(&env, &mut stdin, false).unwrap(), "host=fromenv password=e");
+        assert_eq!(args(None, None).resolve_with(&none, &mut stdin, false).unwrap(), "");
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("dsn");
+        std::fs::write(&f, "  postgres://u:p%40ss@h/db  \n# comment\n").unwrap();
+        assert_eq!(args(None, Some(&f)).resolve_with(&env, &mut stdin, false).unwrap(), "postgres://u:p%40ss@h/db");
+        let dash = std::path::Path::new("-");
+        assert_eq!(args(None, Some(dash)).resolve_with(&env, &mut stdin, false).unwrap(), "host=fromstdin password=s");
+        let e = args(None, Some(&d.path().join("missing"))).resolve_with(&env, &mut stdin, false).unwrap_err();
+        assert_eq!(e.exit, crate::error::Exit::Config);
+        // --dsn and --dsn-file together are a usage error.
+        assert!(Cli::try_parse_from(["walwitness", "doctor", "--dsn", "x", "--dsn-file", "f"]).is_err());
+    }
+
+    #[test]
+    fn help_says_where_else_the_dsn_can_come_from() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        for sub in ["capture", "doctor", "cleanup"] {
+            let help = cli.find_subcommand_mut(sub).unwrap().render_help().to_string();
+            assert!(help.contains("WALWITNESS_DSN") && help.contains("--dsn-file"), "{sub}: {help}");
+        }
+    }
 }

@@ -183,7 +183,7 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        println!("{tag}  {msg}");
+        println!("{tag}  {}", crate::term::clean(msg));
     }
     if r.ready() {
         println!("\nready: walwitness capture can start");

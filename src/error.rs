@@ -68,8 +68,10 @@ pub fn is_transient(e: &PgError) -> bool {
 }
 
 impl fmt::Display for Failure {
+    /// One line, with control characters escaped: messages carry server text (errors, names) and
+    /// file names, which must not drive the terminal (`crate::term`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&crate::term::clean(&self.message))
     }
 }
 
@@ -117,4 +119,17 @@ pub fn from_sql(context: &str, e: tokio_postgres::Error) -> Failure {
         None => e.to_string(),
     };
     Failure::new(exit, format!("{context}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13: an error carrying server text (a publication or gid a culprit named, an error message)
+    /// prints on one line, without escape sequences.
+    #[test]
+    fn failures_print_on_one_line_without_escapes() {
+        let f = Failure::new(Exit::Stream, "server said: \x1b[2J\x1b]0;t\x07bad\nwalwitness: stopped (endpos)");
+        assert_eq!(f.to_string(), "server said: \\x1b[2J\\x1b]0;t\\x07bad\\nwalwitness: stopped (endpos)");
+    }
 }

@@ -18,3 +18,4 @@ pub mod pg;
 pub mod protocol;
 pub mod read;
 pub mod sink;
+pub mod term;

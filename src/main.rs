@@ -34,7 +34,13 @@ fn main() {
     let task = rt.spawn(async move {
         match cli.command {
             Command::Capture(args) => {
-                let opts = walwitness::capture::options_from_args(*args, !cli.quiet);
+                let opts = match walwitness::capture::options_from_args(*args, !cli.quiet) {
+                    Ok(o) => o,
+                    Err(f) => {
+                        eprintln!("walwitness: error: {f}");
+                        return f.exit;
+                    }
+                };
                 match walwitness::capture::run(opts).await {
                     Ok(outcome) => {
                         if !cli.quiet {
@@ -63,7 +69,14 @@ fn main() {
                 }
             },
             Command::Doctor(a) => {
-                match walwitness::doctor::run(walwitness::doctor::DoctorArgs { dsn: a.dsn, tables: a.tables }).await {
+                let dsn = match a.conn.resolve() {
+                    Ok(d) => d,
+                    Err(f) => {
+                        eprintln!("walwitness: error: {f}");
+                        return f.exit;
+                    }
+                };
+                match walwitness::doctor::run(walwitness::doctor::DoctorArgs { dsn, tables: a.tables }).await {
                     Ok(code) => code,
                     Err(f) => {
                         eprintln!("walwitness: error: {f}");
@@ -72,7 +85,14 @@ fn main() {
                 }
             }
             Command::Cleanup(a) => {
-                match walwitness::cleanup::run(walwitness::cleanup::CleanupArgs { dsn: a.dsn, yes: a.yes }).await {
+                let dsn = match a.conn.resolve() {
+                    Ok(d) => d,
+                    Err(f) => {
+                        eprintln!("walwitness: error: {f}");
+                        return f.exit;
+                    }
+                };
+                match walwitness::cleanup::run(walwitness::cleanup::CleanupArgs { dsn, yes: a.yes }).await {
                     Ok(()) => Exit::Ok,
                     Err(f) => {
                         eprintln!("walwitness: error: {f}");

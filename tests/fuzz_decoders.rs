@@ -168,11 +168,21 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.jsonl");
         std::fs::write(&p, &bytes).unwrap();
-        let (_f, rec) = walwitness::sink::writer::open_log(&p).unwrap();
-        let after = std::fs::read(&p).unwrap();
-        prop_assert!(bytes.starts_with(&after));
-        prop_assert!(after.is_empty() || after.ends_with(b"\n"));
-        prop_assert_eq!(rec.len as usize, after.len());
+        match walwitness::sink::writer::open_log(&p) {
+            Ok((_f, rec)) => {
+                let after = std::fs::read(&p).unwrap();
+                prop_assert!(bytes.starts_with(&after));
+                prop_assert!(after.is_empty() || after.ends_with(b"\n"));
+                prop_assert_eq!(rec.len as usize, after.len());
+            }
+            // Only a file that does not begin like a log is refused, and it is left as it was.
+            Err(e) => {
+                prop_assert!(e.to_string().contains("not a walwitness log"), "{}", e);
+                let start: &[u8] = br#"{"type":"capture_started""#;
+                prop_assert!(!start.starts_with(&bytes[..bytes.len().min(start.len())]), "a log start was refused");
+                prop_assert_eq!(std::fs::read(&p).unwrap(), bytes);
+            }
+        }
     }
 
     /// The JSONL reader (replay, report, tail) over arbitrary lines: errors, never panics.

@@ -39,7 +39,7 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
         AttributionCommand::Install(a) => (a, true),
         AttributionCommand::Remove(a) => (a, false),
     };
-    let spec = crate::pg::config::ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
+    let spec = crate::pg::config::ConnSpec::parse(&args.conn.resolve()?).map_err(|e| from_pg("invalid --dsn", e))?;
     let sql = crate::pg::connect_sql(&spec)
         .await
         .map_err(|e| from_pg(&format!("cannot connect to {}", spec.describe()), e))?;
@@ -51,10 +51,10 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
     }
     if install {
         trigger::install(&sql, &names).await?;
-        eprintln!("walwitness: attribution trigger installed on {}", names.join(", "));
+        crate::term::eprint_line(&format!("walwitness: attribution trigger installed on {}", names.join(", ")));
     } else {
         trigger::remove(&sql, &names).await?;
-        eprintln!("walwitness: attribution trigger removed from {}", names.join(", "));
+        crate::term::eprint_line(&format!("walwitness: attribution trigger removed from {}", names.join(", ")));
     }
     Ok(())
 }

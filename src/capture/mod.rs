@@ -161,6 +161,26 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         }
         Output::Stdout => (None, Recovery::default()),
     };
+    if let (Some(mode), Output::File(p)) = (recovery.exposed_mode, &opts.out) {
+        eprintln!(
+            "walwitness: warning: the log {} can be read by other users (mode {mode:04o}); it holds the keys of deleted rows and the statements that deleted them: chmod 600 it",
+            p.display()
+        );
+    }
+    // Spools of streamed and prepared transactions: next to the log, leftovers of a crashed run removed.
+    // Like the log, checked before the server is changed (a hostile directory is refused).
+    let spool_dir = match &opts.out {
+        Output::File(p) => crate::sink::spool::SpoolDir::beside(p),
+        Output::Stdout => crate::sink::spool::SpoolDir::temporary(),
+    }
+    .map_err(|e| {
+        Failure::new(
+            Exit::Output,
+            format!(
+                "cannot prepare the spool directory for streamed transactions (next to the log, <out>.spool/): {e}"
+            ),
+        )
+    })?;
     if recovery.cut_bytes > 0 {
         eprintln!(
             "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",
@@ -183,7 +203,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     let (pub_origin, warnings) =
         setup::ensure_publication(&sql, &publication, opts.publication.is_some(), &tables).await?;
     for w in warnings {
-        eprintln!("walwitness: warning: {w}");
+        crate::term::eprint_line(&format!("walwitness: warning: {w}"));
     }
     // Refused after this point: a publication this run created must not stay behind.
     let drop_created = |e: Failure| {
@@ -220,6 +240,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         slot_state,
         file,
         recovery,
+        spool_dir,
         attributor,
         invalidated,
         (expect, coverage_start),
@@ -282,24 +303,12 @@ async fn capture_with_objects(
     slot_state: SlotState,
     file: Option<std::fs::File>,
     recovery: Recovery,
+    spool_dir: crate::sink::spool::SpoolDir,
     attributor: Attributor,
     invalidated: bool,
     (expect, coverage_start): (coverage::Expect, Lsn),
 ) -> Result<Outcome, Failure> {
     let target = spec.describe();
-    // Spools of streamed and prepared transactions: next to the log, leftovers of a crashed run removed.
-    let spool_dir = match &opts.out {
-        Output::File(p) => crate::sink::spool::SpoolDir::beside(p),
-        Output::Stdout => crate::sink::spool::SpoolDir::temporary(),
-    }
-    .map_err(|e| {
-        Failure::new(
-            Exit::Output,
-            format!(
-                "cannot prepare the spool directory for streamed transactions (next to the log, <out>.spool/): {e}"
-            ),
-        )
-    })?;
     let startup = spooled::startup_params(opts);
     let params: Vec<(&str, &str)> = startup.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut repl = ReplicationConnection::connect(spec, &params)
@@ -441,17 +450,18 @@ async fn capture_with_objects(
 
     if opts.progress {
         let redacted = redact_dsn(&opts.dsn);
+        use crate::term::clean;
         eprintln!(
             "walwitness: capturing DELETE and TRUNCATE on {} in database {} ({})",
-            table_names.join(", "),
-            info.database,
-            info.version
+            clean(&table_names.join(", ")),
+            clean(&info.database),
+            clean(&info.version)
         );
-        eprintln!("  slot:        {slot} ({})", if created { "created" } else { "reused: resuming" });
-        eprintln!("  publication: {publication}");
+        eprintln!("  slot:        {} ({})", clean(slot), if created { "created" } else { "reused: resuming" });
+        eprintln!("  publication: {}", clean(publication));
         eprintln!("  start LSN:   {start_lsn} (pgoutput protocol version {proto})");
         match &opts.out {
-            Output::File(p) => eprintln!("  log:         {}", p.display()),
+            Output::File(p) => eprintln!("  log:         {}", clean(&p.display().to_string())),
             Output::Stdout => eprintln!("  log:         standard output"),
         }
         eprintln!(
@@ -482,7 +492,7 @@ async fn capture_with_objects(
             )
         })?;
         for d in damaged {
-            eprintln!("walwitness: warning: a prepared transaction kept by an earlier run cannot be used ({d}); if it commits, its deletes will be missing from the log (the files stay for inspection)");
+            crate::term::eprint_line(&format!("walwitness: warning: a prepared transaction kept by an earlier run cannot be used ({d}); if it commits, its deletes will be missing from the log (the files stay for inspection)"));
         }
     }
     let assembler = Assembler::new(watch, log_mark, attributor);
@@ -567,9 +577,9 @@ pub fn output_from_arg(out: &str) -> Output {
     }
 }
 
-pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureOptions {
-    CaptureOptions {
-        dsn: a.dsn,
+pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> Result<CaptureOptions, Failure> {
+    Ok(CaptureOptions {
+        dsn: a.conn.resolve()?,
         tables: a.tables,
         out: output_from_arg(&a.out),
         slot: a.slot,
@@ -597,7 +607,7 @@ pub fn options_from_args(a: crate::cli::CaptureArgs, progress: bool) -> CaptureO
         include_aborted: a.include_aborted,
         two_phase: a.two_phase,
         coverage_interval: a.coverage_check_interval,
-    }
+    })
 }
 
 /// Whether a connection still answers within a few seconds (a closed one, or one behind a stalled

@@ -129,7 +129,7 @@ impl Spooled {
     /// waiting for COMMIT PREPARED. Returns what was found damaged (and is not replayed).
     pub fn durable_prepared(&mut self) -> std::io::Result<Vec<String>> {
         self.durable_prepared = true;
-        let found = prepared::load(self.dir.path())?;
+        let found = prepared::load(&self.dir)?;
         for (m, spool) in found.intact {
             let mut h = held(m.xid, spool, m.in_stream, Lsn::INVALID);
             h.gid = Some(m.gid);
@@ -152,24 +152,22 @@ impl Spooled {
         if self.retired.iter().all(|r| r.0 > durable) {
             return;
         }
-        let dir = self.dir.path().to_owned();
         let (done, keep) = std::mem::take(&mut self.retired).into_iter().partition(|r| r.0 <= durable);
         self.retired = keep;
         for (_, xid, spool) in done {
-            prepared::remove(&dir, xid, spool);
+            prepared::remove(&self.dir, xid, spool);
         }
     }
 
     /// The end of a capture, after the writer closed (everything queued is durable): durable prepared
     /// spools stay for the next run only if the slot does.
     pub fn finish(mut self, keep_prepared: bool) {
-        let dir = self.dir.path().to_owned();
         for (_, xid, spool) in self.retired.drain(..) {
-            prepared::remove(&dir, xid, spool);
+            prepared::remove(&self.dir, xid, spool);
         }
         if !keep_prepared {
             for (xid, h) in self.prepared.drain() {
-                prepared::remove(&dir, xid, h.spool);
+                prepared::remove(&self.dir, xid, h.spool);
             }
         }
     }
@@ -353,7 +351,7 @@ impl Spooled {
                 h.gid = Some(gid);
                 // Sent again (the slot was not acknowledged past it): the new copy replaces the old.
                 if let Some(old) = self.prepared.remove(&xid) {
-                    prepared::remove(self.dir.path(), xid, old.spool);
+                    prepared::remove(&self.dir, xid, old.spool);
                 }
                 if self.durable_prepared {
                     let meta = PreparedMeta {
@@ -363,7 +361,7 @@ impl Spooled {
                         origin: h.origin.clone(),
                         relations: h.relations.clone(),
                     };
-                    prepared::persist(self.dir.path(), &mut h.spool, &meta).map_err(|e| io("make durable", e))?;
+                    prepared::persist(&self.dir, &mut h.spool, &meta).map_err(|e| io("make durable", e))?;
                 } else {
                     // From now on it waits for COMMIT PREPARED: keep the restart point before it.
                     h.ack_cap = h.ack_cap.min(acked);
@@ -379,9 +377,9 @@ impl Spooled {
                         Ok(Route::Replay(Box::new(Replay::new(h, 0, kind).map_err(|e| io("read", e))?)))
                     }
                     None => {
-                        eprintln!(
+                        crate::term::eprint_line(&format!(
                             "walwitness: warning: at LSN {commit_lsn}: COMMIT PREPARED '{gid}' (xid {xid}) committed a transaction whose PREPARE this capture never received (it was prepared before two-phase decoding started on the slot, or before the log began): its deletes are not in the log"
-                        );
+                        ));
                         Ok(Route::Held)
                     }
                 }

@@ -372,9 +372,9 @@ impl Loop {
             return Err(self.publication_gap(&format!("server warning: {}", n.message)));
         }
         if n.severity == "WARNING" {
-            tracing::warn!(code = %n.code, "server: {}", n.message);
+            tracing::warn!(code = %n.code, "server: {}", crate::term::clean(&n.message));
         } else {
-            tracing::info!(severity = %n.severity, code = %n.code, "server: {}", n.message);
+            tracing::info!(severity = %n.severity, code = %n.code, "server: {}", crate::term::clean(&n.message));
         }
         Ok(())
     }
@@ -465,7 +465,7 @@ impl Loop {
         for attempt in 1..=max {
             eprintln!(
                 "walwitness: {}; reconnecting in {} (attempt {attempt} of {max})",
-                why.message,
+                why,
                 humantime::format_duration(delay)
             );
             tokio::select! {
@@ -559,7 +559,7 @@ impl Loop {
                         // Said now: the writer may wait long (a stalled reader of --out -).
                         eprintln!(
                             "walwitness: {}; handing the transactions already received to the writer before reconnecting",
-                            f.message
+                            f
                         );
                         failed = Some(f);
                     }

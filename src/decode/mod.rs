@@ -116,7 +116,11 @@ impl Txn {
     }
 
     fn reject(&mut self, lsn: Lsn, reason: String) {
-        tracing::warn!("at LSN {lsn}: rejected a walwitness attribution message in xid {}: {reason}", self.xid);
+        tracing::warn!(
+            "at LSN {lsn}: rejected a walwitness attribution message in xid {}: {}",
+            self.xid,
+            crate::term::clean(&reason)
+        );
         self.rejected.push(format!("{lsn}: {reason}"));
     }
 

@@ -495,7 +495,37 @@ fn extract_kv(dsn: &str) -> Result<Extracted, PgError> {
     Ok(Extracted { keys, rest })
 }
 
+/// An unencoded `@` anywhere but between the user info and the host makes a URL ambiguous: libpq ends
+/// the user info at the first `@` (its look-ahead stops at the first `@` or `/`: `fe-connect.c`,
+/// `conninfo_uri_parse_options`), and so does tokio-postgres, so the rest of a password holding an
+/// `@` (or a `/` and an `@`) became the host or the database name — and was printed in every
+/// connection error. Such URLs are refused, with no part of them in the message.
+fn check_url_ats(dsn: &str) -> Result<(), PgError> {
+    let rest = &dsn[dsn.find("://").map_or(0, |i| i + 3)..];
+    let path_end = rest.find('?').unwrap_or(rest.len());
+    let authority_end = rest[..path_end].find('/').unwrap_or(path_end);
+    let ats = rest.matches('@').count();
+    let in_path = rest[authority_end..path_end].contains('@');
+    if ats > 1 || in_path {
+        return Err(PgError::Config(
+            "this postgres:// URL has an unencoded \"@\" that is not the one between the user info and the host, so part of a password could be taken for the host or the database (and shown in errors): write @ as %40 inside a user name, password or database name (the URL is not repeated here, since it may hold a password)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a DSN (either syntax) carries a password.
+pub fn has_password(dsn: &str) -> bool {
+    if is_url(dsn) {
+        let rest = &dsn[dsn.find("://").map_or(0, |i| i + 3)..];
+        let userinfo = rest.rfind('@').map_or("", |at| &rest[..at]);
+        return userinfo.contains(':') || redact_url(dsn) != dsn;
+    }
+    redact_kv(dsn) != dsn
+}
+
 fn extract_url(dsn: &str) -> Result<Extracted, PgError> {
+    check_url_ats(dsn)?;
     let (base, query) = match dsn.find('?') {
         Some(i) => (&dsn[..i], Some(&dsn[i + 1..])),
         None => (dsn, None),
@@ -951,29 +981,24 @@ fn redact_kv(dsn: &str) -> String {
 
 fn redact_url(dsn: &str) -> String {
     let scheme_end = dsn.find("://").map(|i| i + 3).unwrap_or(0);
-    let (head, query) = match dsn.find('?') {
-        Some(i) => (&dsn[..i], Some(&dsn[i + 1..])),
-        None => (dsn, None),
-    };
-    let mut out = String::with_capacity(dsn.len());
-    let after_scheme = &head[scheme_end..];
-    // The last '@' before the query: an unencoded '@' in a password must
-    // not leave its tail visible.
-    match after_scheme.rfind('@') {
+    // Where the user info ends is unknowable when a password holds '@', '/' or '?': hide everything from
+    // the first ':' of the user info to the last '@' of the whole URL, erring on the side of hiding.
+    let (shown, tail) = match dsn[scheme_end..].rfind('@').map(|i| i + scheme_end) {
         Some(at) => {
-            let userinfo = &after_scheme[..at];
-            out.push_str(&head[..scheme_end]);
+            let userinfo = &dsn[scheme_end..at];
             match userinfo.find(':') {
-                Some(c) => {
-                    out.push_str(&userinfo[..c]);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
+                Some(c) => (format!("{}:***", &dsn[..scheme_end + c]), &dsn[at..]),
+                None => (dsn[..at].to_owned(), &dsn[at..]),
             }
-            out.push_str(&after_scheme[at..]);
         }
-        None => out.push_str(head),
-    }
+        None => (String::new(), dsn),
+    };
+    let mut out = shown;
+    let (head, query) = match tail.find('?') {
+        Some(i) => (&tail[..i], Some(&tail[i + 1..])),
+        None => (tail, None),
+    };
+    out.push_str(head);
     if let Some(q) = query {
         out.push('?');
         let parts: Vec<String> = q
@@ -1221,6 +1246,44 @@ mod tests {
             "postgres://h/db?user=u&password=***&sslmode=require"
         );
         assert_eq!(redact_dsn("postgres://h/db?a=x@y"), "postgres://h/db?a=x@y");
+        // Issue 13: a password holding '@', '/', '?' or '#' never shows its tail.
+        for (dsn, secret) in [
+            ("postgres://u:p@ss?word@h/db", ["ss?word", "ss"]),
+            ("postgres://u:p@ss/word@h/db", ["ss/word", "word"]),
+            ("postgres://u:pa@ss#x@h/db", ["ss#x", "#x"]),
+            ("postgres://u:pa/ss@h/db", ["pa/ss", "pa"]),
+            ("postgresql://u:se@cret@h:5/db?password=zz", ["cret", "zz"]),
+        ] {
+            let r = redact_dsn(dsn);
+            assert!(r.starts_with("postgres") && r.contains(":***@"), "{dsn} → {r}");
+            for s in secret {
+                assert!(!r.contains(s), "{dsn} → {r} shows {s}");
+            }
+        }
+    }
+
+    /// Issue 13: `postgres://u:se@cret@host/db` was read as host `cret@host`, printed in every
+    /// connection error; URLs with an '@' anywhere but between user info and host are refused, without
+    /// repeating the URL.
+    #[test]
+    fn ambiguous_at_signs_are_refused_without_showing_the_password() {
+        for dsn in [
+            "postgres://u:se@Kq9@127.0.0.1:1/db",
+            "postgres://u:p@Kq9/Kq9@h/db",
+            "postgres://u:p@Kq9?Kq9@h/db",
+            "postgres://u:pa@Kq9#x@h/db",
+            "postgres://u:12/Kq9@h/db",
+            "postgres://user@Kq9@h/db",
+        ] {
+            let e = ConnSpec::parse_with(dsn, &|_| None, &sys()).unwrap_err().to_string();
+            assert!(e.contains("%40") && !e.contains("Kq9"), "{dsn}: {e}");
+        }
+        for dsn in ["postgres://u:se%40cret@h/db", "postgres://h/db?application_name=a@b", "postgres://u@h/db"] {
+            ConnSpec::parse_with(dsn, &|_| None, &sys()).unwrap_or_else(|e| panic!("{dsn}: {e}"));
+        }
+        assert!(has_password("postgres://u:x@h/db") && has_password("host=h password=x"));
+        assert!(has_password("postgres://h/db?password=x"));
+        assert!(!has_password("postgres://u@h/db") && !has_password("host=h user=u") && !has_password(""));
     }
 
     #[test]

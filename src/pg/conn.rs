@@ -267,9 +267,9 @@ pub fn parse_server_version(v: &str) -> Option<u32> {
 fn log_notice(body: &[u8]) {
     match DbError::parse(body) {
         Ok(n) if matches!(n.severity.as_str(), "WARNING") => {
-            tracing::warn!(code = %n.code, "server: {}", n.message)
+            tracing::warn!(code = %n.code, "server: {}", crate::term::clean(&n.message))
         }
-        Ok(n) => tracing::info!(severity = %n.severity, code = %n.code, "server: {}", n.message),
+        Ok(n) => tracing::info!(severity = %n.severity, code = %n.code, "server: {}", crate::term::clean(&n.message)),
         Err(_) => tracing::debug!("unparseable notice from server"),
     }
 }

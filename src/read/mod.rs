@@ -121,7 +121,7 @@ impl Feeder {
         self.stats.problems += 1;
         let text = format!("{}:{}: {}", self.name, d.line, d.message);
         if self.warn_each {
-            eprintln!("walwitness: {text}");
+            crate::term::eprint_line(&format!("walwitness: {text}"));
         }
         self.stats.first_problem.get_or_insert(text);
         Ok(())
@@ -221,7 +221,7 @@ pub fn read_files<C: Consumer>(files: &[String], lenient: bool, c: &mut C) -> Re
         }
         feeder.end(line_no, pending, c)?;
         if let Some(s) = feeder.summary() {
-            eprintln!("{s}");
+            crate::term::eprint_line(&s);
         }
         total.lines += feeder.stats.lines;
         total.skipped_lines += feeder.stats.skipped_lines;

@@ -64,7 +64,7 @@ fn decode_file(path: &str, out: &mut impl Write) -> Result<(), Result<Failure, i
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                eprintln!("walwitness replay: warning: {path}: {e}; the rest is ignored");
+                crate::term::eprint_line(&format!("walwitness replay: warning: {path}: {e}; the rest is ignored"));
                 break;
             }
         };

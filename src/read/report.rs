@@ -38,6 +38,7 @@
 //! }
 //! ```
 //! `session` ids in `minutes` refer to `sessions[].id`; `null` is the unattributed share.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Write};
 
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{FilterArgs, ReportArgs, ReportFormat, ReportOutputArgs};
 use crate::error::{Exit, Failure};
 use crate::sink::record::format_unix_micros;
+use crate::term::clean;
 
 use super::log::{Key, KeyValue, Kind, Record};
 use super::replay::Filter;
@@ -867,16 +869,17 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn or_dash(s: &Option<String>) -> &str {
-    s.as_deref().unwrap_or("-")
+fn or_dash(s: &Option<String>) -> Cow<'_, str> {
+    clean(s.as_deref().unwrap_or("-"))
 }
 
-/// The terminal rendering.
+/// The terminal rendering. Every string that comes from the log is escaped (`crate::term`): the
+/// culprit controls statements, keys, application names and more.
 pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     writeln!(
         w,
         "walwitness report: {} ({} lines{})",
-        r.files.join(", "),
+        clean(&r.files.join(", ")),
         thousands(r.lines),
         if r.skipped_lines > 0 {
             format!(", {} damaged lines skipped", thousands(r.skipped_lines))
@@ -890,15 +893,22 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         thousands(r.rows),
         thousands(r.transactions),
         thousands(r.truncates),
-        r.first_time.as_deref().unwrap_or("-"),
-        r.last_time.as_deref().unwrap_or("-")
+        or_dash(&r.first_time),
+        or_dash(&r.last_time)
     )?;
     if !r.gaps.is_empty() {
         writeln!(w, "GAPS: {} stretch(es) of WAL not covered — deletes there may be missing:", r.gaps.len())?;
         for g in &r.gaps {
             let to = if g.open { "(still open)" } else { g.to_lsn.as_str() };
-            let table = g.table.as_deref().map(|t| format!(", {t}")).unwrap_or_default();
-            writeln!(w, "  {}  LSN {} .. {}  ({}{table})", g.time, g.from_lsn, to, g.reason)?;
+            let table = g.table.as_deref().map(|t| format!(", {}", clean(t))).unwrap_or_default();
+            writeln!(
+                w,
+                "  {}  LSN {} .. {}  ({}{table})",
+                clean(&g.time),
+                clean(&g.from_lsn),
+                clean(to),
+                clean(&g.reason)
+            )?;
         }
     }
     if r.aborted_attempts > 0 {
@@ -928,7 +938,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             or_dash(&s.backend_start),
             or_dash(&s.user),
             or_dash(&s.application_name),
-            s.client,
+            clean(&s.client),
             or_dash(&s.attributed_by)
         )?;
         writeln!(
@@ -937,13 +947,13 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             thousands(s.rows),
             thousands(s.truncates),
             thousands(s.transactions),
-            s.first_time,
-            s.last_time,
+            clean(&s.first_time),
+            clean(&s.last_time),
             s.distinct_statements,
             if s.distinct_statements == 1 { "" } else { "s" }
         )?;
         for st in s.statements.iter().take(5) {
-            writeln!(w, "      {:>9} rows  {}", thousands(st.rows), one_line(&st.statement, 120))?;
+            writeln!(w, "      {:>9} rows  {}", thousands(st.rows), clean(&one_line(&st.statement, 120)))?;
         }
         let more = s.statements.len().saturating_sub(5) as u64 + s.statements_other.statements;
         if more > 0 {
@@ -971,7 +981,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         writeln!(
             w,
             "  {}  {:>9}  {bar}{}",
-            m.minute.replace('T', " ").trim_end_matches('Z'),
+            clean(m.minute.replace('T', " ").trim_end_matches('Z')),
             thousands(m.rows),
             if m.burst { "  <- burst" } else { "" }
         )?;
@@ -986,7 +996,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             "  {:>9} rows {:>7} txns  {}",
             thousands(s.rows),
             thousands(s.transactions),
-            one_line(&s.shape, 140)
+            clean(&one_line(&s.shape, 140))
         )?;
     }
     if r.statements_other.shapes > 0 {
@@ -1000,7 +1010,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     }
     writeln!(w, "\nWHAT — key prefixes")?;
     for p in &r.key_prefixes {
-        writeln!(w, "  {:>9} rows  {}", thousands(p.rows), p.prefix)?;
+        writeln!(w, "  {:>9} rows  {}", thousands(p.rows), clean(&p.prefix))?;
     }
     if r.key_prefixes_other.prefixes > 0 {
         writeln!(
@@ -1012,7 +1022,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     }
     writeln!(w, "\nTables")?;
     for t in &r.tables {
-        writeln!(w, "  {:>9} rows {:>5} truncates  {}", thousands(t.rows), thousands(t.truncates), t.table)?;
+        writeln!(w, "  {:>9} rows {:>5} truncates  {}", thousands(t.rows), thousands(t.truncates), clean(&t.table))?;
     }
     Ok(())
 }
@@ -1039,7 +1049,7 @@ fn report(files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutp
     let r = build(files, filter, lenient)?;
     if let Some(path) = &out.html {
         let page = super::html::render(&r);
-        std::fs::write(path, page).map_err(|e| {
+        write_private(path, page.as_bytes()).map_err(|e| {
             Failure::new(
                 Exit::Output,
                 format!("cannot write {}: {e} (check the directory exists and is writable)", path.display()),
@@ -1056,6 +1066,18 @@ fn report(files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutp
         }
     }
     w.flush().map_err(super::output_error)
+}
+
+/// Writes a report file: created 0600 (it names who deleted what), never through a symbolic link,
+/// and an existing file is replaced only if it is ours and has one name (`sink::outfile`).
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
+    let o = crate::sink::outfile::open_private(path, crate::sink::outfile::Access::Write)?;
+    let mut f = o.file;
+    if o.regular {
+        f.set_len(0)?;
+    }
+    f.write_all(data)?;
+    f.flush()
 }
 
 pub fn run_with(cmd: &str, files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutputArgs) -> Exit {
@@ -1196,5 +1218,42 @@ mod tests {
         assert_eq!(r.statements.len(), 1, "one shape");
         assert_eq!(r.key_prefixes.len(), TOP);
         assert_eq!(r.key_prefixes_other.prefixes, 10);
+    }
+
+    /// Issue 13: `report --html` followed a planted symbolic link and overwrote its target.
+    #[test]
+    fn html_report_is_private_and_never_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("root-only");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = d.path().join("incident.html");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = write_private(&link, b"<html>").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        let p = d.path().join("new.html");
+        write_private(&p, b"<html>long</html>").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        write_private(&p, b"<p>").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "<p>");
+    }
+
+    /// Issue 13: the text report escapes control characters in every field taken from the log.
+    #[test]
+    fn text_report_escapes_control_characters() {
+        let s = session(7, "eve\\u001b[8m", "\\u001b]0;x\\u0007", "DELETE FROM t -- \x1b[2J\x1b[H\r\nfake line");
+        let t = "2026-11-26T15:01:02.000003Z";
+        let lines = vec![CS.to_owned(), del(5, 1, t, "a\\nWHO — fake", &s), commit(5, 1, t, 1, &s)];
+        let r = report_of(&lines);
+        let mut text = Vec::new();
+        render_text(&r, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(!text.chars().any(|c| c != '\n' && c.is_control()), "{text:?}");
+        assert!(text.contains("user eve\\x1b[8m  app \\x1b]0;x\\x07"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("WHO — fake") || l.starts_with("fake line")), "{text}");
+        // JSON keeps the exact strings.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r"eve\u001b[8m"), "{json}");
     }
 }

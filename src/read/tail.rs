@@ -19,6 +19,7 @@ use super::follow::{Event, Follower, POLL};
 use super::log::{Kind, Record, SessionRef};
 use super::report::one_line;
 use super::{output_error, Consumer, Feeder, Stop};
+use crate::term::clean;
 
 /// ANSI styles, or nothing.
 #[derive(Clone, Copy)]
@@ -138,19 +139,19 @@ impl<W: Write> TailView<W> {
             None => format!(
                 "  {}  {}",
                 st.dim("session"),
-                st.red(&format!("not attributed ({})", attribution.unwrap_or("none")))
+                st.red(&format!("not attributed ({})", clean(attribution.unwrap_or("none"))))
             ),
             Some(s) => {
                 let mut l = format!(
                     "  {}  pid {}  user {}  app {}  client {}",
                     st.dim("session"),
                     st.cyan(&s.pid.to_string()),
-                    st.cyan(s.user.as_deref().unwrap_or("?")),
-                    st.cyan(s.app.as_deref().unwrap_or("")),
-                    st.cyan(&s.client),
+                    st.cyan(&clean(s.user.as_deref().unwrap_or("?"))),
+                    st.cyan(&clean(s.app.as_deref().unwrap_or(""))),
+                    st.cyan(&clean(&s.client)),
                 );
                 if let Some(a) = attribution.or(s.attributed_by.as_deref()) {
-                    l.push_str(&st.dim(&format!("  ({a})")));
+                    l.push_str(&st.dim(&format!("  ({})", clean(a))));
                 }
                 if self.other_sessions > 0 {
                     l.push_str(&format!("  +{} rows from other sessions", self.other_sessions));
@@ -198,7 +199,7 @@ impl<W: Write> Consumer for TailView<W> {
                 t.deletes += 1;
                 if t.keys.len() < keys {
                     if let Some(k) = rec.key.value() {
-                        t.keys.push(k.to_string());
+                        t.keys.push(clean(&k.to_string()).into_owned());
                     }
                 }
             }
@@ -241,11 +242,11 @@ impl<W: Write> Consumer for TailView<W> {
                 what.push(format!(
                     "{} deleted from {}",
                     st.red(&format!("{} row{}", t.deletes, if t.deletes == 1 { "" } else { "s" })),
-                    st.bold(&t.name)
+                    st.bold(&clean(&t.name))
                 ));
             }
             if let Some((cascade, restart)) = t.truncated {
-                let mut s = format!("{} {}", st.red("TRUNCATE"), st.bold(&t.name));
+                let mut s = format!("{} {}", st.red("TRUNCATE"), st.bold(&clean(&t.name)));
                 if cascade {
                     s.push_str(" CASCADE");
                 }
@@ -255,23 +256,24 @@ impl<W: Write> Consumer for TailView<W> {
                 what.push(s);
             }
         }
-        let mut block = format!("{}  {}  {}\n", st.bold(time), st.dim(&format!("xid {}", rec.xid())), what.join("; "));
+        let mut block =
+            format!("{}  {}  {}\n", st.bold(&clean(time)), st.dim(&format!("xid {}", rec.xid())), what.join("; "));
         for r in &self.renames {
-            block.push_str(&format!("  {}  {}\n", st.dim("renamed"), st.bold(r)));
+            block.push_str(&format!("  {}  {}\n", st.dim("renamed"), st.bold(&clean(r))));
         }
         let commit_session = rec.session.value().map(|s| SessionView::of(s));
         let session = commit_session.as_ref().or(self.first_session.as_ref());
         block.push_str(&self.session_line(session, rec.attribution.as_deref()));
         block.push('\n');
         if let Some(q) = session.and_then(|s| s.query.as_deref()) {
-            block.push_str(&format!("  {}  {}\n", st.dim("statement"), one_line(q, 200)));
+            block.push_str(&format!("  {}  {}\n", st.dim("statement"), clean(&one_line(q, 200))));
         }
         for t in &self.tables {
             if t.keys.is_empty() {
                 continue;
             }
             let more = t.deletes.saturating_sub(t.keys.len() as u64);
-            let label = if self.tables.len() > 1 { format!("keys ({})", t.name) } else { "keys".to_owned() };
+            let label = if self.tables.len() > 1 { format!("keys ({})", clean(&t.name)) } else { "keys".to_owned() };
             block.push_str(&format!(
                 "  {}  {}{}\n",
                 st.dim(&label),
@@ -297,7 +299,7 @@ impl<W: Write> Consumer for TailView<W> {
             return self.out.write_all(b"\n");
         }
         let st = self.style;
-        let time = rec.time.as_deref().unwrap_or("?");
+        let time = clean(rec.time.as_deref().unwrap_or("?"));
         if matches!(kind, Kind::AbortedDelete | Kind::AbortedTruncate) {
             // Summed up by their `abort` record.
             return Ok(());
@@ -312,17 +314,17 @@ impl<W: Write> Consumer for TailView<W> {
         } else if kind == Kind::CaptureStarted {
             format!(
                 "── capture started {time}: slot {}, tables {}",
-                rec.slot.as_deref().unwrap_or("?"),
-                rec.tables.iter().flatten().map(|t| t.as_ref()).collect::<Vec<_>>().join(", ")
+                clean(rec.slot.as_deref().unwrap_or("?")),
+                clean(&rec.tables.iter().flatten().map(|t| t.as_ref()).collect::<Vec<_>>().join(", "))
             )
         } else if kind == Kind::Gap {
             let from = rec.from_lsn.map(|l| l.to_string()).unwrap_or_default();
             let to = rec.to_lsn.map(|l| l.to_string()).unwrap_or_default();
             let why = match (rec.reason.as_deref().unwrap_or("?"), rec.table.as_deref()) {
-                (r, Some(t)) => format!("{r}, {t}"),
-                (r, None) => r.to_owned(),
+                (r, Some(t)) => clean(&format!("{r}, {t}")).to_string(),
+                (r, None) => clean(r).to_string(),
             };
-            let detail = rec.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+            let detail = rec.detail.as_deref().map(|d| format!(": {}", clean(d))).unwrap_or_default();
             if rec.open == Some(true) {
                 format!("── GAP {time}: deletes after LSN {from} may be missing, until further notice ({why}){detail}")
             } else if rec.closes == Some(true) {
@@ -333,7 +335,7 @@ impl<W: Write> Consumer for TailView<W> {
         } else {
             format!(
                 "── capture stopped {time} ({}), log complete up to LSN {}",
-                rec.reason.as_deref().unwrap_or("?"),
+                clean(rec.reason.as_deref().unwrap_or("?")),
                 rec.last_lsn.map(|l| l.to_string()).unwrap_or_default()
             )
         };
@@ -366,14 +368,16 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
                 Ok(Some(line)) => feeder.line(no, line, &mut view)?,
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("walwitness tail: {name}:{no}: cannot read further: {e}");
+                    crate::term::eprint_line(&format!("walwitness tail: {name}:{no}: cannot read further: {e}"));
                     break;
                 }
             }
         }
         let open = feeder.validator.open_rows();
         if open > 0 {
-            eprintln!("walwitness tail: {open} row record(s) at the end of {name} have no commit yet: not shown");
+            crate::term::eprint_line(&format!(
+                "walwitness tail: {open} row record(s) at the end of {name} have no commit yet: not shown"
+            ));
         }
         return view.flush().map_err(output_error);
     }
@@ -391,7 +395,7 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
             }
             Event::Idle | Event::Missing => {
                 if event == Event::Missing && !said_waiting {
-                    eprintln!("walwitness tail: waiting for {name} to appear…");
+                    crate::term::eprint_line(&format!("walwitness tail: waiting for {name} to appear…"));
                     said_waiting = true;
                 }
                 view.flush().map_err(output_error)?;
@@ -399,7 +403,7 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
             }
             Event::Opened => {}
             Event::Reopened(why) => {
-                eprintln!("walwitness tail: {name} was {why}; reading it from the start");
+                crate::term::eprint_line(&format!("walwitness tail: {name} was {why}; reading it from the start"));
                 feeder.validator.reset();
                 view.abort();
             }
@@ -447,5 +451,28 @@ mod tests {
         let json = show(&lines, true);
         assert_eq!(json.lines().count(), 7);
         assert!(!json.contains("uncommitted"));
+    }
+
+    /// Issue 13: ESC/OSC sequences in a SQL comment, an application name or a user, and newlines in
+    /// a key, erased and faked lines of `tail`; they are escaped, and `--json` stays exact.
+    #[test]
+    fn control_characters_from_the_log_cannot_drive_the_terminal() {
+        let query = "DELETE FROM t /* \x1b[1A\x1b[2K\x1b]0;owned\x07\u{202e} */ WHERE id = 1";
+        let s = session(7, "mallory\\r", "\\u001b]8;;http://evil\\u0007app", query);
+        let t = "2026-11-26T15:01:02.000003Z";
+        let fake =
+            "k1\\n2026-11-26T15:01:03.000000Z  xid 6  1 row deleted from public.t\\n  session  pid 1  user admin";
+        let lines = vec![CS.to_owned(), del(5, 1, t, fake, &s), commit(5, 1, t, 1, &s)];
+        let out = show(&lines, false);
+        assert!(!out.chars().any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')), "{out:?}");
+        // The capture_started line and one block of four lines: nothing fabricated.
+        assert_eq!(out.lines().count(), 5, "{out}");
+        assert!(!out.lines().any(|l| l.starts_with("2026-11-26T15:01:03")), "{out}");
+        assert!(out.contains("keys  k1\\n2026-11-26T15:01:03.000000Z  xid 6"), "{out}");
+        assert!(out.contains("app \\x1b]8;;http://evil\\x07app"), "{out}");
+        assert!(out.contains("user mallory\\r"), "{out}");
+        assert!(out.contains("/* \\x1b[1A\\x1b[2K\\x1b]0;owned\\x07\\u{202e} */"), "{out}");
+        let json = show(&lines, true);
+        assert_eq!(json, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2]));
     }
 }

@@ -1,5 +1,7 @@
 //! The forensic log: record format (`record`), the durable writer (`writer`), the raw capture file
-//! (`raw`), and the spool files of transactions that are not final yet (`spool`).
+//! (`raw`), the spool files of transactions that are not final yet (`spool`), and opening output
+//! files safely on a shared host (`outfile`).
+pub mod outfile;
 pub mod prepared;
 pub mod raw;
 pub mod record;

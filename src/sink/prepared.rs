@@ -11,16 +11,16 @@
 //! and `prepared-<xid>.pmeta` (this module's JSON: gid, origin, the Relation messages to replay first,
 //! the spool's length and SHA-256), written to a temporary name, fsynced and renamed, then the directory
 //! fsynced. The metadata file is the commit point: a spool without one is scratch and is removed.
-use std::fs::{File, OpenOptions};
+//!
+//! Every file is opened through the spool directory's descriptor without following a symbolic link
+//! (`SpoolDir`), and a spool is checked against its SHA-256 through the very descriptor it is then
+//! replayed from, so nothing can be substituted between the check and the use.
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::spool::Spool;
+use super::spool::{sha256_at, Spool, SpoolDir};
 use crate::protocol::Lsn;
 
 /// What a later run needs to replay a prepared transaction at its COMMIT PREPARED.
@@ -49,14 +49,14 @@ pub fn spool_name(xid: u32) -> String {
     format!("prepared-{xid}.pspool")
 }
 
-fn meta_path(dir: &Path, xid: u32) -> PathBuf {
-    dir.join(format!("prepared-{xid}.pmeta"))
+fn meta_name(xid: u32) -> String {
+    format!("prepared-{xid}.pmeta")
 }
 
 /// Makes `spool` durable as the prepared transaction `meta` describes.
-pub fn persist(dir: &Path, spool: &mut Spool, meta: &PreparedMeta) -> io::Result<()> {
+pub fn persist(dir: &SpoolDir, spool: &mut Spool, meta: &PreparedMeta) -> io::Result<()> {
     spool.persist(&spool_name(meta.xid))?;
-    let sha = sha256_of(spool.path(), spool.len())?;
+    let sha = spool.sha256()?;
     let disk = OnDisk {
         xid: meta.xid,
         gid: meta.gid.clone(),
@@ -67,18 +67,18 @@ pub fn persist(dir: &Path, spool: &mut Spool, meta: &PreparedMeta) -> io::Result
         sha256: hex::encode(sha),
     };
     let json = serde_json::to_vec(&disk).map_err(io::Error::other)?;
-    let tmp = dir.join(format!("prepared-{}.pmeta.tmp", meta.xid));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let tmp = format!("prepared-{}.pmeta.tmp", meta.xid);
+    let _ = dir.remove(&tmp);
+    let mut f = dir.create_new(&tmp)?;
     f.write_all(&json)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, meta_path(dir, meta.xid))?;
-    File::open(dir)?.sync_all()
+    dir.rename(&tmp, &meta_name(meta.xid))?;
+    dir.sync()
 }
 
 /// Removes a durable prepared transaction (committed and durable in the log, or rolled back).
-pub fn remove(dir: &Path, xid: u32, spool: Spool) {
-    let _ = std::fs::remove_file(meta_path(dir, xid));
+pub fn remove(dir: &SpoolDir, xid: u32, spool: Spool) {
+    let _ = dir.remove(&meta_name(xid));
     spool.discard();
 }
 
@@ -90,33 +90,29 @@ pub struct Found {
 }
 
 /// Every durable prepared transaction in `dir`, each checked against its recorded length and hash.
-pub fn load(dir: &Path) -> io::Result<Found> {
+pub fn load(dir: &SpoolDir) -> io::Result<Found> {
     let mut found = Found::default();
-    for e in std::fs::read_dir(dir)? {
-        let path = e?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+    let names = dir.names()?;
+    for name in &names {
         if name.ends_with(".pmeta.tmp") {
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.remove(name);
             continue;
         }
         if !name.ends_with(".pmeta") {
             continue;
         }
-        match load_one(dir, &path) {
+        match load_one(dir, name) {
             Ok(x) => found.intact.push(x),
             Err(why) => {
-                found.damaged.push(format!("{}: {why}", path.display()));
+                found.damaged.push(format!("{}: {why}", dir.path().join(name).display()));
             }
         }
     }
     // Spools whose metadata never became durable are scratch.
-    for e in std::fs::read_dir(dir)? {
-        let path = e?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if name.ends_with(".pspool") && !found.intact.iter().any(|(_, s)| s.path() == path) {
-            let has_meta = path.with_extension("pmeta").exists();
-            if !has_meta {
-                let _ = std::fs::remove_file(&path);
+    for name in &names {
+        if let Some(stem) = name.strip_suffix(".pspool") {
+            if !found.intact.iter().any(|(_, s)| s.name() == name) && !dir.exists(&format!("{stem}.pmeta")) {
+                let _ = dir.remove(name);
             }
         }
     }
@@ -124,12 +120,9 @@ pub fn load(dir: &Path) -> io::Result<Found> {
     Ok(found)
 }
 
-fn load_one(dir: &Path, path: &Path) -> Result<(PreparedMeta, Spool), String> {
+fn load_one(dir: &SpoolDir, name: &str) -> Result<(PreparedMeta, Spool), String> {
     let mut buf = Vec::new();
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    dir.open_existing(name)
         .and_then(|f| f.take(1 << 24).read_to_end(&mut buf))
         .map_err(|e| format!("cannot read it: {e}"))?;
     let d: OnDisk = serde_json::from_slice(&buf).map_err(|e| format!("not valid metadata: {e}"))?;
@@ -137,32 +130,15 @@ fn load_one(dir: &Path, path: &Path) -> Result<(PreparedMeta, Spool), String> {
     for (oid, lsn, raw) in d.relations {
         relations.push((oid, Lsn(lsn), Bytes::from(hex::decode(raw).map_err(|e| format!("bad relation bytes: {e}"))?)));
     }
-    let spool_path = dir.join(spool_name(d.xid));
-    let actual = sha256_of(&spool_path, d.len).map_err(|e| format!("cannot read its spool: {e}"))?;
+    let sname = spool_name(d.xid);
+    let spath = dir.path().join(&sname);
+    let file = dir.open_existing(&sname).map_err(|e| format!("cannot open its spool {}: {e}", spath.display()))?;
+    let actual = sha256_at(&file, d.len).map_err(|e| format!("cannot read its spool {}: {e}", spath.display()))?;
     if hex::encode(actual) != d.sha256 {
-        return Err(format!("its spool {} does not match the recorded length and SHA-256", spool_path.display()));
+        return Err(format!("its spool {} does not match the recorded length and SHA-256", spath.display()));
     }
-    let spool = Spool::reopen(spool_path, d.len).map_err(|e| format!("cannot open its spool: {e}"))?;
+    let spool = dir.reopen(&sname, file, d.len).map_err(|e| format!("cannot open its spool: {e}"))?;
     Ok((PreparedMeta { xid: d.xid, gid: d.gid, in_stream: d.in_stream, origin: d.origin, relations }, spool))
-}
-
-/// SHA-256 of exactly `len` bytes of the file; a file of another length is an error.
-fn sha256_of(path: &Path, len: u64) -> io::Result<[u8; 32]> {
-    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
-    if f.metadata()?.len() != len {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "length differs from the recorded one"));
-    }
-    let mut h = Sha256::new();
-    let mut r = io::BufReader::with_capacity(super::spool::BUF, f);
-    let mut buf = vec![0u8; super::spool::BUF];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
 }
 
 #[cfg(test)]
@@ -185,13 +161,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("x.jsonl");
         let mut dir = SpoolDir::beside(&log).unwrap();
-        let d = dir.path().to_owned();
         let mut a = dir.create(5).unwrap();
         a.append(Lsn(10), b"D one").unwrap();
-        persist(&d, &mut a, &meta(5)).unwrap();
+        persist(&dir, &mut a, &meta(5)).unwrap();
         let mut b = dir.create(6).unwrap();
         b.append(Lsn(11), b"D two").unwrap();
-        persist(&d, &mut b, &meta(6)).unwrap();
+        persist(&dir, &mut b, &meta(6)).unwrap();
         // A scratch spool of the same run.
         let c = dir.create(9).unwrap();
         drop((a, b));
@@ -200,7 +175,7 @@ mod tests {
 
         // Next run: the scratch spool goes, the durable ones stay.
         let dir = SpoolDir::beside(&log).unwrap();
-        let mut f = load(dir.path()).unwrap();
+        let mut f = load(&dir).unwrap();
         assert!(f.damaged.is_empty(), "{:?}", f.damaged);
         assert_eq!(f.intact.len(), 2);
         assert_eq!(f.intact[0].0, meta(5));
@@ -217,15 +192,15 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&p6, bytes).unwrap();
-        let f2 = load(dir.path()).unwrap();
+        let f2 = load(&dir).unwrap();
         assert_eq!(f2.intact.len(), 1);
         assert_eq!(f2.damaged.len(), 1, "{:?}", f2.damaged);
 
         // Removing one deletes both files.
         let (m, s) = f.intact.pop().unwrap();
         drop(f2);
-        remove(dir.path(), m.xid, s);
+        remove(&dir, m.xid, s);
         assert!(!dir.path().join(spool_name(5)).exists());
-        assert!(!meta_path(dir.path(), 5).exists());
+        assert!(!dir.path().join(meta_name(5)).exists());
     }
 }

@@ -19,9 +19,8 @@
 //! server), so offline output matches the live log for captures with `--attribution none|activity`.
 //! Transactions the server streamed before commit (larger than `logical_decoding_work_mem`) and prepared
 //! transactions are assembled from their spool files and are not stored in the raw file.
-use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -63,10 +62,22 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Creates (or appends to) a raw file; a new file gets the header.
+    /// Creates (or appends to) a raw file; a new file gets the header. Opened like the log
+    /// (`sink::outfile`: no symbolic link, ours, one name); an existing file that is not a raw
+    /// capture file is refused untouched.
     pub fn open(path: &Path, header: &RawHeader) -> io::Result<RawWriter> {
-        let f = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let f = super::outfile::open_private(path, super::outfile::Access::Append)?.file;
         let fresh = f.metadata()?.len() == 0;
+        if !fresh {
+            let mut head = [0u8; MAGIC.len()];
+            let n = f.read_at(&mut head, 0)?;
+            if !MAGIC.starts_with(&head[..n]) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "it is not a walwitness raw capture file, so it was left untouched: give a new file, or the raw file of an earlier capture",
+                ));
+            }
+        }
         let mut w = RawWriter { out: BufWriter::with_capacity(256 * 1024, f) };
         if fresh {
             let meta = serde_json::to_vec(header).map_err(io::Error::other)?;
@@ -239,5 +250,22 @@ mod tests {
             }
         }
         assert!(RawReader::new(Bytes::from_static(b"nope")).is_err());
+    }
+
+    /// Issue 13: `--raw-out` is opened like the log: no symbolic link, and no appending to a file that
+    /// is not a raw capture.
+    #[test]
+    fn raw_out_refuses_symlinks_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = RawHeader { tables: vec![], slot: "s".into(), publication: "p".into(), proto_version: 3 };
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me\n").unwrap();
+        let link = dir.path().join("r.raw");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = RawWriter::open(&link, &h).err().unwrap();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = RawWriter::open(&target, &h).err().unwrap();
+        assert!(e.to_string().contains("not a walwitness raw capture file"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
     }
 }

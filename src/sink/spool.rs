@@ -9,12 +9,24 @@
 //! pgoutput message bytes, all big-endian. Spools are scratch data, never fsynced: after a crash or a
 //! reconnect the server sends unfinished transactions again from their start, so they are deleted (on
 //! drop, and every leftover when a capture starts).
-use std::fs::{File, OpenOptions};
+//!
+//! On a shared host the directory is an attack surface: another user who pre-creates `<out>.spool/`
+//! (mode 0777) could swap a spool file for one of the same length, and a 2,000-row transaction would
+//! be logged as nothing and acknowledged — lost for good. So the directory is created 0700 without
+//! following a symbolic link, an existing one must be ours and closed to group and others (else the
+//! capture refuses and says what to do), every file in it is opened relative to the directory's
+//! descriptor (`openat`, `O_NOFOLLOW`), and a spool is read back through the descriptor it was written
+//! with (`pread`), never by reopening its name.
+use std::ffi::CStr;
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
 use crate::protocol::Lsn;
 
@@ -25,9 +37,10 @@ const MAX_MESSAGE: u32 = 1 << 30;
 const EXT: &str = "spool";
 
 /// The directory holding the spools of one capture: `<out>.spool/`, or a private temporary directory when
-/// the log goes to standard output.
+/// the log goes to standard output. Every file operation goes through its open descriptor.
 pub struct SpoolDir {
     path: PathBuf,
+    fd: Arc<OwnedFd>,
     _temp: Option<tempfile::TempDir>,
     next: u64,
 }
@@ -41,27 +54,73 @@ impl Drop for SpoolDir {
     }
 }
 
+/// Opens a directory without following a symbolic link and checks, on the descriptor, that it is ours
+/// and closed to group and others.
+fn open_private_dir(path: &Path) -> io::Result<OwnedFd> {
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing the spool directory {}: {why}; another user could read the spooled rows, or swap a spool file and make a transaction's deletes vanish from the log. If you did not create it, remove it (rm -r -- '{}'); if it is yours, chmod 700 it; then run the same command again",
+                path.display(),
+                path.display()
+            ),
+        )
+    };
+    let fd = rustix::fs::openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            refuse("it is a symbolic link or not a directory".into())
+        }
+        e => io::Error::from(e),
+    })?;
+    let dir = File::from(fd);
+    let meta = dir.metadata()?;
+    let me = super::outfile::euid();
+    if meta.uid() != me {
+        return Err(refuse(format!("it belongs to uid {}, not to the user running walwitness (uid {me})", meta.uid())));
+    }
+    if super::outfile::exposed(meta.mode()) {
+        return Err(refuse(format!("group or others have access to it (mode {:04o})", meta.mode() & 0o7777)));
+    }
+    Ok(OwnedFd::from(dir))
+}
+
 impl SpoolDir {
     /// Opens (creating with mode 0700) the spool directory next to `log`, deleting spools left by an
-    /// earlier run: their transactions will be sent again whole.
+    /// earlier run: their transactions will be sent again whole. An existing directory that is a
+    /// symbolic link, not ours, or open to others is refused.
     pub fn beside(log: &Path) -> io::Result<SpoolDir> {
         let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(".spool");
         let path = log.with_file_name(name);
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&path)?;
-        for e in std::fs::read_dir(&path)? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == EXT) {
-                std::fs::remove_file(&p)?;
+        match rustix::fs::mkdirat(CWD, &path, Mode::RWXU) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir = SpoolDir { fd: Arc::new(open_private_dir(&path)?), path, _temp: None, next: 0 };
+        for name in dir.names()? {
+            if name.ends_with(&format!(".{EXT}")) {
+                dir.remove(&name)?;
             }
         }
-        Ok(SpoolDir { path, _temp: None, next: 0 })
+        Ok(dir)
     }
 
-    /// A temporary directory, removed when the capture ends.
+    /// A temporary directory (mode 0700: by default it would be 0755), removed when the capture ends.
     pub fn temporary() -> io::Result<SpoolDir> {
-        let t = tempfile::Builder::new().prefix("walwitness-spool.").tempdir()?;
-        Ok(SpoolDir { path: t.path().to_owned(), _temp: Some(t), next: 0 })
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::Builder::new()
+            .prefix("walwitness-spool.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
+        let fd = open_private_dir(t.path())?;
+        Ok(SpoolDir { path: t.path().to_owned(), fd: Arc::new(fd), _temp: Some(t), next: 0 })
     }
 
     pub fn path(&self) -> &Path {
@@ -71,15 +130,98 @@ impl SpoolDir {
     /// A new, empty spool for transaction `xid`.
     pub fn create(&mut self, xid: u32) -> io::Result<Spool> {
         self.next += 1;
-        let path = self.path.join(format!("xid-{xid}-{}.{EXT}", self.next));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-        Ok(Spool { path, out: BufWriter::with_capacity(BUF, file), len: 0, keep: false })
+        let name = format!("xid-{xid}-{}.{EXT}", self.next);
+        let file = self.create_new(&name)?;
+        Ok(Spool {
+            dir: self.fd.clone(),
+            path: self.path.join(&name),
+            name,
+            out: BufWriter::with_capacity(BUF, file),
+            len: 0,
+            keep: false,
+        })
+    }
+
+    /// The names of the directory's entries (those that are UTF-8; walwitness writes no others).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut v = Vec::new();
+        for e in rustix::fs::Dir::read_from(&*self.fd)? {
+            let e = e?;
+            let n: &CStr = e.file_name();
+            if let Ok(n) = n.to_str() {
+                if n != "." && n != ".." {
+                    v.push(n.to_owned());
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// A new file (mode 0600) in the directory; fails if the name exists.
+    pub fn create_new(&self, name: &str) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &*self.fd,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// An existing regular file of the directory, read and write, never through a symbolic link.
+    pub fn open_existing(&self, name: &str) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &*self.fd,
+            name,
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let f = File::from(fd);
+        let meta = f.metadata()?;
+        if !meta.file_type().is_file() || meta.uid() != super::outfile::euid() || meta.nlink() != 1 {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not a regular file of ours with one name"));
+        }
+        Ok(f)
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        rustix::fs::statat(&*self.fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&*self.fd, name, AtFlags::empty())?)
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&*self.fd, from, &*self.fd, to)?)
+    }
+
+    /// Makes the directory's entries durable.
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::fsync(&*self.fd)?)
+    }
+
+    /// A durable spool found again by a later run, opened from `file` (see [`SpoolDir::open_existing`]);
+    /// `len` is the length its metadata recorded.
+    pub fn reopen(&self, name: &str, mut file: File, len: u64) -> io::Result<Spool> {
+        file.seek(SeekFrom::Start(len))?;
+        Ok(Spool {
+            dir: self.fd.clone(),
+            path: self.path.join(name),
+            name: name.to_owned(),
+            out: BufWriter::with_capacity(BUF, file),
+            len,
+            keep: true,
+        })
     }
 }
 
 /// One transaction's spooled messages. The file is deleted when the spool is dropped.
 pub struct Spool {
+    dir: Arc<OwnedFd>,
+    /// For messages only: every access goes through `dir` and `name`, or the open file.
     path: PathBuf,
+    name: String,
     out: BufWriter<File>,
     len: u64,
     /// A durable spool (`sink::prepared`) outlives the process: dropping it keeps the file.
@@ -111,6 +253,10 @@ impl Spool {
         &self.path
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Drops every record at or after `offset` (an offset returned by [`Spool::len`]).
     pub fn truncate(&mut self, offset: u64) -> io::Result<()> {
         if offset >= self.len {
@@ -124,12 +270,55 @@ impl Spool {
         Ok(())
     }
 
-    /// Reads the records from `offset` to the current end, without disturbing later appends.
+    /// Reads the records from `offset` to the current end, without disturbing later appends. Reads go
+    /// through the descriptor the spool was written with (positioned reads on a duplicate), so a file
+    /// swapped in under the same name is never read.
     pub fn read_from(&mut self, offset: u64) -> io::Result<SpoolReader> {
         self.out.flush()?;
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        Ok(SpoolReader { r: BufReader::with_capacity(BUF, f), remaining: self.len.saturating_sub(offset) })
+        let f = self.out.get_ref().try_clone()?;
+        Ok(SpoolReader {
+            r: BufReader::with_capacity(BUF, At { f, pos: offset }),
+            remaining: self.len.saturating_sub(offset),
+        })
+    }
+
+    /// SHA-256 of the whole spool, read through its descriptor.
+    pub fn sha256(&mut self) -> io::Result<[u8; 32]> {
+        self.out.flush()?;
+        sha256_at(self.out.get_ref(), self.len)
+    }
+}
+
+/// SHA-256 of the first `len` bytes of `f`, by positioned reads; a file of another length is an error.
+pub fn sha256_at(f: &File, len: u64) -> io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    if f.metadata()?.len() != len {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "length differs from the recorded one"));
+    }
+    let mut h = Sha256::new();
+    let mut r = At { f: f.try_clone()?, pos: 0 };
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// Positioned reads: a duplicate descriptor shares the file offset, so reading must not move it.
+struct At {
+    f: File,
+    pos: u64,
+}
+
+impl Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.f.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -139,18 +328,11 @@ impl Spool {
     pub fn persist(&mut self, name: &str) -> io::Result<()> {
         self.out.flush()?;
         self.out.get_ref().sync_all()?;
-        let to = self.path.with_file_name(name);
-        std::fs::rename(&self.path, &to)?;
-        self.path = to;
+        rustix::fs::renameat(&*self.dir, self.name.as_str(), &*self.dir, name)?;
+        self.path = self.path.with_file_name(name);
+        self.name = name.to_owned();
         self.keep = true;
         Ok(())
-    }
-
-    /// A durable spool found again by a later run; `len` is the length its metadata recorded.
-    pub fn reopen(path: PathBuf, len: u64) -> io::Result<Spool> {
-        let mut file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path)?;
-        file.seek(SeekFrom::Start(len))?;
-        Ok(Spool { path, out: BufWriter::with_capacity(BUF, file), len, keep: true })
     }
 
     pub fn is_durable(&self) -> bool {
@@ -166,13 +348,13 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = rustix::fs::unlinkat(&*self.dir, self.name.as_str(), AtFlags::empty());
         }
     }
 }
 
 pub struct SpoolReader {
-    r: BufReader<File>,
+    r: BufReader<At>,
     remaining: u64,
 }
 
@@ -253,5 +435,79 @@ mod tests {
             i += 1;
         }
         assert_eq!(i, 50_000);
+    }
+
+    /// Issue 13: a spool file swapped for another of the same length under its name is never read: the
+    /// replay goes through the descriptor the spool was written with.
+    #[test]
+    fn a_swapped_spool_file_is_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = SpoolDir::beside(&tmp.path().join("x.jsonl")).unwrap();
+        let mut s = dir.create(9).unwrap();
+        for i in 0..2000u64 {
+            s.append(Lsn(i), b"D delete of one row").unwrap();
+        }
+        let first = all(&mut s, 0);
+        // Another file of the same length, holding one harmless record and padding, renamed over it.
+        let len = s.len() as usize;
+        let mut fake = Vec::new();
+        let pad = len - 12 - 12;
+        fake.extend_from_slice(&(pad as u32).to_be_bytes());
+        fake.extend_from_slice(&0u64.to_be_bytes());
+        fake.extend(std::iter::repeat_n(b' ', pad));
+        fake.extend_from_slice(&0u32.to_be_bytes());
+        fake.extend_from_slice(&0u64.to_be_bytes());
+        assert_eq!(fake.len(), len);
+        let forged = dir.path().join("forged");
+        std::fs::write(&forged, &fake).unwrap();
+        std::fs::rename(&forged, s.path()).unwrap();
+        assert_eq!(all(&mut s, 0), first);
+        assert_eq!(first.len(), 2000);
+        // Appends after the swap still go to (and are read from) the real spool.
+        s.append(Lsn(5000), b"late").unwrap();
+        assert_eq!(all(&mut s, 0).last().unwrap(), &(5000, b"late".to_vec()));
+    }
+
+    fn refused(log: &Path) -> String {
+        match SpoolDir::beside(log) {
+            Ok(_) => panic!("a hostile spool directory was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Issue 13: a `<out>.spool/` another user prepared (open to everyone, not ours, or a symbolic
+    /// link) is refused with what to do; the old code used it as it was.
+    #[test]
+    fn a_hostile_spool_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("x.jsonl");
+        let spool = tmp.path().join("x.jsonl.spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = refused(&log);
+        assert!(e.contains("mode 0777") && e.contains("rm -r") && e.contains("chmod 700"), "{e}");
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if super::super::outfile::euid() == 0 {
+            std::os::unix::fs::chown(&spool, Some(65534), None).unwrap();
+            let e = refused(&log);
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+        std::fs::remove_dir(&spool).unwrap();
+        // A symbolic link to a directory elsewhere (even a private one of ours) is not followed.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(elsewhere.join("keep.spool"), "x").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &spool).unwrap();
+        let e = refused(&log);
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(elsewhere.join("keep.spool").exists(), "leftover cleanup went through the link");
+        // Ours and private: used.
+        std::fs::remove_file(&spool).unwrap();
+        let d = SpoolDir::beside(&log).unwrap();
+        assert_eq!(std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        let t = SpoolDir::temporary().unwrap();
+        assert_eq!(std::fs::metadata(t.path()).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }

@@ -12,9 +12,8 @@
 //! with the bytes: the LSN becomes acknowledgeable only once *those* bytes, and everything before them,
 //! are on disk, and ordering through one channel guarantees exactly that. Several queued chunks are
 //! written before one fdatasync, so a busy stream pays for one sync per batch, not per transaction.
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -64,6 +63,9 @@ pub struct Recovery {
     pub len: u64,
     /// The most recent capture run recorded in the log.
     pub last_run: Option<LastRun>,
+    /// Permission bits of an existing log that group or others can access (worth a warning: the log
+    /// holds deleted rows' keys and the statements that deleted them).
+    pub exposed_mode: Option<u32>,
 }
 
 /// What the log says about the run that wrote it last, to tell a resume from a gap.
@@ -125,19 +127,17 @@ pub enum SinkError {
     Locked { path: PathBuf },
     #[error("cannot read or repair output file {path}: {source}")]
     Repair { path: PathBuf, source: io::Error },
+    #[error("output file {path} is not a walwitness log: {source}")]
+    NotALog { path: PathBuf, source: io::Error },
 }
 
-/// Opens (creating with mode 0600) the log, repairs its tail and says where it ends.
+/// Opens (creating with mode 0600) the log, repairs its tail and says where it ends. The path is never
+/// followed through a symbolic link, and an existing file must be ours, have one name, and be a
+/// walwitness log (`sink::outfile`): anything else is refused untouched, never "repaired".
 pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
-    let existed = path.exists();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
+    let opened = super::outfile::open_private(path, super::outfile::Access::ReadWrite)
         .map_err(|source| SinkError::Open { path: path.to_owned(), source })?;
+    let mut file = opened.file;
     // Two captures appending to one log would interleave their transactions: hold an exclusive lock
     // for as long as the file is open (released by the kernel when the process exits, even on kill -9).
     use std::os::fd::AsRawFd;
@@ -148,8 +148,12 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
             return Err(SinkError::Locked { path: path.to_owned() });
         }
     }
-    let rec = repair_tail(&mut file).map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
-    if !existed {
+    if !opened.created && opened.regular {
+        check_is_log(&mut file).map_err(|source| SinkError::NotALog { path: path.to_owned(), source })?;
+    }
+    let mut rec = repair_tail(&mut file).map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
+    rec.exposed_mode = Some(opened.mode).filter(|m| opened.regular && super::outfile::exposed(*m));
+    if opened.created {
         // A new file survives a crash only once its directory entry is durable too.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         File::open(dir)
@@ -157,6 +161,24 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
             .map_err(|source| SinkError::Repair { path: path.to_owned(), source })?;
     }
     Ok((file, rec))
+}
+
+/// Every log begins with its first run's `capture_started` record, written by serde with `type` first.
+const LOG_START: &[u8] = br#"{"type":"capture_started""#;
+
+/// An existing `--out` file must be empty or begin like a walwitness log (a first line torn by a crash
+/// included), so that a mistyped path never gets its lines "repaired" away.
+fn check_is_log(file: &mut File) -> io::Result<()> {
+    let mut head = Vec::with_capacity(LOG_START.len());
+    file.seek(SeekFrom::Start(0))?;
+    (&mut *file).take(LOG_START.len() as u64).read_to_end(&mut head)?;
+    if LOG_START.starts_with(&head) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "it does not begin with a capture_started record; walwitness appends only to a log it wrote (and would cut lines it cannot read), so it was left untouched: give a new file, or the log of an earlier capture",
+    ))
 }
 
 /// The fields of a line that repair needs. Everything is optional and loosely typed: a line that does
@@ -275,7 +297,7 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         file.sync_all()?;
     }
     file.seek(SeekFrom::Start(keep))?;
-    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run })
+    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run, exposed_mode: None })
 }
 
 /// Reads lines from the end of a file towards its start without loading it whole.
@@ -491,6 +513,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log.jsonl");
         std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let (_f, rec) = open_log(&p).unwrap();
         (rec, std::fs::read_to_string(&p).unwrap())
     }
@@ -535,10 +558,52 @@ mod tests {
 
     #[test]
     fn only_an_open_transaction() {
-        let (rec, s) = recover(&format!("{DEL}{DEL}"));
-        assert_eq!(s, "");
+        let (rec, s) = recover(&format!("{STARTED}{DEL}{DEL}"));
+        assert_eq!(s, STARTED);
         assert_eq!(rec.last_commit_end, None);
         assert_eq!(rec.cut_lines, 2);
+        // A crash during the very first write leaves a torn capture_started: still a log.
+        let (rec, s) = recover("{\"type\":\"capture_st");
+        assert_eq!((s.as_str(), rec.cut_lines), ("", 1));
+    }
+
+    /// Issue 13: `--out` naming an ordinary file "repaired" it (cut its lines); it is refused untouched.
+    #[test]
+    fn a_file_that_is_not_a_log_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["root:x:0:0:root:/root:/bin/bash\nbin:x:1:1::/:\n", "{\"type\":\"delete\"}\n", "no newline"] {
+            let p = dir.path().join("notes.txt");
+            std::fs::write(&p, content).unwrap();
+            let e = open_log(&p).unwrap_err();
+            assert!(matches!(e, SinkError::NotALog { .. }), "{e}");
+            assert!(e.to_string().contains("left untouched"), "{e}");
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), content);
+        }
+    }
+
+    /// Issue 13: a symbolic link planted at the `--out` path is not followed (its target was truncated).
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shadow");
+        std::fs::write(&target, "secret\n").unwrap();
+        let p = dir.path().join("deletes.jsonl");
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        let e = open_log(&p).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret\n");
+    }
+
+    #[test]
+    fn an_exposed_log_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.jsonl");
+        std::fs::write(&p, STARTED).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(open_log(&p).unwrap().1.exposed_mode, Some(0o644));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(open_log(&p).unwrap().1.exposed_mode, None);
     }
 
     #[test]
