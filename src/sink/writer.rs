@@ -626,7 +626,7 @@ mod tests {
         };
         // An earlier run's open gap is not this run's; one of this run's was closed, one was not.
         let log = format!(
-            "{}{STARTED}{a}{DEL}{COMMIT1}{}{}{}",
+            "{STARTED}{}{a}{DEL}{COMMIT1}{}{}{}",
             open("old", "0/1"),
             open("table_unpublished", "0/9"),
             close("table_unpublished", "0/9"),
