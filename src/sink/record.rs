@@ -270,8 +270,12 @@ pub struct CaptureStopped<'a> {
     pub time: String,
     pub reason: &'a str,
     pub last_lsn: Lsn,
-    /// Whether the slot was kept for a later resume (`--keep-slot`) or dropped.
+    /// Whether the slot still exists after this end: kept for a later resume (`--keep-slot`), or left
+    /// because dropping it failed (then it is in `left_behind`).
     pub slot_kept: bool,
+    /// What this end meant to remove and could not, each with the statement that removes it; empty when
+    /// everything it set out to remove is gone (or `--keep-slot` kept it on purpose).
+    pub left_behind: &'a [crate::capture::teardown::Leftover],
 }
 
 /// `gap`: a stretch of WAL the log cannot cover (the slot was lost, dropped or recreated, the capture gave
