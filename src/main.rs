@@ -63,7 +63,15 @@ fn main() {
                 }
             },
             Command::Doctor(a) => {
-                match walwitness::doctor::run(walwitness::doctor::DoctorArgs { dsn: a.dsn, tables: a.tables }).await {
+                match walwitness::doctor::run(walwitness::doctor::DoctorArgs {
+                    dsn: a.dsn,
+                    tables: a.tables,
+                    publication: a.publication,
+                    attribution: walwitness::attribution::Sources {
+                        trigger: a.attribution.contains(&walwitness::cli::AttributionSource::Trigger),
+                        activity: a.attribution.contains(&walwitness::cli::AttributionSource::Activity),
+                    },
+                }).await {
                     Ok(code) => code,
                     Err(f) => {
                         eprintln!("walwitness: error: {f}");
