@@ -369,9 +369,9 @@ async fn check_publication(
     if tables.is_empty() {
         return Ok(());
     }
-    let (_, _, rows) = coverage::query(c, &expect, version_num)
-        .await
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot check what publication {publication} covers: {e}")))?;
+    let (_, _, rows) = coverage::query(c, &expect, version_num).await.map_err(|e| {
+        Failure::new(Exit::Internal, format!("cannot check what publication {publication} covers: {e}"))
+    })?;
     for t in tables {
         let q = t.qualified();
         let Some(row) = rows.iter().find(|row| row.oid == t.oid) else { continue };

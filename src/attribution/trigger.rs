@@ -309,7 +309,8 @@ pub async fn removal_problems(c: &Client, tables: &[String]) -> Result<Vec<Strin
         )
         .await
         .map_err(|e| q("cannot read the role's privileges", e))?;
-    let (me, superuser, can_create, database): (String, bool, bool, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (me, superuser, can_create, database): (String, bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     let (schema_owner, schema_mine): (Option<String>, Option<bool>) = (row.get(4), row.get(5));
     if superuser {
         return Ok(Vec::new());
@@ -381,7 +382,11 @@ const OUR_TRIGGERS: &str = "SELECT t.tgname::text FROM pg_trigger t JOIN pg_proc
     WHERE t.tgrelid = $1 AND n.nspname = $2 AND t.tgparentid = 0 ORDER BY 1";
 
 fn drop_triggers_sql(names: &[String], table_sql: &str) -> String {
-    names.iter().map(|n| format!("DROP TRIGGER IF EXISTS {} ON {table_sql};", quote_ident(n))).collect::<Vec<_>>().join(" ")
+    names
+        .iter()
+        .map(|n| format!("DROP TRIGGER IF EXISTS {} ON {table_sql};", quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The triggers on `tables` and the schema, as left when nothing could be asked of the server.
@@ -442,7 +447,8 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
                 continue;
             }
         };
-        let (oid, schema, name, owner): (u32, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (oid, schema, name, owner): (u32, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         let mut names: Vec<String> = match c.query(OUR_TRIGGERS, &[&oid, &SCHEMA]).await {
             Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
             Err(_) => vec![DELETE_TRIGGER.to_owned(), TRUNCATE_TRIGGER.to_owned()],
@@ -454,7 +460,9 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
         let table_sql = sql_table(&schema, &name);
         let drops = drop_triggers_sql(&names, &table_sql);
         let sql = format!("BEGIN; SET LOCAL lock_timeout = '100ms'; {drops} COMMIT");
-        if let Err(f) = with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {table_sql}")).await {
+        if let Err(f) =
+            with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {table_sql}")).await
+        {
             failed.push((
                 Some(oid),
                 Leftover {
@@ -468,9 +476,7 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
             ));
         }
     }
-    let schema = c
-        .query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
-        .await;
+    let schema = c.query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&SCHEMA]).await;
     let owner: String = match schema {
         Ok(Some(r)) => r.get(0),
         Ok(None) => return failed.into_iter().map(|(_, l)| l).collect(),
@@ -497,11 +503,14 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
         // A failed lookup leaves a trigger of unknown table: dropping the schema could take another's.
         Ok(_) if known.len() < failed.len() => left.extend(failed.into_iter().map(|(_, l)| l)),
         Ok(_) => {
-            let sql = format!("BEGIN; SET LOCAL lock_timeout = '100ms'; DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; COMMIT");
+            let sql =
+                format!("BEGIN; SET LOCAL lock_timeout = '100ms'; DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; COMMIT");
             match with_lock_retries(c, &sql, &format!("cannot drop schema {SCHEMA}")).await {
                 Ok(()) => {
                     if !failed.is_empty() {
-                        tracing::info!("the attribution triggers DROP TRIGGER could not remove went with schema {SCHEMA}");
+                        tracing::info!(
+                            "the attribution triggers DROP TRIGGER could not remove went with schema {SCHEMA}"
+                        );
                     }
                 }
                 Err(f) => {
@@ -529,7 +538,10 @@ pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
         Exit::CleanupIncomplete,
         crate::capture::teardown::explain(&left)
             .trim_start_matches("walwitness: error: ")
-            .replace("the capture stopped, but could not remove everything it set up", "could not remove every attribution object")
+            .replace(
+                "the capture stopped, but could not remove everything it set up",
+                "could not remove every attribution object",
+            )
             .trim_end()
             .to_owned(),
     );

@@ -276,7 +276,17 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         let unreachable = format!("the server at {target} could not be reached to remove it");
         let left = teardown::run(conn.as_deref(), &plan, &unreachable).await;
         if left.is_empty() {
-            say(opts.progress, &format!("walwitness: dropped slot {slot}{}", if pub_origin != PubOrigin::Given { format!(" and publication {publication}") } else { String::new() }));
+            say(
+                opts.progress,
+                &format!(
+                    "walwitness: dropped slot {slot}{}",
+                    if pub_origin != PubOrigin::Given {
+                        format!(" and publication {publication}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
         }
         left
     };
@@ -495,7 +505,10 @@ async fn capture_with_objects(
 
     // A second handle on the log (sharing its lock) for `capture_stopped`, written after the cleanup.
     let log_tail = match &file {
-        Some(f) => Some(f.try_clone().map_err(|e| Failure::new(Exit::Output, format!("cannot duplicate the log's file handle: {e}")))?),
+        Some(f) => Some(
+            f.try_clone()
+                .map_err(|e| Failure::new(Exit::Output, format!("cannot duplicate the log's file handle: {e}")))?,
+        ),
         None => None,
     };
     let writer = Writer::start(&opts.out, file, recovery.len)

@@ -105,10 +105,8 @@ pub async fn run(c: Option<&Client>, plan: &Plan<'_>, unreachable: &str) -> Vec<
                 .ok()
                 .flatten()
                 .map(|r| r.get(0));
-            let gone = c
-                .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&p])
-                .await
-                .is_ok_and(|r| r.is_none());
+            let gone =
+                c.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&p]).await.is_ok_and(|r| r.is_none());
             if !gone {
                 left.push(Leftover::publication(p, owner.as_deref(), f.message));
             }
@@ -142,7 +140,9 @@ pub fn explain(left: &[Leftover]) -> String {
         }
     }
     if left.iter().any(|l| l.object == "slot") {
-        s.push_str("Until the slot is dropped it keeps WAL on the server (or run the same capture again to resume from it).\n");
+        s.push_str(
+            "Until the slot is dropped it keeps WAL on the server (or run the same capture again to resume from it).\n",
+        );
     }
     s
 }
@@ -166,7 +166,10 @@ mod tests {
             Leftover::publication("p'q", Some("cap"), "boom"),
         ];
         let text = explain(&left);
-        assert!(text.contains("  -- as the owner of public.cache (role owner) or a superuser:\n  DROP TRIGGER"), "{text}");
+        assert!(
+            text.contains("  -- as the owner of public.cache (role owner) or a superuser:\n  DROP TRIGGER"),
+            "{text}"
+        );
         assert!(text.contains("  SELECT pg_drop_replication_slot('walwitness_x');\n"), "{text}");
         assert!(text.contains("  DROP PUBLICATION IF EXISTS \"p'q\";\n"), "{text}");
         assert!(text.contains("keeps WAL"), "{text}");

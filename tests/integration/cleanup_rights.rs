@@ -58,17 +58,8 @@ async fn trigger_privilege_without_ownership_is_refused_before_anything_is_insta
     assert_eq!(env.catalog_fingerprint().await, before);
 
     // The doctor says so beforehand, and checks the given publication instead of the right to create one.
-    let doctor = args(&[
-        "doctor",
-        "--dsn",
-        &dsn,
-        "--table",
-        "cache",
-        "--attribution",
-        "trigger",
-        "--publication",
-        "audit",
-    ]);
+    let doctor =
+        args(&["doctor", "--dsn", &dsn, "--table", "cache", "--attribution", "trigger", "--publication", "audit"]);
     let r = run_bin(&doctor).await;
     r.assert_code(6);
     assert!(r.stdout.contains(r#"FAIL  trigger attribution: role witness could install"#), "{r}");
@@ -80,7 +71,10 @@ async fn trigger_privilege_without_ownership_is_refused_before_anything_is_insta
     env.exec("GRANT app_owner TO witness").await;
     let r = run_bin(&doctor).await;
     r.assert_code(0);
-    assert!(r.stdout.contains("ok    trigger attribution: role witness can install the triggers on public.cache"), "{r}");
+    assert!(
+        r.stdout.contains("ok    trigger attribution: role witness can install the triggers on public.cache"),
+        "{r}"
+    );
     let end = env.lsn().await;
     env.capture_dsn(&dsn, &out, &["cache"], &["--publication", "audit", "--attribution", "trigger", "--endpos", &end])
         .await
@@ -217,7 +211,10 @@ async fn doctor_checks_a_given_publication() {
 
     let r = run_bin(&doctor("filtered")).await;
     r.assert_code(6);
-    assert!(r.stdout.contains("FAIL  publication filtered publishes only the rows of public.cache matching WHERE"), "{r}");
+    assert!(
+        r.stdout.contains("FAIL  publication filtered publishes only the rows of public.cache matching WHERE"),
+        "{r}"
+    );
 
     let r = run_bin(&doctor("elsewhere")).await;
     r.assert_code(6);
