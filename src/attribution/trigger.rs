@@ -401,6 +401,7 @@ pub fn unremoved(tables: &[String], error: &str) -> Vec<Leftover> {
             sql: drop_triggers_sql(&names, t),
             run_as: format!("the owner of {t} or a superuser"),
             error: error.to_owned(),
+            privilege: false,
         })
         .collect();
     left.push(schema_leftover(None, error));
@@ -418,6 +419,7 @@ fn schema_leftover(owner: Option<&str>, error: &str) -> Leftover {
             None => format!("the owner of schema {SCHEMA} or a superuser, once no other table uses it"),
         },
         error: error.to_owned(),
+        privilege: false,
     }
 }
 
@@ -471,6 +473,7 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
                     table: Some(format!("{schema}.{name}")),
                     sql: drops,
                     run_as: format!("the owner of {schema}.{name} (role {owner}) or a superuser"),
+                    privilege: f.exit == Exit::Privilege,
                     error: f.message,
                 },
             ));
@@ -515,7 +518,8 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
                 }
                 Err(f) => {
                     left.extend(failed.into_iter().map(|(_, l)| l));
-                    left.push(schema_leftover(Some(&owner), &f.message));
+                    let privilege = f.exit == Exit::Privilege;
+                    left.push(Leftover { privilege, ..schema_leftover(Some(&owner), &f.message) });
                 }
             }
         }
@@ -534,18 +538,9 @@ pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
     if left.is_empty() {
         return Ok(());
     }
-    let mut f = Failure::new(
-        Exit::CleanupIncomplete,
-        crate::capture::teardown::explain(&left)
-            .trim_start_matches("walwitness: error: ")
-            .replace(
-                "the capture stopped, but could not remove everything it set up",
-                "could not remove every attribution object",
-            )
-            .trim_end()
-            .to_owned(),
-    );
-    if left.iter().all(|l| l.error.contains("must be owner")) {
+    let text = crate::capture::teardown::explain("could not remove every attribution object", &left);
+    let mut f = Failure::new(Exit::CleanupIncomplete, text.trim_end());
+    if left.iter().all(|l| l.privilege) {
         f.exit = Exit::Privilege;
     }
     Err(f)

@@ -293,7 +293,10 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     let slot_kept = keep || left.iter().any(|l| l.object == "slot");
     let written = write_stopped(&opts.out, log_tail, &outcome, &slot, slot_kept, &left);
     if !left.is_empty() {
-        eprint!("{}", teardown::explain(&left));
+        eprint!(
+            "walwitness: error: {}",
+            teardown::explain("the capture stopped, but could not remove everything it set up", &left)
+        );
     }
     outcome.left_behind = left;
     written?;

@@ -826,7 +826,8 @@ impl Loop {
         Ok(())
     }
 
-    /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.
+    /// A deliberate end: make the log durable, acknowledge, end the stream. `capture_stopped` is written by
+    /// the caller after the cleanup (`teardown`), when it knows what is left.
     async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
         self.flush_batch().await?;
         if self.asm.in_transaction() {

@@ -28,6 +28,9 @@ pub struct Leftover {
     pub run_as: String,
     /// Why it was not removed (the server's message).
     pub error: String,
+    /// The reason was a missing privilege (SQLSTATE 42501).
+    #[serde(skip)]
+    pub privilege: bool,
 }
 
 impl Leftover {
@@ -39,6 +42,7 @@ impl Leftover {
             sql: format!("SELECT pg_drop_replication_slot({});", quote_literal(slot)),
             run_as: "a role with REPLICATION (or a superuser), once no capture uses the slot".into(),
             error: error.into(),
+            privilege: false,
         }
     }
 
@@ -53,6 +57,7 @@ impl Leftover {
                 None => "its owner or a superuser".into(),
             },
             error: error.into(),
+            privilege: false,
         }
     }
 }
@@ -93,7 +98,8 @@ pub async fn run(c: Option<&Client>, plan: &Plan<'_>, unreachable: &str) -> Vec<
                 .await
                 .is_ok_and(|r| r.is_none());
             if !gone {
-                left.push(Leftover::slot(slot, f.message));
+                let privilege = f.exit == crate::error::Exit::Privilege;
+                left.push(Leftover { privilege, ..Leftover::slot(slot, f.message) });
             }
         }
     }
@@ -108,16 +114,18 @@ pub async fn run(c: Option<&Client>, plan: &Plan<'_>, unreachable: &str) -> Vec<
             let gone =
                 c.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&p]).await.is_ok_and(|r| r.is_none());
             if !gone {
-                left.push(Leftover::publication(p, owner.as_deref(), f.message));
+                let privilege = f.exit == crate::error::Exit::Privilege;
+                left.push(Leftover { privilege, ..Leftover::publication(p, owner.as_deref(), f.message) });
             }
         }
     }
     left
 }
 
-/// What to print on stderr for `left`: what stayed and why, then the statements grouped by who runs them.
-pub fn explain(left: &[Leftover]) -> String {
-    let mut s = String::from("walwitness: error: the capture stopped, but could not remove everything it set up:\n");
+/// What to tell the user about `left`, after `headline`: what stayed and why, then the statements grouped
+/// by who runs them.
+pub fn explain(headline: &str, left: &[Leftover]) -> String {
+    let mut s = format!("{headline}:\n");
     for l in left {
         let what = match (&l.table, l.object) {
             (Some(t), _) => format!("attribution triggers on {t} ({})", l.name),
@@ -161,11 +169,13 @@ mod tests {
                 sql: "DROP TRIGGER IF EXISTS \"walwitness_attribution_delete\" ON \"public\".\"cache\";".into(),
                 run_as: "the owner of public.cache (role owner) or a superuser".into(),
                 error: "must be owner of table cache".into(),
+                privilege: true,
             },
             Leftover::slot("walwitness_x", "must be superuser or replication role to use replication slots"),
             Leftover::publication("p'q", Some("cap"), "boom"),
         ];
-        let text = explain(&left);
+        let text = explain("could not remove everything", &left);
+        assert!(text.starts_with("could not remove everything:\n  attribution triggers on public.cache"), "{text}");
         assert!(
             text.contains("  -- as the owner of public.cache (role owner) or a superuser:\n  DROP TRIGGER"),
             "{text}"
