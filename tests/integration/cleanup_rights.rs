@@ -152,6 +152,16 @@ async fn a_stop_that_cannot_remove_everything_says_what_is_left_and_how() {
     }
     assert!(stderr.contains("pg_drop_replication_slot"), "{stderr}");
 
+    // `attribution remove` by the role that lost the owner's privileges says the same (exit 7: only
+    // privileges were missing), and removes nothing it must not: the schema still serves cache.
+    let r = run_bin(&args(&["attribution", "remove", "--dsn", &dsn, "--table", "other"])).await;
+    r.assert_code(7);
+    assert!(
+        r.stderr.contains(r#"  DROP TRIGGER IF EXISTS "walwitness_attribution_delete" ON "public"."other";"#),
+        "{r}"
+    );
+    assert!(r.stderr.contains("-- as the owner of public.other (role app_owner) or a superuser:"), "{r}");
+
     // The statements printed are exact: run as they say, they leave only `other`'s install, which
     // `attribution remove` then takes away.
     for l in left {
