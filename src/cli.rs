@@ -260,6 +260,14 @@ pub struct DoctorCliArgs {
     /// Tables the capture would watch (repeatable).
     #[arg(long = "table")]
     pub tables: Vec<String>,
+    /// A publication the capture would be given (capture --publication): checked (exists, publishes
+    /// deletes and truncates, includes the tables, filters no rows) instead of the right to create one.
+    #[arg(long)]
+    pub publication: Option<String>,
+    /// Attribution the capture would use (repeatable, as capture --attribution): `trigger` checks every
+    /// prerequisite of the trigger (CREATE on the database, TRIGGER and ownership of the tables).
+    #[arg(long = "attribution", value_enum, default_values_t = vec![AttributionSource::Activity])]
+    pub attribution: Vec<AttributionSource>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use tokio_postgres::Client;
 
 use crate::capture::names::{parse_table, quote_ident};
+use crate::capture::setup::Table;
 use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::ConnSpec;
 
@@ -34,6 +35,9 @@ impl Report {
 pub struct DoctorArgs {
     pub dsn: String,
     pub tables: Vec<String>,
+    /// Check this publication (capture --publication) instead of the right to create one.
+    pub publication: Option<String>,
+    pub attribution: crate::attribution::Sources,
 }
 
 async fn one<T>(c: &Client, sql: &str) -> Result<T, Failure>
@@ -111,12 +115,41 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
     }
     let can_create: bool = one(&c, "SELECT has_database_privilege(current_database(), 'CREATE')").await?;
 
+    let mut tables = Vec::new();
     for t in &args.tables {
-        check_table(&c, &mut r, t, can_create, superuser).await?;
+        if let Some(t) = check_table(&c, &mut r, t, can_create, superuser, args.publication.is_none()).await? {
+            tables.push(t);
+        }
+    }
+    if let Some(p) = &args.publication {
+        check_publication(&c, &mut r, p, &tables, version_num as u32).await?;
+    }
+    if args.attribution.trigger {
+        let names: Vec<String> = tables.iter().map(crate::capture::setup::Table::sql_name).collect();
+        let problems = crate::attribution::trigger::removal_problems(&c, &names).await?;
+        if problems.is_empty() {
+            let on = if tables.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", tables.iter().map(|t| t.qualified()).collect::<Vec<_>>().join(", "))
+            };
+            r.add(
+                Level::Ok,
+                format!(
+                    "trigger attribution: role {user} can install the triggers{on} and remove them again (schema {}: CREATE on the database or its owner; each table: TRIGGER and the privileges of its owner)",
+                    crate::attribution::trigger::SCHEMA
+                ),
+            );
+        }
+        for p in problems {
+            r.add(Level::Fail, format!("trigger attribution: {p}"));
+        }
     }
 
     let stats: bool = one(&c, "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')").await?;
-    if stats || superuser {
+    if !args.attribution.activity {
+        // Not used: nothing to say.
+    } else if stats || superuser {
         r.add(Level::Ok, "activity attribution sees every session (pg_read_all_stats)");
     } else {
         r.add(
@@ -194,19 +227,28 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
     }
 }
 
-async fn check_table(c: &Client, r: &mut Report, arg: &str, can_create: bool, superuser: bool) -> Result<(), Failure> {
+/// Checks one table; returns it when it exists. `publication_needed`: no --publication was given, so the
+/// capture would create one.
+async fn check_table(
+    c: &Client,
+    r: &mut Report,
+    arg: &str,
+    can_create: bool,
+    superuser: bool,
+    publication_needed: bool,
+) -> Result<Option<Table>, Failure> {
     let parsed = match parse_table(arg) {
         Ok(p) => p,
         Err(e) => {
             r.add(Level::Fail, e);
-            return Ok(());
+            return Ok(None);
         }
     };
     let table = match crate::capture::setup::resolve_table(c, &parsed).await {
         Ok(t) => t,
         Err(f) => {
             r.add(Level::Fail, f.message);
-            return Ok(());
+            return Ok(None);
         }
     };
     let q = table.qualified();
@@ -255,16 +297,103 @@ async fn check_table(c: &Client, r: &mut Report, arg: &str, can_create: bool, su
         .await
         .map(|row| row.get(0))
         .map_err(|e| Failure::new(Exit::Internal, e.to_string()))?;
-    if superuser || (owner && can_create) {
+    if !publication_needed {
+        // Given with --publication: checked by `check_publication`.
+    } else if superuser || (owner && can_create) {
         r.add(Level::Ok, format!("table {q}: this role can create its publication"));
     } else {
         r.add(
             Level::Fail,
             format!(
-                "table {q}: creating the publication needs ownership of the table and CREATE on the database → have the owner run CREATE PUBLICATION walwitness_pub FOR TABLE ONLY {} WITH (publish = 'delete, truncate'); and capture with --publication walwitness_pub",
+                "table {q}: creating the publication needs ownership of the table and CREATE on the database → have the owner run CREATE PUBLICATION walwitness_pub FOR TABLE ONLY {} WITH (publish = 'delete, truncate'); then check it with walwitness doctor --publication walwitness_pub and capture with --publication walwitness_pub",
                 table.sql_name()
             ),
         );
+    }
+    Ok(Some(table))
+}
+
+/// A publication given with --publication: it must exist, publish deletes (truncates: a warning), include
+/// every table and filter none of their rows — what the capture checks at start.
+async fn check_publication(
+    c: &Client,
+    r: &mut Report,
+    publication: &str,
+    tables: &[Table],
+    version_num: u32,
+) -> Result<(), Failure> {
+    use crate::capture::coverage;
+    let expect = coverage::Expect {
+        publication: publication.to_owned(),
+        tables: tables.iter().map(|t| coverage::Watched { oid: t.oid, name: t.qualified() }).collect(),
+        truncates: true,
+    };
+    // Without tables the query has no row to carry the publication's options: ask for them directly.
+    let options = c
+        .query_opt("SELECT pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot read pg_publication: {e}")))?;
+    let Some(options) = options else {
+        r.add(
+            Level::Fail,
+            format!(
+                "publication {publication} does not exist → have the tables' owner run CREATE PUBLICATION {} FOR TABLE ONLY {} WITH (publish = 'delete, truncate');",
+                quote_ident(publication),
+                if tables.is_empty() { "<table>".to_owned() } else { tables.iter().map(|t| t.sql_name()).collect::<Vec<_>>().join(", ONLY ") }
+            ),
+        );
+        return Ok(());
+    };
+    let (delete, truncate, viaroot): (bool, bool, bool) = (options.get(0), options.get(1), options.get(2));
+    let name = quote_ident(publication);
+    if delete {
+        r.add(Level::Ok, format!("publication {publication} publishes deletes"));
+    } else {
+        r.add(
+            Level::Fail,
+            format!("publication {publication} does not publish deletes → ALTER PUBLICATION {name} SET (publish = 'delete, truncate');"),
+        );
+    }
+    if !truncate {
+        r.add(
+            Level::Warn,
+            format!("publication {publication} does not publish TRUNCATE: truncates will not be logged → ALTER PUBLICATION {name} SET (publish = 'delete, truncate');"),
+        );
+    }
+    if viaroot && truncate && tables.iter().any(|t| t.partitioned) {
+        r.add(
+            Level::Warn,
+            format!("publication {publication} has publish_via_partition_root = true: PostgreSQL then does not publish a TRUNCATE of single partitions, so those will not be logged"),
+        );
+    }
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let (_, _, rows) = coverage::query(c, &expect, version_num).await.map_err(|e| {
+        Failure::new(Exit::Internal, format!("cannot check what publication {publication} covers: {e}"))
+    })?;
+    for t in tables {
+        let q = t.qualified();
+        let Some(row) = rows.iter().find(|row| row.oid == t.oid) else { continue };
+        if !row.published {
+            r.add(
+                Level::Fail,
+                format!(
+                    "publication {publication} does not include {q} → ALTER PUBLICATION {name} ADD TABLE ONLY {};",
+                    t.sql_name()
+                ),
+            );
+        } else if let Some(f) = &row.row_filter {
+            r.add(
+                Level::Fail,
+                format!(
+                    "publication {publication} publishes only the rows of {q} matching WHERE {f}: deletes of other rows would not be sent → ALTER PUBLICATION {name} DROP TABLE {t}; ALTER PUBLICATION {name} ADD TABLE ONLY {t}; (or use another publication)",
+                    t = t.sql_name()
+                ),
+            );
+        } else {
+            r.add(Level::Ok, format!("publication {publication} includes {q}, all rows"));
+        }
     }
     Ok(())
 }

@@ -38,6 +38,9 @@ pub enum Exit {
     DamagedLog = 14,
     /// The capture gave up its slot because it retained more WAL than --max-retained-wal (--on-lag drop).
     LagLimit = 15,
+    /// A deliberate end (or `attribution remove`) could not remove everything it set up: what is left
+    /// is in `capture_stopped.left_behind` and on stderr, with the statements that remove it.
+    CleanupIncomplete = 16,
     Sigint = 130,
     Sigterm = 143,
 }

@@ -76,7 +76,17 @@ fn main() {
                         return f.exit;
                     }
                 };
-                match walwitness::doctor::run(walwitness::doctor::DoctorArgs { dsn, tables: a.tables }).await {
+                match walwitness::doctor::run(walwitness::doctor::DoctorArgs {
+                    dsn,
+                    tables: a.tables,
+                    publication: a.publication,
+                    attribution: walwitness::attribution::Sources {
+                        trigger: a.attribution.contains(&walwitness::cli::AttributionSource::Trigger),
+                        activity: a.attribution.contains(&walwitness::cli::AttributionSource::Activity),
+                    },
+                })
+                .await
+                {
                     Ok(code) => code,
                     Err(f) => {
                         eprintln!("walwitness: error: {f}");

@@ -50,6 +50,7 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
         names.push(table.sql_name());
     }
     if install {
+        trigger::check_removable(&sql, &names).await?;
         trigger::install(&sql, &names).await?;
         crate::term::eprint_line(&format!("walwitness: attribution trigger installed on {}", names.join(", ")));
     } else {

@@ -19,6 +19,7 @@ use tokio_postgres::Client;
 
 use super::session::Session;
 use crate::capture::names::{quote_ident, quote_literal};
+use crate::capture::teardown::Leftover;
 use crate::error::{Exit, Failure};
 
 /// The logical decoding message prefix the trigger uses.
@@ -268,37 +269,6 @@ async fn with_lock_retries(c: &Client, sql: &str, context: &str) -> Result<(), F
     Err(Failure::new(Exit::Internal, format!("{context}: the table stayed locked")))
 }
 
-/// Removes the triggers from `tables`; drops the schema (key and function) when no walwitness
-/// trigger is left anywhere in the database.
-pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
-    let exists: bool = c
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&SCHEMA])
-        .await
-        .map_err(|e| q("cannot read pg_namespace", e))?
-        .get(0);
-    for t in tables {
-        let sql = format!(
-            "BEGIN; SET LOCAL lock_timeout = '100ms'; DROP TRIGGER IF EXISTS {DELETE_TRIGGER} ON {t}; \
-             DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {t}; COMMIT"
-        );
-        with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {t}")).await?;
-    }
-    if !exists {
-        return Ok(());
-    }
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM pg_trigger WHERE tgname IN ($1, $2)", &[&DELETE_TRIGGER, &TRUNCATE_TRIGGER])
-        .await
-        .map_err(|e| q("cannot read pg_trigger", e))?
-        .get(0);
-    if left == 0 {
-        c.batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-            .await
-            .map_err(|e| q(&format!("cannot drop schema {SCHEMA}"), e))?;
-    }
-    Ok(())
-}
-
 /// Reads the key for verifying; the capture's role must be the installer (or a superuser).
 pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
     let row = c
@@ -318,6 +288,262 @@ pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
 
 pub fn sql_table(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+// ---- Privileges and removal -------------------------------------------------------------------------
+//
+// What is installed must be removable by the role that installs it: `CREATE TRIGGER` needs only the
+// TRIGGER privilege, but `DROP TRIGGER` needs ownership of the table (or the privileges of its owner
+// through membership), so a role with TRIGGER alone would leave its triggers behind at every stop.
+
+/// Why the current role could not remove (or install) the attribution objects on `tables` (SQL names),
+/// each with its fix; empty when it can. A superuser always can.
+pub async fn removal_problems(c: &Client, tables: &[String]) -> Result<Vec<String>, Failure> {
+    let row = c
+        .query_one(
+            "SELECT current_user::text, r.rolsuper, has_database_privilege(current_database(), 'CREATE'), current_database()::text, \
+               (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1), \
+               (SELECT nspowner = r.oid FROM pg_namespace WHERE nspname = $1) \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[&SCHEMA],
+        )
+        .await
+        .map_err(|e| q("cannot read the role's privileges", e))?;
+    let (me, superuser, can_create, database): (String, bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (schema_owner, schema_mine): (Option<String>, Option<bool>) = (row.get(4), row.get(5));
+    if superuser {
+        return Ok(Vec::new());
+    }
+    let mut problems = Vec::new();
+    match (schema_owner, schema_mine) {
+        (None, _) if !can_create => problems.push(format!(
+            "role {me} cannot create schema {SCHEMA} (attribution key and function): it lacks CREATE on database {database} → GRANT CREATE ON DATABASE {} TO {};",
+            quote_ident(&database),
+            quote_ident(&me)
+        )),
+        (Some(o), Some(false)) => problems.push(format!(
+            "schema {SCHEMA} belongs to {o}, not {me}: install and capture as {o} (the key must stay readable only by its owner)"
+        )),
+        _ => {}
+    }
+    for t in tables {
+        let row = c
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text, c.relowner::regrole::text, pg_has_role(c.relowner, 'USAGE'), \
+                   pg_has_role(c.relowner, 'MEMBER'), has_table_privilege(c.oid, 'TRIGGER') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                &[t],
+            )
+            .await
+            .map_err(|e| q(&format!("cannot read the privileges on {t}"), e))?;
+        let Some(row) = row else { continue };
+        let (schema, name, owner, usage, member, trigger): (String, String, String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+        let owner_bare = owner.trim_matches('"').replace("\"\"", "\"");
+        let table = format!("{schema}.{name}");
+        if !usage {
+            let how = if member {
+                format!("{me} is a member of {owner} but does not inherit its privileges → GRANT {} TO {} WITH INHERIT TRUE; (PostgreSQL 16+) or ALTER ROLE {} INHERIT;", quote_ident(&owner_bare), quote_ident(&me), quote_ident(&me))
+            } else {
+                format!("GRANT {} TO {};", quote_ident(&owner_bare), quote_ident(&me))
+            };
+            problems.push(format!(
+                "role {me} could install the attribution triggers on {table}{} but not remove them: DROP TRIGGER needs ownership of the table, which belongs to role {owner}, so every stop would leave the triggers behind → {how} (as a superuser, or a role with ADMIN OPTION on {owner}); or capture as role {owner} (it needs REPLICATION); or capture without --attribution trigger",
+                if trigger { " (TRIGGER privilege)" } else { "" }
+            ));
+        } else if !trigger {
+            problems.push(format!(
+                "role {me} lacks the TRIGGER privilege on {table} (its owner {owner} revoked it from itself) → GRANT TRIGGER ON {} TO {};",
+                sql_table(&schema, &name),
+                quote_ident(&owner_bare)
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Refuses, before anything is installed, when the role could not also remove what it installs.
+pub async fn check_removable(c: &Client, tables: &[String]) -> Result<(), Failure> {
+    let problems = removal_problems(c, tables).await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Exit::Privilege,
+        format!("trigger attribution refused, nothing was installed: {}", problems.join("; and ")),
+    ))
+}
+
+/// Every trigger on the table `oid` whose function lives in the attribution schema (partition clones,
+/// dropped with their parent's, are left out).
+const OUR_TRIGGERS: &str = "SELECT t.tgname::text FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+    JOIN pg_namespace n ON n.oid = p.pronamespace \
+    WHERE t.tgrelid = $1 AND n.nspname = $2 AND t.tgparentid = 0 ORDER BY 1";
+
+fn drop_triggers_sql(names: &[String], table_sql: &str) -> String {
+    names
+        .iter()
+        .map(|n| format!("DROP TRIGGER IF EXISTS {} ON {table_sql};", quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The triggers on `tables` and the schema, as left when nothing could be asked of the server.
+pub fn unremoved(tables: &[String], error: &str) -> Vec<Leftover> {
+    let names = [DELETE_TRIGGER.to_owned(), TRUNCATE_TRIGGER.to_owned()];
+    let mut left: Vec<Leftover> = tables
+        .iter()
+        .map(|t| Leftover {
+            object: "trigger",
+            name: names.join(", "),
+            table: Some(t.clone()),
+            sql: drop_triggers_sql(&names, t),
+            run_as: format!("the owner of {t} or a superuser"),
+            error: error.to_owned(),
+            privilege: false,
+        })
+        .collect();
+    left.push(schema_leftover(None, error));
+    left
+}
+
+fn schema_leftover(owner: Option<&str>, error: &str) -> Leftover {
+    Leftover {
+        object: "schema",
+        name: SCHEMA.to_owned(),
+        table: None,
+        sql: format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE;"),
+        run_as: match owner {
+            Some(o) => format!("the owner of schema {SCHEMA} (role {o}) or a superuser, once no other table uses it"),
+            None => format!("the owner of schema {SCHEMA} or a superuser, once no other table uses it"),
+        },
+        error: error.to_owned(),
+        privilege: false,
+    }
+}
+
+/// Removes the attribution triggers from `tables` (SQL names), trying every table whatever the others
+/// did, then drops the schema (key and function) when no other table's trigger uses it — which also
+/// takes with it the triggers `DROP TRIGGER` could not remove (a schema's owner may drop what depends
+/// on it). Returns what is left, with the statements that remove it.
+pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
+    // (table OID if known, what is left)
+    let mut failed: Vec<(Option<u32>, Leftover)> = Vec::new();
+    for t in tables {
+        let row = match c
+            .query_opt(
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.relowner::regrole::text \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                &[t],
+            )
+            .await
+        {
+            Ok(Some(r)) => r,
+            // The table is gone, and its triggers with it.
+            Ok(None) => continue,
+            Err(e) => {
+                let mut l = unremoved(std::slice::from_ref(t), &q("cannot look up the table", e).message);
+                l.truncate(1);
+                failed.push((None, l.remove(0)));
+                continue;
+            }
+        };
+        let (oid, schema, name, owner): (u32, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let mut names: Vec<String> = match c.query(OUR_TRIGGERS, &[&oid, &SCHEMA]).await {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(_) => vec![DELETE_TRIGGER.to_owned(), TRUNCATE_TRIGGER.to_owned()],
+        };
+        names.dedup();
+        if names.is_empty() {
+            continue;
+        }
+        let table_sql = sql_table(&schema, &name);
+        let drops = drop_triggers_sql(&names, &table_sql);
+        let sql = format!("BEGIN; SET LOCAL lock_timeout = '100ms'; {drops} COMMIT");
+        if let Err(f) =
+            with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {table_sql}")).await
+        {
+            failed.push((
+                Some(oid),
+                Leftover {
+                    object: "trigger",
+                    name: names.join(", "),
+                    table: Some(format!("{schema}.{name}")),
+                    sql: drops,
+                    run_as: format!("the owner of {schema}.{name} (role {owner}) or a superuser"),
+                    privilege: f.exit == Exit::Privilege,
+                    error: f.message,
+                },
+            ));
+        }
+    }
+    let schema = c.query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&SCHEMA]).await;
+    let owner: String = match schema {
+        Ok(Some(r)) => r.get(0),
+        Ok(None) => return failed.into_iter().map(|(_, l)| l).collect(),
+        Err(e) => {
+            let mut left: Vec<Leftover> = failed.into_iter().map(|(_, l)| l).collect();
+            left.push(schema_leftover(None, &q(&format!("cannot read schema {SCHEMA}"), e).message));
+            return left;
+        }
+    };
+    let known: Vec<u32> = failed.iter().filter_map(|(o, _)| *o).collect();
+    let others: Result<i64, _> = c
+        .query_one(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = $1 AND t.tgparentid = 0 AND NOT (t.tgrelid = ANY ($2::oid[]))",
+            &[&SCHEMA, &known],
+        )
+        .await
+        .map(|r| r.get(0));
+    let mut left: Vec<Leftover> = Vec::new();
+    match others {
+        // Some table of another capture or install still uses the schema: it stays, and is not ours to report.
+        Ok(n) if n > 0 => left.extend(failed.into_iter().map(|(_, l)| l)),
+        // A failed lookup leaves a trigger of unknown table: dropping the schema could take another's.
+        Ok(_) if known.len() < failed.len() => left.extend(failed.into_iter().map(|(_, l)| l)),
+        Ok(_) => {
+            let sql =
+                format!("BEGIN; SET LOCAL lock_timeout = '100ms'; DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; COMMIT");
+            match with_lock_retries(c, &sql, &format!("cannot drop schema {SCHEMA}")).await {
+                Ok(()) => {
+                    if !failed.is_empty() {
+                        tracing::info!(
+                            "the attribution triggers DROP TRIGGER could not remove went with schema {SCHEMA}"
+                        );
+                    }
+                }
+                Err(f) => {
+                    left.extend(failed.into_iter().map(|(_, l)| l));
+                    let privilege = f.exit == Exit::Privilege;
+                    left.push(Leftover { privilege, ..schema_leftover(Some(&owner), &f.message) });
+                }
+            }
+        }
+        Err(e) => {
+            left.extend(failed.into_iter().map(|(_, l)| l));
+            left.push(schema_leftover(Some(&owner), &q("cannot count the attribution triggers", e).message));
+        }
+    }
+    left
+}
+
+/// Removes the triggers from `tables` and, when no other table uses it, the schema; fails with the
+/// statements that remove whatever is left.
+pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
+    let left = remove_leaving(c, tables).await;
+    if left.is_empty() {
+        return Ok(());
+    }
+    let text = crate::capture::teardown::explain("could not remove every attribution object", &left);
+    let mut f = Failure::new(Exit::CleanupIncomplete, text.trim_end());
+    if left.iter().all(|l| l.privilege) {
+        f.exit = Exit::Privilege;
+    }
+    Err(f)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod setup;
 mod spooled;
 mod status;
 mod stream;
+pub mod teardown;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,7 +28,9 @@ use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
-use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, WatchedRelation, FORMAT_VERSION};
+use crate::sink::record::{
+    now_rfc3339, push_record, CaptureStarted, CaptureStopped, Gap, WatchedRelation, FORMAT_VERSION,
+};
 use crate::sink::writer::LastRun;
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
 use names::{parse_table, quote_ident};
@@ -82,10 +85,15 @@ pub struct Outcome {
     pub truncates: u64,
     pub transactions: u64,
     pub last_lsn: Lsn,
+    /// What the deliberate end could not remove (also in `capture_stopped.left_behind`).
+    pub left_behind: Vec<teardown::Leftover>,
 }
 
 impl Outcome {
     pub fn exit(&self) -> Exit {
+        if !self.left_behind.is_empty() {
+            return Exit::CleanupIncomplete;
+        }
         match self.reason {
             StopReason::Sigint => Exit::Sigint,
             StopReason::Sigterm => Exit::Sigterm,
@@ -147,6 +155,11 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
             );
         }
         partitions.push((t.oid, parts));
+    }
+    // What trigger attribution installs, this role must be able to remove again at the end.
+    if opts.attribution.trigger {
+        let names: Vec<String> = tables.iter().map(setup::Table::sql_name).collect();
+        trigger::check_removable(&sql, &names).await?;
     }
     let slot = opts.slot.clone().unwrap_or_else(|| setup::default_slot(&info.database, &tables));
     let publication = opts.publication.clone().unwrap_or_else(|| setup::default_publication(&tables));
@@ -249,44 +262,139 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     if let Some(s) = sampler {
         s.abort();
     }
-    // The server may have restarted while we streamed, or the path to it frozen (the stream then
-    // reconnected on its own): cleanup needs a connection that answers.
-    let sql = if !answers(&sql).await {
-        std::sync::Arc::new(
-            crate::pg::connect_sql(&spec)
-                .await
-                .map_err(|e| from_pg(&format!("cannot reconnect to {target} to clean up"), e))?,
-        )
-    } else {
-        sql
-    };
-    if opts.attribution.trigger && result.is_ok() && !opts.keep_slot {
-        trigger::remove(&sql, &sql_tables).await?;
-    }
-
-    match &result {
-        Ok(o) if !opts.keep_slot || o.reason == StopReason::MaxRetainedWal => {
-            // A deliberate end: leave nothing behind.
-            let dropped_slot = setup::drop_slot(&sql, &slot).await;
-            let dropped_pub = if pub_origin != PubOrigin::Given {
-                setup::drop_publication(&sql, &publication).await
-            } else {
-                Ok(())
-            };
-            dropped_slot?;
-            dropped_pub?;
-            say(opts.progress, &format!("walwitness: dropped slot {slot}{}", if pub_origin != PubOrigin::Given { format!(" and publication {publication}") } else { String::new() }));
-        }
-        Ok(_) => say(opts.progress, &format!("walwitness: kept slot {slot} and publication {publication} (--keep-slot); run the same command to resume")),
-        Err(_) if pub_origin == PubOrigin::Created => {
-            // Nothing was captured into a slot that does not exist yet: don't leave a fresh publication.
-            if matches!(setup::inspect_slot(&sql, &slot, &info.database, opts.two_phase).await, Ok(SlotState::Absent)) {
-                let _ = setup::drop_publication(&sql, &publication).await;
+    let (mut outcome, log_tail) = match result {
+        Ok(o) => o,
+        Err(e) => {
+            if pub_origin == PubOrigin::Created {
+                // Nothing was captured into a slot that does not exist yet: don't leave a fresh publication.
+                if let Some(sql) = usable(&sql, &spec).await {
+                    if matches!(
+                        setup::inspect_slot(&sql, &slot, &info.database, opts.two_phase).await,
+                        Ok(SlotState::Absent)
+                    ) {
+                        let _ = setup::drop_publication(&sql, &publication).await;
+                    }
+                }
             }
+            return Err(e);
         }
-        Err(_) => {}
+    };
+
+    // A deliberate end. The server may have restarted while we streamed, or the path to it frozen (the
+    // stream then reconnected on its own): cleanup needs a connection that answers. Every step is
+    // tried whatever the others did, and what stays is said (`teardown`).
+    let keep = opts.keep_slot && outcome.reason != StopReason::MaxRetainedWal;
+    let left = if keep {
+        say(opts.progress, &format!("walwitness: kept slot {slot} and publication {publication} (--keep-slot); run the same command to resume"));
+        Vec::new()
+    } else {
+        let plan = teardown::Plan {
+            triggers: opts.attribution.trigger.then_some(sql_tables.as_slice()),
+            slot: Some(&slot),
+            publication: (pub_origin != PubOrigin::Given).then_some(publication.as_str()),
+        };
+        let conn = usable(&sql, &spec).await;
+        let unreachable = format!("the server at {target} could not be reached to remove it");
+        let left = teardown::run(conn.as_deref(), &plan, &unreachable).await;
+        if left.is_empty() {
+            say(
+                opts.progress,
+                &format!(
+                    "walwitness: dropped slot {slot}{}",
+                    if pub_origin != PubOrigin::Given {
+                        format!(" and publication {publication}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        }
+        left
+    };
+    let slot_kept = keep || left.iter().any(|l| l.object == "slot");
+    let written = write_stopped(&opts.out, log_tail, &outcome, &slot, slot_kept, &left);
+    if !left.is_empty() {
+        eprint!(
+            "walwitness: error: {}",
+            teardown::explain("the capture stopped, but could not remove everything it set up", &left)
+        );
     }
-    result
+    outcome.left_behind = left;
+    written?;
+    Ok(outcome)
+}
+
+/// `sql` if it still answers, else a new connection (`None` if none can be had).
+async fn usable(
+    sql: &std::sync::Arc<tokio_postgres::Client>,
+    spec: &ConnSpec,
+) -> Option<std::sync::Arc<tokio_postgres::Client>> {
+    if answers(sql).await {
+        return Some(sql.clone());
+    }
+    match crate::pg::connect_sql(spec).await {
+        Ok(c) => Some(std::sync::Arc::new(c)),
+        Err(e) => {
+            eprintln!("walwitness: cannot reconnect to {} to clean up: {e}", spec.describe());
+            None
+        }
+    }
+}
+
+/// Closes the log with `capture_stopped` — written after the cleanup, so `slot_kept` and `left_behind`
+/// say what is really left — and, when the slot was given up over `--max-retained-wal`, the open gap.
+fn write_stopped(
+    out: &Output,
+    log_tail: Option<std::fs::File>,
+    outcome: &Outcome,
+    slot: &str,
+    slot_kept: bool,
+    left: &[teardown::Leftover],
+) -> Result<(), Failure> {
+    use std::io::{Seek, Write};
+    let mut rec = bytes::BytesMut::new();
+    push_record(
+        &mut rec,
+        &CaptureStopped {
+            kind: "capture_stopped",
+            time: now_rfc3339(),
+            reason: outcome.reason.as_str(),
+            last_lsn: outcome.last_lsn,
+            slot_kept,
+            left_behind: left,
+        },
+    );
+    if outcome.reason == StopReason::MaxRetainedWal {
+        // Open: coverage resumes only when a capture starts again, which closes it.
+        let detail = if slot_kept {
+            format!(
+                "slot {slot} retained more WAL than --max-retained-wal and was given up (--on-lag drop), but could not be dropped (see capture_stopped.left_behind): deletes after LSN {} are not logged until a capture starts again",
+                outcome.last_lsn
+            )
+        } else {
+            format!(
+                "slot {slot} retained more WAL than --max-retained-wal and was dropped (--on-lag drop): deletes after LSN {} are not logged until a capture starts again",
+                outcome.last_lsn
+            )
+        };
+        push_record(&mut rec, &Gap::opened(slot, "max_retained_wal", None, outcome.last_lsn, &detail));
+    }
+    let result = match (out, log_tail) {
+        (Output::File(_), Some(mut f)) => {
+            f.seek(std::io::SeekFrom::End(0)).and_then(|_| f.write_all(&rec)).and_then(|_| f.sync_data())
+        }
+        (Output::File(_), None) => Ok(()),
+        (Output::Stdout, _) => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&rec).and_then(|_| o.flush())
+        }
+    };
+    // A reader of standard output that went away does not make the stop a failure.
+    match result {
+        Err(e) if matches!(out, Output::Stdout) && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(Exit::Output, format!("cannot write capture_stopped to the log: {e}"))),
+        Ok(()) => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -307,7 +415,7 @@ async fn capture_with_objects(
     attributor: Attributor,
     invalidated: bool,
     (expect, coverage_start): (coverage::Expect, Lsn),
-) -> Result<Outcome, Failure> {
+) -> Result<(Outcome, Option<std::fs::File>), Failure> {
     let target = spec.describe();
     let startup = spooled::startup_params(opts);
     let params: Vec<(&str, &str)> = startup.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -407,6 +515,14 @@ async fn capture_with_objects(
         .map_err(|e| from_pg(&format!("cannot start replication from slot {slot}"), e))?;
     let proto = target.proto;
 
+    // A second handle on the log (sharing its lock) for `capture_stopped`, written after the cleanup.
+    let log_tail = match &file {
+        Some(f) => Some(
+            f.try_clone()
+                .map_err(|e| Failure::new(Exit::Output, format!("cannot duplicate the log's file handle: {e}")))?,
+        ),
+        None => None,
+    };
     let writer = Writer::start(&opts.out, file, recovery.len)
         .map_err(|e| Failure::new(Exit::Output, format!("cannot start the log writer: {e}")))?;
     let table_names: Vec<String> = tables.iter().map(setup::Table::qualified).collect();
@@ -561,8 +677,8 @@ async fn capture_with_objects(
         )),
         partitions: partitions::PartitionLookup::new(spec.clone(), sql.clone()),
     };
-    let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await;
-    outcome
+    let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await?;
+    Ok((outcome, log_tail))
 }
 
 fn shell_quote(s: &str) -> String {

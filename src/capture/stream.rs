@@ -27,7 +27,6 @@ use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
 };
 use crate::protocol::Lsn;
-use crate::sink::record::{now_rfc3339, push_record, CaptureStopped, Gap};
 use crate::sink::writer::{Chunk, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -827,7 +826,8 @@ impl Loop {
         Ok(())
     }
 
-    /// A deliberate end: close the log with `capture_stopped`, make it durable, acknowledge, end the stream.
+    /// A deliberate end: make the log durable, acknowledge, end the stream. `capture_stopped` is written by
+    /// the caller after the cleanup (`teardown`), when it knows what is left.
     async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
         self.flush_batch().await?;
         if self.asm.in_transaction() {
@@ -840,27 +840,8 @@ impl Loop {
         self.flush_deferred_ack().await?;
         self.write_coverage(true).await?;
         self.raw_write(|r| r.flush());
+        // `capture_stopped` is written by the caller once it knows what the cleanup left (`teardown`).
         let last_lsn = self.acks.covered();
-        let mut rec = BytesMut::new();
-        push_record(
-            &mut rec,
-            &CaptureStopped {
-                kind: "capture_stopped",
-                time: now_rfc3339(),
-                reason: reason.as_str(),
-                last_lsn,
-                slot_kept: self.o.keep_slot && reason != StopReason::MaxRetainedWal,
-            },
-        );
-        if reason == StopReason::MaxRetainedWal {
-            // Open: coverage resumes only when a capture starts again, which closes it.
-            let detail = format!(
-                "slot {} retained more WAL than --max-retained-wal and was dropped (--on-lag drop): deletes after LSN {last_lsn} are not logged until a capture starts again",
-                self.o.slot
-            );
-            push_record(&mut rec, &Gap::opened(&self.o.slot, "max_retained_wal", None, last_lsn, &detail));
-        }
-        self.push(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }, None).await?;
         let cap = self.o.spooled.ack_cap();
         let Loop { mut repl, writer, progress, mut status_buf, acks, o, .. } = self;
         let d = writer.close().await;
@@ -877,6 +858,6 @@ impl Loop {
         let _ = tokio::time::timeout(Duration::from_secs(10), repl.finish_copy()).await;
         repl.close().await;
         let (deletes, truncates, transactions) = progress.totals();
-        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn })
+        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn, left_behind: Vec::new() })
     }
 }

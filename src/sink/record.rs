@@ -15,7 +15,7 @@
 //! | `aborted_delete` | `--include-aborted` only: one per row a streamed or prepared transaction deleted and then rolled back | the fields of `delete`, with `commit_lsn` and `commit_time` `null`, plus `abort_lsn` and `abort_time` (`null` when unknown) |
 //! | `aborted_truncate` | likewise for a rolled-back TRUNCATE | the fields of `truncate`, changed like `aborted_delete`'s |
 //! | `abort` | after the `aborted_*` records of one rollback | `xid` (top level), `subxid` (= `xid` for the whole transaction, else the rolled-back subtransaction), `abort_lsn`, `abort_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for ROLLBACK PREPARED |
-//! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` |
+//! | `capture_stopped` | at a deliberate end, after its cleanup | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` (the slot still exists: kept with `--keep-slot`, or dropping it failed), `left_behind` (array of `{object, name, table, sql, run_as, error}`: what the end meant to remove and could not — `object` `trigger`, `schema`, `slot` or `publication` — with the statements that remove it and who may run them; empty when nothing is left; absent from logs of earlier versions) |
 //! | `gap` | when coverage was lost, and again when an open gap closes | `time`, `slot`, `from_lsn`, `to_lsn` (`null` while `open`), `reason` (see below), `open`, `closes`, `table`, `detail` (the last four absent from logs of earlier versions) |
 //!
 //! * `gap`: deletes committed between `from_lsn` and `to_lsn` may be missing from the log. `reason`:
@@ -270,8 +270,12 @@ pub struct CaptureStopped<'a> {
     pub time: String,
     pub reason: &'a str,
     pub last_lsn: Lsn,
-    /// Whether the slot was kept for a later resume (`--keep-slot`) or dropped.
+    /// Whether the slot still exists after this end: kept for a later resume (`--keep-slot`), or left
+    /// because dropping it failed (then it is in `left_behind`).
     pub slot_kept: bool,
+    /// What this end meant to remove and could not, each with the statement that removes it; empty when
+    /// everything it set out to remove is gone (or `--keep-slot` kept it on purpose).
+    pub left_behind: &'a [crate::capture::teardown::Leftover],
 }
 
 /// `gap`: a stretch of WAL the log cannot cover (the slot was lost, dropped or recreated, the capture gave

@@ -266,7 +266,14 @@ impl Env {
 
     /// Waits until the background capture has made everything up to the current WAL position durable
     /// (the slot's confirmed position passed it), then stops it with SIGTERM. Returns its stderr.
-    pub async fn stop_capture(&self, mut bg: Background) -> String {
+    pub async fn stop_capture(&self, bg: Background) -> String {
+        let (code, stderr) = self.stop_capture_with_code(bg).await;
+        assert_eq!(code, Some(143), "capture did not stop with 143:\n{stderr}");
+        stderr
+    }
+
+    /// Like `stop_capture`, but returns the exit status instead of expecting 143.
+    pub async fn stop_capture_with_code(&self, mut bg: Background) -> (Option<i32>, String) {
         let end = lsn_num(&self.lsn().await);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let sql = connect(&self.dsn).await;
@@ -293,8 +300,7 @@ impl Env {
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = tokio::time::timeout(Duration::from_secs(60), bg.child.wait()).await.unwrap().unwrap();
         let stderr = std::fs::read_to_string(&bg.stderr_path).unwrap_or_default();
-        assert_eq!(status.code(), Some(143), "capture did not stop with 143:\n{stderr}");
-        stderr
+        (status.code(), stderr)
     }
 
     /// Catalog objects in user schemas, to check that an uninstall leaves nothing behind.
