@@ -24,7 +24,8 @@ use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
-use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, FORMAT_VERSION};
+use crate::sink::chain::to_hex;
+use crate::sink::record::{now_rfc3339, push_record, CaptureStarted, Gap, RepairedTail, FORMAT_VERSION};
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
 use names::{parse_table, quote_ident};
 use setup::{PubOrigin, SlotState};
@@ -76,6 +77,8 @@ pub struct Outcome {
     pub truncates: u64,
     pub transactions: u64,
     pub last_lsn: Lsn,
+    /// The log's chain head after `capture_stopped` (its chain value), to write down elsewhere.
+    pub chain_head: Option<String>,
 }
 
 impl Outcome {
@@ -143,9 +146,12 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     };
     if recovery.cut_bytes > 0 {
         eprintln!(
-            "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",
+            "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end, after its last chain value; they will be received again (size and SHA-256 of the cut bytes are recorded in capture_started.repaired_tail)",
             recovery.cut_bytes, recovery.cut_lines
         );
+    }
+    if let (Some(h), true) = (recovery.chain_head, opts.progress) {
+        eprintln!("walwitness: continuing the log's tamper-evident chain from head {}", to_hex(&h));
     }
 
     // Coverage the log cannot have: recorded as a gap record, never hidden.
@@ -362,6 +368,12 @@ async fn capture_with_objects(
             walwitness_version: env!("CARGO_PKG_VERSION"),
             format_version: FORMAT_VERSION,
             proto_version: proto,
+            chain_prev: recovery.chain_head.as_ref().map(to_hex),
+            repaired_tail: recovery.cut_sha256.as_ref().map(|h| RepairedTail {
+                cut_bytes: recovery.cut_bytes,
+                cut_lines: recovery.cut_lines,
+                sha256: to_hex(h),
+            }),
         },
     );
     if let Some((from_lsn, reason)) = gap {

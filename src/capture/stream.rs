@@ -837,6 +837,7 @@ impl Loop {
         let _ = tokio::time::timeout(Duration::from_secs(10), repl.finish_copy()).await;
         repl.close().await;
         let (deletes, truncates, transactions) = progress.totals();
-        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn })
+        let chain_head = d.head.as_ref().map(crate::sink::chain::to_hex);
+        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn, chain_head })
     }
 }

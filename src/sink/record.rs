@@ -56,8 +56,9 @@ use serde::Serialize;
 use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
-/// Version of this format, written in `capture_started`.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this format, written in `capture_started`. 2: the tamper-evident chain (`chain`,
+/// `chain_prev`, `repaired_tail`); logs of version 1 have none and are read as before.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Appends a JSON string literal, byte for byte what serde_json writes.
 pub fn push_str(out: &mut BytesMut, s: &str) {
@@ -212,6 +213,21 @@ pub struct CaptureStarted<'a> {
     pub walwitness_version: &'static str,
     pub format_version: u32,
     pub proto_version: u32,
+    /// The head of the log before this run (the chain value of its last line), or `None` for a new
+    /// log, standard output, or a log whose last line has no chain value (format 1).
+    pub chain_prev: Option<String>,
+    /// What the log-tail repair cut before this run, if anything.
+    pub repaired_tail: Option<RepairedTail>,
+}
+
+/// The bytes the log-tail repair cut at start: lines after the last chain value (an unfinished
+/// transaction, a torn write), which no chain value covered.
+#[derive(Debug, Serialize)]
+pub struct RepairedTail {
+    pub cut_bytes: u64,
+    pub cut_lines: u64,
+    /// SHA-256 of the bytes cut, in lower-case hex.
+    pub sha256: String,
 }
 
 /// `capture_stopped`: a deliberate end, with the last LSN the log covers.

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
+use super::chain::{split_chained, Chainer, Head};
 use crate::protocol::Lsn;
 
 /// Where the log goes.
@@ -49,6 +50,8 @@ pub struct Durable {
     pub bytes: u64,
     /// Set once the writer failed; it writes nothing after that.
     pub error: Option<String>,
+    /// The last chain value written (see `crate::sink::chain`): the log's head.
+    pub head: Option<Head>,
 }
 
 /// What opening an existing log found and repaired.
@@ -64,6 +67,11 @@ pub struct Recovery {
     pub len: u64,
     /// The most recent capture run recorded in the log.
     pub last_run: Option<LastRun>,
+    /// The chain value of the last line kept (the log's head), when it carries one; the next run
+    /// continues the chain from it (`chain_prev`).
+    pub chain_head: Option<Head>,
+    /// SHA-256 of the bytes cut, when any were (recorded in the next `capture_started`).
+    pub cut_sha256: Option<Head>,
 }
 
 /// What the log says about the run that wrote it last, to tell a resume from a gap.
@@ -136,6 +144,7 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let mut cut_lines = 0u64;
     let mut last_commit_end = None;
     let mut last_run: Option<LastRun> = None;
+    let mut chain_head = None;
     let mut stopped: Option<(bool, Option<Lsn>)> = None;
     let lsn = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Lsn>().ok());
     let mut lines = BackwardLines::new(len);
@@ -149,6 +158,9 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         if cut_at.is_none() {
             if is_boundary {
                 cut_at = Some(start + line.len() as u64 + 1);
+                // Every boundary record carries a chain value (format 2): only lines after the last
+                // one, never covered by any, are cut.
+                chain_head = split_chained(&line).map(|(_, h)| h);
             } else {
                 cut_lines += 1;
                 continue;
@@ -180,12 +192,31 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         run.covered_to = run.covered_to.max(c);
     }
     let keep = cut_at.unwrap_or(0);
+    let mut cut_sha256 = None;
     if keep < len {
+        cut_sha256 = Some(sha256_of_range(file, keep, len)?);
         file.set_len(keep)?;
         file.sync_all()?;
     }
     file.seek(SeekFrom::Start(keep))?;
-    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run })
+    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run, chain_head, cut_sha256 })
+}
+
+/// SHA-256 of the file's bytes from `from` to `to`, read in blocks (an unfinished transaction can be
+/// large).
+fn sha256_of_range(file: &mut File, from: u64, to: u64) -> io::Result<Head> {
+    use sha2::{Digest, Sha256};
+    file.seek(SeekFrom::Start(from))?;
+    let mut h = Sha256::new();
+    let mut left = to - from;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        file.read_exact(&mut buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 /// Reads lines from the end of a file towards its start without loading it whole.
@@ -248,7 +279,7 @@ impl Writer {
     /// Starts the writer thread. For a file, `file` comes from [`open_log`]; `base_len` is its length.
     pub fn start(output: &Output, file: Option<File>, base_len: u64) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Chunk>(32);
-        let (dtx, drx) = watch::channel(Durable { lsn: Lsn::INVALID, bytes: base_len, error: None });
+        let (dtx, drx) = watch::channel(Durable { lsn: Lsn::INVALID, bytes: base_len, error: None, head: None });
         let target = match (output, file) {
             (Output::File(path), Some(f)) => Target::File { file: f, path: path.clone() },
             (Output::File(path), None) => {
@@ -302,6 +333,9 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
     let mut len = base_len;
     let mut boundary_len = base_len;
     let mut synced_lsn = Lsn::INVALID;
+    // Chain values are added here, on the bytes exactly as written (see `crate::sink::chain`).
+    let mut chain = Chainer::new();
+    let mut out: Vec<u8> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut pending_ack: Option<Lsn> = None;
         let mut dirty = false;
@@ -311,12 +345,19 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                 match chunk {
                     Chunk::Append { data, boundary, ack } => {
                         if !data.is_empty() {
-                            target.write_all(&data)?;
-                            len += data.len() as u64;
+                            out.clear();
+                            chain.feed(&data, &mut out);
+                            target.write_all(&out)?;
+                            len += out.len() as u64;
                             dirty = true;
+                            // Do not keep a large transaction's buffer around.
+                            if out.capacity() > 4 << 20 {
+                                out = Vec::new();
+                            }
                         }
                         if boundary {
                             boundary_len = len;
+                            chain.mark_boundary();
                         }
                         if let Some(a) = ack {
                             pending_ack = Some(pending_ack.map_or(a, |p| p.max(a)));
@@ -327,6 +368,12 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                             target.truncate(boundary_len)?;
                             len = boundary_len;
                             dirty = true;
+                        }
+                        if target.can_truncate() {
+                            chain.rollback();
+                        } else {
+                            // The bytes stay in the pipe, and in the chain.
+                            chain.drop_carry();
                         }
                     }
                 }
@@ -344,7 +391,7 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                 if let Some(a) = pending_ack {
                     synced_lsn = synced_lsn.max(a);
                 }
-                durable.send_replace(Durable { lsn: synced_lsn, bytes: len, error: None });
+                durable.send_replace(Durable { lsn: synced_lsn, bytes: len, error: None, head: chain.head() });
             }
             Err(e) => {
                 let msg = match &target {
@@ -353,7 +400,12 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                     }
                     Target::Stdout(_) => format!("cannot write to standard output: {e}"),
                 };
-                durable.send_replace(Durable { lsn: synced_lsn, bytes: boundary_len.min(len), error: Some(msg) });
+                durable.send_replace(Durable {
+                    lsn: synced_lsn,
+                    bytes: boundary_len.min(len),
+                    error: Some(msg),
+                    head: None,
+                });
                 return;
             }
         }
@@ -377,6 +429,10 @@ impl Target {
             // A pipe or terminal has no durability to wait for; flushing hands the bytes to the reader.
             Target::Stdout(s) => s.lock().flush(),
         }
+    }
+
+    fn can_truncate(&self) -> bool {
+        matches!(self, Target::File { .. })
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
