@@ -38,6 +38,12 @@ pub enum Exit {
     DamagedLog = 14,
     /// The capture gave up its slot because it retained more WAL than --max-retained-wal (--on-lag drop).
     LagLimit = 15,
+    /// `replay --verify`: the log's chain shows it was changed after it was written (a line edited,
+    /// inserted, removed or moved; the expected head missing).
+    Tampered = 16,
+    /// `replay --verify`: no tamper evidence, but not all of the log is covered by the chain (a log or
+    /// runs written before the chain existed, a run that restarted it).
+    Unverifiable = 17,
     Sigint = 130,
     Sigterm = 143,
 }

@@ -536,6 +536,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_chain_survives_a_rollback_and_a_repair() {
+        use crate::sink::chain::to_hex;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.jsonl");
+        let (f, rec) = open_log(&p).unwrap();
+        let w = Writer::start(&Output::File(p.clone()), Some(f), rec.len).unwrap();
+        let cs = "{\"type\":\"capture_started\",\"format_version\":2,\"chain_prev\":null}\n";
+        let del = "{\"type\":\"delete\",\"xid\":7}\n";
+        let commit = "{\"type\":\"commit\",\"xid\":7}\n";
+        let send = |data: String, boundary: bool| {
+            let w = &w;
+            async move { w.send(Chunk::Append { data: Bytes::from(data), boundary, ack: None }).await.unwrap() }
+        };
+        send(cs.to_owned(), true).await;
+        send(format!("{del}{del}"), false).await;
+        w.send(Chunk::Rollback).await.unwrap();
+        send(format!("{del}{commit}"), true).await;
+        let fin = w.close().await;
+        let written = std::fs::read(&p).unwrap();
+        let last = written.split(|&b| b == b'\n').rev().nth(1).unwrap();
+        let head = crate::sink::chain::split_chained(last).unwrap().1;
+        assert_eq!(fin.head, Some(head));
+        let ok = |log: &[u8]| {
+            let mut v = crate::read::verify::Verifier::new(None).unwrap();
+            let file: std::rc::Rc<str> = "c".into();
+            for (i, l) in log.split_inclusive(|&b| b == b'\n').enumerate() {
+                v.line(crate::read::verify::Loc { file: file.clone(), line: i as u64 + 1 }, l).unwrap();
+            }
+        };
+        ok(&written);
+        assert_eq!(written.split(|&b| b == b'\n').count(), 4, "{}", String::from_utf8_lossy(&written));
+        // A crash leaves an unfinished transaction: the repair cuts it (and only it), says what it cut,
+        // and hands over the head for the next run's chain_prev.
+        let tail = format!("{del}{del}{{\"type\":\"com");
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(tail.as_bytes()).unwrap();
+        let (_f, rec) = open_log(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), written);
+        assert_eq!(rec.chain_head, Some(head));
+        assert_eq!(rec.cut_lines, 3);
+        assert_eq!(rec.cut_bytes, tail.len() as u64);
+        use sha2::Digest;
+        assert_eq!(to_hex(&rec.cut_sha256.unwrap()), hex::encode(sha2::Sha256::digest(tail.as_bytes())));
+    }
+
+    #[tokio::test]
     async fn writer_rolls_back_to_boundary_and_reports_durable_lsn() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("w.jsonl");
