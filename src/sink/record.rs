@@ -3,11 +3,12 @@
 //! Every line is a JSON object with a `"type"` field. Timestamps are RFC 3339 in UTC with microseconds
 //! (`2026-11-26T15:04:05.123456Z`), LSNs are written as PostgreSQL prints them (`16/B374D848`), and
 //! transaction ids are integers (the 32-bit xid pgoutput sends). Fields are only ever added, never
-//! renamed; `format_version` in `capture_started` changes only for incompatible changes.
+//! renamed; `format_version` in `capture_started` says which version of this specification a run
+//! wrote: 1 before the tamper-evident chain, 2 with it (readers read both).
 //!
 //! | type | written | fields |
 //! |---|---|---|
-//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version` |
+//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; format 2: `chain_prev`, `repaired_tail`, `chain` |
 //! | `delete` | one per deleted row of a watched table | `table`, `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
 //! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
 //! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for a prepared transaction (`--two-phase`) |
@@ -17,6 +18,16 @@
 //! | `capture_stopped` | at a deliberate end | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` |
 //! | `gap` | when coverage was lost | `time`, `slot`, `from_lsn`, `to_lsn`, `reason` (`slot_missing`, `slot_invalidated`, `max_retained_wal`) |
 //!
+//! * Format 2, the tamper-evident chain (`crate::sink::chain`): every record that is not a row
+//!   (`capture_started`, `commit`, `abort`, `gap`, `capture_stopped`) ends with the field
+//!   `"chain":"<64 lower-case hex digits>"`, SHA-256 of the run's exact bytes from the first byte of its
+//!   `capture_started` line up to and including the `"chain":"` of that line; rows are covered by the
+//!   value of the record that closes their transaction. `capture_started` has `chain_prev`, the
+//!   log's head before this run (the chain value of the last line kept; `null` for a new log, for
+//!   standard output, or after a format 1 log), and `repaired_tail`: `null`, or what the log-tail
+//!   repair cut before this run — `{"cut_bytes","cut_lines","sha256"}`, the size and SHA-256 of the
+//!   cut bytes (an unfinished transaction or torn write after the last chain value, which no chain
+//!   value covered; its rows are received again). `walwitness replay --verify` checks all of it.
 //! * `table` is the raw schema and table name joined by a dot, unquoted: `Sales.Order Lines`.
 //! * `key` maps the replica-identity key columns to their values. With REPLICA IDENTITY FULL it holds the
 //!   primary-key columns taken from the old row, or is `null` when the table has no primary key.
