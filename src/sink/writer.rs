@@ -351,7 +351,7 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                             len += out.len() as u64;
                             dirty = true;
                             // Do not keep a large transaction's buffer around.
-                            if out.capacity() > 4 << 20 {
+                            if out.capacity() > 1 << 20 {
                                 out = Vec::new();
                             }
                         }
