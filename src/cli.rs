@@ -356,6 +356,15 @@ pub struct ReplayArgs {
     /// Write the summary of `walwitness report` instead of the records (the filters apply).
     #[arg(long)]
     pub report: bool,
+    /// Check the log's tamper-evident chain instead of writing records (the files are one log, in
+    /// order). Exit 0: intact; 14: damaged (a line cannot be read); 17: tamper evidence (the first bad
+    /// line is named); 18: no chain, or not all of the log is covered by it.
+    #[arg(long, conflicts_with_all = ["raw", "report", "lenient"])]
+    pub verify: bool,
+    /// With --verify: the chain head written down elsewhere (printed at the capture's stop and by
+    /// --verify; 64 hex digits, or at least the first 16). The log must contain it.
+    #[arg(long, value_name = "HEX", requires = "verify")]
+    pub expect_head: Option<String>,
     #[command(flatten)]
     pub report_opts: ReportOutputArgs,
 }

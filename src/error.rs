@@ -41,6 +41,12 @@ pub enum Exit {
     /// A deliberate end (or `attribution remove`) could not remove everything it set up: what is left
     /// is in `capture_stopped.left_behind` and on stderr, with the statements that remove it.
     CleanupIncomplete = 16,
+    /// `replay --verify`: the log's chain shows it was changed after it was written (a line edited,
+    /// inserted, removed or moved; the expected head missing).
+    Tampered = 17,
+    /// `replay --verify`: no tamper evidence, but not all of the log is covered by the chain (a log or
+    /// runs written before the chain existed, a run that restarted it).
+    Unverifiable = 18,
     Sigint = 130,
     Sigterm = 143,
 }

@@ -53,6 +53,12 @@ fn main() {
                                 outcome.last_lsn
                             );
                         }
+                        // Even with -q: the head is only worth something written down elsewhere.
+                        if let Some(h) = &outcome.chain_head {
+                            eprintln!(
+                                "walwitness: chain head {h} (check the log later with: walwitness replay --verify --expect-head {h} LOG)"
+                            );
+                        }
                         outcome.exit()
                     }
                     Err(f) => {

@@ -28,8 +28,9 @@ use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
 use crate::protocol::Lsn;
+use crate::sink::chain::to_hex;
 use crate::sink::record::{
-    now_rfc3339, push_record, CaptureStarted, CaptureStopped, Gap, WatchedRelation, FORMAT_VERSION,
+    now_rfc3339, push_record, CaptureStarted, CaptureStopped, Gap, RepairedTail, WatchedRelation, FORMAT_VERSION,
 };
 use crate::sink::writer::LastRun;
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
@@ -87,6 +88,10 @@ pub struct Outcome {
     pub last_lsn: Lsn,
     /// What the deliberate end could not remove (also in `capture_stopped.left_behind`).
     pub left_behind: Vec<teardown::Leftover>,
+    /// The log's chain head after `capture_stopped` (its chain value), to write down elsewhere.
+    pub chain_head: Option<String>,
+    /// The writer's chain state at its close, continued by `capture_stopped`.
+    pub chain: std::sync::Arc<std::sync::Mutex<crate::sink::chain::Chainer>>,
 }
 
 impl Outcome {
@@ -196,9 +201,12 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     })?;
     if recovery.cut_bytes > 0 {
         eprintln!(
-            "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end; they will be received again",
+            "walwitness: repaired the log: cut {} bytes ({} lines) of an unfinished transaction or torn write at its end, after its last chain value; they will be received again (size and SHA-256 of the cut bytes are recorded in capture_started.repaired_tail)",
             recovery.cut_bytes, recovery.cut_lines
         );
+    }
+    if let (Some(h), true) = (recovery.chain_head, opts.progress) {
+        eprintln!("walwitness: continuing the log's tamper-evident chain from head {}", to_hex(&h));
     }
 
     // A slot the server invalidated cannot be resumed: recreated, and a gap recorded (`resume`).
@@ -312,7 +320,9 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         left
     };
     let slot_kept = keep || left.iter().any(|l| l.object == "slot");
-    let written = write_stopped(&opts.out, log_tail, &outcome, &slot, slot_kept, &left);
+    let mut head = outcome.chain_head.clone();
+    let written = write_stopped(&opts.out, log_tail, &outcome, &slot, slot_kept, &left, &mut head);
+    outcome.chain_head = head;
     if !left.is_empty() {
         eprint!(
             "walwitness: error: {}",
@@ -350,6 +360,7 @@ fn write_stopped(
     slot: &str,
     slot_kept: bool,
     left: &[teardown::Leftover],
+    head: &mut Option<String>,
 ) -> Result<(), Failure> {
     use std::io::{Seek, Write};
     let mut rec = bytes::BytesMut::new();
@@ -379,6 +390,17 @@ fn write_stopped(
         };
         push_record(&mut rec, &Gap::opened(slot, "max_retained_wal", None, outcome.last_lsn, &detail));
     }
+    // Through the chain, like every line before it; the head is then this record's chain value.
+    let rec = {
+        let mut chain = outcome.chain.lock().unwrap_or_else(|p| p.into_inner());
+        let mut chained = Vec::with_capacity(rec.len() + 128);
+        chain.feed(&rec, &mut chained);
+        chain.drop_carry();
+        if let Some(h) = chain.head() {
+            *head = Some(crate::sink::chain::to_hex(&h));
+        }
+        chained
+    };
     let result = match (out, log_tail) {
         (Output::File(_), Some(mut f)) => {
             f.seek(std::io::SeekFrom::End(0)).and_then(|_| f.write_all(&rec)).and_then(|_| f.sync_data())
@@ -547,6 +569,12 @@ async fn capture_with_objects(
             proto_version: proto,
             timeline,
             resume_after: log_mark,
+            chain_prev: recovery.chain_head.as_ref().map(to_hex),
+            repaired_tail: recovery.cut_sha256.as_ref().map(|h| RepairedTail {
+                cut_bytes: recovery.cut_bytes,
+                cut_lines: recovery.cut_lines,
+                sha256: to_hex(h),
+            }),
         },
     );
     if let Some(g) = &plan.gap {

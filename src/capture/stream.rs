@@ -844,7 +844,7 @@ impl Loop {
         let last_lsn = self.acks.covered();
         let cap = self.o.spooled.ack_cap();
         let Loop { mut repl, writer, progress, mut status_buf, acks, o, .. } = self;
-        let d = writer.close().await;
+        let (d, chain) = writer.close_with_chain().await;
         if let Some(e) = d.error {
             return Err(Failure::new(Exit::Output, e));
         }
@@ -858,6 +858,16 @@ impl Loop {
         let _ = tokio::time::timeout(Duration::from_secs(10), repl.finish_copy()).await;
         repl.close().await;
         let (deletes, truncates, transactions) = progress.totals();
-        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn, left_behind: Vec::new() })
+        let chain_head = d.head.as_ref().map(crate::sink::chain::to_hex);
+        Ok(Outcome {
+            reason,
+            deletes,
+            truncates,
+            transactions,
+            last_lsn,
+            left_behind: Vec::new(),
+            chain_head,
+            chain: std::sync::Arc::new(std::sync::Mutex::new(chain)),
+        })
     }
 }

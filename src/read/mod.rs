@@ -19,6 +19,7 @@ pub mod raw_replay;
 pub mod replay;
 pub mod report;
 pub mod tail;
+pub mod verify;
 
 use log::{Action, Damage, Kind, Parser, Record, Validator};
 

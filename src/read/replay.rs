@@ -340,6 +340,24 @@ pub fn run(args: ReplayArgs) -> Exit {
     if args.raw {
         return super::raw_replay::run(&args.files);
     }
+    if args.verify {
+        let f = &args.filter;
+        if f.since.is_some()
+            || f.until.is_some()
+            || !(f.xid.is_empty()
+                && f.pid.is_empty()
+                && f.user.is_empty()
+                && f.app.is_empty()
+                && f.client.is_empty()
+                && f.table.is_empty()
+                && f.key.is_empty()
+                && f.kind.is_empty())
+        {
+            eprintln!("walwitness replay: error: --verify checks whole logs: filters do not apply");
+            return Exit::Usage;
+        }
+        return super::verify::run(&args.files, args.expect_head.as_deref());
+    }
     if !args.report && (args.report_opts.html.is_some() || args.report_opts.format != crate::cli::ReportFormat::Text) {
         eprintln!(
             "walwitness replay: error: --format and --html shape the report: add --report (or use walwitness report)"

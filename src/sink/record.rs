@@ -3,11 +3,12 @@
 //! Every line is a JSON object with a `"type"` field. Timestamps are RFC 3339 in UTC with microseconds
 //! (`2026-11-26T15:04:05.123456Z`), LSNs are written as PostgreSQL prints them (`16/B374D848`), and
 //! transaction ids are integers (the 32-bit xid pgoutput sends). Fields are only ever added, never
-//! renamed; `format_version` in `capture_started` changes only for incompatible changes.
+//! renamed; `format_version` in `capture_started` says which version of this specification a run
+//! wrote: 1 before the tamper-evident chain, 2 with it (readers read both).
 //!
 //! | type | written | fields |
 //! |---|---|---|
-//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `relations` (array of `{oid, schema, name}`, format 2), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; `timeline` (the server's timeline at start) and `resume_after` (transactions ending at or below it were already in the log for this server, database and slot, and are not written again; `0/0`: none) — these two are absent from logs of earlier versions |
+//! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `relations` (array of `{oid, schema, name}`, format 2), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; `timeline` (the server's timeline at start) and `resume_after` (transactions ending at or below it were already in the log for this server, database and slot, and are not written again; `0/0`: none) — these two are absent from logs of earlier versions; format 2: `chain_prev`, `repaired_tail`, `chain` |
 //! | `delete` | one per deleted row of a watched table | `table`, `schema`, `name` (format 2), `partition` (format 2, only for a row of a partition), `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
 //! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `relations` (format 2: one `{table, schema, name[, partition]}` per watched relation truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
 //! | `relation_renamed` | format 2: in a transaction's records, before the first record that shows a watched table under another name than the log last showed | `oid`, `table`, `schema`, `name` (the new name), `previous_table`, `previous_schema`, `previous_name`, `xid`, `lsn` (of that first record), `commit_lsn`, `commit_time`, `origin` |
@@ -32,7 +33,8 @@
 //!   server and database. `table`: the watched table concerned, or `null` for all of them. `detail`: what was
 //!   found, in words. Positions are the server's (for `other_cluster`/`other_database` the log holds nothing
 //!   of this server's before `to_lsn`, so `from_lsn` is `0/0`).
-//! * Format version 2 (this one) added `schema`/`name`, `partition`, `relations` and `relation_renamed`;
+//! * Format version 2 (this one) added `schema`/`name`, `partition`, `relations`, `relation_renamed`,
+//!   open gaps (`to_lsn` `null`) and the tamper-evident chain (below);
 //!   version 1 logs have only `table`/`tables`. Readers accept both.
 //! * Watched tables are identified by their OID, resolved from the names given at start: a rename or
 //!   `SET SCHEMA` (even undone in the same transaction) does not hide deletes, and another table given a
@@ -50,6 +52,16 @@
 //!   start. A TRUNCATE of the table lists every partition in `relations`; a TRUNCATE of one partition is
 //!   logged too, naming just it. Inheritance children (`INHERITS`) are tables of their own and are not
 //!   logged unless watched themselves.
+//! * Format 2, the tamper-evident chain (`crate::sink::chain`): every record that is not a row
+//!   (`capture_started`, `commit`, `abort`, `gap`, `capture_stopped`) ends with the field
+//!   `"chain":"<64 lower-case hex digits>"`, SHA-256 of the run's exact bytes from the first byte of its
+//!   `capture_started` line up to and including the `"chain":"` of that line; rows are covered by the
+//!   value of the record that closes their transaction. `capture_started` has `chain_prev`, the
+//!   log's head before this run (the chain value of the last line kept; `null` for a new log, for
+//!   standard output, or after a format 1 log), and `repaired_tail`: `null`, or what the log-tail
+//!   repair cut before this run — `{"cut_bytes","cut_lines","sha256"}`, the size and SHA-256 of the
+//!   cut bytes (an unfinished transaction or torn write after the last chain value, which no chain
+//!   value covered; its rows are received again). `walwitness replay --verify` checks all of it.
 //! * `key` maps the replica-identity key columns to their values. With REPLICA IDENTITY FULL it holds the
 //!   primary-key columns taken from the old row, or is `null` when the table has no primary key.
 //! * `old` is the whole old row (column → value) with REPLICA IDENTITY FULL, otherwise `null`.
@@ -88,7 +100,8 @@ use serde::Serialize;
 use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
-/// Version of this format, written in `capture_started`.
+/// Version of this format, written in `capture_started`. 2: schema/name, partitions, renames, open gaps
+/// and the tamper-evident chain (`chain`, `chain_prev`, `repaired_tail`); version 1 logs are read as before.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// Appends a JSON string literal, byte for byte what serde_json writes.
@@ -252,6 +265,11 @@ pub struct CaptureStarted<'a> {
     /// Transactions ending at or below this were already in the log (for this server, database and slot)
     /// when the run started, and are not written again.
     pub resume_after: Lsn,
+    /// The head of the log before this run (the chain value of its last line), or `None` for a new
+    /// log, standard output, or a log whose last line has no chain value (format 1).
+    pub chain_prev: Option<String>,
+    /// What the log-tail repair cut before this run, if anything.
+    pub repaired_tail: Option<RepairedTail>,
 }
 
 /// A watched table in `capture_started`.
@@ -260,6 +278,16 @@ pub struct WatchedRelation<'a> {
     pub oid: u32,
     pub schema: &'a str,
     pub name: &'a str,
+}
+
+/// The bytes the log-tail repair cut at start: lines after the last chain value (an unfinished
+/// transaction, a torn write), which no chain value covered.
+#[derive(Debug, Serialize)]
+pub struct RepairedTail {
+    pub cut_bytes: u64,
+    pub cut_lines: u64,
+    /// SHA-256 of the bytes cut, in lower-case hex.
+    pub sha256: String,
 }
 
 /// `capture_stopped`: a deliberate end, with the last LSN the log covers.

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
+use super::chain::{split_chained, Chainer, Head};
 use crate::protocol::Lsn;
 
 /// Where the log goes.
@@ -48,6 +49,8 @@ pub struct Durable {
     pub bytes: u64,
     /// Set once the writer failed; it writes nothing after that.
     pub error: Option<String>,
+    /// The last chain value written (see `crate::sink::chain`): the log's head.
+    pub head: Option<Head>,
 }
 
 /// What opening an existing log found and repaired.
@@ -66,6 +69,11 @@ pub struct Recovery {
     /// Permission bits of an existing log that group or others can access (worth a warning: the log
     /// holds deleted rows' keys and the statements that deleted them).
     pub exposed_mode: Option<u32>,
+    /// The chain value of the last line kept (the log's head), when it carries one; the next run
+    /// continues the chain from it (`chain_prev`).
+    pub chain_head: Option<Head>,
+    /// SHA-256 of the bytes cut, when any were (recorded in the next `capture_started`).
+    pub cut_sha256: Option<Head>,
 }
 
 /// What the log says about the run that wrote it last, to tell a resume from a gap.
@@ -216,6 +224,7 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let mut cut_lines = 0u64;
     let mut last_commit_end = None;
     let mut last_run: Option<LastRun> = None;
+    let mut chain_head = None;
     let mut stopped: Option<(bool, Option<Lsn>)> = None;
     // Of the last run, read backwards: gaps closed later, gaps still open.
     let mut closed: Vec<(String, Option<String>, Lsn)> = Vec::new();
@@ -232,6 +241,9 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         if cut_at.is_none() {
             if is_boundary {
                 cut_at = Some(start + line.len() as u64 + 1);
+                // Every boundary record carries a chain value (format 2): only lines after the last
+                // one, never covered by any, are cut.
+                chain_head = split_chained(&line).map(|(_, h)| h);
             } else {
                 cut_lines += 1;
                 continue;
@@ -289,7 +301,9 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         run.covered_to = run.covered_to.max(own);
     }
     let keep = cut_at.unwrap_or(0);
+    let mut cut_sha256 = None;
     if keep < len {
+        cut_sha256 = Some(sha256_of_range(file, keep, len)?);
         file.set_len(keep)?;
     }
     // Only a regular file has anything to sync (a device such as /dev/full refuses fsync with EINVAL).
@@ -297,7 +311,33 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         file.sync_all()?;
     }
     file.seek(SeekFrom::Start(keep))?;
-    Ok(Recovery { last_commit_end, cut_bytes: len - keep, cut_lines, len: keep, last_run, exposed_mode: None })
+    Ok(Recovery {
+        last_commit_end,
+        cut_bytes: len - keep,
+        cut_lines,
+        len: keep,
+        last_run,
+        exposed_mode: None,
+        chain_head,
+        cut_sha256,
+    })
+}
+
+/// SHA-256 of the file's bytes from `from` to `to`, read in blocks (an unfinished transaction can be
+/// large).
+fn sha256_of_range(file: &mut File, from: u64, to: u64) -> io::Result<Head> {
+    use sha2::{Digest, Sha256};
+    file.seek(SeekFrom::Start(from))?;
+    let mut h = Sha256::new();
+    let mut left = to - from;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        file.read_exact(&mut buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 /// Reads lines from the end of a file towards its start without loading it whole.
@@ -353,14 +393,14 @@ impl BackwardLines {
 pub struct Writer {
     tx: mpsc::Sender<Chunk>,
     durable: watch::Receiver<Durable>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Chainer>>,
 }
 
 impl Writer {
     /// Starts the writer thread. For a file, `file` comes from [`open_log`]; `base_len` is its length.
     pub fn start(output: &Output, file: Option<File>, base_len: u64) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Chunk>(32);
-        let (dtx, drx) = watch::channel(Durable { lsn: Lsn::INVALID, bytes: base_len, error: None });
+        let (dtx, drx) = watch::channel(Durable { lsn: Lsn::INVALID, bytes: base_len, error: None, head: None });
         let target = match (output, file) {
             (Output::File(path), Some(f)) => Target::File { file: f, path: path.clone() },
             (Output::File(path), None) => {
@@ -394,14 +434,23 @@ impl Writer {
     }
 
     /// Waits until everything queued is durable (or the writer failed) and stops the thread.
-    pub async fn close(mut self) -> Durable {
+    pub async fn close(self) -> Durable {
+        self.close_with_chain().await.0
+    }
+
+    /// Like [`Writer::close`], also handing back the chain state, so that a record written after the
+    /// writer stopped (`capture_stopped`, once the cleanup is known) continues the chain.
+    pub async fn close_with_chain(mut self) -> (Durable, Chainer) {
         let Writer { tx, durable, thread } = &mut self;
         drop(std::mem::replace(tx, mpsc::channel(1).0));
+        let mut chain = Chainer::new();
         if let Some(t) = thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            if let Ok(Ok(c)) = tokio::task::spawn_blocking(move || t.join()).await {
+                chain = c;
+            }
         }
         let d = durable.borrow().clone();
-        d
+        (d, chain)
     }
 }
 
@@ -410,10 +459,13 @@ enum Target {
     Stdout(io::Stdout),
 }
 
-fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender<Durable>, base_len: u64) {
+fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender<Durable>, base_len: u64) -> Chainer {
     let mut len = base_len;
     let mut boundary_len = base_len;
     let mut synced_lsn = Lsn::INVALID;
+    // Chain values are added here, on the bytes exactly as written (see `crate::sink::chain`).
+    let mut chain = Chainer::new();
+    let mut out: Vec<u8> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut pending_ack: Option<Lsn> = None;
         let mut dirty = false;
@@ -423,12 +475,19 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                 match chunk {
                     Chunk::Append { data, boundary, ack } => {
                         if !data.is_empty() {
-                            target.write_all(&data)?;
-                            len += data.len() as u64;
+                            out.clear();
+                            chain.feed(&data, &mut out);
+                            target.write_all(&out)?;
+                            len += out.len() as u64;
                             dirty = true;
+                            // Do not keep a large transaction's buffer around.
+                            if out.capacity() > 1 << 20 {
+                                out = Vec::new();
+                            }
                         }
                         if boundary {
                             boundary_len = len;
+                            chain.mark_boundary();
                         }
                         if let Some(a) = ack {
                             pending_ack = Some(pending_ack.map_or(a, |p| p.max(a)));
@@ -439,6 +498,12 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                             target.truncate(boundary_len)?;
                             len = boundary_len;
                             dirty = true;
+                        }
+                        if target.can_truncate() {
+                            chain.rollback();
+                        } else {
+                            // The bytes stay in the pipe, and in the chain.
+                            chain.drop_carry();
                         }
                     }
                 }
@@ -456,7 +521,7 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                 if let Some(a) = pending_ack {
                     synced_lsn = synced_lsn.max(a);
                 }
-                durable.send_replace(Durable { lsn: synced_lsn, bytes: len, error: None });
+                durable.send_replace(Durable { lsn: synced_lsn, bytes: len, error: None, head: chain.head() });
             }
             Err(e) => {
                 let msg = match &target {
@@ -465,11 +530,18 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                     }
                     Target::Stdout(_) => format!("cannot write to standard output: {e}"),
                 };
-                durable.send_replace(Durable { lsn: synced_lsn, bytes: boundary_len.min(len), error: Some(msg) });
-                return;
+                durable.send_replace(Durable {
+                    lsn: synced_lsn,
+                    bytes: boundary_len.min(len),
+                    error: Some(msg),
+                    head: None,
+                });
+                // The log failed: nothing may be chained onto it.
+                return Chainer::new();
             }
         }
     }
+    chain
 }
 
 impl Target {
@@ -489,6 +561,10 @@ impl Target {
             // A pipe or terminal has no durability to wait for; flushing hands the bytes to the reader.
             Target::Stdout(s) => s.lock().flush(),
         }
+    }
+
+    fn can_truncate(&self) -> bool {
+        matches!(self, Target::File { .. })
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
@@ -671,6 +747,51 @@ mod tests {
         let (mut f, _) = open_log(&p).unwrap();
         f.write_all(b"x").unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn the_chain_survives_a_rollback_and_a_repair() {
+        use crate::sink::chain::to_hex;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.jsonl");
+        let (f, rec) = open_log(&p).unwrap();
+        let w = Writer::start(&Output::File(p.clone()), Some(f), rec.len).unwrap();
+        let cs = "{\"type\":\"capture_started\",\"format_version\":2,\"chain_prev\":null}\n";
+        let del = "{\"type\":\"delete\",\"xid\":7}\n";
+        let commit = "{\"type\":\"commit\",\"xid\":7}\n";
+        let send = |data: String, boundary: bool| {
+            let w = &w;
+            async move { w.send(Chunk::Append { data: Bytes::from(data), boundary, ack: None }).await.unwrap() }
+        };
+        send(cs.to_owned(), true).await;
+        send(format!("{del}{del}"), false).await;
+        w.send(Chunk::Rollback).await.unwrap();
+        send(format!("{del}{commit}"), true).await;
+        let fin = w.close().await;
+        let written = std::fs::read(&p).unwrap();
+        let last = written.split(|&b| b == b'\n').rev().nth(1).unwrap();
+        let head = crate::sink::chain::split_chained(last).unwrap().1;
+        assert_eq!(fin.head, Some(head));
+        let ok = |log: &[u8]| {
+            let mut v = crate::read::verify::Verifier::new(None).unwrap();
+            let file: std::rc::Rc<str> = "c".into();
+            for (i, l) in log.split_inclusive(|&b| b == b'\n').enumerate() {
+                v.line(crate::read::verify::Loc { file: file.clone(), line: i as u64 + 1 }, l).unwrap();
+            }
+        };
+        ok(&written);
+        assert_eq!(written.split(|&b| b == b'\n').count(), 4, "{}", String::from_utf8_lossy(&written));
+        // A crash leaves an unfinished transaction: the repair cuts it (and only it), says what it cut,
+        // and hands over the head for the next run's chain_prev.
+        let tail = format!("{del}{del}{{\"type\":\"com");
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(tail.as_bytes()).unwrap();
+        let (_f, rec) = open_log(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), written);
+        assert_eq!(rec.chain_head, Some(head));
+        assert_eq!(rec.cut_lines, 3);
+        assert_eq!(rec.cut_bytes, tail.len() as u64);
+        use sha2::Digest;
+        assert_eq!(to_hex(&rec.cut_sha256.unwrap()), hex::encode(sha2::Sha256::digest(tail.as_bytes())));
     }
 
     #[tokio::test]

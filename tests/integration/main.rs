@@ -2,6 +2,7 @@
 //! the real `walwitness` binary against it.
 mod attribution;
 mod capture;
+mod chain;
 mod cleanup_rights;
 mod coverage;
 mod encoding;
