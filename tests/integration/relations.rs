@@ -367,8 +367,15 @@ async fn raw_capture_replays_partitions_and_renames_to_the_same_bytes() {
     env.exec("TRUNCATE parts.m_3").await;
     env.stop_capture(bg).await;
     let live = std::fs::read_to_string(&out).unwrap();
-    let live_txns: String =
-        live.lines().filter(|l| !l.starts_with("{\"type\":\"capture_")).map(|l| format!("{l}\n")).collect();
+    // The chain value (the log's, not the transaction's) is the one field offline decoding cannot know.
+    let live_txns: String = live
+        .lines()
+        .filter(|l| !l.starts_with("{\"type\":\"capture_"))
+        .map(|l| match l.len().checked_sub(76).filter(|&at| l[at..].starts_with(",\"chain\":\"")) {
+            Some(at) => format!("{}}}\n", &l[..at]),
+            None => format!("{l}\n"),
+        })
+        .collect();
     assert!(live_txns.contains("\"name\":\"m_3\"") && live_txns.contains("relation_renamed"), "{live}");
     let r = run_bin(&["replay".into(), "--raw".into(), raw_s]).await;
     r.assert_code(0);
