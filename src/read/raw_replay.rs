@@ -14,7 +14,7 @@ use crate::error::{Exit, Failure};
 use crate::protocol::pgoutput::{parse, ParseOptions};
 use crate::sink::raw::{Frame, RawReader};
 
-pub fn run(files: &[String]) -> Exit {
+pub fn run(files: &[String], _max_frame: usize) -> Exit {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     for f in files {
