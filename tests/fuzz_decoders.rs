@@ -192,4 +192,77 @@ proptest! {
         }
         let _ = validator.finish(lines.len() as u64, 0);
     }
+
+    /// The readers' line splitting over arbitrary bytes, read in arbitrary pieces, with an arbitrary
+    /// line limit: exactly the input's lines in order, then either the unterminated rest or a stop at a
+    /// line that really is over the limit (memory stays bounded by it), never a panic.
+    #[test]
+    fn line_splitting_is_exact_and_bounded(
+        parts in proptest::collection::vec(prop_oneof![
+            proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..40),
+            (0usize..6000).prop_map(|n| vec![b'x'; n]),
+        ], 0..30),
+        limit in 1usize..5000,
+        piece in 1usize..700,
+    ) {
+        let data: Vec<u8> = parts.concat();
+        let mut want: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+        let tail = want.pop().unwrap_or_default();
+        let strip = |l: &[u8]| l.strip_suffix(b"\r").unwrap_or(l).to_vec();
+        // read_chunks (replay, report).
+        let input = Box::new(std::io::BufReader::with_capacity(piece, std::io::Cursor::new(data.clone())));
+        let (rx, back) = walwitness::read::log::read_chunks(input, limit);
+        let mut got = Vec::new();
+        let mut end = None;
+        for c in rx {
+            match c {
+                walwitness::read::log::Chunk::Lines(b) => {
+                    got.extend(walwitness::read::log::block_lines(&b).map(<[u8]>::to_vec));
+                    let _ = back.send(b);
+                }
+                walwitness::read::log::Chunk::Incomplete(n) => end = Some(Ok(n)),
+                walwitness::read::log::Chunk::TooLong(n) => end = Some(Err(n)),
+                walwitness::read::log::Chunk::Err(e) => panic!("{e}"),
+            }
+        }
+        prop_assert!(got.len() <= want.len());
+        for (g, w) in got.iter().zip(&want) {
+            prop_assert_eq!(g, &strip(w));
+        }
+        match end {
+            Some(Ok(n)) => {
+                prop_assert_eq!(got.len(), want.len());
+                prop_assert_eq!(n, tail.len());
+            }
+            Some(Err(n)) => {
+                let line = want.get(got.len()).copied().unwrap_or(tail);
+                prop_assert!(n > limit && n <= line.len(), "stopped at {} for a line of {}", n, line.len());
+            }
+            None => prop_assert!(false, "no end"),
+        }
+        // LineReader (tail, tail -f).
+        let mut r = walwitness::read::log::LineReader::with_limit(
+            std::io::BufReader::with_capacity(piece, std::io::Cursor::new(data.clone())), limit);
+        let mut n = 0;
+        loop {
+            match r.next_line() {
+                Ok(Some(l)) => {
+                    prop_assert!(l.len() <= limit);
+                    prop_assert_eq!(l.to_vec(), strip(want[n]));
+                    n += 1;
+                }
+                Ok(None) => {
+                    prop_assert_eq!(n, want.len());
+                    prop_assert_eq!(r.pending(), tail.len());
+                    break;
+                }
+                Err(e) => {
+                    prop_assert!(walwitness::read::log::too_long(&e).is_some(), "{}", e);
+                    let line = want.get(n).copied().unwrap_or(tail);
+                    prop_assert!(line.len() > limit);
+                    break;
+                }
+            }
+        }
+    }
 }

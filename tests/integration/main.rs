@@ -6,6 +6,7 @@ mod coverage;
 mod encoding;
 mod errors;
 mod faults;
+mod hostile;
 mod integrity;
 mod readers;
 mod relations;
