@@ -49,10 +49,21 @@ impl Held {
 
     /// Holds `line` followed by a newline.
     pub fn push_line(&mut self, line: &[u8]) -> io::Result<()> {
+        self.push(&[line, b"\n"])
+    }
+
+    /// Holds `bytes` as they are.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.push(&[bytes])
+    }
+
+    fn push(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         let limit = self.limit.unwrap_or(IN_MEMORY);
-        if self.file.is_none() && self.mem.len() + line.len() < limit {
-            self.mem.extend_from_slice(line);
-            self.mem.push(b'\n');
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.file.is_none() && self.mem.len() + len <= limit {
+            for p in parts {
+                self.mem.extend_from_slice(p);
+            }
             return Ok(());
         }
         if self.file.is_none() {
@@ -64,10 +75,11 @@ impl Held {
             self.spilled = 0;
         }
         let Some(f) = self.file.as_mut() else { return Ok(()) };
-        let mem = std::mem::take(&mut self.mem);
-        let r = f.write_all(&mem).and_then(|()| f.write_all(line)).and_then(|()| f.write_all(b"\n"));
-        self.spilled += (mem.len() + line.len() + 1) as u64;
-        self.mem = mem;
+        let mut r = f.write_all(&self.mem);
+        for p in parts {
+            r = r.and_then(|()| f.write_all(p));
+        }
+        self.spilled += (self.mem.len() + len) as u64;
         self.mem.clear();
         // The memory block is not needed any more: give it back.
         self.mem.shrink_to(64 * 1024);
