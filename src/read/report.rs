@@ -411,12 +411,15 @@ struct PendEntry {
     truncates: u64,
 }
 
+/// A session's entries in `Pending::entries`: the one without a query, and by query.
+type SessionEntries = (Option<usize>, HashMap<String, usize>);
+
 #[derive(Debug, Default)]
 struct Pending {
     entries: Vec<PendEntry>,
     /// `entries` by session, then query (`None`: the entry without a query): a crafted transaction of
     /// a million distinct statements must not cost a search through all of them per row.
-    index: HashMap<Option<usize>, (Option<usize>, HashMap<String, usize>)>,
+    index: HashMap<Option<usize>, SessionEntries>,
     prefixes: Vec<(String, u64)>,
     tables: Vec<(String, u64, u64)>,
 }

@@ -99,7 +99,7 @@ impl RawWriter {
     /// file of this format version: its frames are checked, and a frame a crash cut short at its end
     /// is cut off (said on stderr) before appending.
     pub fn open(path: &Path, header: &RawHeader) -> io::Result<RawWriter> {
-        let mut f = OpenOptions::new().create(true).read(true).write(true).mode(0o600).open(path)?;
+        let mut f = OpenOptions::new().create(true).truncate(false).read(true).write(true).mode(0o600).open(path)?;
         let len = f.metadata()?.len();
         if len == 0 {
             let mut w = RawWriter { out: BufWriter::with_capacity(256 * 1024, f) };
