@@ -285,7 +285,7 @@ impl<R: Read> RawReader<R> {
         let mut head_crc = [0u8; 4];
         if version == 2 {
             if !read_full(&mut r, &mut head_crc).map_err(RawError::Io)? {
-                return Err(RawError::Cut { at: 0 });
+                return Err(bad("(the file header) is cut short"));
             }
             if crc(&[&head]) != u32::from_be_bytes(head_crc) {
                 return Err(bad("(the file header) does not match its checksum"));
@@ -297,13 +297,13 @@ impl<R: Read> RawReader<R> {
         let mut meta = Vec::new();
         (&mut r).take(n.into()).read_to_end(&mut meta).map_err(RawError::Io)?;
         if meta.len() < n as usize {
-            return Err(RawError::Cut { at: 0 });
+            return Err(bad("(the file header) is cut short"));
         }
         let mut pos = 10 + u64::from(n);
         if version == 2 {
             let mut sum = [0u8; 4];
             if !read_full(&mut r, &mut sum).map_err(RawError::Io)? {
-                return Err(RawError::Cut { at: 0 });
+                return Err(bad("(the file header) is cut short"));
             }
             if crc(&[&head, &head_crc, &meta]) != u32::from_be_bytes(sum) {
                 return Err(bad("(the file header) does not match its checksum"));
@@ -469,10 +469,16 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         let (h2, r) = RawReader::open(&bytes[..], 1 << 20).unwrap();
         assert_eq!(h2, header());
+        assert_eq!(r.version(), FORMAT_VERSION);
         assert!(r.checked());
         assert_eq!(read_all(&bytes).unwrap(), want);
-        // Every truncation is a clean end at a frame boundary or a frame cut short, never damage.
-        for n in 10..bytes.len() {
+        // A truncated header is damage; every later truncation is a clean end at a frame boundary or a
+        // frame cut short, never damage.
+        let start = r.offset() as usize;
+        for n in 0..start {
+            assert!(matches!(read_all(&bytes[..n]), Err(RawError::Damaged { at: 0, .. })), "{n}");
+        }
+        for n in start..bytes.len() {
             match read_all(&bytes[..n]) {
                 Ok(f) => assert!(want.starts_with(&f), "{n}"),
                 Err(RawError::Cut { .. }) => {}
