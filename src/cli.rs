@@ -302,6 +302,31 @@ pub struct TailArgs {
     /// Keys shown per table of a transaction.
     #[arg(long, default_value_t = 3)]
     pub keys: usize,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What bounds the readers' memory whatever the input.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LimitArgs {
+    /// The longest line read (for replay --raw: the largest frame), e.g. 64MB, 1GB. A longer one stops
+    /// reading as damage (exit 14), even with --lenient; memory stays within a few times this.
+    #[arg(long, value_name = "SIZE", default_value = "64MB", value_parser = parse_line_limit)]
+    pub max_line_length: usize,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        LimitArgs { max_line_length: crate::read::log::DEFAULT_MAX_LINE }
+    }
+}
+
+fn parse_line_limit(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if n < 1024 {
+        return Err(format!("{s:?} is too small (at least 1kB)"));
+    }
+    usize::try_from(n).map_err(|_| format!("{s:?} is too large"))
 }
 
 /// Which records `replay` writes; all given filters must match.
@@ -353,6 +378,8 @@ pub struct ReplayArgs {
     /// writes (transaction records only; filters and --report do not apply).
     #[arg(long)]
     pub raw: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Write the summary of `walwitness report` instead of the records (the filters apply).
     #[arg(long)]
     pub report: bool,
@@ -395,6 +422,8 @@ pub struct ReportArgs {
     /// Read past damaged lines (counted on stderr) instead of stopping at the first one.
     #[arg(long)]
     pub lenient: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub output: ReportOutputArgs,
 }

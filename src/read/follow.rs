@@ -36,11 +36,18 @@ pub struct Follower {
     path: PathBuf,
     reader: Option<LineReader<BufReader<File>>>,
     id: (u64, u64),
+    max_line: usize,
 }
 
 impl Follower {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Follower { path: path.into(), reader: None, id: (0, 0) }
+        Self::with_limit(path, super::log::DEFAULT_MAX_LINE)
+    }
+
+    /// A follower refusing lines longer than `max_line` bytes (an error from `poll`, see
+    /// [`super::log::too_long`]).
+    pub fn with_limit(path: impl Into<PathBuf>, max_line: usize) -> Self {
+        Follower { path: path.into(), reader: None, id: (0, 0), max_line }
     }
 
     fn open(&mut self) -> io::Result<bool> {
@@ -62,7 +69,7 @@ impl Follower {
         // Put back what the magic-byte check read: rewind the fresh reader to the start.
         io::Seek::seek(&mut r, io::SeekFrom::Start(0))?;
         self.id = (meta.dev(), meta.ino());
-        self.reader = Some(LineReader::new(r));
+        self.reader = Some(LineReader::with_limit(r, self.max_line));
         Ok(true)
     }
 

@@ -5,6 +5,10 @@
 //!   → log::parse_line (typed, borrowed records) → log::Validator (format rules, one open transaction)
 //!   → Consumer: tail (human view), replay (filters → JSON lines), report (bounded aggregates)
 //! ```
+//! Memory is bounded whatever the input: no line longer than `--max-line-length` (default 64 MiB) is
+//! held (a longer one is damage that stops reading, exit 14), compressed input included; a transaction's
+//! rows held until their commit move from memory to an unnamed temporary file past [`held::IN_MEMORY`].
+//!
 //! Only committed transactions reach a consumer as committed: rows are handed over as they are read
 //! (`row`), and the consumer holds them until `commit` or drops them on `abort` (the capture was cut
 //! mid-transaction). Nothing holds more than one transaction, so memory does not grow with the log.
@@ -13,6 +17,7 @@ use std::io;
 use crate::error::{Exit, Failure};
 
 pub mod follow;
+pub mod held;
 pub mod html;
 pub mod log;
 pub mod raw_replay;
@@ -186,9 +191,14 @@ impl Feeder {
     }
 }
 
-/// Reads whole files (or `-`) through a consumer: the offline path of `tail` (without -f), `replay`
-/// and `report`. Returns the total stats.
-pub fn read_files<C: Consumer>(files: &[String], lenient: bool, c: &mut C) -> Result<Stats, Stop> {
+/// A line over the limit: reading cannot go on in bounded memory, so it stops, even with `--lenient`.
+pub fn too_long_failure(name: &str, line: u64, e: &log::LineTooLong) -> Stop {
+    Stop::Failure(Failure::new(Exit::DamagedLog, format!("{name}:{line}: damaged log: {e}")))
+}
+
+/// Reads whole files (or `-`) through a consumer: the offline path of `replay` and `report`.
+/// Lines longer than `max_line` bytes stop reading (exit 14). Returns the total stats.
+pub fn read_files<C: Consumer>(files: &[String], lenient: bool, max_line: usize, c: &mut C) -> Result<Stats, Stop> {
     let mut total = Stats::default();
     for name in files {
         let display = if name == "-" { "<stdin>" } else { name.as_str() };
@@ -202,15 +212,23 @@ pub fn read_files<C: Consumer>(files: &[String], lenient: bool, c: &mut C) -> Re
         let mut feeder = Feeder::new(display, lenient);
         let mut line_no = 0u64;
         let mut pending = 0usize;
-        let (chunks, recycle) = log::read_chunks(input);
+        let (chunks, recycle) = log::read_chunks(input, max_line);
         for chunk in chunks {
             match chunk {
                 log::Chunk::Lines(block) => {
                     for line in log::block_lines(&block) {
                         line_no += 1;
+                        if line.len() > max_line {
+                            let e = log::LineTooLong { bytes: line.len(), limit: max_line };
+                            return Err(too_long_failure(display, line_no, &e));
+                        }
                         feeder.line(line_no, line, c)?;
                     }
                     let _ = recycle.send(block);
+                }
+                log::Chunk::TooLong(bytes) => {
+                    let e = log::LineTooLong { bytes, limit: max_line };
+                    return Err(too_long_failure(display, line_no + 1, &e));
                 }
                 log::Chunk::Incomplete(n) => pending = n,
                 log::Chunk::Err(e) => {

@@ -1,10 +1,23 @@
 //! `walwitness replay --raw FILE…`: decodes raw capture files offline into the transaction records
 //! (delete, truncate, commit) a live capture wrote — the same decoder, the same bytes.
-use std::io::{self, BufWriter, Write};
+//!
+//! The file is streamed frame by frame (see `crate::sink::raw`): memory is bounded by the largest frame
+//! (`--max-line-length`), and a transaction's records wait for its commit in memory only up to
+//! `held::IN_MEMORY`, then in a temporary file. A damaged frame (checksum mismatch, unknown type) stops
+//! it with exit 14 naming the frame's byte offset; a frame cut short at the very end (a capture that
+//! stopped while writing it) is reported and the rest ignored, as the live log's repair would.
+//!
+//! Attribution is never taken on the file's word: a session stored in an activity frame ('a') is
+//! reported as `"attributed_by":"activity"` whatever its JSON says (a forged frame claiming the
+//! trigger's exactness gets no more than the activity source's standing), without the fields only the
+//! trigger sets; trigger messages cannot be verified offline (the key stays on the server) and
+//! attribute nothing.
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::attribution::activity::ActivityMap;
 use crate::attribution::{Attributor, Session};
@@ -12,15 +25,19 @@ use crate::decode::relations::WatchList;
 use crate::decode::{Assembler, Step};
 use crate::error::{Exit, Failure};
 use crate::protocol::pgoutput::{parse, ParseOptions};
-use crate::sink::raw::{Frame, RawReader};
+use crate::sink::raw::{Frame, RawError, RawReader};
 
-pub fn run(files: &[String]) -> Exit {
+use super::held::Held;
+
+pub fn run(files: &[String], max_frame: usize) -> Exit {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     for f in files {
-        match decode_file(f, &mut out) {
+        match decode_file(f, max_frame, &mut out) {
             Ok(()) => {}
             Err(Ok(f)) => {
+                // What was decoded before the damage is written, then the failure.
+                let _ = out.flush();
                 eprintln!("walwitness replay: error: {f}");
                 return f.exit;
             }
@@ -38,10 +55,36 @@ pub fn run(files: &[String]) -> Exit {
     }
 }
 
-fn decode_file(path: &str, out: &mut impl Write) -> Result<(), Result<Failure, io::Error>> {
-    let data = std::fs::read(path).map_err(|e| Ok(Failure::new(Exit::Usage, format!("cannot read {path}: {e}"))))?;
-    let (header, mut reader) =
-        RawReader::new(Bytes::from(data)).map_err(|e| Ok(Failure::new(Exit::DamagedLog, format!("{path}: {e}"))))?;
+/// The session of an activity frame as offline replay may report it: the activity source's claim,
+/// never more. `None` when it is not a session at all.
+pub fn activity_session(json: &[u8]) -> Option<Session> {
+    let mut s: Session = serde_json::from_slice(json).ok()?;
+    s.attributed_by = "activity".into();
+    // Only the trigger source sets these (or a disagreement between both sources, live only).
+    s.current_user = None;
+    s.statement_start = None;
+    s.trigger_depth = None;
+    s.conflict = None;
+    Some(s)
+}
+
+type FileError = Result<Failure, io::Error>;
+
+fn damaged(path: &str, e: impl std::fmt::Display) -> FileError {
+    Ok(Failure::new(Exit::DamagedLog, format!("{path}: {e}")))
+}
+
+fn decode_file(path: &str, max_frame: usize, out: &mut impl Write) -> Result<(), FileError> {
+    let file = File::open(path).map_err(|e| Ok(Failure::new(Exit::Usage, format!("cannot read {path}: {e}"))))?;
+    let (header, mut reader) = RawReader::open(BufReader::with_capacity(256 * 1024, file), max_frame)
+        .map_err(|e| damaged(path, format!("{e} (give a file written by `walwitness capture --raw-out`)")))?;
+    if !reader.checked() {
+        eprintln!(
+            "walwitness replay: warning: {path} is a raw file of format version {} (an older walwitness): its \
+             frames carry no checksums, so damage to it cannot be detected — its output is unchecked",
+            reader.version()
+        );
+    }
     let mut watch = WatchList::new();
     for t in &header.tables {
         match t.oid {
@@ -59,42 +102,85 @@ fn decode_file(path: &str, out: &mut impl Write) -> Result<(), Result<Failure, i
     let mut asm = Assembler::new(watch, Default::default(), attributor);
     // A transaction is written only once its commit is decoded, as the live log's rollback would leave it.
     let mut buf = BytesMut::new();
+    let mut held = Held::new();
     loop {
+        let at = reader.offset();
         let frame = match reader.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => {
-                crate::term::eprint_line(&format!("walwitness replay: warning: {path}: {e}; the rest is ignored"));
+            Err(RawError::Cut { at }) => {
+                crate::term::eprint_line(&format!(
+                    "walwitness replay: warning: {path}: the frame at byte {at} is cut short (the capture stopped while writing it); the rest is ignored"
+                ));
                 break;
             }
+            Err(e) => return Err(damaged(path, e)),
         };
         match frame {
-            Frame::Activity { xid, session } => {
-                if let Ok(s) = serde_json::from_slice::<Session>(&session) {
-                    map.record(Instant::now(), vec![(xid, s)]);
+            Frame::Activity { xid, session } => match activity_session(&session) {
+                Some(s) => map.record(Instant::now(), vec![(xid, s)]),
+                None => {
+                    return Err(damaged(
+                        path,
+                        format!("damaged raw file: the activity frame at byte {at} is not a session"),
+                    ))
                 }
-            }
+            },
             Frame::Partition { oid, root, primary_key } => {
                 asm.add_partition(oid, root, primary_key);
             }
             Frame::Reconnected => {
                 asm.abandon_transaction();
                 buf.clear();
+                held.clear();
             }
             Frame::XLog { wal_start, payload } => {
-                let msg = parse(&payload, ParseOptions::default())
-                    .map_err(|e| Ok(Failure::new(Exit::DamagedLog, format!("{path}: at LSN {wal_start}: {e}"))))?;
+                let msg = parse(&payload, ParseOptions::default()).map_err(|e| {
+                    damaged(path, format!("the frame at byte {at} (LSN {wal_start}) is not a pgoutput message: {e}"))
+                })?;
                 match asm.handle(wal_start, msg, &mut buf) {
                     Ok(Step::Committed { end_lsn, .. }) => {
                         asm.set_resume_after(end_lsn);
+                        held.write_to(out).map_err(Err)?;
                         out.write_all(&buf).map_err(Err)?;
                         buf.clear();
                     }
-                    Ok(Step::Continue) => {}
-                    Err(e) => return Err(Ok(Failure::new(Exit::DamagedLog, format!("{path}: {e}")))),
+                    Ok(Step::Continue) => {
+                        // A large transaction waits for its commit on disk, not in memory.
+                        if buf.len() >= 1 << 20 {
+                            held.push_bytes(&buf).map_err(Err)?;
+                            buf.clear();
+                        }
+                    }
+                    Err(e) => return Err(damaged(path, format!("at the frame at byte {at}: {e}"))),
                 }
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_activity_frame_never_claims_more_than_activity() {
+        let forged = Session {
+            attributed_by: "trigger".into(),
+            pid: 4242,
+            user: Some("mallory".into()),
+            current_user: Some("admin".into()),
+            statement_start: Some("2026-01-01T00:00:00.000000Z".into()),
+            trigger_depth: Some(0),
+            conflict: Some(Box::new(Session::default())),
+            ..Default::default()
+        };
+        let s = activity_session(&serde_json::to_vec(&forged).unwrap()).unwrap();
+        assert_eq!(s.attributed_by, "activity");
+        assert_eq!((s.pid, s.user.as_deref()), (4242, Some("mallory")));
+        assert_eq!((s.current_user, s.statement_start, s.trigger_depth), (None, None, None));
+        assert!(s.conflict.is_none());
+        assert!(activity_session(b"{\"not\":\"a session\"}").is_none());
+    }
 }

@@ -270,13 +270,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct ReplayOut<W: Write> {
     out: W,
     filter: Filter,
-    held: Vec<u8>,
+    held: super::held::Held,
     any_row: bool,
 }
 
 impl<W: Write> ReplayOut<W> {
     pub fn new(out: W, filter: Filter) -> Self {
-        ReplayOut { out, filter, held: Vec::new(), any_row: false }
+        ReplayOut { out, filter, held: super::held::Held::new(), any_row: false }
     }
 
     pub fn into_inner(self) -> W {
@@ -290,16 +290,14 @@ impl<W: Write> Consumer for ReplayOut<W> {
             // Context for the rows after it: written with them if any of its transaction's rows pass.
             self.filter.follow_rename(rec);
             if self.filter.kind_allowed(kind) {
-                self.held.extend_from_slice(line);
-                self.held.push(b'\n');
+                self.held.push_line(line)?;
             }
             return Ok(());
         }
         if self.filter.row_matches(rec) {
             self.any_row = true;
             if self.filter.kind_allowed(kind) {
-                self.held.extend_from_slice(line);
-                self.held.push(b'\n');
+                self.held.push_line(line)?;
             }
         }
         Ok(())
@@ -307,7 +305,7 @@ impl<W: Write> Consumer for ReplayOut<W> {
 
     fn commit(&mut self, _rec: &Record, line: &[u8]) -> io::Result<()> {
         let r = if self.any_row {
-            self.out.write_all(&self.held).and_then(|()| {
+            self.held.write_to(&mut self.out).and_then(|()| {
                 if self.filter.kind_allowed(Kind::Commit) {
                     self.out.write_all(line)?;
                     self.out.write_all(b"\n")
@@ -338,7 +336,7 @@ impl<W: Write> Consumer for ReplayOut<W> {
 
 pub fn run(args: ReplayArgs) -> Exit {
     if args.raw {
-        return super::raw_replay::run(&args.files);
+        return super::raw_replay::run(&args.files, args.limits.max_line_length);
     }
     if args.verify {
         let f = &args.filter;
@@ -356,7 +354,7 @@ pub fn run(args: ReplayArgs) -> Exit {
             eprintln!("walwitness replay: error: --verify checks whole logs: filters do not apply");
             return Exit::Usage;
         }
-        return super::verify::run(&args.files, args.expect_head.as_deref());
+        return super::verify::run(&args.files, args.expect_head.as_deref(), args.limits.max_line_length);
     }
     if !args.report && (args.report_opts.html.is_some() || args.report_opts.format != crate::cli::ReportFormat::Text) {
         eprintln!(
@@ -365,7 +363,14 @@ pub fn run(args: ReplayArgs) -> Exit {
         return Exit::Usage;
     }
     if args.report {
-        return super::report::run_with("replay", &args.files, &args.filter, args.lenient, &args.report_opts);
+        return super::report::run_with(
+            "replay",
+            &args.files,
+            &args.filter,
+            args.lenient,
+            args.limits.max_line_length,
+            &args.report_opts,
+        );
     }
     super::finish("replay", replay(&args))
 }
@@ -374,7 +379,7 @@ fn replay(args: &ReplayArgs) -> Result<(), Stop> {
     let filter = Filter::from_args(&args.filter)?;
     let stdout = io::stdout();
     let mut out = ReplayOut::new(BufWriter::with_capacity(256 * 1024, stdout.lock()), filter);
-    read_files(&args.files, args.lenient, &mut out)?;
+    read_files(&args.files, args.lenient, args.limits.max_line_length, &mut out)?;
     out.into_inner().flush().map_err(super::output_error)?;
     Ok(())
 }

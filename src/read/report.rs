@@ -413,9 +413,15 @@ struct PendEntry {
     truncates: u64,
 }
 
+/// A session's entries in `Pending::entries`: the one without a query, and by query.
+type SessionEntries = (Option<usize>, HashMap<String, usize>);
+
 #[derive(Debug, Default)]
 struct Pending {
     entries: Vec<PendEntry>,
+    /// `entries` by session, then query (`None`: the entry without a query): a crafted transaction of
+    /// a million distinct statements must not cost a search through all of them per row.
+    index: HashMap<Option<usize>, SessionEntries>,
     prefixes: Vec<(String, u64)>,
     tables: Vec<(String, u64, u64)>,
 }
@@ -423,8 +429,33 @@ struct Pending {
 impl Pending {
     fn clear(&mut self) {
         self.entries.clear();
+        self.index.clear();
         self.prefixes.clear();
         self.tables.clear();
+    }
+
+    /// The entry of `session` and `query`, created if new.
+    fn entry(&mut self, session: Option<usize>, query: Option<&str>) -> &mut PendEntry {
+        let by_session = self.index.entry(session).or_default();
+        let slot = match query {
+            None => by_session.0,
+            Some(q) => by_session.1.get(q).copied(),
+        };
+        let i = match slot {
+            Some(i) => i,
+            None => {
+                let i = self.entries.len();
+                self.entries.push(PendEntry { session, query: query.map(str::to_owned), rows: 0, truncates: 0 });
+                match query {
+                    None => by_session.0 = Some(i),
+                    Some(q) => {
+                        by_session.1.insert(q.to_owned(), i);
+                    }
+                }
+                i
+            }
+        };
+        &mut self.entries[i]
     }
 }
 
@@ -780,24 +811,23 @@ impl Consumer for Aggregator {
         let query = rec.session.value().and_then(|s| s.query.as_deref());
         let (rows, truncates) = if kind == Kind::Delete { (1, 0) } else { (0, 1) };
         let p = &mut self.pending;
-        match p.entries.iter_mut().find(|e| e.session == session && e.query.as_deref() == query) {
-            Some(e) => {
-                e.rows += rows;
-                e.truncates += truncates;
-            }
-            None => p.entries.push(PendEntry { session, query: query.map(str::to_owned), rows, truncates }),
-        }
+        let e = p.entry(session, query);
+        e.rows += rows;
+        e.truncates += truncates;
         if let Some(key) = rec.key.value() {
             let mut v = std::mem::take(&mut p.prefixes);
             bump(&mut v, key_prefix(key), 1);
             p.prefixes = v;
         }
-        let mut add_table = |t: &str, r: u64, tr: u64| match p.tables.iter_mut().find(|e| e.0 == t) {
-            Some(e) => {
+        let mut add_table = |t: &str, r: u64, tr: u64| {
+            if let Some(e) = p.tables.iter_mut().find(|e| e.0 == t) {
                 e.1 += r;
                 e.2 += tr;
+            } else if p.tables.len() < CAP_TRACKED {
+                // As many as the report tracks (see `merge_commit`): a crafted transaction naming a
+                // million tables holds no more.
+                p.tables.push((t.to_owned(), r, tr));
             }
-            None => p.tables.push((t.to_owned(), r, tr)),
         };
         if let Some(t) = &rec.table {
             add_table(t, rows, 0);
@@ -1038,15 +1068,21 @@ pub fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-pub fn build(files: &[String], filter: &FilterArgs, lenient: bool) -> Result<Report, Stop> {
+pub fn build(files: &[String], filter: &FilterArgs, lenient: bool, max_line: usize) -> Result<Report, Stop> {
     let filter = Filter::from_args(filter)?;
     let mut agg = Aggregator::new(filter);
-    let stats = read_files(files, lenient, &mut agg)?;
+    let stats = read_files(files, lenient, max_line, &mut agg)?;
     Ok(agg.report(files, stats.lines, stats.skipped_lines))
 }
 
-fn report(files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutputArgs) -> Result<(), Stop> {
-    let r = build(files, filter, lenient)?;
+fn report(
+    files: &[String],
+    filter: &FilterArgs,
+    lenient: bool,
+    max_line: usize,
+    out: &ReportOutputArgs,
+) -> Result<(), Stop> {
+    let r = build(files, filter, lenient, max_line)?;
     if let Some(path) = &out.html {
         let page = super::html::render(&r);
         write_private(path, page.as_bytes()).map_err(|e| {
@@ -1080,12 +1116,19 @@ pub fn write_private(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
     f.flush()
 }
 
-pub fn run_with(cmd: &str, files: &[String], filter: &FilterArgs, lenient: bool, out: &ReportOutputArgs) -> Exit {
-    super::finish(cmd, report(files, filter, lenient, out))
+pub fn run_with(
+    cmd: &str,
+    files: &[String],
+    filter: &FilterArgs,
+    lenient: bool,
+    max_line: usize,
+    out: &ReportOutputArgs,
+) -> Exit {
+    super::finish(cmd, report(files, filter, lenient, max_line, out))
 }
 
 pub fn run(args: ReportArgs) -> Exit {
-    run_with("report", &args.files, &args.filter, args.lenient, &args.output)
+    run_with("report", &args.files, &args.filter, args.lenient, args.limits.max_line_length, &args.output)
 }
 
 #[cfg(test)]

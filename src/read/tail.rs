@@ -85,6 +85,9 @@ impl SessionView {
     }
 }
 
+/// Tables (and renames) shown per transaction; more are summed up, so memory and time stay bounded.
+const MAX_TABLES: usize = 100;
+
 /// The human (or `--json`) view of complete transactions.
 pub struct TailView<W: Write> {
     out: W,
@@ -94,7 +97,7 @@ pub struct TailView<W: Write> {
     tables: Vec<TableRows>,
     first_session: Option<SessionView>,
     other_sessions: u64,
-    held: Vec<u8>,
+    held: super::held::Held,
     /// `old → new` of the transaction's relation_renamed records.
     renames: Vec<String>,
 }
@@ -109,7 +112,7 @@ impl<W: Write> TailView<W> {
             tables: Vec::new(),
             first_session: None,
             other_sessions: 0,
-            held: Vec::new(),
+            held: super::held::Held::new(),
             renames: Vec::new(),
         }
     }
@@ -125,6 +128,13 @@ impl<W: Write> TailView<W> {
     fn table(&mut self, name: &str) -> &mut TableRows {
         let i = match self.tables.iter().position(|t| t.name == name) {
             Some(i) => i,
+            // A crafted transaction naming a million tables: the rest are summed as other tables.
+            None if self.tables.len() >= MAX_TABLES => {
+                if self.tables.len() == MAX_TABLES {
+                    self.tables.push(TableRows { name: "(other tables)".to_owned(), ..Default::default() });
+                }
+                MAX_TABLES
+            }
             None => {
                 self.tables.push(TableRows { name: name.to_owned(), ..Default::default() });
                 self.tables.len() - 1
@@ -165,11 +175,16 @@ impl<W: Write> TailView<W> {
 impl<W: Write> Consumer for TailView<W> {
     fn row(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
         if self.json {
-            self.held.extend_from_slice(line);
-            self.held.push(b'\n');
-            return Ok(());
+            return self.held.push_line(line);
         }
         if kind == Kind::RelationRenamed {
+            if self.renames.len() > MAX_TABLES {
+                return Ok(());
+            }
+            if self.renames.len() == MAX_TABLES {
+                self.renames.push("… (more renames not shown)".to_owned());
+                return Ok(());
+            }
             self.renames.push(format!(
                 "{} → {}",
                 rec.previous_table.as_deref().map(str::to_owned).unwrap_or_else(|| format!(
@@ -228,7 +243,7 @@ impl<W: Write> Consumer for TailView<W> {
 
     fn commit(&mut self, rec: &Record, line: &[u8]) -> io::Result<()> {
         if self.json {
-            self.out.write_all(&self.held)?;
+            self.held.write_to(&mut self.out)?;
             self.out.write_all(line)?;
             self.out.write_all(b"\n")?;
             self.abort();
@@ -361,17 +376,32 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
                 format!("cannot open {name}: {e} (to wait for a log that does not exist yet, add -f)"),
             )
         })?;
-        let mut reader = super::log::LineReader::new(input);
+        let mut reader = super::log::LineReader::with_limit(input, args.limits.max_line_length);
         loop {
             let no = reader.line_no() + 1;
             match reader.next_line() {
                 Ok(Some(line)) => feeder.line(no, line, &mut view)?,
                 Ok(None) => break,
                 Err(e) => {
-                    crate::term::eprint_line(&format!("walwitness tail: {name}:{no}: cannot read further: {e}"));
-                    break;
+                    // What was read is shown; the rest cannot be: that is a failure, not an end.
+                    view.flush().map_err(output_error)?;
+                    if let Some(t) = super::log::too_long(&e) {
+                        return Err(super::too_long_failure(name, no, t));
+                    }
+                    return Err(Failure::new(
+                        Exit::DamagedLog,
+                        format!("{}:{no}: damaged log: cannot read further: {e}", crate::term::clean(name)),
+                    )
+                    .into());
                 }
             }
+        }
+        if reader.pending() > 0 {
+            eprintln!(
+                "walwitness tail: {name}:{}: the last line is incomplete ({} bytes without a newline): not shown",
+                reader.line_no() + 1,
+                reader.pending()
+            );
         }
         let open = feeder.validator.open_rows();
         if open > 0 {
@@ -384,10 +414,13 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
     if args.file == "-" {
         return Err(Failure::new(Exit::Usage, "tail -f follows a file; for standard input, drop -f").into());
     }
-    let mut follower = Follower::new(&args.file);
+    let mut follower = Follower::with_limit(&args.file, args.limits.max_line_length);
     let mut said_waiting = false;
     loop {
-        let event = follower.poll().map_err(|e| Failure::new(Exit::Usage, format!("cannot follow {name}: {e}")))?;
+        let event = follower.poll().map_err(|e| match super::log::too_long(&e) {
+            Some(t) => super::too_long_failure(name, follower.line_no() + 1, t),
+            None => Failure::new(Exit::Usage, format!("cannot follow {name}: {e}")).into(),
+        })?;
         match event {
             Event::Line => {
                 let no = follower.line_no();

@@ -369,7 +369,7 @@ impl Verifier {
 }
 
 /// Verifies the files (one log, in order) and prints the verdict; returns the exit status.
-pub fn run(files: &[String], expect: Option<&str>) -> Exit {
+pub fn run(files: &[String], expect: Option<&str>, max_line: usize) -> Exit {
     let mut v = match Verifier::new(expect) {
         Ok(v) => v,
         Err(e) => {
@@ -378,7 +378,7 @@ pub fn run(files: &[String], expect: Option<&str>) -> Exit {
         }
     };
     let name = if files.len() == 1 { files[0].as_str() } else { "the log" };
-    match verify_files(files, &mut v) {
+    match verify_files(files, &mut v, max_line) {
         Err(Bad::Damage(m)) => {
             eprintln!("walwitness replay: damaged log: {m}");
             Exit::DamagedLog
@@ -403,7 +403,7 @@ pub fn run(files: &[String], expect: Option<&str>) -> Exit {
     }
 }
 
-fn verify_files(files: &[String], v: &mut Verifier) -> Result<Option<(Loc, usize)>, Bad> {
+fn verify_files(files: &[String], v: &mut Verifier, max_line: usize) -> Result<Option<(Loc, usize)>, Bad> {
     let mut torn = None;
     for name in files {
         let display = if name == "-" { "<stdin>" } else { name.as_str() };
@@ -413,7 +413,7 @@ fn verify_files(files: &[String], v: &mut Verifier) -> Result<Option<(Loc, usize
         })?;
         v.start_file();
         let mut line_no = 0u64;
-        let (chunks, recycle) = log::read_chunks(input);
+        let (chunks, recycle) = log::read_chunks(input, max_line);
         for chunk in chunks {
             match chunk {
                 log::Chunk::Lines(block) => {
@@ -427,6 +427,12 @@ fn verify_files(files: &[String], v: &mut Verifier) -> Result<Option<(Loc, usize
                 }
                 log::Chunk::Incomplete(0) => {}
                 log::Chunk::Incomplete(n) => torn = Some((Loc { file: Rc::clone(&file), line: line_no + 1 }, n)),
+                log::Chunk::TooLong(n) => {
+                    return Err(Bad::Damage(format!(
+                        "{display}:{}: a line longer than --max-line-length ({n} bytes without a newline): not a line walwitness writes",
+                        line_no + 1
+                    )));
+                }
                 log::Chunk::Err(e) => {
                     return Err(Bad::Damage(format!("{display}:{}: cannot read further: {e}", line_no + 1)));
                 }

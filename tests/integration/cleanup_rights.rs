@@ -201,10 +201,17 @@ async fn doctor_checks_a_given_publication() {
          CREATE PUBLICATION good FOR TABLE ONLY cache WITH (publish = 'delete, truncate'); \
          CREATE PUBLICATION inserts FOR TABLE ONLY cache WITH (publish = 'insert'); \
          CREATE PUBLICATION deletes FOR TABLE ONLY cache WITH (publish = 'delete'); \
-         CREATE PUBLICATION filtered FOR TABLE ONLY cache WHERE (cache_key <> 'keep') WITH (publish = 'delete'); \
          CREATE PUBLICATION elsewhere FOR TABLE ONLY other;",
     )
     .await;
+    // Row filters exist from PostgreSQL 15 on.
+    let row_filters = env.cluster.version_num() >= 150000;
+    if row_filters {
+        env.exec(
+            "CREATE PUBLICATION filtered FOR TABLE ONLY cache WHERE (cache_key <> 'keep') WITH (publish = 'delete')",
+        )
+        .await;
+    }
     let doctor = |p: &str| args(&["doctor", "--dsn", &env.dsn, "--table", "cache", "--publication", p]);
     let r = run_bin(&doctor("good")).await;
     r.assert_code(0);
@@ -219,12 +226,14 @@ async fn doctor_checks_a_given_publication() {
     r.assert_code(0);
     assert!(r.stdout.contains("warn  publication deletes does not publish TRUNCATE"), "{r}");
 
-    let r = run_bin(&doctor("filtered")).await;
-    r.assert_code(6);
-    assert!(
-        r.stdout.contains("FAIL  publication filtered publishes only the rows of public.cache matching WHERE"),
-        "{r}"
-    );
+    if row_filters {
+        let r = run_bin(&doctor("filtered")).await;
+        r.assert_code(6);
+        assert!(
+            r.stdout.contains("FAIL  publication filtered publishes only the rows of public.cache matching WHERE"),
+            "{r}"
+        );
+    }
 
     let r = run_bin(&doctor("elsewhere")).await;
     r.assert_code(6);
