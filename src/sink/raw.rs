@@ -105,7 +105,8 @@ impl RawWriter {
         if len > 0 {
             let mut head = [0u8; MAGIC.len()];
             let n = f.read_at(&mut head, 0)?;
-            if !MAGIC.starts_with(&head[..n]) {
+            // Either version's magic: a version 1 file is refused below, with what to do.
+            if ![MAGIC, MAGIC_V1].iter().any(|m| m.starts_with(&head[..n.min(m.len())])) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "it is not a walwitness raw capture file, so it was left untouched: give a new file, or the raw file of an earlier capture",
