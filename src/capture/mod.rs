@@ -79,7 +79,7 @@ pub struct CaptureOptions {
 }
 
 /// What a finished capture did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outcome {
     pub reason: StopReason,
     pub deletes: u64,
@@ -91,7 +91,7 @@ pub struct Outcome {
     /// The log's chain head after `capture_stopped` (its chain value), to write down elsewhere.
     pub chain_head: Option<String>,
     /// The writer's chain state at its close, continued by `capture_stopped`.
-    pub chain: std::sync::Arc<std::sync::Mutex<crate::sink::chain::Chainer>>,
+    pub chain: crate::sink::chain::Chainer,
 }
 
 impl Outcome {
@@ -320,9 +320,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
         left
     };
     let slot_kept = keep || left.iter().any(|l| l.object == "slot");
-    let mut head = outcome.chain_head.clone();
-    let written = write_stopped(&opts.out, log_tail, &outcome, &slot, slot_kept, &left, &mut head);
-    outcome.chain_head = head;
+    let written = write_stopped(&opts.out, log_tail, &mut outcome, &slot, slot_kept, &left);
     if !left.is_empty() {
         eprint!(
             "walwitness: error: {}",
@@ -356,11 +354,10 @@ async fn usable(
 fn write_stopped(
     out: &Output,
     log_tail: Option<std::fs::File>,
-    outcome: &Outcome,
+    outcome: &mut Outcome,
     slot: &str,
     slot_kept: bool,
     left: &[teardown::Leftover],
-    head: &mut Option<String>,
 ) -> Result<(), Failure> {
     use std::io::{Seek, Write};
     let mut rec = bytes::BytesMut::new();
@@ -391,16 +388,12 @@ fn write_stopped(
         push_record(&mut rec, &Gap::opened(slot, "max_retained_wal", None, outcome.last_lsn, &detail));
     }
     // Through the chain, like every line before it; the head is then this record's chain value.
-    let rec = {
-        let mut chain = outcome.chain.lock().unwrap_or_else(|p| p.into_inner());
-        let mut chained = Vec::with_capacity(rec.len() + 128);
-        chain.feed(&rec, &mut chained);
-        chain.drop_carry();
-        if let Some(h) = chain.head() {
-            *head = Some(crate::sink::chain::to_hex(&h));
-        }
-        chained
-    };
+    let mut chained = Vec::with_capacity(rec.len() + 128);
+    outcome.chain.feed(&rec, &mut chained);
+    if let Some(h) = outcome.chain.head() {
+        outcome.chain_head = Some(to_hex(&h));
+    }
+    let rec = chained;
     let result = match (out, log_tail) {
         (Output::File(_), Some(mut f)) => {
             f.seek(std::io::SeekFrom::End(0)).and_then(|_| f.write_all(&rec)).and_then(|_| f.sync_data())

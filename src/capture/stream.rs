@@ -859,15 +859,6 @@ impl Loop {
         repl.close().await;
         let (deletes, truncates, transactions) = progress.totals();
         let chain_head = d.head.as_ref().map(crate::sink::chain::to_hex);
-        Ok(Outcome {
-            reason,
-            deletes,
-            truncates,
-            transactions,
-            last_lsn,
-            left_behind: Vec::new(),
-            chain_head,
-            chain: std::sync::Arc::new(std::sync::Mutex::new(chain)),
-        })
+        Ok(Outcome { reason, deletes, truncates, transactions, last_lsn, left_behind: Vec::new(), chain_head, chain })
     }
 }

@@ -2,7 +2,6 @@
 //! decoding messages of other applications — neither may stop the capture, hide a delete, or make two
 //! different keys print the same; a huge foreign message must not be buffered.
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -193,36 +192,8 @@ async fn sql_ascii_foreign_messages_with_trigger_attribution() {
 
 /// Waits until the slot confirmed the current WAL position, then returns the capture's peak RSS.
 async fn wait_confirmed_peak_rss(env: &Env, bg: &Background) -> u64 {
-    let end = lsn_num(&env.lsn().await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let c: Option<String> = env
-            .sql
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if c.as_deref().is_some_and(|c| lsn_num(c) >= end) {
-            return vm_hwm_kib(bg.child.id().unwrap());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the capture never confirmed the current position:\n{}",
-            std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    wait_confirmed(env, bg).await;
+    vm_hwm_kib(bg.child.id().unwrap())
 }
 
 /// Item 8: a 64 MiB message of another application (generated server-side), transactional and not, with

@@ -176,8 +176,20 @@ async fn stalled_stdout_reader_and_a_cut_connection_lose_nothing() {
     assert_eq!(of_type(&recs, "commit").len(), TXNS as usize);
 }
 
-fn two_phase_env() -> ClusterOptions {
-    ClusterOptions { extra_conf: vec![("max_prepared_transactions".into(), "10".into())], ..Default::default() }
+/// A cluster that allows prepared transactions, with table `t` of 100 rows; `None` (skipped) before
+/// PostgreSQL 15, which cannot decode them.
+async fn two_phase_env() -> Option<Env> {
+    let env = Env::with(ClusterOptions {
+        extra_conf: vec![("max_prepared_transactions".into(), "10".into())],
+        ..Default::default()
+    })
+    .await;
+    if env.cluster.version_num() < 150000 {
+        eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
+        return None;
+    }
+    env.exec(&format!("{T}{}", fill(100))).await;
+    Some(env)
 }
 
 /// A `--two-phase --keep-slot` capture stopped while a prepared transaction waits, then started again:
@@ -185,12 +197,7 @@ fn two_phase_env() -> ClusterOptions {
 /// past the PREPARE, the server never sent it again and the deletes were lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_while_a_prepared_transaction_waits_then_commit_prepared() {
-    let env = Env::with(two_phase_env()).await;
-    if env.cluster.version_num() < 150000 {
-        eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
-        return;
-    }
-    env.exec(&format!("{T}{}", fill(100))).await;
+    let Some(env) = two_phase_env().await else { return };
     let out = env.log_path("2pc.jsonl");
     let args = ["--two-phase", "--keep-slot", "--attribution", "none"];
     let bg = env.start_capture(&out, &["t"], &args).await;
@@ -218,12 +225,7 @@ async fn stop_while_a_prepared_transaction_waits_then_commit_prepared() {
 /// the capture never confirmed past the PREPARE and `pg_ctl stop` hung until its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_shutdown_completes_while_a_prepared_transaction_waits() {
-    let env = Env::with(two_phase_env()).await;
-    if env.cluster.version_num() < 150000 {
-        eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
-        return;
-    }
-    env.exec(&format!("{T}{}", fill(100))).await;
+    let Some(env) = two_phase_env().await else { return };
     let out = env.log_path("2pc.jsonl");
     let bg = env
         .start_capture(

@@ -43,32 +43,6 @@ fn assert_exact(logged: &[u32], expected: &[u32]) {
     assert!(set == want, "the logged rows differ from the vanished rows");
 }
 
-/// Waits until the slot confirmed the current WAL position (everything so far is durable in the log).
-async fn wait_confirmed(env: &Env, bg: &Background) {
-    let end = lsn_num(&env.lsn().await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let c: Option<String> = env
-            .sql
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if c.as_deref().is_some_and(|c| lsn_num(c) >= end) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the capture never confirmed the current position:\n{}",
-            std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn streamed_txns(env: &Env) -> i64 {
     env.sql
         .query_one("SELECT coalesce(sum(stream_txns), 0)::bigint FROM pg_stat_replication_slots", &[])
@@ -91,14 +65,6 @@ async fn rollback_after_streaming(env: &Env, bg: &Background, spool_dir: &std::p
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     c.batch_execute("ROLLBACK").await.unwrap();
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Peak resident memory the capture may use, whatever the transaction size: write buffers of the

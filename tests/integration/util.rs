@@ -392,3 +392,38 @@ impl Proxy {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
     }
 }
+
+/// Waits until the slot confirmed the current WAL position (everything so far is durable in the log).
+pub async fn wait_confirmed(env: &Env, bg: &Background) {
+    let end = lsn_num(&env.lsn().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let c: Option<String> = env
+            .sql
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if c.as_deref().is_some_and(|c| lsn_num(c) >= end) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the capture never confirmed the current position:\n{}",
+            std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The peak resident memory (`VmHWM`) of a running process, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
