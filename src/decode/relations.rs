@@ -17,6 +17,8 @@ use crate::sink::record::push_str;
 #[derive(Debug, Clone, Default)]
 pub struct WatchList {
     tables: HashMap<(String, String), Option<Vec<String>>>,
+    /// `schema.table` as `Relation::qualified` writes it.
+    qualified: std::collections::HashSet<String>,
 }
 
 impl WatchList {
@@ -28,6 +30,7 @@ impl WatchList {
     /// (`protocol::buf::lossless_name`), so that even a name that looks escaped still matches.
     pub fn add(&mut self, schema: &str, table: &str, primary_key: Option<Vec<String>>) {
         let n = |s: &str| lossless_name(s.as_bytes());
+        self.qualified.insert(format!("{}.{}", n(schema), n(table)));
         self.tables.insert((n(schema), n(table)), primary_key.map(|pk| pk.iter().map(|c| n(c)).collect()));
     }
 
@@ -73,6 +76,11 @@ impl RelationCache {
 
     pub fn get(&self, oid: u32) -> Option<&Relation> {
         self.rels.get(&oid)
+    }
+
+    /// Whether `qualified` (`schema.table`, names in the lossless form) is a watched table.
+    pub fn is_watched_name(&self, qualified: &str) -> bool {
+        self.watch.qualified.contains(qualified)
     }
 
     pub fn update(

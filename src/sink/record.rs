@@ -57,7 +57,7 @@ use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
 /// Version of this format, written in `capture_started`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Appends a JSON string literal, byte for byte what serde_json writes.
 pub fn push_str(out: &mut BytesMut, s: &str) {
