@@ -414,6 +414,9 @@ pub struct SessionRef {
     pub query: Option<String>,
     #[serde(default)]
     pub query_truncated: Option<bool>,
+    /// Format 2: the number of the transaction's `statement` record that holds the query and times.
+    #[serde(default)]
+    pub statement: Option<u64>,
 }
 
 impl SessionRef {
@@ -488,6 +491,9 @@ pub struct Record<'a> {
     pub format_version: Option<u64>,
     #[serde(borrow, default)]
     pub reason: Option<Cow<'a, str>>,
+    /// `statement` records: their number in the transaction.
+    #[serde(default)]
+    pub statement: Option<u64>,
 }
 
 /// What a record is, once checked.
@@ -504,6 +510,11 @@ pub enum Kind {
     AbortedDelete,
     AbortedTruncate,
     Abort,
+    /// Format 2: a statement's session and text, once per transaction, before the rows naming it.
+    Statement,
+    AbortedStatement,
+    /// Format 2: the attribution trigger failed (written between transactions).
+    TriggerError,
 }
 
 impl Kind {
@@ -518,6 +529,9 @@ impl Kind {
             "aborted_delete" => Kind::AbortedDelete,
             "aborted_truncate" => Kind::AbortedTruncate,
             "abort" => Kind::Abort,
+            "statement" => Kind::Statement,
+            "aborted_statement" => Kind::AbortedStatement,
+            "trigger_error" => Kind::TriggerError,
             _ => return None,
         })
     }
@@ -533,6 +547,9 @@ impl Kind {
             Kind::AbortedDelete => "aborted_delete",
             Kind::AbortedTruncate => "aborted_truncate",
             Kind::Abort => "abort",
+            Kind::Statement => "statement",
+            Kind::AbortedStatement => "aborted_statement",
+            Kind::TriggerError => "trigger_error",
         }
     }
 
@@ -696,6 +713,19 @@ impl Record<'_> {
                 need(self.deletes.is_some(), "deletes");
                 need(self.truncates.is_some(), "truncates");
             }
+            Kind::Statement => {
+                need(self.xid.is_some(), "xid");
+                need(self.statement.is_some(), "statement");
+                need(self.commit_lsn.is_some(), "commit_lsn");
+                need(self.session.present(), "session");
+            }
+            Kind::AbortedStatement => {
+                need(self.xid.is_some(), "xid");
+                need(self.statement.is_some(), "statement");
+            }
+            Kind::TriggerError => {
+                need(self.lsn.is_some(), "lsn");
+            }
         }
         if !missing.is_empty() {
             return Err(format!(
@@ -790,6 +820,8 @@ pub enum Action {
     Commit,
     /// capture_started / capture_stopped.
     Boundary,
+    /// A `statement` record of the open transaction (held like its rows).
+    Statement,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -874,6 +906,21 @@ impl Validator {
                 }
                 Verdict { action: Action::Row, damage }
             }
+            Kind::Statement => {
+                let xid = rec.xid();
+                let commit_lsn = rec.commit_lsn.unwrap_or_default();
+                let mut damage = None;
+                if let Some(t) = &self.open {
+                    if t.xid != xid || t.commit_lsn != commit_lsn {
+                        damage = self.abort_open(
+                            line,
+                            &format!("are followed by a statement of xid {xid} instead of their commit"),
+                        );
+                    }
+                }
+                self.open.get_or_insert(OpenTxn { xid, commit_lsn, first_line: line, deletes: 0, truncates: 0 });
+                Verdict { action: Action::Statement, damage }
+            }
             Kind::Commit => {
                 let xid = rec.xid();
                 let commit_lsn = rec.commit_lsn.unwrap_or_default();
@@ -933,6 +980,8 @@ impl Validator {
             | Kind::Gap
             | Kind::AbortedDelete
             | Kind::AbortedTruncate
+            | Kind::AbortedStatement
+            | Kind::TriggerError
             | Kind::Abort => {
                 let damage = self.abort_open(line, &format!("are followed by {}", kind.as_str()));
                 if kind == Kind::CaptureStarted {

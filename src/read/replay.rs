@@ -266,6 +266,14 @@ impl<W: Write> Consumer for ReplayOut<W> {
         r
     }
 
+    fn statement(&mut self, _rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.filter.kind_allowed(Kind::Statement) {
+            self.held.extend_from_slice(line);
+            self.held.push(b'\n');
+        }
+        Ok(())
+    }
+
     fn abort(&mut self) {
         self.held.clear();
         self.any_row = false;

@@ -69,6 +69,8 @@ struct SessionView {
     app: Option<String>,
     client: String,
     query: Option<String>,
+    /// Format 2: the statement record that holds the query.
+    statement: Option<u64>,
 }
 
 impl SessionView {
@@ -80,6 +82,7 @@ impl SessionView {
             app: s.application_name.as_deref().map(str::to_owned),
             client: s.client(),
             query: s.query.as_deref().map(str::to_owned),
+            statement: s.statement,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct TailView<W: Write> {
     first_session: Option<SessionView>,
     other_sessions: u64,
     held: Vec<u8>,
+    /// Format 2: the open transaction's statement texts by number.
+    statements: Vec<(u64, Option<String>)>,
 }
 
 impl<W: Write> TailView<W> {
@@ -104,6 +109,7 @@ impl<W: Write> TailView<W> {
             keys,
             style: Style { on: colour },
             tables: Vec::new(),
+            statements: Vec::new(),
             first_session: None,
             other_sessions: 0,
             held: Vec::new(),
@@ -228,7 +234,11 @@ impl<W: Write> Consumer for TailView<W> {
         let session = commit_session.as_ref().or(self.first_session.as_ref());
         block.push_str(&self.session_line(session, rec.attribution.as_deref()));
         block.push('\n');
-        if let Some(q) = session.and_then(|s| s.query.as_deref()) {
+        let looked_up = session
+            .and_then(|s| s.statement)
+            .and_then(|n| self.statements.iter().find(|(m, _)| *m == n))
+            .and_then(|(_, q)| q.as_deref());
+        if let Some(q) = session.and_then(|s| s.query.as_deref()).or(looked_up) {
             block.push_str(&format!("  {}  {}\n", st.dim("statement"), one_line(q, 200)));
         }
         for t in &self.tables {
@@ -248,11 +258,22 @@ impl<W: Write> Consumer for TailView<W> {
         self.out.write_all(block.as_bytes())
     }
 
+    fn statement(&mut self, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.json {
+            self.held.extend_from_slice(line);
+            self.held.push(b'\n');
+        } else if let (Some(n), Some(s)) = (rec.statement, rec.session.value()) {
+            self.statements.push((n, s.query.clone()));
+        }
+        Ok(())
+    }
+
     fn abort(&mut self) {
         self.tables.clear();
         self.first_session = None;
         self.other_sessions = 0;
         self.held.clear();
+        self.statements.clear();
     }
 
     fn boundary(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
@@ -403,5 +424,20 @@ mod tests {
         let json = show(&lines, true);
         assert_eq!(json.lines().count(), 7);
         assert!(!json.contains("uncommitted"));
+    }
+
+    #[test]
+    fn format_2_statement_records_give_the_query() {
+        let t = "2026-11-26T15:01:02.000003Z";
+        let full = session(7, "alice", "psql", "DELETE FROM t WHERE id < 10");
+        let small = r#"{"attributed_by":"trigger","pid":7,"backend_start":null,"user":"alice","application_name":"psql","client_addr":null,"client_port":null,"statement":1}"#;
+        let stmt = format!(
+            r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
+        );
+        let lines = vec![CS.replace("\"format_version\":1", "\"format_version\":2"), stmt, del(5, 1, t, "a", small), commit(5, 1, t, 1, small)];
+        let out = show(&lines, false);
+        assert!(out.contains("statement  DELETE FROM t WHERE id < 10"), "{out}");
+        assert!(out.contains("pid 7  user alice  app psql"), "{out}");
+        assert_eq!(show(&lines, true).lines().count(), 4);
     }
 }
