@@ -353,9 +353,12 @@ DECLARE
   q text;
   p text;
   e text;
+  xt text;
 BEGIN
   BEGIN
-    -- Nothing in this block writes, so its subtransaction gets no xid (no lock, no WAL of its own).
+    -- Nothing in this block writes, so its subtransaction gets no xid (no lock, no WAL of its own);
+    -- the top-level transaction's xid is assigned here, where a failure is caught.
+    xt := pg_current_xact_id();
     SELECT h.ipad, h.opad, h.system_identifier,
       -- The closing trigger will fire for this statement: ours, statement-level AFTER <op> only, no WHEN,
       -- enabled for this session's session_replication_role.
@@ -369,7 +372,7 @@ BEGIN
       FROM {SCHEMA}.hmac_key h;
     q := current_query();
     p := concat('{{"v":{PAYLOAD_VERSION},"k":"open","sys":', to_json(sys),
-      ',"xid":', pg_current_xact_id(),
+      ',"xid":', xt,
       ',"id":', {now},
       ',"pid":', pg_backend_pid(),
       ',"bs":', coalesce(bs::text, 'null'),
@@ -388,10 +391,12 @@ BEGIN
     p := {mac_p} || ' ' || p;
   EXCEPTION WHEN OTHERS THEN
     -- Never make the user's statement fail; report the error where the capture sees it even without a
-    -- transaction id: a non-transactional message (signed when the key could be read).
+    -- transaction id: a non-transactional message (signed when the key could be read). Only functions,
+    -- operators and casts the block above also uses: planning this the first time must find everything
+    -- in the session's catalog caches, as the failure may be that no lock can be taken.
     p := NULL;
     e := concat('{{"v":{PAYLOAD_VERSION},"k":"error","sys":', coalesce(to_json(sys)::text, 'null'),
-      ',"xid":', coalesce(pg_current_xact_id_if_assigned()::text, 'null'),
+      ',"xid":', coalesce(xt, 'null'),
       ',"pid":', pg_backend_pid(), ',"w":"BEFORE","op":"', TG_OP,
       '","s":', to_json(TG_TABLE_SCHEMA::text), ',"t":', to_json(TG_TABLE_NAME::text),
       ',"e":', to_json(SQLSTATE || ' ' || SQLERRM), ',"at":', {now}, '}}');

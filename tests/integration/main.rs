@@ -8,5 +8,6 @@ mod faults;
 mod integrity;
 mod readers;
 mod streaming;
+mod trigger_evidence;
 mod util;
 mod versions;
