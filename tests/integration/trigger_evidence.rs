@@ -84,6 +84,7 @@ async fn owner_disabling_the_trigger_after_a_decoy_gets_flagged_rows() {
     let honest = &rows_between(&recs, 50, 50)[0];
     assert_eq!(honest["session"]["application_name"], "honest");
     assert_eq!(honest["session"]["attributed_by"], "trigger");
+    assert!(honest["session"]["backend_start"].as_str().is_some_and(|b| b.ends_with('Z')), "{honest}");
     assert!(honest.get("trigger_evidence").is_none(), "{honest}");
 }
 
