@@ -248,7 +248,8 @@ impl Verifier {
         let (head, rest) = split_word(content);
         match head {
             b"close" => {
-                let c: Close = serde_json::from_slice(rest).map_err(|e| format!("close message not understood: {e}"))?;
+                let c: Close =
+                    serde_json::from_slice(rest).map_err(|e| format!("close message not understood: {e}"))?;
                 Ok(Evidence::Close(c))
             }
             b"error" => {
@@ -259,7 +260,11 @@ impl Verifier {
                 let mut r: ErrorReport =
                     serde_json::from_str(&text).map_err(|e| format!("error report not understood: {e}"))?;
                 r.signed = signed;
-                if signed && r.sys.as_deref().is_some_and(|s| !self.system_identifier.is_empty() && s != self.system_identifier) {
+                if signed
+                    && r.sys
+                        .as_deref()
+                        .is_some_and(|s| !self.system_identifier.is_empty() && s != self.system_identifier)
+                {
                     return Err(format!("error report signed for another cluster ({})", r.sys.unwrap_or_default()));
                 }
                 Ok(Evidence::Error(r))
@@ -285,7 +290,8 @@ impl Verifier {
                     }
                     other => return Err(format!("unknown payload version {other:?}")),
                 }
-                let o: Open = serde_json::from_value(v).map_err(|e| format!("signed payload is not understood: {e}"))?;
+                let o: Open =
+                    serde_json::from_value(v).map_err(|e| format!("signed payload is not understood: {e}"))?;
                 if o.k != "open" {
                     return Err(format!("signed message of unknown kind {:?}", o.k));
                 }
@@ -675,8 +681,7 @@ pub mod tests {
     fn closes_and_error_reports() {
         let (i, o) = pads(&[7u8; 32]);
         let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
-        let Evidence::Close(c) =
-            v.verify(br#"close {"d":0,"ss":5,"op":"DELETE","s":"public","t":"t"}"#).unwrap()
+        let Evidence::Close(c) = v.verify(br#"close {"d":0,"ss":5,"op":"DELETE","s":"public","t":"t"}"#).unwrap()
         else {
             panic!()
         };

@@ -398,7 +398,9 @@ impl Assembler {
                 Ok(Evidence::Error(r)) => self.error_report(lsn, r, out),
                 Ok(_) => {
                     self.rejected_messages += 1;
-                    tracing::warn!("at LSN {lsn}: non-transactional walwitness message that is not an error report ignored");
+                    tracing::warn!(
+                        "at LSN {lsn}: non-transactional walwitness message that is not an error report ignored"
+                    );
                 }
                 Err(e) => {
                     self.rejected_messages += 1;
@@ -427,7 +429,11 @@ impl Assembler {
                 let why = if !fresh {
                     Some("a copy of an earlier message of this transaction (replayed)".to_owned())
                 } else if t.full_xid.is_some_and(|x| x != o.xid) || o.xid % (1 << 32) != u64::from(t.xid) {
-                    Some(format!("signed for xid {} but found in xid {}", o.xid, t.full_xid.unwrap_or(u64::from(t.xid))))
+                    Some(format!(
+                        "signed for xid {} but found in xid {}",
+                        o.xid,
+                        t.full_xid.unwrap_or(u64::from(t.xid))
+                    ))
                 } else if t.pid.is_some_and(|p| p != o.pid) {
                     Some(format!("signed by pid {} in a transaction of pid {}", o.pid, t.pid.unwrap_or_default()))
                 } else if t.last_open_id.is_some_and(|l| o.id <= l) {
@@ -692,11 +698,8 @@ impl Assembler {
                         t.xid, t.final_lsn
                     )));
                 }
-                let unclosed: Vec<(String, Lsn)> = t
-                    .brackets
-                    .iter()
-                    .flat_map(|(name, v)| v.iter().map(move |b| (name.clone(), b.open_lsn)))
-                    .collect();
+                let unclosed: Vec<(String, Lsn)> =
+                    t.brackets.iter().flat_map(|(name, v)| v.iter().map(move |b| (name.clone(), b.open_lsn))).collect();
                 for (name, at) in unclosed {
                     t.problem(commit_lsn, format!("the statement on {name} opened at {at} was never closed"));
                 }

@@ -1190,7 +1190,13 @@ mod tests {
         let stmt = format!(
             r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
         );
-        let r = report_of(&[CS.to_owned(), stmt, del(5, 1, t, "a", small), del(5, 1, t, "b", small), commit(5, 1, t, 2, small)]);
+        let r = report_of(&[
+            CS.to_owned(),
+            stmt,
+            del(5, 1, t, "a", small),
+            del(5, 1, t, "b", small),
+            commit(5, 1, t, 2, small),
+        ]);
         assert_eq!(r.sessions.len(), 1);
         assert_eq!(r.sessions[0].rows, 2);
         assert_eq!(r.sessions[0].statements[0].statement, "DELETE FROM t WHERE id = 1");

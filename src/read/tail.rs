@@ -434,7 +434,12 @@ mod tests {
         let stmt = format!(
             r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
         );
-        let lines = vec![CS.replace("\"format_version\":1", "\"format_version\":2"), stmt, del(5, 1, t, "a", small), commit(5, 1, t, 1, small)];
+        let lines = vec![
+            CS.replace("\"format_version\":1", "\"format_version\":2"),
+            stmt,
+            del(5, 1, t, "a", small),
+            commit(5, 1, t, 1, small),
+        ];
         let out = show(&lines, false);
         assert!(out.contains("statement  DELETE FROM t WHERE id < 10"), "{out}");
         assert!(out.contains("pid 7  user alice  app psql"), "{out}");

@@ -7,7 +7,8 @@ use walwitness::cluster::ClusterOptions;
 use crate::util::*;
 
 /// `t` (100 rows) owned by `owner`; `app_user` (a role the owner may become) and `deleter` may delete.
-const SETUP: &str = "CREATE ROLE owner LOGIN; CREATE ROLE app_user; CREATE ROLE deleter LOGIN; GRANT app_user TO owner; \
+const SETUP: &str =
+    "CREATE ROLE owner LOGIN; CREATE ROLE app_user; CREATE ROLE deleter LOGIN; GRANT app_user TO owner; \
     CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g; \
     ALTER TABLE t OWNER TO owner; GRANT SELECT, DELETE ON t TO app_user, deleter;";
 
@@ -197,4 +198,25 @@ async fn dropped_trigger_and_inheritance_parent_deletes_are_flagged() {
         let commit = of_type(&recs, "commit").into_iter().find(|c| c["xid"] == rows[0]["xid"]).unwrap();
         assert_eq!(commit["trigger_evidence_missing"], 5, "{commit}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_statement_is_written_once_not_per_row() {
+    let env = Env::start().await;
+    env.exec("CREATE TABLE big (id int PRIMARY KEY); INSERT INTO big SELECT generate_series(1, 2000);").await;
+    let out = env.log_path("size.jsonl");
+    let bg = env.start_capture(&out, &["big"], &["--attribution", "trigger"]).await;
+    // An 8 KB statement (a long comment) deleting 2,000 rows.
+    let comment = "x".repeat(8000);
+    env.exec(&format!("DELETE FROM big /* {comment} */ WHERE id > 0")).await;
+    env.stop_capture(bg).await;
+    let recs = records(&out);
+    check_structure(&recs);
+    assert_eq!(of_type(&recs, "delete").len(), 2000);
+    assert_eq!(of_type(&recs, "statement").len(), 1);
+    assert!(full_session(&recs, of_type(&recs, "delete")[0])["query"].as_str().unwrap().contains(&comment));
+    let bytes = std::fs::metadata(&out).unwrap().len();
+    // Format 1 wrote the 8 KB session on each row: 17.3 MB.
+    assert!(bytes < 1_000_000, "log of {bytes} bytes");
+    eprintln!("2,000-row DELETE with an 8 KB statement: {bytes} bytes of log");
 }
