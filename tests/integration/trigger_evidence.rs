@@ -12,7 +12,7 @@ const SETUP: &str =
     CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g; \
     ALTER TABLE t OWNER TO owner; GRANT SELECT, DELETE ON t TO app_user, deleter;";
 
-fn rows_between<'a>(recs: &'a [Value], lo: i64, hi: i64) -> Vec<&'a Value> {
+fn rows_between(recs: &[Value], lo: i64, hi: i64) -> Vec<&Value> {
     recs.iter()
         .filter(|r| r["type"] == "delete")
         .filter(|r| r["key"]["id"].as_str().and_then(|s| s.parse::<i64>().ok()).is_some_and(|id| id >= lo && id <= hi))
