@@ -331,19 +331,23 @@ fn hmac_sql(var: &str) -> String {
     format!("encode(sha256(ko || sha256(ki || convert_to({var}, 'UTF8'))), 'hex')")
 }
 
-/// The closing function: one unsigned message naming the statement it ends.
+/// The closing function: one unsigned message naming the statement it ends. It reads no key, so it runs
+/// without a `search_path` setting (saving the setting's save and restore on every statement): every
+/// function, operator and type is qualified with `pg_catalog`, and `pg_temp` is never searched for those.
 fn close_function_sql() -> String {
     format!(
         r#"CREATE OR REPLACE FUNCTION {SCHEMA}.{CLOSE_FN}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $walwitness$
+LANGUAGE plpgsql SECURITY DEFINER AS $walwitness$
 BEGIN
   -- Unsigned on purpose (no key read): a forged close can only end a bracket early, which flags rows.
-  PERFORM pg_logical_emit_message(true, '{PREFIX}', concat('close {{"d":', pg_trigger_depth() - 1,
-    ',"ss":', {ss}, ',"op":"', TG_OP, '","s":', to_json(TG_TABLE_SCHEMA::text), ',"t":', to_json(TG_TABLE_NAME::text), '}}'));
+  PERFORM pg_catalog.pg_logical_emit_message(true, '{PREFIX}'::pg_catalog.text, pg_catalog.concat('close {{"d":',
+    pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.-) 1,
+    ',"ss":', (EXTRACT(epoch FROM pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,
+    ',"op":"', TG_OP, '","s":', pg_catalog.to_json(TG_TABLE_SCHEMA::pg_catalog.text),
+    ',"t":', pg_catalog.to_json(TG_TABLE_NAME::pg_catalog.text), '}}'));
   RETURN NULL;
 END
-$walwitness$"#,
-        ss = us("statement_timestamp()"),
+$walwitness$"#
     )
 }
 

@@ -312,10 +312,15 @@ async fn the_trigger_function_cannot_be_hijacked() {
         "CREATE FUNCTION public.sha256(bytea) RETURNS bytea LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 $$",
         "CREATE FUNCTION public.left(text, int) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 $$",
         "CREATE FUNCTION pg_temp.encode(bytea, text) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 'x' $$",
+        // What the closing function (no search_path setting) calls.
+        "CREATE FUNCTION public.to_json(text) RETURNS json LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '1'::json $$",
+        "CREATE FUNCTION public.pg_trigger_depth() RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 1 $$",
     ] {
         m.batch_execute(f).await.unwrap();
     }
-    m.batch_execute("SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id = 1").await.unwrap();
+    m.batch_execute("SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id = 1; TRUNCATE t")
+        .await
+        .unwrap();
     let su: bool =
         env.sql.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'", &[]).await.unwrap().get(0);
     assert!(!su, "the attribution function ran mallory's code with its owner's rights");
