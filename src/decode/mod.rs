@@ -516,7 +516,12 @@ impl Assembler {
                 }
             }
         }
-        if lsn < self.resume_after || self.txn.is_some() {
+        if let Some(t) = self.txn.as_mut() {
+            // Not expected (they are sent between transactions), but never lost: the commit lists it.
+            t.problem(lsn, format!("the attribution trigger failed on {table} (pid {}): {}", r.pid, r.e));
+            return;
+        }
+        if lsn < self.resume_after {
             return;
         }
         out.extend_from_slice(b"{\"type\":\"trigger_error\",\"lsn\":");

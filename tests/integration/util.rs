@@ -193,7 +193,7 @@ pub fn check_structure(recs: &[Value]) {
                 let (x, _, _) = open.get_or_insert((xid, 0, 0));
                 assert_eq!(*x, xid, "record {i} interleaves transactions: {r}");
             }
-            "capture_started" | "capture_stopped" | "gap" | "trigger_error" => {
+            "capture_started" | "capture_stopped" | "gap" | "trigger_error" | "aborted_statement" => {
                 assert!(open.is_none(), "record {i} ({}) inside an open transaction", r["type"]);
             }
             other => panic!("unknown record type {other}"),
