@@ -390,10 +390,13 @@ BEGIN
          FROM pg_trigger t
         WHERE t.tgrelid = TG_RELID AND t.tgfoid = {close_oid}::oid AND t.tgqual IS NULL
           AND t.tgname = CASE TG_OP WHEN 'DELETE' THEN '{DELETE_END_TRIGGER}' ELSE '{TRUNCATE_END_TRIGGER}' END
-          AND t.tgtype = CASE TG_OP WHEN 'DELETE' THEN 8 ELSE 32 END),
-      CASE WHEN NOT seen THEN (SELECT {bs} FROM pg_stat_get_activity(pg_backend_pid()) a) ELSE bs END
-      INTO STRICT ki, ko, sys, armed, bs
+          AND t.tgtype = CASE TG_OP WHEN 'DELETE' THEN 8 ELSE 32 END)
+      INTO STRICT ki, ko, sys, armed
       FROM {SCHEMA}.hmac_key h;
+    IF NOT seen THEN
+      -- A statement of its own: even unexecuted, a function scan in the query above costs its setup.
+      SELECT {bs} INTO bs FROM pg_stat_get_activity(pg_backend_pid()) a;
+    END IF;
     q := current_query();
     p := concat('{{"v":{PAYLOAD_VERSION},"k":"open","sys":', to_json(sys),
       ',"xid":', xt,
