@@ -103,7 +103,7 @@ variant() { # name sed-expression
 }
 declare -A PARTS=(
     [backend_start]='/FOR i IN 1\.\./,/END LOOP;/d; /IF NOT seen THEN/,/END IF;/d'
-    [armed_check]='s/\(SELECT t\.tgenabled = .*$/true,/; /FROM pg_trigger t/,/AND t\.tgtype/d'
+    [armed_check]='s/\(SELECT t\.tgenabled = .*$/true/; /FROM pg_trigger t/,/AND t\.tgtype/d'
     [hmac]="s/p := encode\\(sha256.*\\|\\| ' ' \\|\\| p;/p := '0 ' || p;/"
 )
 echo "profile of the opening trigger (backend CPU per transaction with that part removed, fastest of $ROUNDS):"
