@@ -307,16 +307,18 @@ impl Assembler {
     fn finalize_pending(&mut self, out: &mut BytesMut) {
         let Some(p) = self.pending.take() else { return };
         let Some(t) = self.txn.as_mut() else { return };
-        let tables: Vec<String> = match &p.key {
-            PendingKey::Rel(relid) => self.relations.get(*relid).map(|r| vec![r.qualified.clone()]).unwrap_or_default(),
-            PendingKey::Tables(names) => names.clone(),
-        };
         let trigger_mode = self.attributor.verifier.is_some();
         // The trigger's evidence: the first of the record's tables whose bracket covers it.
         let mut verdict: Result<String, &'static str> = Err("no_trigger_fired");
         if trigger_mode {
-            for (i, name) in tables.iter().enumerate() {
-                t.touched.insert(name.clone());
+            let tables: Vec<&String> = match &p.key {
+                PendingKey::Rel(relid) => self.relations.get(*relid).map(|r| vec![&r.qualified]).unwrap_or_default(),
+                PendingKey::Tables(names) => names.iter().collect(),
+            };
+            for (i, name) in tables.into_iter().enumerate() {
+                if !t.touched.contains(name) {
+                    t.touched.insert(name.clone());
+                }
                 match t.covering(name, p.lsn) {
                     Ok(()) => {
                         verdict = Ok(name.clone());
@@ -327,8 +329,9 @@ impl Assembler {
                 }
             }
         }
-        // A statement record written now goes before the row, which is the last thing in `out`.
-        let row = out.split_off(p.start);
+        // A statement record written now goes before the row, which is the last thing in `out`: the row
+        // is set aside meanwhile (only then, so most rows are never copied).
+        let mut row: Option<BytesMut> = None;
         let chosen = match &verdict {
             Ok(name) => {
                 let b = t.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
@@ -337,6 +340,7 @@ impl Assembler {
                     None => {
                         let session = b.session.clone();
                         let open_lsn = b.open_lsn;
+                        row = Some(out.split_off(p.start));
                         let s = t.statement(out, open_lsn, &session);
                         let b = t.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
                         b.statement = Some(s.clone());
@@ -353,6 +357,7 @@ impl Assembler {
                         Some(s) => s.clone(),
                         None => {
                             let session: Session = serde_json::from_slice(&a.json).unwrap_or_default();
+                            row = Some(out.split_off(p.start));
                             let s = t.statement(out, p.lsn, &session);
                             t.activity_statement = Some(s.clone());
                             s
@@ -366,7 +371,9 @@ impl Assembler {
                 }
             },
         };
-        out.extend_from_slice(&row);
+        if let Some(r) = row {
+            out.extend_from_slice(&r);
+        }
         if let (true, Err(reason)) = (trigger_mode, &verdict) {
             t.missing += 1;
             out.extend_from_slice(b",\"trigger_evidence\":\"missing\",\"trigger_evidence_reason\":");
