@@ -535,6 +535,9 @@ pub struct SessionRef {
     pub query: Option<String>,
     #[serde(default)]
     pub query_truncated: Option<bool>,
+    /// Format 2: the number of the transaction's `statement` record that holds the query and times.
+    #[serde(default)]
+    pub statement: Option<u64>,
 }
 
 impl SessionRef {
@@ -635,6 +638,9 @@ pub struct Record<'a> {
     pub closes: Option<bool>,
     #[serde(borrow, default)]
     pub detail: Option<Cow<'a, str>>,
+    /// `statement` records: their number in the transaction.
+    #[serde(default)]
+    pub statement: Option<u64>,
 }
 
 /// A schema and name (a `partition`).
@@ -701,6 +707,11 @@ pub enum Kind {
     /// A watched table appears under another name from here on (format version 2). Part of the
     /// transaction whose records follow it, counted in neither `deletes` nor `truncates`.
     RelationRenamed,
+    /// Format 3: a statement's session and text, once per transaction, before the rows naming it.
+    Statement,
+    AbortedStatement,
+    /// Format 3: the attribution trigger failed (written between transactions).
+    TriggerError,
 }
 
 impl Kind {
@@ -716,6 +727,9 @@ impl Kind {
             "aborted_truncate" => Kind::AbortedTruncate,
             "abort" => Kind::Abort,
             "relation_renamed" => Kind::RelationRenamed,
+            "statement" => Kind::Statement,
+            "aborted_statement" => Kind::AbortedStatement,
+            "trigger_error" => Kind::TriggerError,
             _ => return None,
         })
     }
@@ -732,6 +746,9 @@ impl Kind {
             Kind::AbortedTruncate => "aborted_truncate",
             Kind::Abort => "abort",
             Kind::RelationRenamed => "relation_renamed",
+            Kind::Statement => "statement",
+            Kind::AbortedStatement => "aborted_statement",
+            Kind::TriggerError => "trigger_error",
         }
     }
 
@@ -905,6 +922,19 @@ impl Record<'_> {
                 need(self.commit_lsn.is_some(), "commit_lsn");
                 need(self.commit_time.is_some(), "commit_time");
             }
+            Kind::Statement => {
+                need(self.xid.is_some(), "xid");
+                need(self.statement.is_some(), "statement");
+                need(self.commit_lsn.is_some(), "commit_lsn");
+                need(self.session.present(), "session");
+            }
+            Kind::AbortedStatement => {
+                need(self.xid.is_some(), "xid");
+                need(self.statement.is_some(), "statement");
+            }
+            Kind::TriggerError => {
+                need(self.lsn.is_some(), "lsn");
+            }
         }
         if !missing.is_empty() {
             return Err(format!(
@@ -999,6 +1029,8 @@ pub enum Action {
     Commit,
     /// capture_started / capture_stopped.
     Boundary,
+    /// A `statement` record of the open transaction (held like its rows).
+    Statement,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1091,6 +1123,28 @@ impl Validator {
                 }
                 Verdict { action: Action::Row, damage }
             }
+            Kind::Statement => {
+                let xid = rec.xid();
+                let commit_lsn = rec.commit_lsn.unwrap_or_default();
+                let mut damage = None;
+                if let Some(t) = &self.open {
+                    if t.xid != xid || t.commit_lsn != commit_lsn {
+                        damage = self.abort_open(
+                            line,
+                            &format!("are followed by a statement of xid {xid} instead of their commit"),
+                        );
+                    }
+                }
+                self.open.get_or_insert(OpenTxn {
+                    xid,
+                    commit_lsn,
+                    first_line: line,
+                    deletes: 0,
+                    truncates: 0,
+                    renames: 0,
+                });
+                Verdict { action: Action::Statement, damage }
+            }
             Kind::Commit => {
                 let xid = rec.xid();
                 let commit_lsn = rec.commit_lsn.unwrap_or_default();
@@ -1150,6 +1204,8 @@ impl Validator {
             | Kind::Gap
             | Kind::AbortedDelete
             | Kind::AbortedTruncate
+            | Kind::AbortedStatement
+            | Kind::TriggerError
             | Kind::Abort => {
                 let damage = self.abort_open(line, &format!("are followed by {}", kind.as_str()));
                 if kind == Kind::CaptureStarted {

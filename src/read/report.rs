@@ -499,6 +499,8 @@ pub struct Aggregator {
     gaps: Vec<GapOut>,
     aborted_attempts: u64,
     aborted_rows: u64,
+    /// Format 2: the open transaction's statement texts by number.
+    statements: Vec<(u64, Option<String>)>,
 }
 
 impl Aggregator {
@@ -808,7 +810,13 @@ impl Consumer for Aggregator {
             return Ok(());
         }
         let session = rec.session.value().map(|s| self.intern_session(s));
-        let query = rec.session.value().and_then(|s| s.query.as_deref());
+        let looked_up = rec
+            .session
+            .value()
+            .and_then(|s| s.statement)
+            .and_then(|n| self.statements.iter().find(|(m, _)| *m == n))
+            .and_then(|(_, q)| q.as_deref());
+        let query = rec.session.value().and_then(|s| s.query.as_deref()).or(looked_up);
         let (rows, truncates) = if kind == Kind::Delete { (1, 0) } else { (0, 1) };
         let p = &mut self.pending;
         let e = p.entry(session, query);
@@ -843,11 +851,20 @@ impl Consumer for Aggregator {
     fn commit(&mut self, rec: &Record, _line: &[u8]) -> io::Result<()> {
         let time = rec.time_micros().unwrap_or(0);
         self.merge_commit(time);
+        self.statements.clear();
         Ok(())
     }
 
     fn abort(&mut self) {
         self.pending.clear();
+        self.statements.clear();
+    }
+
+    fn statement(&mut self, rec: &Record, _line: &[u8]) -> io::Result<()> {
+        if let (Some(n), Some(s)) = (rec.statement, rec.session.value()) {
+            self.statements.push((n, s.query.clone()));
+        }
+        Ok(())
     }
 
     fn boundary(&mut self, kind: Kind, rec: &Record, _line: &[u8]) -> io::Result<()> {
@@ -1298,5 +1315,26 @@ mod tests {
         // JSON keeps the exact strings.
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r"eve\u001b[8m"), "{json}");
+    }
+
+    #[test]
+    fn format_2_rows_take_their_query_from_the_statement_record() {
+        use super::super::log::tests::{commit, del, session, CS};
+        let t = "2026-11-26T15:01:02.000003Z";
+        let full = session(7, "alice", "psql", "DELETE FROM t WHERE id = 1");
+        let small = r#"{"attributed_by":"trigger","pid":7,"backend_start":null,"user":"alice","application_name":"psql","client_addr":null,"client_port":null,"statement":1}"#;
+        let stmt = format!(
+            r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
+        );
+        let r = report_of(&[
+            CS.to_owned(),
+            stmt,
+            del(5, 1, t, "a", small),
+            del(5, 1, t, "b", small),
+            commit(5, 1, t, 2, small),
+        ]);
+        assert_eq!(r.sessions.len(), 1);
+        assert_eq!(r.sessions[0].rows, 2);
+        assert_eq!(r.sessions[0].statements[0].statement, "DELETE FROM t WHERE id = 1");
     }
 }
