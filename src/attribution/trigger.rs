@@ -26,8 +26,9 @@
 //! by a **non-transactional** `error …` message, which needs no transaction id or lock and reaches the
 //! capture even when the transaction's own messages cannot be written. The signed messages themselves
 //! are emitted outside the block, in the statement's own transaction.
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio_postgres::Client;
 
 use super::session::Session;
@@ -59,8 +60,9 @@ pub const PAYLOAD_VERSION: u32 = 2;
 
 /// Verifies messages with the installed key, for one cluster.
 pub struct Verifier {
-    ipad: Vec<u8>,
-    opad: Vec<u8>,
+    /// The HMAC key, recovered from the stored pads (`key XOR 0x36…`); zero-padded to the block size,
+    /// which HMAC does anyway.
+    key: Vec<u8>,
     /// The cluster's system identifier: a message signed for another cluster is rejected.
     pub system_identifier: String,
     /// A recent full transaction id (with epoch) of this cluster, to widen pgoutput's 32-bit xids.
@@ -200,6 +202,11 @@ impl ErrorReport {
     }
 }
 
+/// Whether `ipad` and `opad` are the two pads of one key (both one block long).
+pub fn pads_agree(ipad: &[u8], opad: &[u8]) -> bool {
+    ipad.len() == 64 && opad.len() == 64 && ipad.iter().zip(opad).all(|(i, o)| i ^ 0x36 == o ^ 0x5c)
+}
+
 /// HMAC-SHA256 pads for a key (RFC 2104): the key is at most one block, so no pre-hashing.
 pub fn pads(key: &[u8; 32]) -> (Vec<u8>, Vec<u8>) {
     let mut ipad = vec![0x36u8; 64];
@@ -225,8 +232,15 @@ pub fn widen_xid(xid: u32, reference: u64) -> u64 {
 }
 
 impl Verifier {
+    /// From the pads the server stores (see [`pads`]). Pads that do not come from one key make every
+    /// signature fail to verify (`load_verifier` refuses them first, with the fix).
     pub fn from_pads(ipad: Vec<u8>, opad: Vec<u8>) -> Verifier {
-        Verifier { ipad, opad, system_identifier: String::new(), xid_reference: 0 }
+        let mut key: Vec<u8> = ipad.iter().map(|b| b ^ 0x36).collect();
+        if !pads_agree(&ipad, &opad) {
+            // A key no signature from those pads can match.
+            key = opad.iter().map(|b| b ^ 0x5c ^ 0xff).collect();
+        }
+        Verifier { key, system_identifier: String::new(), xid_reference: 0 }
     }
 
     pub fn for_cluster(mut self, system_identifier: &str, xid_reference: u64) -> Verifier {
@@ -235,18 +249,23 @@ impl Verifier {
         self
     }
 
+    fn hmac(&self) -> Hmac<Sha256> {
+        // Any key length is accepted by HMAC.
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length")
+    }
+
     pub fn mac(&self, payload: &[u8]) -> [u8; 32] {
-        let inner = Sha256::new().chain_update(&self.ipad).chain_update(payload).finalize();
-        Sha256::new().chain_update(&self.opad).chain_update(inner).finalize().into()
+        let mut m = self.hmac();
+        m.update(payload);
+        m.finalize().into_bytes().into()
     }
 
     fn check_mac(&self, mac_hex: &[u8], payload: &[u8]) -> Result<(), String> {
         let given = hex::decode(mac_hex).map_err(|_| "signature is not hex".to_owned())?;
-        let want = self.mac(payload);
-        if given.len() != want.len() || given.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
-            return Err("signature does not match the installed key".into());
-        }
-        Ok(())
+        let mut m = self.hmac();
+        m.update(payload);
+        // Constant-time comparison.
+        m.verify_slice(&given).map_err(|_| "signature does not match the installed key".to_owned())
     }
 
     /// Classifies and checks a message with our prefix. Opens must be signed for this cluster; the
@@ -583,6 +602,13 @@ pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
             f
         })?
         .ok_or_else(|| Failure::new(Exit::Internal, "the attribution key is missing: run walwitness attribution install"))?;
+    let (ipad, opad): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+    if !pads_agree(&ipad, &opad) {
+        return Err(Failure::new(
+            Exit::Internal,
+            format!("the attribution key in {SCHEMA}.hmac_key is damaged (its two pads are not of one key): run walwitness attribution remove, then install"),
+        ));
+    }
     let stored: Option<String> = row.get(2);
     let actual: String = row.get(3);
     if stored.as_deref() != Some(actual.as_str()) {
@@ -598,7 +624,7 @@ pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
     let reference = next_xid.parse::<u64>().map_err(|_| {
         Failure::new(Exit::Internal, format!("the server's next transaction id {next_xid:?} is not a number"))
     })?;
-    Ok(Verifier::from_pads(row.get(0), row.get(1)).for_cluster(&actual, reference))
+    Ok(Verifier::from_pads(ipad, opad).for_cluster(&actual, reference))
 }
 
 pub fn sql_table(schema: &str, table: &str) -> String {
@@ -888,6 +914,19 @@ pub mod tests {
             hex::encode(v.mac(b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn pads_of_two_keys_verify_nothing() {
+        let (i, o) = pads(&[3u8; 32]);
+        let good = Verifier::from_pads(i.clone(), o.clone());
+        let (_, o2) = pads(&[4u8; 32]);
+        assert!(pads_agree(&i, &o) && !pads_agree(&i, &o2));
+        let mixed = Verifier::from_pads(i, o2);
+        let p = open_payload("42", 1, 1, "a", "t", 5);
+        let msg = format!("{} {p}", hex::encode(good.mac(p.as_bytes())));
+        assert!(good.verify(msg.as_bytes()).is_ok());
+        assert!(mixed.verify(msg.as_bytes()).unwrap_err().contains("does not match"));
     }
 
     #[test]

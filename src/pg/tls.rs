@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -88,7 +89,7 @@ fn open(path: &Path, what: &str) -> Result<BufReader<std::fs::File>, PgError> {
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PgError> {
     let mut r = open(path, "certificate file")?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut r)
+    let certs: Vec<_> = CertificateDer::pem_reader_iter(&mut r)
         .collect::<Result<_, _>>()
         .map_err(|e| PgError::Tls(format!("could not read certificates from \"{}\": {e}", path.display())))?;
     if certs.is_empty() {
@@ -99,9 +100,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PgError> {
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PgError> {
     let mut r = open(path, "private key file")?;
-    rustls_pemfile::private_key(&mut r)
-        .map_err(|e| PgError::Tls(format!("could not read private key \"{}\": {e}", path.display())))?
-        .ok_or_else(|| PgError::Tls(format!("no private key found in \"{}\"", path.display())))
+    PrivateKeyDer::from_pem_reader(&mut r).map_err(|e| match e {
+        PemError::NoItemsFound => PgError::Tls(format!("no private key found in \"{}\"", path.display())),
+        e => PgError::Tls(format!("could not read private key \"{}\": {e}", path.display())),
+    })
 }
 
 /// Files tried for `sslrootcert=system` (we carry no trust store of our own).
