@@ -43,6 +43,24 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Summarise captured logs: who deleted, when, what, and what could not be attributed.
     Report(ReportArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) on standard output.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. `walwitness completions bash > /etc/bash_completion.d/walwitness`.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write walwitness.1 and walwitness-COMMAND.1 here instead of printing walwitness.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Where the connection string comes from. A password on the command line is visible to every local

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cleanup;
 pub mod cli;
 pub mod cluster;
+pub mod cmd;
 pub mod decode;
 pub mod demo;
 pub mod doctor;

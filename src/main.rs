@@ -126,6 +126,8 @@ fn main() {
             Command::Tail(args) => walwitness::read::tail::run(args),
             Command::Replay(args) => walwitness::read::replay::run(args),
             Command::Report(args) => walwitness::read::report::run(args),
+            Command::Completions(args) => walwitness::cmd::docs::completions(args),
+            Command::Man(args) => walwitness::cmd::docs::man(args),
         }
     });
     let code = rt.block_on(task).unwrap_or_else(|e| {

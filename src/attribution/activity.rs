@@ -205,7 +205,7 @@ pub fn spawn_sampler(
                 }
             }
             n += 1;
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 map.expire(Instant::now());
             }
         }

@@ -134,9 +134,9 @@ pub fn too_long(e: &io::Error) -> Option<&LineTooLong> {
 
 /// `64 MiB`, `512 kiB`, `100 bytes`.
 pub fn size_text(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} kiB", n >> 10)
     } else {
         format!("{n} bytes")

@@ -70,7 +70,7 @@ async fn kill_9_at_random_points_loses_and_duplicates_nothing() {
                 _ => 1 + (rng.next() % 20) as usize,
             };
             let hi = (next + size - 1).min(ROWS);
-            let rollback = rng.next() % 10 == 0;
+            let rollback = rng.next().is_multiple_of(10);
             c.batch_execute(&format!(
                 "BEGIN; DELETE FROM cache WHERE substr(cache_key, 2)::int BETWEEN {next} AND {hi}; {}",
                 if rollback { "ROLLBACK" } else { "COMMIT" }

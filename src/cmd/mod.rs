@@ -1,0 +1,2 @@
+//! Subcommands that are wiring only: flags in, output out.
+pub mod docs;
