@@ -47,6 +47,10 @@ where
     c.query_one(sql, &[]).await.map(|r| r.get(0)).map_err(|e| Failure::new(Exit::Internal, format!("{sql}: {e}")))
 }
 
+/// Roles through which managed PostgreSQL services grant replication (the REPLICATION attribute is
+/// reserved to them there), with the service's name.
+const MANAGED_REPLICATION_ROLES: &[(&str, &str)] = &[("rds_replication", "Amazon RDS / Aurora")];
+
 pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
     let spec = ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
     let target = spec.describe();
@@ -108,8 +112,29 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
         .await
         .map(|row| (row.get(0), row.get(1)))
         .map_err(|e| Failure::new(Exit::Internal, e.to_string()))?;
+    // Managed services grant replication through a role of their own instead of the attribute.
+    let managed: Vec<(String, bool)> = c
+        .query(
+            "SELECT rolname::text, pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1",
+            &[&MANAGED_REPLICATION_ROLES.iter().map(|(r, _)| *r).collect::<Vec<_>>()],
+        )
+        .await
+        .map(|rows| rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        .map_err(|e| Failure::new(Exit::Internal, e.to_string()))?;
+    let service = |role: &str| MANAGED_REPLICATION_ROLES.iter().find(|(r, _)| *r == role).map_or("", |(_, s)| *s);
     if repl || superuser {
         r.add(Level::Ok, format!("role {user} may open replication connections"));
+    } else if let Some((role, _)) = managed.iter().find(|(_, member)| *member) {
+        r.add(Level::Ok, format!("role {user} may open replication connections (member of {role}, {})", service(role)));
+    } else if let Some((role, _)) = managed.first() {
+        r.add(
+            Level::Fail,
+            format!(
+                "role {user} lacks replication rights → GRANT {role} TO {}; (as an administrator of {})",
+                quote_ident(&user),
+                service(role)
+            ),
+        );
     } else {
         r.add(Level::Fail, format!("role {user} lacks REPLICATION → ALTER ROLE {} REPLICATION;", quote_ident(&user)));
     }

@@ -264,13 +264,17 @@ impl ConnSpec {
         env: &dyn Fn(&str) -> Option<String>,
         sys: &SystemDefaults,
     ) -> Result<ConnSpec, PgError> {
-        let extracted = extract_libpq_keys(dsn)?;
+        let mut extracted = extract_libpq_keys(dsn)?;
         let mut config = if extracted.rest.trim().is_empty() {
             tokio_postgres::Config::new()
         } else {
             tokio_postgres::Config::from_str(&extracted.rest)
                 .map_err(|e| PgError::Config(format!("{e} in \"{}\"", redact_dsn(dsn))))?
         };
+        if let Some(name) = extracted.keys.service.clone().or_else(|| nonempty(env("PGSERVICE"))) {
+            let settings = super::service::lookup(&name, env, sys.home.as_deref())?;
+            apply_service(&mut config, &mut extracted.keys, &name, settings)?;
+        }
         let settings = apply_env_defaults(&mut config, &extracted.keys, env, sys)?;
         ConnSpec::finish(config, settings, sys)
     }
@@ -415,6 +419,7 @@ pub(crate) struct LibpqKeys {
     pub sslkey: Option<String>,
     pub passfile: Option<String>,
     pub fallback_application_name: Option<String>,
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,6 +431,35 @@ pub(crate) struct Extracted {
 
 /// libpq keys tokio-postgres would reject but that do not change what we do
 /// (GSSAPI is not supported, so `gssencmode` can only mean "don't").
+/// The keywords tokio-postgres parses itself (`Config::from_str`); with [`take_key`]'s and
+/// [`IGNORED_KEYS`], every keyword walwitness accepts.
+const TOKIO_KEYS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// libpq's wording for a keyword it does not know, so the typo is named (tokio-postgres only says
+/// the string is invalid).
+fn unknown_key(key: &str) -> PgError {
+    PgError::Config(format!("invalid connection option \"{key}\""))
+}
+
 const IGNORED_KEYS: &[&str] = &[
     "gssencmode",
     "sslcompression",
@@ -450,6 +484,7 @@ fn take_key(keys: &mut LibpqKeys, key: &str, value: String) -> bool {
         "sslkey" => &mut keys.sslkey,
         "passfile" => &mut keys.passfile,
         "fallback_application_name" => &mut keys.fallback_application_name,
+        "service" => &mut keys.service,
         k if IGNORED_KEYS.contains(&k) => {
             tracing::debug!(key = k, "ignoring connection option");
             return true;
@@ -458,6 +493,86 @@ fn take_key(keys: &mut LibpqKeys, key: &str, value: String) -> bool {
     };
     *slot = Some(value);
     true
+}
+
+/// The keywords a service file may set besides [`take_key`]'s.
+const SERVICE_KEYS: &[&str] =
+    &["host", "hostaddr", "port", "user", "password", "dbname", "options", "application_name", "connect_timeout"];
+
+/// Fills what the connection string left unset from a service's settings (libpq applies them after
+/// the connection string and before the environment).
+fn apply_service(
+    config: &mut tokio_postgres::Config,
+    keys: &mut LibpqKeys,
+    name: &str,
+    settings: Vec<(String, String)>,
+) -> Result<(), PgError> {
+    let mut rest = String::new();
+    for (k, v) in settings {
+        let mut fresh = LibpqKeys::default();
+        if take_key(&mut fresh, &k, v.clone()) {
+            let pairs = [
+                (&mut keys.sslmode, fresh.sslmode),
+                (&mut keys.sslrootcert, fresh.sslrootcert),
+                (&mut keys.sslcert, fresh.sslcert),
+                (&mut keys.sslkey, fresh.sslkey),
+                (&mut keys.passfile, fresh.passfile),
+                (&mut keys.fallback_application_name, fresh.fallback_application_name),
+            ];
+            for (slot, value) in pairs {
+                if slot.is_none() {
+                    *slot = value;
+                }
+            }
+            continue;
+        }
+        if !TOKIO_KEYS.contains(&k.as_str()) {
+            return Err(PgError::Config(format!("invalid connection option \"{k}\" in service \"{name}\"")));
+        }
+        if !SERVICE_KEYS.contains(&k.as_str()) {
+            return Err(PgError::Config(format!(
+                "service \"{name}\" sets {k}, which walwitness takes only from the connection string: put it there"
+            )));
+        }
+        rest.push_str(&format!("{k}='{}' ", v.replace('\\', "\\\\").replace('\'', "\\'")));
+    }
+    let svc =
+        tokio_postgres::Config::from_str(&rest).map_err(|e| PgError::Config(format!("service \"{name}\": {e}")))?;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        for h in svc.get_hosts() {
+            match h {
+                Host::Tcp(h) => config.host(h),
+                Host::Unix(p) => config.host_path(p),
+            };
+        }
+        for a in svc.get_hostaddrs() {
+            config.hostaddr(*a);
+        }
+    }
+    if config.get_ports().is_empty() {
+        for p in svc.get_ports() {
+            config.port(*p);
+        }
+    }
+    if let (None, Some(u)) = (config.get_user(), svc.get_user()) {
+        config.user(u);
+    }
+    if let (None, Some(p)) = (config.get_password(), svc.get_password()) {
+        config.password(p);
+    }
+    if let (None, Some(d)) = (config.get_dbname(), svc.get_dbname()) {
+        config.dbname(d);
+    }
+    if let (None, Some(o)) = (config.get_options(), svc.get_options()) {
+        config.options(o);
+    }
+    if let (None, Some(a)) = (config.get_application_name(), svc.get_application_name()) {
+        config.application_name(a);
+    }
+    if let (None, Some(t)) = (config.get_connect_timeout(), svc.get_connect_timeout()) {
+        config.connect_timeout(*t);
+    }
+    Ok(())
 }
 
 pub(crate) fn extract_libpq_keys(dsn: &str) -> Result<Extracted, PgError> {
@@ -476,6 +591,9 @@ fn extract_kv(dsn: &str) -> Result<Extracted, PgError> {
         let Some(value) = t.value else { continue };
         if take_key(&mut keys, &t.key, value.clone()) {
             continue;
+        }
+        if !TOKIO_KEYS.contains(&t.key.as_str()) {
+            return Err(unknown_key(&t.key));
         }
         if !rest.is_empty() {
             rest.push(' ');
@@ -552,6 +670,9 @@ fn extract_url(dsn: &str) -> Result<Extracted, PgError> {
             }
             if take_key(&mut keys, &key, percent_decode(v)?) {
                 continue;
+            }
+            if !TOKIO_KEYS.contains(&key.as_str()) {
+                return Err(unknown_key(&key));
             }
             kept.push(param);
         }
@@ -1032,6 +1153,44 @@ mod tests {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let env = move |k: &str| map.get(k).cloned();
         ConnSpec::parse_with(dsn, &env, &sys())
+    }
+
+    #[test]
+    fn an_unknown_keyword_is_named() {
+        for dsn in ["hots=db dbname=x", "postgres://u@h/db?hots=db"] {
+            let e = parse_env(dsn, &[]).unwrap_err().to_string();
+            assert!(e.contains("invalid connection option \"hots\""), "{dsn}: {e}");
+        }
+        assert!(parse_env("host=db keepalives_idle=5 gssencmode=disable", &[]).is_ok());
+    }
+
+    #[test]
+    fn a_service_fills_what_the_string_leaves_unset_before_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("svc.conf");
+        std::fs::write(
+            &f,
+            "[app]\nhost=svc-host\nport=6543\ndbname=svcdb\nuser=svcuser\nsslmode=require\napplication_name=svc\n[bad]\nkeepalives=0\n[typo]\nhots=x\n",
+        )
+        .unwrap();
+        let file = f.display().to_string();
+        let s = parse_env("service=app dbname=mine", &[("PGSERVICEFILE", &file), ("PGHOST", "env-host")]).unwrap();
+        assert_eq!(s.hosts(), &[Host::Tcp("svc-host".into())], "the service before the environment");
+        assert_eq!(s.ports(), &[6543]);
+        assert_eq!(s.dbname(), "mine", "the string before the service");
+        assert_eq!(s.user(), "svcuser");
+        assert_eq!(s.application_name(), Some("svc"));
+        assert_eq!(s.tls().mode, SslMode::Require);
+        let s = parse_env("dbname=x", &[("PGSERVICEFILE", &file), ("PGSERVICE", "app")]).unwrap();
+        assert_eq!(s.user(), "svcuser", "PGSERVICE names the service too");
+        let e = parse_env("service=bad", &[("PGSERVICEFILE", &file)]).unwrap_err().to_string();
+        assert!(e.contains("keepalives"), "{e}");
+        let e = parse_env("service=typo", &[("PGSERVICEFILE", &file)]).unwrap_err().to_string();
+        assert!(e.contains("invalid connection option \"hots\" in service \"typo\""), "{e}");
+        let e = parse_env("service=none", &[("PGSERVICEFILE", &file), ("PGSYSCONFDIR", "/nonexistent")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("definition of service \"none\" not found"), "{e}");
     }
 
     #[test]

@@ -553,12 +553,9 @@ impl ReplicationConnection {
     async fn authenticate(&mut self, spec: &ConnSpec, target: &Target) -> Result<(), PgError> {
         let password = spec.password_for(target).map(<[u8]>::to_vec);
         let need_password = |method: &str| {
-            password.clone().ok_or_else(|| {
-                PgError::Auth(AuthError::Client(format!(
-                    "the server requested {method} authentication but no password was given \
-                     (set it in the connection string, PGPASSWORD or ~/.pgpass)"
-                )))
-            })
+            password
+                .clone()
+                .ok_or_else(|| PgError::Auth(AuthError::Client(format!("{} ({method})", super::error::NO_PASSWORD))))
         };
         let mut scram: Option<ScramSha256> = None;
         loop {

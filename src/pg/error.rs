@@ -164,6 +164,10 @@ impl PgError {
     }
 }
 
+/// libpq's words for a server asking for a password nobody gave, and where one can be given.
+pub const NO_PASSWORD: &str =
+    "fe_sendauth: no password supplied (the server asks for one: set it in the connection string, PGPASSWORD or ~/.pgpass)";
+
 /// Maps an error from tokio-postgres (used by `connect_sql`) onto our kinds.
 ///
 /// tokio-postgres keeps its error kind private; the public surface is the
@@ -197,6 +201,10 @@ pub(crate) fn from_tokio_postgres(e: tokio_postgres::Error, target: &str) -> PgE
     }
     if text.starts_with("error performing TLS handshake") {
         return PgError::Tls(text);
+    }
+    // tokio-postgres finds out only when the server asks for a password: an authentication failure.
+    if text == "invalid configuration: password missing" {
+        return PgError::Auth(AuthError::Client(NO_PASSWORD.into()));
     }
     if text.starts_with("authentication error") {
         return PgError::Auth(AuthError::Client(text));

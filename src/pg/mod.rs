@@ -14,6 +14,7 @@
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod service;
 pub mod tls;
 
 pub use config::{redact_dsn, CertCheck, ConnSpec, SslMode, Target, TlsSettings};

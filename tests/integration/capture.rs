@@ -277,6 +277,12 @@ async fn scram_password_over_tcp() {
     let r = env.capture_dsn(&bad, &env.log_path("bad.jsonl"), &["cache"], &["--endpos", &end]).await;
     r.assert_code(5);
     assert!(!r.stderr.contains("wrong"), "password printed:\n{r}");
+    assert!(!env.log_path("bad.jsonl").exists(), "a capture that never started leaves no log file");
+    // No password at all: exit 5 and libpq's words, whichever connection asks first.
+    let none = env.cluster.tcp_dsn("app", None, "postgres");
+    let r = env.capture_dsn(&none, &env.log_path("none.jsonl"), &["cache"], &["--endpos", &end]).await;
+    r.assert_code(5);
+    assert!(r.stderr.contains("no password supplied"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

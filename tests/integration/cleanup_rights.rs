@@ -93,6 +93,20 @@ async fn doctor_without_create_on_the_database() {
     assert!(r.stdout.contains(r#"GRANT CREATE ON DATABASE "postgres" TO "witness";"#), "{r}");
 }
 
+/// Amazon RDS grants replication through membership in `rds_replication`, not the attribute: doctor
+/// recognises it, and names the grant when it is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_recognises_a_managed_replication_role() {
+    let env = Env::start().await;
+    env.exec(&format!("{SETUP} ALTER ROLE witness NOREPLICATION; CREATE ROLE rds_replication NOLOGIN;")).await;
+    let dsn = env.cluster.socket_dsn("witness", "postgres");
+    let r = run_bin(&args(&["doctor", "--dsn", &dsn, "--table", "cache"])).await;
+    assert!(r.stdout.contains(r#"GRANT rds_replication TO "witness";"#), "{r}");
+    env.exec("GRANT rds_replication TO witness;").await;
+    let r = run_bin(&args(&["doctor", "--dsn", &dsn, "--table", "cache"])).await;
+    assert!(r.stdout.contains("may open replication connections (member of rds_replication, Amazon RDS"), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_membership_in_the_owner_role_a_stop_leaves_nothing() {
     let env = Env::start().await;
