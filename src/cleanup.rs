@@ -8,10 +8,10 @@ use crate::term::clean;
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::attribution::trigger;
-use crate::capture::names::quote_ident;
-use crate::capture::setup::OWNER_COMMENT;
 use crate::error::{from_pg, Exit, Failure};
+use crate::pg::catalog::OWNER_COMMENT;
 use crate::pg::config::ConnSpec;
+use crate::pg::names::quote_ident;
 
 pub struct CleanupArgs {
     pub dsn: String,

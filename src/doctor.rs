@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use crate::capture::names::{parse_table, quote_ident};
-use crate::capture::setup::Table;
 use crate::error::{from_pg, Exit, Failure};
+use crate::pg::catalog::Table;
 use crate::pg::config::ConnSpec;
+use crate::pg::names::{parse_table, quote_ident};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -150,7 +150,7 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
         check_publication(&c, &mut r, p, &tables, version_num as u32).await?;
     }
     if args.attribution.trigger {
-        let names: Vec<String> = tables.iter().map(crate::capture::setup::Table::sql_name).collect();
+        let names: Vec<String> = tables.iter().map(crate::pg::catalog::Table::sql_name).collect();
         let problems = crate::attribution::trigger::removal_problems(&c, &names).await?;
         if problems.is_empty() {
             let on = if tables.is_empty() {
@@ -220,8 +220,8 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
         let mut msg = format!(
             "slot {name}: {}, retains {}, {} behind",
             pid.map_or("inactive".to_owned(), |p| format!("in use by PID {p}")),
-            crate::capture::human_bytes(retained.unwrap_or(0).max(0) as u64),
-            crate::capture::human_bytes(lag.unwrap_or(0).max(0) as u64)
+            crate::term::human_bytes(retained.unwrap_or(0).max(0) as u64),
+            crate::term::human_bytes(lag.unwrap_or(0).max(0) as u64)
         );
         let level = if status == "lost" {
             let _ = write!(msg, "; INVALIDATED (wal_status = lost): the next capture records a gap and recreates it");
@@ -269,7 +269,7 @@ async fn check_table(
             return Ok(None);
         }
     };
-    let table = match crate::capture::setup::resolve_table(c, &parsed).await {
+    let table = match crate::pg::catalog::resolve_table(c, &parsed).await {
         Ok(t) => t,
         Err(f) => {
             r.add(Level::Fail, f.message);
@@ -292,7 +292,7 @@ async fn check_table(
         (_, None) => "no usable key".to_owned(),
     };
     r.add(Level::Ok, format!("table {q}: {meaning}"));
-    match crate::capture::setup::members(c, &table).await {
+    match crate::pg::catalog::members(c, &table).await {
         Ok((partitions, children)) => {
             if !partitions.is_empty() {
                 r.add(
@@ -347,7 +347,7 @@ async fn check_publication(
     tables: &[Table],
     version_num: u32,
 ) -> Result<(), Failure> {
-    use crate::capture::coverage;
+    use crate::pg::coverage;
     let expect = coverage::Expect {
         publication: publication.to_owned(),
         tables: tables.iter().map(|t| coverage::Watched { oid: t.oid, name: t.qualified() }).collect(),

@@ -45,8 +45,8 @@ pub async fn run_command(cmd: crate::cli::AttributionCommand) -> Result<(), crat
         .map_err(|e| from_pg(&format!("cannot connect to {}", spec.describe()), e))?;
     let mut names = Vec::new();
     for t in &args.tables {
-        let arg = crate::capture::names::parse_table(t).map_err(|e| Failure::new(Exit::Usage, e))?;
-        let table = crate::capture::setup::resolve_table(&sql, &arg).await?;
+        let arg = crate::pg::names::parse_table(t).map_err(|e| Failure::new(Exit::Usage, e))?;
+        let table = crate::pg::catalog::resolve_table(&sql, &arg).await?;
         names.push(table.sql_name());
     }
     if install {

@@ -32,9 +32,9 @@ use sha2::Sha256;
 use tokio_postgres::Client;
 
 use super::session::Session;
-use crate::capture::names::{quote_ident, quote_literal};
-use crate::capture::teardown::Leftover;
 use crate::error::{Exit, Failure};
+use crate::pg::leftover::Leftover;
+use crate::pg::names::{quote_ident, quote_literal};
 
 /// The logical decoding message prefix the triggers use.
 pub const PREFIX: &str = "walwitness";
@@ -879,7 +879,7 @@ pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
     if left.is_empty() {
         return Ok(());
     }
-    let text = crate::capture::teardown::explain("could not remove every attribution object", &left);
+    let text = crate::pg::leftover::explain("could not remove every attribution object", &left);
     let mut f = Failure::new(Exit::CleanupIncomplete, text.trim_end());
     if left.iter().all(|l| l.privilege) {
         f.exit = Exit::Privilege;

@@ -8,10 +8,8 @@
 //! ```
 mod acks;
 pub mod coverage;
-pub mod names;
 mod partitions;
 pub mod resume;
-pub mod setup;
 mod spooled;
 mod status;
 mod stream;
@@ -25,8 +23,11 @@ use crate::cli::AttributionSource;
 use crate::decode::relations::WatchList;
 use crate::decode::Assembler;
 use crate::error::{from_pg, Exit, Failure};
+use crate::pg::catalog as setup;
 use crate::pg::config::{redact_dsn, ConnSpec};
 use crate::pg::conn::ReplicationConnection;
+use crate::pg::leftover::{self, Leftover};
+use crate::pg::names::{parse_table, quote_ident};
 use crate::protocol::Lsn;
 use crate::sink::chain::to_hex;
 use crate::sink::record::{
@@ -34,9 +35,7 @@ use crate::sink::record::{
 };
 use crate::sink::writer::LastRun;
 use crate::sink::writer::{open_log, Chunk, Output, Recovery, Writer};
-use names::{parse_table, quote_ident};
 use setup::{PubOrigin, SlotState};
-pub use status::human_bytes;
 pub use stream::StopReason;
 
 #[derive(Debug, Clone)]
@@ -87,7 +86,7 @@ pub struct Outcome {
     pub transactions: u64,
     pub last_lsn: Lsn,
     /// What the deliberate end could not remove (also in `capture_stopped.left_behind`).
-    pub left_behind: Vec<teardown::Leftover>,
+    pub left_behind: Vec<Leftover>,
     /// The log's chain head after `capture_stopped` (its chain value), to write down elsewhere.
     pub chain_head: Option<String>,
     /// The writer's chain state at its close, continued by `capture_stopped`.
@@ -324,7 +323,7 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     if !left.is_empty() {
         eprint!(
             "walwitness: error: {}",
-            teardown::explain("the capture stopped, but could not remove everything it set up", &left)
+            leftover::explain("the capture stopped, but could not remove everything it set up", &left)
         );
     }
     outcome.left_behind = left;
@@ -357,7 +356,7 @@ fn write_stopped(
     outcome: &mut Outcome,
     slot: &str,
     slot_kept: bool,
-    left: &[teardown::Leftover],
+    left: &[Leftover],
 ) -> Result<(), Failure> {
     use std::io::{Seek, Write};
     let mut rec = bytes::BytesMut::new();

@@ -68,7 +68,7 @@ impl Progress {
             }
         };
         let retained = match *self.retained.borrow() {
-            Some(b) => human_bytes(b.max(0) as u64),
+            Some(b) => crate::term::human_bytes(b.max(0) as u64),
             None => "?".into(),
         };
         let last = self.last_commit.map(format_pg_time).unwrap_or_else(|| "-".into());
@@ -78,7 +78,7 @@ impl Progress {
             self.txns,
             self.truncates,
             last,
-            human_bytes(lag_bytes),
+            crate::term::human_bytes(lag_bytes),
             lag_secs,
             retained
         );
@@ -97,21 +97,6 @@ impl Progress {
             eprintln!();
             self.dirty_line = false;
         }
-    }
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -16,12 +16,12 @@ use super::acks::{Acks, Ticket};
 use super::spooled::{self, Replay, Route, Spooled};
 use super::status::Progress;
 use super::Outcome;
-use crate::capture::names::{quote_ident, quote_literal};
 use crate::decode::{Assembler, Step};
 use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::ConnSpec;
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
 use crate::pg::error::{DbError, PgError};
+use crate::pg::names::{quote_ident, quote_literal};
 use crate::protocol::pgoutput::{self, Message, ParseOptions};
 use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
@@ -622,8 +622,8 @@ impl Loop {
                         eprintln!(
                             "walwitness: slot {} retains {} of WAL, over --max-retained-wal {}: ending the capture and dropping the slot (--on-lag drop); deletes after LSN {} will not be logged",
                             self.o.slot,
-                            super::status::human_bytes(held as u64),
-                            super::status::human_bytes(max),
+                            crate::term::human_bytes(held as u64),
+                            crate::term::human_bytes(max),
                             flush
                         );
                     }
@@ -633,8 +633,8 @@ impl Loop {
                     eprintln!(
                         "walwitness: warning: slot {} retains {} of WAL, over --max-retained-wal {}; the server keeps it until this capture catches up (use --on-lag drop to give up instead)",
                         self.o.slot,
-                        super::status::human_bytes(held as u64),
-                        super::status::human_bytes(max)
+                        crate::term::human_bytes(held as u64),
+                        crate::term::human_bytes(max)
                     );
                 }
             }

@@ -7,13 +7,23 @@
 //! - [`conn`]: our own client for `replication=database` sessions
 //!   (replication commands, COPY BOTH streaming).
 //! - [`error`]: [`PgError`], whose variants the CLI maps to exit codes.
+//! - [`catalog`]: catalog queries (tables, partitions, server facts) and the slot and publication
+//!   walwitness creates and drops.
+//! - [`coverage`]: what a publication still sends of the watched tables.
+//! - [`names`]: SQL quoting, `--table` parsing and the names walwitness gives what it creates.
+//! - [`service`]: libpq service files.
+//! - [`leftover`]: server objects a deliberate end could not remove, and how to remove them.
 //!
 //! Ordinary SQL (catalog queries, publications) goes through tokio-postgres
 //! via [`connect_sql`], with the same hosts, credentials and TLS rules.
 
+pub mod catalog;
 pub mod config;
 pub mod conn;
+pub mod coverage;
 pub mod error;
+pub mod leftover;
+pub mod names;
 pub mod service;
 pub mod tls;
 

@@ -32,7 +32,7 @@ struct TableMatch {
 
 impl TableMatch {
     fn parse(arg: &str) -> Result<TableMatch, Failure> {
-        let t = crate::capture::names::parse_table(arg).map_err(|e| usage(format!("--table: {e}")))?;
+        let t = crate::pg::names::parse_table(arg).map_err(|e| usage(format!("--table: {e}")))?;
         let mut names = vec![(t.schema.clone(), t.table.clone())];
         let folded = (
             if t.schema_quoted { t.schema.clone() } else { t.schema.to_lowercase() },

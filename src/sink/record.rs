@@ -324,7 +324,7 @@ pub struct CaptureStopped<'a> {
     pub slot_kept: bool,
     /// What this end meant to remove and could not, each with the statement that removes it; empty when
     /// everything it set out to remove is gone (or `--keep-slot` kept it on purpose).
-    pub left_behind: &'a [crate::capture::teardown::Leftover],
+    pub left_behind: &'a [crate::pg::leftover::Leftover],
 }
 
 /// `gap`: a stretch of WAL the log cannot cover (the slot was lost, dropped or recreated, the capture gave

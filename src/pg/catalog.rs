@@ -4,8 +4,8 @@
 //! Refusals come before any DDL, so a server that is not ready is left exactly as it was.
 use tokio_postgres::Client;
 
-use super::names::{object_name, quote_ident, quote_literal, TableArg};
 use crate::error::{Exit, Failure};
+use crate::pg::names::{object_name, quote_ident, quote_literal, TableArg};
 
 /// Comment marking publications walwitness created, so a deliberate end (and `cleanup`) drops only those.
 pub const OWNER_COMMENT: &str = "created by walwitness";
