@@ -37,17 +37,17 @@
 //! * **Environment.** All `PG*` variables are removed from child environments so
 //!   a developer's `PGHOST`/`PGPORT`/`PGSSLMODE` cannot redirect the tools.
 
-use std::collections::HashSet;
-use std::ffi::CString;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod certs;
+mod os;
+
+use os::*;
 
 /// Name of the database superuser created by `initdb -U`.
 const SUPERUSER: &str = "postgres";
@@ -554,112 +554,6 @@ impl Cluster {
         }
         write_existing(&self.data_dir.join("postgresql.conf"), &conf)
     }
-
-    /// Generate a CA and a server certificate with the openssl CLI. The CA and
-    /// work files live in `<tmp>/tls`; the server cert and key are copied into the
-    /// data dir (mode 0600, owned by the server user). Returns the CA path.
-    fn make_certificates(&self) -> Result<PathBuf, ClusterError> {
-        let tls_dir = self.dir.path().join("tls");
-        fs::create_dir(&tls_dir).map_err(|e| ClusterError::io("creating tls dir", e))?;
-        let cnf = tls_dir.join("openssl.cnf");
-        fs::write(
-            &cnf,
-            "[req]\n\
-             distinguished_name = dn\n\
-             prompt = no\n\
-             [dn]\n\
-             CN = walwitness test\n\
-             [v3_ca]\n\
-             basicConstraints = critical, CA:TRUE\n\
-             keyUsage = critical, keyCertSign, cRLSign\n\
-             subjectKeyIdentifier = hash\n\
-             [v3_server]\n\
-             basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:localhost, IP:127.0.0.1\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid\n",
-        )
-        .map_err(|e| ClusterError::io("writing openssl.cnf", e))?;
-
-        let openssl = |args: &[&str]| -> Result<(), ClusterError> {
-            let mut cmd = Command::new("openssl");
-            cmd.args(args).current_dir(&tls_dir).env("OPENSSL_CONF", &cnf).stdin(Stdio::null());
-            let out = cmd.output().map_err(|e| ClusterError::io("running openssl", e))?;
-            if !out.status.success() {
-                return Err(ClusterError::Command {
-                    command: format!("openssl {}", args.first().copied().unwrap_or("")),
-                    status: out.status.to_string(),
-                    detail: output_detail(&out),
-                });
-            }
-            Ok(())
-        };
-        let cnf_s = cnf.to_string_lossy().into_owned();
-        let cnf_s = cnf_s.as_str();
-        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        // Self-signed CA.
-        let mut args = vec!["req", "-x509", "-new", "-nodes", "-config", cnf_s];
-        args.extend(key);
-        args.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "3650",
-            "-extensions",
-            "v3_ca",
-            "-subj",
-            "/CN=walwitness test CA",
-        ]);
-        openssl(&args)?;
-        // Server key + CSR.
-        let mut args = vec!["req", "-new", "-nodes", "-config", cnf_s];
-        args.extend(key);
-        args.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-        openssl(&args)?;
-        // Sign it.
-        let serial = format!(
-            "0x{:x}{:x}",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1)
-        );
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &serial,
-            "-out",
-            "server.crt",
-            "-days",
-            "3650",
-            "-extfile",
-            cnf_s,
-            "-extensions",
-            "v3_server",
-        ])?;
-
-        for name in ["server.crt", "server.key"] {
-            let dest = self.data_dir.join(name);
-            fs::copy(tls_dir.join(name), &dest)
-                .map_err(|e| ClusterError::io(format!("copying {name} into the data dir"), e))?;
-            fs::set_permissions(&dest, fs::Permissions::from_mode(0o600))
-                .map_err(|e| ClusterError::io(format!("chmod {name}"), e))?;
-            if let Some((uid, gid)) = self.server_user {
-                std::os::unix::fs::chown(&dest, Some(uid), Some(gid))
-                    .map_err(|e| ClusterError::io(format!("chown {name}"), e))?;
-            }
-        }
-        Ok(tls_dir.join("ca.crt"))
-    }
 }
 
 impl Drop for Cluster {
@@ -691,211 +585,10 @@ impl Drop for Cluster {
 
 // ----- helpers -------------------------------------------------------------
 
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-}
-
-fn has_server_bins(dir: &Path) -> bool {
-    ["postgres", "initdb", "pg_ctl"].iter().all(|b| is_executable(&dir.join(b)))
-}
-
-/// Highest `<parent>/<prefix><version>/bin` that holds server binaries.
-fn highest_versioned_bin(parent: &Path, prefix: &str) -> Option<PathBuf> {
-    let mut best: Option<(Vec<u32>, PathBuf)> = None;
-    for entry in fs::read_dir(parent).ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(version) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
-        };
-        let key: Option<Vec<u32>> = version.split('.').map(|p| p.parse().ok()).collect();
-        let Some(key) = key else { continue };
-        let bin = entry.path().join("bin");
-        if !has_server_bins(&bin) {
-            continue;
-        }
-        if best.as_ref().is_none_or(|(k, _)| key > *k) {
-            best = Some((key, bin));
-        }
-    }
-    best.map(|(_, p)| p)
-}
-
-/// `postgres (PostgreSQL) 15.18 (Debian ...)` → 150018; `9.6.24` → 90624;
-/// `16beta1` → 160000.
-fn parse_version_num(text: &str) -> Option<u32> {
-    let word = text.split("(PostgreSQL)").nth(1)?.split_whitespace().next()?;
-    let numeric: String = word.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    let parts: Vec<u32> =
-        numeric.split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let major = *parts.first()?;
-    let at = |i: usize| parts.get(i).copied().unwrap_or(0);
-    if major >= 10 {
-        Some(major * 10000 + at(1))
-    } else {
-        Some(major * 10000 + at(1) * 100 + at(2))
-    }
-}
-
-/// uid/gid of an OS account, via the thread-safe getpwnam_r.
-fn lookup_user(name: &str) -> Result<Option<(u32, u32)>, ClusterError> {
-    let cname = CString::new(name).expect("user name has no NUL");
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    loop {
-        // SAFETY: passwd is plain data; getpwnam_r fills it and points its strings
-        // into `buf`, which outlives every use below (we only read uid/gid).
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(ClusterError::io(format!("looking up OS user {name}"), std::io::Error::from_raw_os_error(rc)));
-        }
-        return Ok(if result.is_null() { None } else { Some((pwd.pw_uid, pwd.pw_gid)) });
-    }
-}
-
-fn openssl_available() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Whether `user` (uid, gid) can traverse every ancestor of `dir`.
-fn traversable_by(dir: &Path, (uid, gid): (u32, u32)) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    dir.ancestors().all(|p| match fs::metadata(p) {
-        Ok(m) => {
-            let mode = m.mode();
-            mode & 0o001 != 0 || (m.uid() == uid && mode & 0o100 != 0) || (m.gid() == gid && mode & 0o010 != 0)
-        }
-        Err(_) => false,
-    })
-}
-
-/// A fresh temp dir the server user owns. Falls back to /tmp when $TMPDIR is not
-/// reachable by the server user or too long for a Unix socket path (108 bytes).
-fn make_temp_dir(server_user: Option<(u32, u32)>) -> Result<tempfile::TempDir, ClusterError> {
-    let mut base = std::env::temp_dir();
-    if let Ok(c) = base.canonicalize() {
-        base = c;
-    }
-    // "<base>/walwitness-pg-XXXXXX/.s.PGSQL.65535.lock" must fit in sun_path.
-    let too_long = base.as_os_str().len() + 50 > 100;
-    let unreachable = server_user.is_some_and(|u| !traversable_by(&base, u));
-    if too_long || unreachable {
-        base = PathBuf::from("/tmp");
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("walwitness-pg-")
-        .tempdir_in(&base)
-        .map_err(|e| ClusterError::io(format!("creating a temp dir in {}", base.display()), e))?;
-    if let Some((uid, gid)) = server_user {
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-            .map_err(|e| ClusterError::io("chown of the cluster temp dir", e))?;
-    }
-    Ok(dir)
-}
-
-/// Ports handed out by this process, never reused (parallel tests).
-static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-fn free_port() -> Result<u16, ClusterError> {
-    for _ in 0..50 {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|e| ClusterError::io("binding 127.0.0.1:0 to find a free port", e))?;
-        let port = listener.local_addr().map_err(|e| ClusterError::io("reading the probe socket address", e))?.port();
-        let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        if used.get_or_insert_with(HashSet::new).insert(port) {
-            return Ok(port);
-        }
-    }
-    Err(ClusterError::io("finding a free port", std::io::Error::other("the OS kept returning ports already used")))
-}
-
-fn clean_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        if key.as_encoded_bytes().starts_with(b"PG") {
-            cmd.env_remove(&key);
-        }
-    }
-}
-
-/// Overwrite an existing file in place (keeps owner and mode).
-fn write_existing(path: &Path, contents: &str) -> Result<(), ClusterError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| ClusterError::io(format!("opening {}", path.display()), e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| ClusterError::io(format!("writing {}", path.display()), e))
-}
-
-/// File contents from byte `offset` on ("" if unreadable).
-fn read_from(path: &Path, offset: u64) -> String {
-    let mut s = Vec::new();
-    if let Ok(mut f) = fs::File::open(path) {
-        if f.seek(SeekFrom::Start(offset)).is_ok() {
-            let _ = f.read_to_end(&mut s);
-        }
-    }
-    String::from_utf8_lossy(&s).into_owned()
-}
-
-/// Collapse multi-line text into one line (`a | b | c`).
-fn one_line(text: &str) -> String {
-    let joined = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
-    if joined.is_empty() {
-        "(empty)".into()
-    } else {
-        joined
-    }
-}
-
-fn output_detail(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.trim().is_empty() {
-        one_line(&String::from_utf8_lossy(&out.stdout))
-    } else {
-        one_line(&stderr)
-    }
-}
-
-/// Quote a libpq key=value value when needed.
-fn dsn_quote(value: &str) -> String {
-    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
-        return value.to_owned();
-    }
-    let mut s = String::with_capacity(value.len() + 2);
-    s.push('\'');
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
-}
-
-/// Quote a postgresql.conf value (always single-quoted unless already quoted).
-fn conf_quote(value: &str) -> String {
-    if value.len() >= 2 && value.starts_with('\'') && value.ends_with('\'') {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     fn start(opts: ClusterOptions) -> Cluster {
         Cluster::start(opts).unwrap_or_else(|e| panic!("cluster start failed: {e}"))
