@@ -2,9 +2,25 @@
 //!
 //! ```text
 //! socket → pg (framing, auth, TLS: the only network I/O) → protocol (replication frames, pgoutput; pure)
-//!        → decode (relation cache, transaction assembly) → sink (JSON lines, fsync, then acknowledge)
+//!        → decode (relation cache, transaction assembly; pure) → sink (JSON lines, fsync, then acknowledge)
 //! ```
-//! `capture` wires these together; `cluster` starts throwaway servers for tests and `demo`.
+//!
+//! Module map (lower layers never import higher ones; the commands at the top wire them):
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | commands | [`capture`] | `walwitness capture`: preflight, server objects, the stream loop (I/O and batching), acknowledgements, coverage watch, teardown |
+//! | | [`doctor`], [`cleanup`], [`demo`] | `doctor`, `cleanup`, `demo` |
+//! | | [`read`] | `tail`, `replay`, `report` (and `replay --verify`, `--raw`): the readers of captured logs |
+//! | | [`cmd`] | `completions`, `man` |
+//! | | [`cli`] | every flag (clap); turned into option structs before anything runs |
+//! | evidence | [`attribution`] | who ran a transaction: the activity sampler and the trigger's signed statement brackets |
+//! | log | [`sink`] | the record format, the durable writer and its chain, raw and spool files, safe output files |
+//! | decoding | [`decode`] | pgoutput messages → log records: relation cache, transaction assembly (pure) |
+//! | | [`protocol`] | bytes → replication frames and pgoutput messages (pure), LSNs |
+//! | server | [`pg`] | connection settings (DSN, service, pgpass), TLS, the replication connection, SQL sessions, catalog queries, quoting, leftovers |
+//! | shared | [`error`], [`term`] | exit codes and failures; terminal-safe output and byte counts for people |
+//! | tests | [`cluster`] | throwaway PostgreSQL clusters (tests and `demo`) |
 pub mod attribution;
 pub mod capture;
 pub mod cleanup;

@@ -30,19 +30,14 @@ fn complete_records(path: &Path) -> Vec<Value> {
 
 /// Waits until the log holds a record matching `f` (the capture writes it while it runs).
 async fn wait_for_record(path: &Path, stderr: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(r) = complete_records(path).into_iter().find(|r| f(r)) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {what} in the log after 30 s:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(path).unwrap_or_default(),
-            std::fs::read_to_string(stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let f = &f;
+    wait_until(
+        &format!("{what} in the log"),
+        Duration::from_secs(30),
+        || async move { complete_records(path).into_iter().find(|r| f(r)) },
+        || format!("{}\nstderr:\n{}", file_text(path), file_text(stderr)),
+    )
+    .await
 }
 
 fn gap_is(r: &Value, reason: &str, open: bool) -> bool {
@@ -157,11 +152,16 @@ async fn restore(env: &mut Env, copy: &tempfile::TempDir, recover: bool) {
     env.cluster.restart(StopMode::Fast).unwrap();
     env.sql = connect(&env.dsn).await;
     // Connections are accepted while recovery still runs.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while env.sql.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get::<_, bool>(0) {
-        assert!(tokio::time::Instant::now() < deadline, "recovery did not end:\n{}", env.cluster.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let e = &*env;
+    wait_until(
+        "recovery to end",
+        Duration::from_secs(60),
+        || async move {
+            (!e.sql.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get::<_, bool>(0)).then_some(())
+        },
+        || e.cluster.log_tail(30),
+    )
+    .await;
 }
 
 /// Item 4, PITR: the server is restored to a copy taken before the log's last transactions. On the same

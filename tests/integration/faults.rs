@@ -19,20 +19,21 @@ impl Rng {
 }
 
 async fn wait_slot_inactive(env: &Env) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let active: bool = env
-            .sql
-            .query_one("SELECT coalesce(bool_or(active), false) FROM pg_replication_slots", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if !active {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "slot stayed active");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the slot to become inactive",
+        Duration::from_secs(60),
+        || async move {
+            let active: bool = env
+                .sql
+                .query_one("SELECT coalesce(bool_or(active), false) FROM pg_replication_slots", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (!active).then_some(())
+        },
+        || env.cluster.log_tail(20),
+    )
+    .await
 }
 
 fn assert_exactly_vanished(recs: &[serde_json::Value], present: &BTreeSet<String>, total: usize) {
@@ -125,16 +126,13 @@ async fn delete_batch(dsn: &str, from: usize, to: usize) {
 
 /// Waits until `what` occurs at least `n` times in the file.
 async fn wait_for_log(path: &std::path::Path, what: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(path).unwrap_or_default().matches(what).count() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never saw {what} {n} times in {}:\n{}",
-            path.display(),
-            std::fs::read_to_string(path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        &format!("{what} {n} times in {}", path.display()),
+        Duration::from_secs(60),
+        || async move { (file_text(path).matches(what).count() >= n).then_some(()) },
+        || file_text(path),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,11 +202,14 @@ async fn proxy_cut_closes_connections() {
     let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.port)).await;
     c.batch_execute("SELECT 1").await.unwrap();
     proxy.cut();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !c.is_closed() {
-        assert!(tokio::time::Instant::now() < deadline, "the cut did not close the connection");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let c = &c;
+    wait_until(
+        "the cut to close the connection",
+        Duration::from_secs(10),
+        || async move { c.is_closed().then_some(()) },
+        String::new,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,27 +46,24 @@ fn assert_exact(logged: &[u32], expected: impl IntoIterator<Item = u32>) {
 /// Waits until `path` holds a delete of row `id`.
 async fn wait_logged(path: &std::path::Path, id: u32, stderr: &std::path::Path) {
     let what = format!("\"key\":{{\"id\":\"{id}\"}}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(path).unwrap_or_default().contains(&what) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "row {id} was never logged:\n{}",
-            std::fs::read_to_string(stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = what.as_str();
+    wait_until(
+        &format!("row {id} in the log"),
+        Duration::from_secs(120),
+        || async move { file_text(path).contains(what).then_some(()) },
+        || file_text(stderr),
+    )
+    .await
 }
 
 async fn wait_stderr(path: &std::path::Path, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = std::fs::read_to_string(path).unwrap_or_default();
-        if s.contains(what) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "stderr never said {what:?}:\n{s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        &format!("{what:?} on stderr"),
+        Duration::from_secs(120),
+        || async move { file_text(path).contains(what).then_some(()) },
+        || file_text(path),
+    )
+    .await
 }
 
 async fn sent_lsn(env: &Env) -> Option<u64> {

@@ -59,11 +59,13 @@ async fn rollback_after_streaming(env: &Env, bg: &Background, spool_dir: &std::p
     wait_confirmed(env, bg).await;
     let c = connect(&env.dsn).await;
     c.batch_execute(&format!("BEGIN; {sql}")).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(spool_dir).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the transaction was not streamed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the transaction to be streamed (a spool file)",
+        Duration::from_secs(60),
+        || async move { (std::fs::read_dir(spool_dir).map(|d| d.count()).unwrap_or(0) > 0).then_some(()) },
+        || file_text(&bg.stderr_path),
+    )
+    .await;
     c.batch_execute("ROLLBACK").await.unwrap();
 }
 
@@ -209,11 +211,14 @@ async fn reconnect_in_the_middle_of_a_streamed_transaction() {
     big.batch_execute("BEGIN; DELETE FROM t WHERE id BETWEEN 1000 AND 150000").await.unwrap();
     // Wait until part of it was streamed to the capture (a spool file exists), then cut the walsender.
     let spool_dir = out.with_file_name("rc.jsonl.spool");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&spool_dir).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing was streamed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let spool = spool_dir.as_path();
+    wait_until(
+        "part of the transaction to be streamed (a spool file)",
+        Duration::from_secs(60),
+        || async move { (std::fs::read_dir(spool).map(|d| d.count()).unwrap_or(0) > 0).then_some(()) },
+        || env.cluster.log_tail(20),
+    )
+    .await;
     let killed: bool = env
         .sql
         .query_one(
@@ -253,11 +258,14 @@ async fn stream_every_change_streams_and_attributes_small_transactions() {
     let xid: String = c.query_one("SELECT txid_current()::text", &[]).await.unwrap().get(0);
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let want = format!("streamed transaction {xid}: session of pid {pid} recorded");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&bg.stderr_path).unwrap_or_default().contains(&want) {
-        assert!(tokio::time::Instant::now() < deadline, "the streamed transaction was not sampled while open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (stderr, want) = (bg.stderr_path.as_path(), want.as_str());
+    wait_until(
+        "the streamed transaction to be sampled while open",
+        Duration::from_secs(60),
+        || async move { file_text(stderr).contains(want).then_some(()) },
+        || file_text(stderr),
+    )
+    .await;
     c.batch_execute("SAVEPOINT s; DELETE FROM t WHERE id = 3; ROLLBACK TO s; DELETE FROM t WHERE id = 4; COMMIT")
         .await
         .unwrap();

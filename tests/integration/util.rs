@@ -291,27 +291,24 @@ impl Env {
     /// Like `stop_capture`, but returns the exit status instead of expecting 143.
     pub async fn stop_capture_with_code(&self, mut bg: Background) -> (Option<i32>, String) {
         let end = lsn_num(&self.lsn().await);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let sql = connect(&self.dsn).await;
-        loop {
-            let confirmed: Option<String> = sql
-                .query_opt(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%' AND active",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .and_then(|r| r.get(0));
-            if confirmed.as_deref().is_some_and(|c| lsn_num(c) >= end) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "capture never confirmed {end:X}:\n{}",
-                std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let sql = &connect(&self.dsn).await;
+        wait_until(
+            &format!("the capture to confirm {end:X}"),
+            Duration::from_secs(60),
+            || async move {
+                let confirmed: Option<String> = sql
+                    .query_opt(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%' AND active",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .and_then(|r| r.get(0));
+                confirmed.as_deref().is_some_and(|c| lsn_num(c) >= end).then_some(())
+            },
+            || file_text(&bg.stderr_path),
+        )
+        .await;
         let pid = bg.child.id().unwrap() as i32;
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = tokio::time::timeout(Duration::from_secs(60), bg.child.wait()).await.unwrap().unwrap();
@@ -409,30 +406,54 @@ impl Proxy {
     }
 }
 
+/// The one way tests wait: polls `check` every 20 ms until it returns `Some`, and fails the test after
+/// `limit` saying what it waited for and, from `detail`, the state then (a log, a stderr). Never a
+/// fixed sleep: a loaded machine only makes the wait longer.
+pub async fn wait_until<T, Fut>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Fut,
+    detail: impl Fn() -> String,
+) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "waited {limit:?} for {what}, in vain:\n{}", detail());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The contents of a file, or nothing (for failure messages).
+pub fn file_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 /// Waits until the slot confirmed the current WAL position (everything so far is durable in the log).
 pub async fn wait_confirmed(env: &Env, bg: &Background) {
     let end = lsn_num(&env.lsn().await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let c: Option<String> = env
-            .sql
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if c.as_deref().is_some_and(|c| lsn_num(c) >= end) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the capture never confirmed the current position:\n{}",
-            std::fs::read_to_string(&bg.stderr_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the capture to confirm the current position",
+        Duration::from_secs(120),
+        || async move {
+            let c: Option<String> = env
+                .sql
+                .query_opt(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name LIKE 'walwitness%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .and_then(|r| r.get(0));
+            c.as_deref().is_some_and(|c| lsn_num(c) >= end).then_some(())
+        },
+        || file_text(&bg.stderr_path),
+    )
+    .await
 }
 
 /// The peak resident memory (`VmHWM`) of a running process, in KiB.
