@@ -154,6 +154,9 @@ pub struct ClusterOptions {
     /// Extra `postgresql.conf` settings, appended last (so they override ours).
     /// Values are single-quoted for you unless they already start and end with `'`.
     pub extra_conf: Vec<(String, String)>,
+    /// `pg_hba.conf` lines put before ours (the first matching line wins), e.g. a role that logs in
+    /// with `md5` or `password`.
+    pub hba_first: Vec<String>,
 }
 
 /// A running throwaway PostgreSQL cluster. Dropping it stops the server
@@ -251,7 +254,7 @@ impl Cluster {
         if opts.tls {
             cluster.ca_cert = Some(cluster.make_certificates()?);
         }
-        cluster.write_hba(opts.password_auth)?;
+        cluster.write_hba(opts.password_auth, &opts.hba_first)?;
         let base_conf = fs::read_to_string(cluster.data_dir.join("postgresql.conf"))
             .map_err(|e| ClusterError::io("reading postgresql.conf", e))?;
 
@@ -509,10 +512,12 @@ impl Cluster {
         }
     }
 
-    fn write_hba(&self, password_auth: bool) -> Result<(), ClusterError> {
+    fn write_hba(&self, password_auth: bool, first: &[String]) -> Result<(), ClusterError> {
         let method = if password_auth { "scram-sha-256" } else { "trust" };
+        let first: String = first.iter().map(|l| format!("{l}\n")).collect();
         let hba = format!(
             "# written by walwitness::cluster\n\
+             {first}\
              local all all trust\n\
              local replication all trust\n\
              host all all 127.0.0.1/32 {method}\n\

@@ -10,6 +10,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod integrity;
+mod pg_live;
 mod reader_dos;
 mod readers;
 mod relations;

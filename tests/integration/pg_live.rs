@@ -1,232 +1,77 @@
-//! Live check of `walwitness::pg` against a throwaway PostgreSQL 15 cluster.
-//!
-//! Covers what the capture tests don't: md5 and cleartext password methods, verify-ca, pgpass and
-//! multi-host fallback. Needs `openssl` and root or the postgres user (like the harness); binaries are
-//! found as `walwitness::cluster` finds them. Deliberately self-contained.
-
-use std::path::{Path, PathBuf};
+//! `walwitness::pg` against a real server, below the capture: md5 and cleartext password methods,
+//! pgpass, verify-ca against verify-full, sslmode fallbacks for both connection kinds, multi-host
+//! fallback, and the replication connection's framing (errors leave it usable, recv is cancel-safe,
+//! the copy ends and commands work again).
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use walwitness::cluster::{Cluster, ClusterOptions};
+use walwitness::pg::config::SystemDefaults;
 use walwitness::pg::{connect_sql, AuthError, ConnSpec, CopyEvent, PgError, ReplicationConnection};
 
-static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    walwitness::cluster::Cluster::find_bin_dir().expect("PostgreSQL server binaries").display().to_string()
-});
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs as the postgres OS user when we are root (PostgreSQL refuses root).
-fn as_pg(prog: &str) -> Command {
-    let is_root = unsafe { libc::geteuid() } == 0;
-    if is_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", prog]);
-        c
-    } else {
-        Command::new(prog)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").current_dir(dir).args(args));
-}
-
-/// A CA, a server certificate for DNS:localhost signed by it, and an
-/// unrelated CA for the negative test.
-fn make_certs(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=walwitness test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other-ca.crt",
-            "-subj",
-            "/CN=other CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-sha256",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ],
-    );
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        make_certs(root);
-        std::fs::set_permissions(root.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
-            run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(root));
-        }
-        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let data = root.join("data");
-        run(as_pg(&format!("{}/initdb", *BIN)).args([
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ]));
-        let port = free_port();
-        let conf = format!(
-            "port = {port}\nunix_socket_directories = '{root}'\nlisten_addresses = '127.0.0.1'\n\
-             wal_level = logical\npassword_encryption = 'scram-sha-256'\nfsync = off\n\
-             ssl = on\nssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n",
-            root = root.display()
-        );
-        let mut pc = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
-        pc.push_str(&conf);
-        std::fs::write(data.join("postgresql.conf"), pc).unwrap();
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\n\
-             host all md5user 127.0.0.1/32 md5\n\
-             host all plainuser 127.0.0.1/32 password\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .unwrap();
-        run(as_pg(&format!("{}/pg_ctl", *BIN)).args([
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            root.join("log").to_str().unwrap(),
-            "-w",
-            "start",
-        ]));
-        Cluster { dir, port }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    fn sock_dsn(&self, extra: &str) -> String {
-        format!("host={} port={} user=postgres dbname=postgres {extra}", self.root().display(), self.port)
-    }
-
-    fn tcp_dsn(&self, host: &str, extra: &str) -> String {
-        format!("host={host} port={} dbname=postgres {extra}", self.port)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = as_pg(&format!("{}/pg_ctl", *BIN))
-            .args(["-D", self.dir.path().join("data").to_str().unwrap(), "-m", "immediate", "stop"])
-            .output();
-    }
-}
-
+/// Parsed without the machine's environment, `~/.pgpass` or `~/.postgresql`: only the DSN counts.
 fn spec(dsn: &str) -> ConnSpec {
-    ConnSpec::parse(dsn).unwrap_or_else(|e| panic!("{e}"))
+    let sys = SystemDefaults {
+        os_user: Some("postgres".into()),
+        home: Some("/nonexistent-walwitness-home".into()),
+        socket_dir: "/nonexistent-walwitness-socket-dir".into(),
+    };
+    ConnSpec::parse_with(dsn, &|_| None, &sys).unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn repl(dsn: &str) -> Result<ReplicationConnection, PgError> {
     ReplicationConnection::connect(&spec(dsn), &[]).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A CA that signed nothing of the server's, for the negative TLS cases.
+fn other_ca(dir: &Path) -> std::path::PathBuf {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "other.key"])
+        .args(["-out", "other-ca.crt", "-subj", "/CN=other CA"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    dir.join("other-ca.crt")
+}
 
-async fn live_pg15() {
-    // Keep ~/.pgpass, ~/.postgresql and PG* variables of the machine out.
-    std::env::set_var("HOME", "/nonexistent-walwitness-home");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") {
-            std::env::remove_var(k);
-        }
+struct Live {
+    cluster: Cluster,
+}
+
+impl Live {
+    fn socket_dsn(&self, user: &str, db: &str) -> String {
+        self.cluster.socket_dsn(user, db)
     }
-    let _ = tracing_subscriber::fmt().with_env_filter("walwitness=debug").try_init();
-    let c = Cluster::start();
-    let root = c.root();
-    let ca = root.join("ca.crt");
-    let other_ca = root.join("other-ca.crt");
+    fn tcp_dsn(&self, host: &str, extra: &str) -> String {
+        format!("host={host} port={} dbname=postgres {extra}", self.cluster.port())
+    }
+    fn port(&self) -> u16 {
+        self.cluster.port()
+    }
+    fn socket_dir(&self) -> &Path {
+        self.cluster.socket_dir()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_auth_methods_tls_modes_and_the_replication_stream() {
+    let opts = ClusterOptions {
+        tls: true,
+        password_auth: true,
+        hba_first: vec!["host all md5user 127.0.0.1/32 md5".into(), "host all plainuser 127.0.0.1/32 password".into()],
+        ..Default::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts)).await.unwrap().expect("cluster");
+    let c = Live { cluster };
+    let ca = c.cluster.ca_cert().expect("a TLS cluster has a CA");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let other_ca = other_ca(root);
 
     // SQL over the Unix socket (trust): users, table, publication.
-    let sql = connect_sql(&spec(&c.sock_dsn(""))).await.unwrap();
+    let sql = connect_sql(&spec(&c.socket_dsn("postgres", "postgres"))).await.unwrap();
     sql.batch_execute(
         "ALTER ROLE postgres PASSWORD 'pw';
          SET password_encryption = 'md5';
@@ -241,7 +86,7 @@ async fn live_pg15() {
     .unwrap();
 
     // 1. Unix socket, trust.
-    let mut r = repl(&c.sock_dsn("")).await.unwrap();
+    let mut r = repl(&c.socket_dsn("postgres", "postgres")).await.unwrap();
     assert!(!r.is_tls());
     assert!(r.server_version_num() >= 150000, "{}", r.server_version_num());
     assert!(r.backend_pid() > 0);
@@ -324,7 +169,7 @@ async fn live_pg15() {
     assert!(matches!(e, PgError::Auth(AuthError::Client(_))), "{e}");
     // pgpass supplies the password.
     let pgpass = root.join("pgpass");
-    std::fs::write(&pgpass, format!("127.0.0.1:{}:*:postgres:pw\n", c.port)).unwrap();
+    std::fs::write(&pgpass, format!("127.0.0.1:{}:*:postgres:pw\n", c.port())).unwrap();
     std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     repl(&c.tcp_dsn("127.0.0.1", &format!("user=postgres passfile={} sslmode=disable", pgpass.display())))
         .await
@@ -341,13 +186,14 @@ async fn live_pg15() {
     .await
     .unwrap();
     assert!(r.is_tls());
-    // The certificate names localhost, not 127.0.0.1: verify-ca passes,
-    // verify-full does not.
-    repl(&c.tcp_dsn("127.0.0.1", &format!("user=postgres password=pw sslmode=verify-ca sslrootcert={}", ca.display())))
+    // The certificate names localhost and 127.0.0.1, not db.example (reached through hostaddr):
+    // verify-ca passes, verify-full does not.
+    let elsewhere = "db.example hostaddr=127.0.0.1";
+    repl(&c.tcp_dsn(elsewhere, &format!("user=postgres password=pw sslmode=verify-ca sslrootcert={}", ca.display())))
         .await
         .unwrap();
     let e = repl(
-        &c.tcp_dsn("127.0.0.1", &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", ca.display())),
+        &c.tcp_dsn(elsewhere, &format!("user=postgres password=pw sslmode=verify-full sslrootcert={}", ca.display())),
     )
     .await
     .unwrap_err();
@@ -409,11 +255,14 @@ async fn live_pg15() {
     assert!(matches!(e, PgError::Auth(_)), "{e}");
 
     // 5. Unreachable: nothing listens on a fresh port; the second host works.
-    let dead = free_port();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let e = repl(&format!("host=127.0.0.1 port={dead} user=postgres password=pw sslmode=disable")).await.unwrap_err();
     assert!(matches!(e, PgError::Connect { .. }), "{e}");
-    let multi =
-        format!("host=127.0.0.1,{} port={dead},{} user=postgres password=pw dbname=postgres", root.display(), c.port);
+    let multi = format!(
+        "host=127.0.0.1,{} port={dead},{} user=postgres password=pw dbname=postgres",
+        c.socket_dir().display(),
+        c.port()
+    );
     let r = repl(&multi).await.unwrap();
     assert!(!r.is_tls());
 }
