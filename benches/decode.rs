@@ -12,10 +12,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use walwitness::attribution::Attributor;
 use walwitness::decode::relations::WatchList;
 use walwitness::decode::Assembler;
+use walwitness::protocol::encode;
 use walwitness::protocol::pgoutput::{self, ParseOptions};
 use walwitness::protocol::replication::parse_copy_data;
 use walwitness::protocol::Lsn;
@@ -26,75 +27,32 @@ const XID: u32 = 4_242;
 const COMMIT_LSN: u64 = 0x1_2345_6780;
 const COMMIT_TIME: i64 = 817_000_000_000_000;
 
-fn cstr(b: &mut BytesMut, s: &str) {
-    b.put_slice(s.as_bytes());
-    b.put_u8(0);
-}
-
-fn text(b: &mut BytesMut, v: &[u8]) {
-    b.put_u8(b't');
-    b.put_i32(v.len() as i32);
-    b.put_slice(v);
-}
-
 fn begin() -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(b'B');
-    b.put_u64(COMMIT_LSN);
-    b.put_i64(COMMIT_TIME);
-    b.put_u32(XID);
-    b.freeze()
+    encode::begin(COMMIT_LSN, COMMIT_TIME, XID)
 }
 
 fn relation(full: bool) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(b'R');
-    b.put_u32(RELID);
-    cstr(&mut b, "public");
-    cstr(&mut b, "cache");
-    b.put_u8(if full { b'f' } else { b'd' });
-    b.put_u16(3);
-    for (name, oid, key) in [("cache_key", 1043u32, true), ("value", 25, full), ("expires", 1184, full)] {
-        b.put_u8(u8::from(key));
-        cstr(&mut b, name);
-        b.put_u32(oid);
-        b.put_i32(-1);
-    }
-    b.freeze()
+    let cols = [(true, "cache_key", 1043), (full, "value", 25), (full, "expires", 1184)];
+    encode::relation(None, RELID, "public", "cache", if full { b'f' } else { b'd' }, &cols)
 }
 
 /// A Delete as PostgreSQL 15 sends it for the bench table: 'K' with the key and two NULLs, or 'O'
 /// with the whole old row.
 fn delete(i: u64, full: bool) -> Bytes {
     let key = format!(":1:views.decorators.cache.cache_page.{i}");
-    let mut b = BytesMut::with_capacity(200);
-    b.put_u8(b'D');
-    b.put_u32(RELID);
-    b.put_u8(if full { b'O' } else { b'K' });
-    b.put_u16(3);
-    text(&mut b, key.as_bytes());
     if full {
-        text(
-            &mut b,
-            b"Z3JlYXQgZXhwZWN0YXRpb25zIGFyZSB0aGUgc2VlZHMgb2YgZ3JlYXQ=bGFyZ2UgdmFsdWVzIGFyZSBqdXN0IHZhbHVlcw==",
-        );
-        text(&mut b, b"2026-11-27 15:04:05.123456+00");
+        let value: &[u8] =
+            b"Z3JlYXQgZXhwZWN0YXRpb25zIGFyZSB0aGUgc2VlZHMgb2YgZ3JlYXQ=bGFyZ2UgdmFsdWVzIGFyZSBqdXN0IHZhbHVlcw==";
+        let expires: &[u8] = b"2026-11-27 15:04:05.123456+00";
+        encode::delete(None, RELID, b'O', &[Some(key.as_bytes()), Some(value), Some(expires)])
     } else {
-        b.put_u8(b'n');
-        b.put_u8(b'n');
+        encode::delete(None, RELID, b'K', &[Some(key.as_bytes()), None, None])
     }
-    b.freeze()
 }
 
 /// The CopyData payload the socket delivers: XLogData header, then the pgoutput message.
 fn xlogdata(lsn: u64, msg: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(25 + msg.len());
-    b.put_u8(b'w');
-    b.put_u64(lsn);
-    b.put_u64(lsn);
-    b.put_i64(COMMIT_TIME);
-    b.put_slice(msg);
-    b.freeze()
+    encode::xlogdata(lsn, COMMIT_TIME, msg)
 }
 
 fn assembler(full: bool, out: &mut BytesMut) -> Assembler {

@@ -7,8 +7,9 @@
 //! search reaches deep into each parser. Failing cases are kept in `tests/fuzz_decoders.proptest-regressions`
 //! and replayed first on every run. `PROPTEST_CASES` sets the number of cases (CI: the default below;
 //! longer runs are noted in the README).
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use walwitness::protocol::encode;
 
 use walwitness::decode::relations::WatchList;
 use walwitness::decode::Assembler;
@@ -20,71 +21,21 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000)
 }
 
-fn cstr(b: &mut BytesMut, s: &str) {
-    b.put_slice(s.as_bytes());
-    b.put_u8(0);
-}
-
 /// Valid messages of every kind the assembler acts on, as the seeds of mutation.
 fn seeds() -> Vec<Vec<u8>> {
-    let mut v = Vec::new();
-    let mut b = BytesMut::new();
-    b.put_u8(b'B');
-    b.put_u64(0x100);
-    b.put_i64(1);
-    b.put_u32(7);
-    v.push(b.to_vec());
-    let mut b = BytesMut::new();
-    b.put_u8(b'R');
-    b.put_u32(16384);
-    cstr(&mut b, "public");
-    cstr(&mut b, "cache");
-    b.put_u8(b'd');
-    b.put_i16(2);
-    for (flag, name) in [(1u8, "cache_key"), (0, "value")] {
-        b.put_u8(flag);
-        cstr(&mut b, name);
-        b.put_u32(25);
-        b.put_i32(-1);
-    }
-    v.push(b.to_vec());
-    let mut b = BytesMut::new();
-    b.put_u8(b'D');
-    b.put_u32(16384);
-    b.put_u8(b'K');
-    b.put_i16(2);
-    b.put_u8(b't');
-    b.put_i32(2);
-    b.put_slice(b"k1");
-    b.put_u8(b'n');
-    v.push(b.to_vec());
-    let mut b = BytesMut::new();
-    b.put_u8(b'T');
-    b.put_i32(1);
-    b.put_u8(3);
-    b.put_u32(16384);
-    v.push(b.to_vec());
-    let mut b = BytesMut::new();
-    b.put_u8(b'M');
-    b.put_u8(1);
-    b.put_u64(0x180);
-    cstr(&mut b, "walwitness");
-    b.put_i32(3);
-    b.put_slice(b"x {");
-    v.push(b.to_vec());
-    let mut b = BytesMut::new();
-    b.put_u8(b'O');
-    b.put_u64(5);
-    cstr(&mut b, "origin");
-    v.push(b.to_vec());
-    let mut b = BytesMut::new();
-    b.put_u8(b'C');
-    b.put_u8(0);
-    b.put_u64(0x100);
-    b.put_u64(0x200);
-    b.put_i64(1);
-    v.push(b.to_vec());
-    v
+    let cols = [(true, "cache_key", 25), (false, "value", 25)];
+    [
+        encode::begin(0x100, 1, 7),
+        encode::relation(None, 16384, "public", "cache", b'd', &cols),
+        encode::delete(None, 16384, b'K', &[Some(b"k1"), None]),
+        encode::truncate(None, 3, &[16384]),
+        encode::message(None, true, 0x180, "walwitness", b"x {"),
+        encode::origin(5, "origin"),
+        encode::commit(0x100, 0x200, 1),
+    ]
+    .iter()
+    .map(|b| b.to_vec())
+    .collect()
 }
 
 fn mutated() -> impl Strategy<Value = Vec<u8>> {

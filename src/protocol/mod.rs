@@ -23,6 +23,7 @@
 //! is copied.
 
 pub mod buf;
+pub mod encode;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;

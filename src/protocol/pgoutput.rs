@@ -509,64 +509,7 @@ fn parse_tuple(r: &mut Reader) -> Result<TupleData, DecodeError> {
 mod tests {
     use super::*;
 
-    /// Test-only byte builder mirroring the server's `pq_send*` calls.
-    #[derive(Default)]
-    struct W(Vec<u8>);
-
-    impl W {
-        fn new(tag: u8) -> Self {
-            W(vec![tag])
-        }
-        fn u8(mut self, v: u8) -> Self {
-            self.0.push(v);
-            self
-        }
-        fn u16(mut self, v: u16) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn i32(mut self, v: i32) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn u32(mut self, v: u32) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn i64(mut self, v: i64) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn u64(mut self, v: u64) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn s(mut self, v: &str) -> Self {
-            self.0.extend_from_slice(v.as_bytes());
-            self.0.push(0);
-            self
-        }
-        fn raw(mut self, v: &[u8]) -> Self {
-            self.0.extend_from_slice(v);
-            self
-        }
-        fn text(self, v: &[u8]) -> Self {
-            self.u8(b't').i32(v.len() as i32).raw(v)
-        }
-        fn bin(self, v: &[u8]) -> Self {
-            self.u8(b'b').i32(v.len() as i32).raw(v)
-        }
-        fn xid(self, opts: ParseOptions, xid: u32) -> Self {
-            if opts.in_stream {
-                self.u32(xid)
-            } else {
-                self
-            }
-        }
-        fn bytes(self) -> Bytes {
-            Bytes::from(self.0)
-        }
-    }
+    use crate::protocol::encode::Msg as W;
 
     const PLAIN: ParseOptions = ParseOptions { in_stream: false, stream_abort_has_lsn: false };
     const STREAM: ParseOptions = ParseOptions { in_stream: true, stream_abort_has_lsn: false };
@@ -598,7 +541,7 @@ mod tests {
             ),
             (
                 W::new(b'R')
-                    .xid(opts, 901)
+                    .opt_u32(sxid(opts, 901))
                     .u32(16384)
                     .s("public")
                     .s("accounts")
@@ -626,11 +569,19 @@ mod tests {
                 },
             ),
             (
-                W::new(b'Y').xid(opts, 902).u32(16500).s("").s("int4").bytes(),
+                W::new(b'Y').opt_u32(sxid(opts, 902)).u32(16500).s("").s("int4").bytes(),
                 Message::Type { xid: sxid(opts, 902), oid: 16500, namespace: String::new(), name: "int4".into() },
             ),
             (
-                W::new(b'I').xid(opts, 903).u32(16384).u8(b'N').u16(3).text(b"1").u8(b'n').bin(&[0xDE, 0xAD]).bytes(),
+                W::new(b'I')
+                    .opt_u32(sxid(opts, 903))
+                    .u32(16384)
+                    .u8(b'N')
+                    .u16(3)
+                    .text(b"1")
+                    .u8(b'n')
+                    .bin(&[0xDE, 0xAD])
+                    .bytes(),
                 Message::Insert {
                     xid: sxid(opts, 903),
                     relid: 16384,
@@ -641,7 +592,7 @@ mod tests {
             ),
             (
                 W::new(b'U')
-                    .xid(opts, 904)
+                    .opt_u32(sxid(opts, 904))
                     .u32(16384)
                     .u8(b'K')
                     .u16(2)
@@ -663,7 +614,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'D').xid(opts, 905).u32(16384).u8(b'O').u16(2).text(b"42").text(b"").bytes(),
+                W::new(b'D').opt_u32(sxid(opts, 905)).u32(16384).u8(b'O').u16(2).text(b"42").text(b"").bytes(),
                 Message::Delete {
                     xid: sxid(opts, 905),
                     relid: 16384,
@@ -671,7 +622,7 @@ mod tests {
                 },
             ),
             (
-                W::new(b'T').xid(opts, 906).i32(2).u8(3).u32(16384).u32(16390).bytes(),
+                W::new(b'T').opt_u32(sxid(opts, 906)).i32(2).u8(3).u32(16384).u32(16390).bytes(),
                 Message::Truncate {
                     xid: sxid(opts, 906),
                     relids: vec![16384, 16390],
@@ -681,7 +632,14 @@ mod tests {
                 },
             ),
             (
-                W::new(b'M').xid(opts, 907).u8(1).u64(0x16_B374_D900).s("walwitness").i32(3).raw(b"{}\0").bytes(),
+                W::new(b'M')
+                    .opt_u32(sxid(opts, 907))
+                    .u8(1)
+                    .u64(0x16_B374_D900)
+                    .s("walwitness")
+                    .i32(3)
+                    .raw(b"{}\0")
+                    .bytes(),
                 Message::LogicalMessage {
                     xid: sxid(opts, 907),
                     transactional: true,

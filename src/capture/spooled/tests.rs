@@ -7,42 +7,13 @@ use crate::decode::{Assembler, Step};
 const REL: u32 = 16384;
 const TOP: u32 = 700;
 
-struct M(Vec<u8>);
-impl M {
-    fn new(tag: u8) -> Self {
-        M(vec![tag])
-    }
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn s(mut self, v: &str) -> Self {
-        self.0.extend_from_slice(v.as_bytes());
-        self.0.push(0);
-        self
-    }
-    fn b(self) -> Bytes {
-        Bytes::from(self.0)
-    }
-}
+use crate::protocol::encode::Msg as M;
 
 fn stream_start(xid: u32, first: bool) -> Bytes {
-    M::new(b'S').u32(xid).u8(u8::from(first)).b()
+    M::new(b'S').u32(xid).u8(u8::from(first)).bytes()
 }
 fn stream_stop() -> Bytes {
-    M::new(b'E').b()
+    M::new(b'E').bytes()
 }
 fn relation(xid: Option<u32>) -> Bytes {
     let m = M::new(b'R');
@@ -50,7 +21,7 @@ fn relation(xid: Option<u32>) -> Bytes {
         Some(x) => m.u32(x),
         None => m,
     };
-    m.u32(REL).s("public").s("t").u8(b'd').u16(1).u8(1).s("id").u32(23).u32(u32::MAX).b()
+    m.u32(REL).s("public").s("t").u8(b'd').u16(1).u8(1).s("id").u32(23).u32(u32::MAX).bytes()
 }
 fn delete(xid: Option<u32>, id: &str) -> Bytes {
     let m = M::new(b'D');
@@ -58,38 +29,34 @@ fn delete(xid: Option<u32>, id: &str) -> Bytes {
         Some(x) => m.u32(x),
         None => m,
     };
-    let mut m = m.u32(REL).u8(b'K').u16(1).u8(b't').u32(id.len() as u32);
-    m.0.extend_from_slice(id.as_bytes());
-    m.b()
+    m.u32(REL).u8(b'K').u16(1).u8(b't').u32(id.len() as u32).raw(id.as_bytes()).bytes()
 }
 fn insert(xid: u32) -> Bytes {
-    let mut m = M::new(b'I').u32(xid).u32(REL).u8(b'N').u16(1).u8(b't').u32(1);
-    m.0.push(b'9');
-    m.b()
+    M::new(b'I').u32(xid).u32(REL).u8(b'N').u16(1).u8(b't').u32(1).u8(b'9').bytes()
 }
 fn stream_commit(xid: u32, commit: u64, end: u64) -> Bytes {
-    M::new(b'c').u32(xid).u8(0).u64(commit).u64(end).u64(1_000_000).b()
+    M::new(b'c').u32(xid).u8(0).u64(commit).u64(end).u64(1_000_000).bytes()
 }
 fn stream_abort(xid: u32, subxid: u32) -> Bytes {
-    M::new(b'A').u32(xid).u32(subxid).b()
+    M::new(b'A').u32(xid).u32(subxid).bytes()
 }
 fn begin_prepare(xid: u32, gid: &str) -> Bytes {
-    M::new(b'b').u64(0x500).u64(0x510).u64(5).u32(xid).s(gid).b()
+    M::new(b'b').u64(0x500).u64(0x510).u64(5).u32(xid).s(gid).bytes()
 }
 fn prepare(xid: u32, gid: &str) -> Bytes {
-    M::new(b'P').u8(0).u64(0x500).u64(0x510).u64(5).u32(xid).s(gid).b()
+    M::new(b'P').u8(0).u64(0x500).u64(0x510).u64(5).u32(xid).s(gid).bytes()
 }
 fn commit_prepared(xid: u32, gid: &str, commit: u64, end: u64) -> Bytes {
-    M::new(b'K').u8(0).u64(commit).u64(end).u64(7).u32(xid).s(gid).b()
+    M::new(b'K').u8(0).u64(commit).u64(end).u64(7).u32(xid).s(gid).bytes()
 }
 fn rollback_prepared(xid: u32, gid: &str) -> Bytes {
-    M::new(b'r').u8(0).u64(0x510).u64(0x900).u64(5).u64(9).u32(xid).s(gid).b()
+    M::new(b'r').u8(0).u64(0x510).u64(0x900).u64(5).u64(9).u32(xid).s(gid).bytes()
 }
 fn begin(xid: u32, fin: u64) -> Bytes {
-    M::new(b'B').u64(fin).u64(3).u32(xid).b()
+    M::new(b'B').u64(fin).u64(3).u32(xid).bytes()
 }
 fn commit(fin: u64, end: u64) -> Bytes {
-    M::new(b'C').u8(0).u64(fin).u64(end).u64(3).b()
+    M::new(b'C').u8(0).u64(fin).u64(end).u64(3).bytes()
 }
 
 struct Harness {
