@@ -332,10 +332,11 @@ fn parse_line_limit(s: &str) -> Result<usize, String> {
 /// Which records `replay` writes; all given filters must match.
 #[derive(Debug, Args, Default, Clone)]
 pub struct FilterArgs {
-    /// Commit time at or after this (RFC 3339, e.g. 2026-11-26T15:00:00Z).
+    /// Commit time at or after this: RFC 3339 (2026-11-26T15:00:00Z), a local time (2026-11-26 15:00[:00],
+    /// local unless +02:00 or Z follows), or that long before now (10m, 2h, 1d).
     #[arg(long)]
     pub since: Option<String>,
-    /// Commit time before this (RFC 3339).
+    /// Commit time before this (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
     /// Transaction id. Repeatable.
@@ -344,10 +345,10 @@ pub struct FilterArgs {
     /// Backend PID of the session. Repeatable.
     #[arg(long)]
     pub pid: Vec<i64>,
-    /// Session (login) user. Repeatable.
+    /// Session (login) user, or a glob (`*`, `?`) it must match. Repeatable.
     #[arg(long)]
     pub user: Vec<String>,
-    /// application_name of the session. Repeatable.
+    /// application_name of the session, or a glob (`*`, `?`) it must match. Repeatable.
     #[arg(long)]
     pub app: Vec<String>,
     /// Client address, addr:port ([v6]:port), or `local` for Unix-socket clients. Repeatable.

@@ -25,6 +25,7 @@ pub mod replay;
 pub mod report;
 pub mod tail;
 pub mod verify;
+pub mod when;
 
 use log::{Action, Damage, Kind, Parser, Record, Validator};
 
