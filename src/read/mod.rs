@@ -23,6 +23,7 @@ pub mod log;
 pub mod raw_replay;
 pub mod replay;
 pub mod report;
+pub mod rollup;
 pub mod tail;
 pub mod verify;
 pub mod when;

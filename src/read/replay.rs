@@ -124,6 +124,13 @@ impl Filter {
 
     /// Whether a delete/truncate record matches every filter except `--type`.
     pub fn row_matches(&self, rec: &Record) -> bool {
+        self.row_matches_as(rec, rec.session.value().map(|s| &**s))
+    }
+
+    /// As [`Filter::row_matches`], with the session filters (`--pid`, `--user`, `--app`, `--client`)
+    /// applied to `session` instead of the record's own (`report` gives the inferred one when there is
+    /// no evidence).
+    pub fn row_matches_as(&self, rec: &Record, session: Option<&super::log::SessionRef>) -> bool {
         if (self.since.is_some() || self.until.is_some()) && !self.time_ok(rec.time_micros()) {
             return false;
         }
@@ -162,7 +169,7 @@ impl Filter {
         if self.pids.is_empty() && self.users.is_empty() && self.apps.is_empty() && self.clients.is_empty() {
             return true;
         }
-        let Some(s) = rec.session.value() else {
+        let Some(s) = session else {
             return false;
         };
         if !self.pids.is_empty() && !self.pids.contains(&s.pid) {
