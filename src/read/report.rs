@@ -1230,9 +1230,6 @@ fn headline(rows: u64, truncates: u64, top: Option<&PrincipalOut>, u: &Unattribu
     } else {
         format!("{who} ran {} of the {} TRUNCATEs", thousands(p.truncates), thousands(truncates))
     };
-    if let Some(s) = p.period_s {
-        text.push_str(&format!(", every ~{}", fmt_period(s)));
-    }
     let basis = if p.rows_inferred == 0 {
         "evidence"
     } else if p.rows_inferred >= p.rows {
@@ -1243,6 +1240,9 @@ fn headline(rows: u64, truncates: u64, top: Option<&PrincipalOut>, u: &Unattribu
         text.push_str(&format!(" ({} of them inferred)", fmt_share(part)));
         "mixed"
     };
+    if let Some(s) = p.period_s {
+        text.push_str(&format!(", every ~{}", fmt_period(s)));
+    }
     if u.rows > 0 && rows > 0 {
         text.push_str(&format!("; {} of the rows are not attributed", fmt_share(u.row_share_pct)));
     }
@@ -1421,6 +1421,9 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             String::new()
         }
     )?;
+    if let Some(h) = &r.headline {
+        writeln!(w, "\n{}\n", clean(&h.text))?;
+    }
     writeln!(
         w,
         "Deleted rows: {} in {} committed transactions; {} truncates; from {} to {}",
@@ -1462,29 +1465,85 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         thousands(u.transactions),
         u.transaction_share_pct
     )?;
-    writeln!(w, "\nWHO — per session (pid + backend start)")?;
-    for s in &r.sessions {
+    if u.ambiguous_rows > 0 {
+        writeln!(w, "  of which {} rows had several candidate sessions (none is named)", thousands(u.ambiguous_rows))?;
+    }
+    for reason in u.reasons.iter().filter(|x| !x.reason.is_empty()).take(5) {
+        writeln!(w, "  {:>9} rows  {}", thousands(reason.rows), clean(&one_line(&reason.reason, 120)))?;
+    }
+    if r.inferred_rows > 0 {
         writeln!(
             w,
-            "  #{} pid {} started {}  user {}  app {}  client {}  ({})",
+            "Inferred, not evidence: {} rows attributed to the one session that could have run them (marked \"inferred\")",
+            thousands(r.inferred_rows)
+        )?;
+    }
+    let period = |p: Option<f64>| p.map(|p| format!("  every ~{}", super::rollup::fmt_period(p))).unwrap_or_default();
+    let inferred = |n: u64| if n > 0 { format!("  ({} inferred)", thousands(n)) } else { String::new() };
+    writeln!(w, "\nWHO — application (user@client host), across sessions")?;
+    for p in r.principals.iter().take(20) {
+        writeln!(
+            w,
+            "  {:>9} rows {:>6} {:>7} txns {:>5} sessions  {}{}{}",
+            thousands(p.rows),
+            format!("{:.1}%", p.row_share_pct),
+            thousands(p.transactions),
+            thousands(p.sessions),
+            clean(&principal_name(p)),
+            period(p.period_s),
+            inferred(p.rows_inferred)
+        )?;
+    }
+    if r.principals.is_empty() {
+        writeln!(w, "  (no attributed rows)")?;
+    }
+    for (title, list) in
+        [("application", &r.by_application), ("user", &r.by_user), ("client host", &r.by_client_host)]
+    {
+        if list.len() < 2 {
+            continue;
+        }
+        writeln!(w, "  by {title}:")?;
+        for g in list.iter().take(10) {
+            writeln!(
+                w,
+                "  {:>9} rows {:>6} {:>7} txns {:>5} sessions  {}{}{}",
+                thousands(g.rows),
+                format!("{:.1}%", g.row_share_pct),
+                thousands(g.transactions),
+                thousands(g.sessions),
+                or_dash(&g.name),
+                period(g.period_s),
+                inferred(g.rows_inferred)
+            )?;
+        }
+    }
+    writeln!(w, "\nWHO — per session (pid + backend start)")?;
+    const SHOWN_SESSIONS: usize = 20;
+    for s in r.sessions.iter().take(SHOWN_SESSIONS) {
+        writeln!(
+            w,
+            "  #{} pid {} started {}  user {}  app {}  client {}  ({}){}",
             s.id,
             s.pid,
             or_dash(&s.backend_start),
             or_dash(&s.user),
             or_dash(&s.application_name),
             clean(&s.client),
-            or_dash(&s.attributed_by)
+            or_dash(&s.attributed_by),
+            if s.inferred { "  INFERRED, not evidence" } else { "" }
         )?;
         writeln!(
             w,
-            "      {} rows, {} truncates in {} transactions, {} … {}; {} distinct statement{}",
+            "      {} rows, {} truncates in {} transactions, {} … {}; {} distinct statement{}{}",
             thousands(s.rows),
             thousands(s.truncates),
             thousands(s.transactions),
             clean(&s.first_time),
             clean(&s.last_time),
             s.distinct_statements,
-            if s.distinct_statements == 1 { "" } else { "s" }
+            if s.distinct_statements == 1 { "" } else { "s" },
+            period(s.period_s)
         )?;
         for st in s.statements.iter().take(5) {
             writeln!(w, "      {:>9} rows  {}", thousands(st.rows), clean(&one_line(&st.statement, 120)))?;
@@ -1494,43 +1553,56 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             writeln!(w, "      … and {more} more statements")?;
         }
     }
+    if r.sessions.len() > SHOWN_SESSIONS {
+        writeln!(
+            w,
+            "  … and {} more sessions (--format json or --html has them all)",
+            r.sessions.len() - SHOWN_SESSIONS
+        )?;
+    }
     if r.sessions.is_empty() {
         writeln!(w, "  (no attributed rows)")?;
     }
+    let width = super::rollup::fmt_width(r.bin_seconds as i64);
     writeln!(
         w,
-        "\nWHEN — rows per minute (median {}, burst above {})",
-        thousands(r.median_rows_per_minute),
-        thousands(r.burst_threshold)
+        "\nWHEN — rows per {width} (UTC; median {}, burst above {})",
+        thousands(r.median_rows_per_bin),
+        thousands(r.bin_burst_threshold)
     )?;
-    let max = r.minutes.iter().map(|m| m.rows).max().unwrap_or(0).max(1);
-    let show_all = r.minutes.len() <= 60;
+    let max = r.bins.iter().map(|m| m.rows).max().unwrap_or(0).max(1);
+    let show_all = r.bins.len() <= 60;
     let mut hidden = 0;
-    for m in &r.minutes {
+    for m in &r.bins {
         if !show_all && !m.burst {
             hidden += 1;
             continue;
         }
         let bar = "#".repeat(((m.rows * 40).div_ceil(max)) as usize);
+        let label = m.start.replace('T', " ");
+        let label = label.trim_end_matches('Z');
+        let label = if r.bin_seconds % 60 == 0 { label.strip_suffix(":00").unwrap_or(label) } else { label };
         writeln!(
             w,
             "  {}  {:>9}  {bar}{}",
-            clean(m.minute.replace('T', " ").trim_end_matches('Z')),
+            clean(label),
             thousands(m.rows),
             if m.burst { "  <- burst" } else { "" }
         )?;
     }
     if hidden > 0 {
-        writeln!(w, "  ({hidden} quieter minutes not shown; --format json or --html has them all)")?;
+        writeln!(w, "  ({hidden} quieter bins not shown; --format json or --html has them all)")?;
     }
     writeln!(w, "\nWHAT — statement shapes")?;
     for s in &r.statements {
         writeln!(
             w,
-            "  {:>9} rows {:>7} txns  {}",
+            "  {:>9} rows {:>7} txns  {}{}{}",
             thousands(s.rows),
             thousands(s.transactions),
-            clean(&one_line(&s.shape, 140))
+            clean(&one_line(&s.shape, 140)),
+            period(s.period_s),
+            inferred(s.rows_inferred)
         )?;
     }
     if r.statements_other.shapes > 0 {
@@ -1770,6 +1842,179 @@ mod tests {
         assert_eq!(r.statements.len(), 1, "one shape");
         assert_eq!(r.key_prefixes.len(), TOP);
         assert_eq!(r.key_prefixes_other.prefixes, 10);
+    }
+
+    /// Issue 12: the answer first. A job that connects anew each second (a new pid every time) is one
+    /// principal, named with its share and period; time bins are seconds for a one-minute capture.
+    #[test]
+    fn headline_names_the_main_deleter_and_its_period() {
+        let mut lines = vec![CS.to_owned()];
+        let mut lsn = 0;
+        for i in 0..10u64 {
+            let s = session(100 + i as i64, "ww_bgjob", "ww-forgotten-job", &format!("DELETE FROM cache WHERE cache_key IN ('k{i}a', 'k{i}b')"));
+            let t = format!("2026-11-26T15:01:{:02}.{:06}Z", 10 + i, (i % 3) * 2000);
+            lsn += 1;
+            for k in 0..7 {
+                lines.push(del(i + 1, lsn, &t, &format!(":1:user_session_{i}x{k}"), &s));
+            }
+            lines.push(commit(i + 1, lsn, &t, 7, &s));
+        }
+        let a = session(7, "alice", "psql", "DELETE FROM cache WHERE cache_key LIKE 'report%'");
+        for (n, t) in [(20, "2026-11-26T15:01:12.500000Z"), (10, "2026-11-26T15:01:40.000000Z")] {
+            lsn += 1;
+            for k in 0..n {
+                lines.push(del(50 + lsn, lsn, t, &format!("report:{k}"), &a));
+            }
+            lines.push(commit(50 + lsn, lsn, t, n, &a));
+        }
+        let r = report_of(&lines);
+        let h = r.headline.clone().unwrap();
+        assert_eq!(h.text, "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows, every ~1.0 s", "{h:?}");
+        assert_eq!((h.basis.as_str(), h.rows, h.row_share_pct), ("evidence", 70, 70.0));
+        assert_eq!(r.principals.len(), 2);
+        assert_eq!((r.principals[0].sessions, r.principals[0].transactions), (10, 10));
+        assert_eq!(r.principals[1].period_s, None, "two transactions: no period");
+        assert_eq!(r.by_application[0].name.as_deref(), Some("ww-forgotten-job"));
+        assert_eq!(r.by_user[1].name.as_deref(), Some("alice"));
+        assert_eq!((r.by_client_host.len(), r.by_client_host[0].rows), (1, 100));
+        assert_eq!(r.statements[0].shape, "DELETE FROM cache WHERE cache_key IN (...)");
+        assert_eq!(r.statements[0].period_s, Some(1.0));
+        assert_eq!(r.key_prefixes[0], PrefixOut { prefix: ":1:user_session".into(), rows: 70, django: true });
+        assert_eq!(r.bin_seconds, 1);
+        assert_eq!(r.bins.first().unwrap().start, "2026-11-26T15:01:10Z");
+        assert_eq!(r.bins.iter().map(|b| b.rows).sum::<u64>(), 100);
+        let mut text = Vec::new();
+        render_text(&r, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let first: Vec<&str> = text.lines().take(3).collect();
+        assert_eq!(first[2], h.text, "{text}");
+        assert!(text.contains("WHEN — rows per second"), "{text}");
+        assert!(text.contains("  2026-11-26 15:01:10          7  "), "{text}");
+    }
+
+    /// The shapes of `inferred` (see the README): one candidate, several, or none.
+    fn one(session: &str, statement: &str) -> String {
+        format!(
+            r#"{{"candidates":1,"session":{session},"statement":{},"statement_start":"2026-11-26T15:00:59.000000Z","statement_end":null}}"#,
+            serde_json::to_string(statement).unwrap()
+        )
+    }
+
+    fn several(a: &str, b: &str) -> String {
+        format!(
+            r#"{{"candidates":2,"possible":[{{"session":{a},"statement":"DELETE 1","statement_start":"2026-11-26T15:00:59.000000Z","statement_end":null}},{{"session":{b},"statement":"DELETE 2","statement_start":"2026-11-26T15:00:59.000000Z","statement_end":null}}]}}"#
+        )
+    }
+
+    /// A line without evidence: `session` null, and the capture's reason and inference.
+    fn with_inferred(line: String, reason: &str, inferred: Option<&str>) -> String {
+        let mut l = line.strip_suffix('}').unwrap().to_owned();
+        l.push_str(&format!(r#","unattributed_reason":"{reason}""#));
+        if let Some(i) = inferred {
+            l.push_str(&format!(r#","inferred":{i}"#));
+        }
+        l.push('}');
+        l
+    }
+
+    /// Evidence first; a single-candidate inference is used but kept apart; several candidates are
+    /// never an answer.
+    #[test]
+    fn inferred_sessions_are_used_but_kept_apart() {
+        let job = session(41, "ww_bgjob", "ww-forgotten-job", "DELETE FROM cache WHERE expires < now()");
+        let other = session(42, "bob", "cron", "DELETE 2");
+        let t = |s: u32| format!("2026-11-26T15:02:{s:02}.000000Z");
+        let inf = one(&job, "DELETE FROM cache WHERE expires < now() - interval '1 day'");
+        let mut lines = vec![CS.to_owned()];
+        // Rows with their own single-candidate inference.
+        for k in 0..6 {
+            lines.push(with_inferred(del(1, 1, &t(0), &format!("a{k}"), "null"), "no sample", Some(&inf)));
+        }
+        lines.push(with_inferred(commit(1, 1, &t(0), 6, "null"), "no sample", Some(&inf)));
+        // Rows with none; the commit has the inference.
+        for k in 0..2 {
+            lines.push(with_inferred(del(2, 2, &t(1), &format!("b{k}"), "null"), "no sample", None));
+        }
+        lines.push(with_inferred(commit(2, 2, &t(1), 2, "null"), "no sample", Some(&inf)));
+        // Several candidates: not attributed, counted as ambiguous.
+        let amb = several(&job, &other);
+        for k in 0..3 {
+            lines.push(with_inferred(del(3, 3, &t(2), &format!("c{k}"), "null"), "two sessions open", Some(&amb)));
+        }
+        lines.push(with_inferred(commit(3, 3, &t(2), 3, "null"), "two sessions open", Some(&amb)));
+        // No inference at all.
+        lines.push(with_inferred(del(4, 4, &t(3), "d", "null"), "transaction too short to sample", None));
+        lines.push(with_inferred(commit(4, 4, &t(3), 1, "null"), "transaction too short to sample", None));
+        // Evidence for the same backend elsewhere: its own session, not merged with the inferred one.
+        lines.push(del(5, 5, &t(4), "e", &job));
+        lines.push(commit(5, 5, &t(4), 1, &job));
+        let r = report_of(&lines);
+        assert_eq!((r.rows, r.inferred_rows), (13, 8));
+        assert_eq!(r.sessions.len(), 2);
+        let s = &r.sessions[0];
+        assert!(s.inferred && s.pid == 41 && s.rows == 8, "{s:?}");
+        assert_eq!(s.statements[0].statement, "DELETE FROM cache WHERE expires < now() - interval '1 day'");
+        assert!(!r.sessions[1].inferred && r.sessions[1].rows == 1);
+        assert_eq!((r.unattributed.rows, r.unattributed.ambiguous_rows), (4, 3));
+        assert_eq!(
+            r.unattributed.reasons,
+            vec![
+                ReasonOut { reason: "two sessions open".into(), rows: 3 },
+                ReasonOut { reason: "transaction too short to sample".into(), rows: 1 }
+            ]
+        );
+        // One principal across the evidence and the inferred session.
+        assert_eq!((r.principals.len(), r.principals[0].rows, r.principals[0].rows_inferred), (1, 9, 8));
+        let h = r.headline.clone().unwrap();
+        assert_eq!(h.basis, "mixed");
+        assert_eq!(
+            h.text,
+            "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 69 % of the rows (89 % of them inferred); 31 % of the rows are not attributed"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sessions"][0]["inferred"], true);
+        assert_eq!(json["sessions"][1]["inferred"], false);
+        let mut text = Vec::new();
+        render_text(&r, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("pid 41 started 2026-11-26T14:00:00.000000Z  user ww_bgjob  app ww-forgotten-job  client 10.0.0.5:541  (trigger)  INFERRED, not evidence"), "{text}");
+        assert!(text.contains("of which 3 rows had several candidate sessions"), "{text}");
+
+        // Only inferred: the headline says so; only ambiguous: nobody is named.
+        let r = report_of(&lines[..8]);
+        assert_eq!(r.headline.unwrap().text, "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 100 % of the rows (inferred: no evidence session)");
+        let mut amb_only = vec![CS.to_owned()];
+        amb_only.extend_from_slice(&lines[11..15]);
+        let r = report_of(&amb_only);
+        assert!(r.sessions.is_empty());
+        assert_eq!(
+            r.headline.unwrap().text,
+            "None of the 3 deleted rows can be attributed to a session (two sessions open); 3 rows had several candidate sessions, and none is named."
+        );
+    }
+
+    /// Issue 12: `--app`/`--user` filters in `report` match the session a row is attributed to, evidence
+    /// or inferred, with globs.
+    #[test]
+    fn report_filters_match_the_attributed_session_with_globs() {
+        let job = session(41, "ww_bgjob", "ww-forgotten-job", "DELETE 1");
+        let t = "2026-11-26T15:02:00.000000Z";
+        let lines = vec![
+            CS.to_owned(),
+            with_inferred(del(1, 1, t, "a", "null"), "no sample", Some(&one(&job, "DELETE 1"))),
+            with_inferred(commit(1, 1, t, 1, "null"), "no sample", None),
+            del(2, 2, t, "b", &session(8, "alice", "psql", "DELETE 3")),
+            commit(2, 2, t, 1, &session(8, "alice", "psql", "DELETE 3")),
+        ];
+        let args = crate::cli::FilterArgs { app: vec!["ww-*".into()], ..Default::default() };
+        let mut agg = Aggregator::new(Filter::from_args(&args).unwrap());
+        let mut f = Feeder::new("t", true);
+        for (i, l) in lines.iter().enumerate() {
+            f.line(i as u64 + 1, l.as_bytes(), &mut agg).unwrap();
+        }
+        f.end(lines.len() as u64, 0, &mut agg).unwrap();
+        let r = agg.report(&["t".into()], 5, 0);
+        assert_eq!((r.rows, r.sessions.len(), r.sessions[0].pid), (1, 1, 41));
     }
 
     /// Issue 13: `report --html` followed a planted symbolic link and overwrote its target.
