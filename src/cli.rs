@@ -268,6 +268,10 @@ pub struct DoctorCliArgs {
     /// prerequisite of the trigger (CREATE on the database, TRIGGER and ownership of the tables).
     #[arg(long = "attribution", value_enum, default_values_t = vec![AttributionSource::Activity])]
     pub attribution: Vec<AttributionSource>,
+    /// `json`: one object on stdout, `{"ready", "exit", "checks": [{"level": "ok"|"warn"|"fail",
+    /// "message"}]}`, instead of lines.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args)]
@@ -296,8 +300,11 @@ pub struct TailArgs {
     /// Keep reading as the file grows; wait for it to appear; reopen it when rotated or truncated.
     #[arg(short, long)]
     pub follow: bool,
-    /// Pass the records of complete transactions through as JSON lines instead.
-    #[arg(long)]
+    /// `json`: pass the records of complete transactions through as JSON lines instead.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// The old spelling of `--format json` (kept for scripts).
+    #[arg(long, hide = true)]
     pub json: bool,
     /// Keys shown per table of a transaction.
     #[arg(long, default_value_t = 3)]
@@ -407,6 +414,7 @@ pub struct ReportOutputArgs {
     pub html: Option<PathBuf>,
 }
 
+/// `--format` of `report`, `replay --report`, `tail` and `doctor`: one spelling across commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
     Text,

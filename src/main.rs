@@ -86,6 +86,7 @@ fn main() {
                     dsn,
                     tables: a.tables,
                     publication: a.publication,
+                    json: a.format == walwitness::cli::ReportFormat::Json,
                     attribution: walwitness::attribution::Sources {
                         trigger: a.attribution.contains(&walwitness::cli::AttributionSource::Trigger),
                         activity: a.attribution.contains(&walwitness::cli::AttributionSource::Activity),
