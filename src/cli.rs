@@ -475,6 +475,30 @@ mod tests {
         assert!(Cli::try_parse_from(["walwitness", "doctor", "--dsn", "x", "--dsn-file", "f"]).is_err());
     }
 
+    /// Issue 12: `--format json` is spelled the same for report, replay --report, tail and doctor;
+    /// tail's old `--json` still works but is not advertised.
+    #[test]
+    fn one_format_json_spelling() {
+        use clap::CommandFactory;
+        for argv in [
+            &["walwitness", "report", "f", "--format", "json"][..],
+            &["walwitness", "replay", "--report", "f", "--format", "json"],
+            &["walwitness", "tail", "f", "--format", "json"],
+            &["walwitness", "tail", "f", "--json"],
+            &["walwitness", "doctor", "--format", "json"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
+        }
+        let Command::Tail(t) = Cli::try_parse_from(["walwitness", "tail", "f", "--format", "json"]).unwrap().command
+        else {
+            panic!("not tail")
+        };
+        assert_eq!(t.format, ReportFormat::Json);
+        let mut cli = Cli::command();
+        let help = cli.find_subcommand_mut("tail").unwrap().render_help().to_string();
+        assert!(help.contains("--format") && !help.contains("--json"), "{help}");
+    }
+
     #[test]
     fn help_says_where_else_the_dsn_can_come_from() {
         use clap::CommandFactory;
