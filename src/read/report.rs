@@ -1056,11 +1056,7 @@ impl Aggregator {
         let mut prefixes: Vec<PrefixOut> = self
             .prefixes
             .iter()
-            .map(|(k, v)| PrefixOut {
-                prefix: k.clone(),
-                rows: *v,
-                django: super::rollup::django_parts(k).is_some(),
-            })
+            .map(|(k, v)| PrefixOut { prefix: k.clone(), rows: *v, django: super::rollup::django_parts(k).is_some() })
             .collect();
         prefixes.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.prefix.cmp(&b.prefix)));
         let mut prefixes_other = self.prefixes_other.clone();
@@ -1497,8 +1493,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     if r.principals.is_empty() {
         writeln!(w, "  (no attributed rows)")?;
     }
-    for (title, list) in
-        [("application", &r.by_application), ("user", &r.by_user), ("client host", &r.by_client_host)]
+    for (title, list) in [("application", &r.by_application), ("user", &r.by_user), ("client host", &r.by_client_host)]
     {
         if list.len() < 2 {
             continue;
@@ -1582,13 +1577,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         let label = m.start.replace('T', " ");
         let label = label.trim_end_matches('Z');
         let label = if r.bin_seconds % 60 == 0 { label.strip_suffix(":00").unwrap_or(label) } else { label };
-        writeln!(
-            w,
-            "  {}  {:>9}  {bar}{}",
-            clean(label),
-            thousands(m.rows),
-            if m.burst { "  <- burst" } else { "" }
-        )?;
+        writeln!(w, "  {}  {:>9}  {bar}{}", clean(label), thousands(m.rows), if m.burst { "  <- burst" } else { "" })?;
     }
     if hidden > 0 {
         writeln!(w, "  ({hidden} quieter bins not shown; --format json or --html has them all)")?;
@@ -1851,7 +1840,12 @@ mod tests {
         let mut lines = vec![CS.to_owned()];
         let mut lsn = 0;
         for i in 0..10u64 {
-            let s = session(100 + i as i64, "ww_bgjob", "ww-forgotten-job", &format!("DELETE FROM cache WHERE cache_key IN ('k{i}a', 'k{i}b')"));
+            let s = session(
+                100 + i as i64,
+                "ww_bgjob",
+                "ww-forgotten-job",
+                &format!("DELETE FROM cache WHERE cache_key IN ('k{i}a', 'k{i}b')"),
+            );
             let t = format!("2026-11-26T15:01:{:02}.{:06}Z", 10 + i, (i % 3) * 2000);
             lsn += 1;
             for k in 0..7 {
@@ -1982,7 +1976,10 @@ mod tests {
 
         // Only inferred: the headline says so; only ambiguous: nobody is named.
         let r = report_of(&lines[..8]);
-        assert_eq!(r.headline.unwrap().text, "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 100 % of the rows (inferred: no evidence session)");
+        assert_eq!(
+            r.headline.unwrap().text,
+            "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 100 % of the rows (inferred: no evidence session)"
+        );
         let mut amb_only = vec![CS.to_owned()];
         amb_only.extend_from_slice(&lines[11..15]);
         let r = report_of(&amb_only);
@@ -1999,7 +1996,7 @@ mod tests {
     fn report_filters_match_the_attributed_session_with_globs() {
         let job = session(41, "ww_bgjob", "ww-forgotten-job", "DELETE 1");
         let t = "2026-11-26T15:02:00.000000Z";
-        let lines = vec![
+        let lines = [
             CS.to_owned(),
             with_inferred(del(1, 1, t, "a", "null"), "no sample", Some(&one(&job, "DELETE 1"))),
             with_inferred(commit(1, 1, t, 1, "null"), "no sample", None),

@@ -114,7 +114,9 @@ async fn doctor_explains_what_to_fix() {
     assert_eq!((doc["ready"].as_bool(), doc["exit"].as_i64()), (Some(false), Some(6)), "{doc}");
     let checks = doc["checks"].as_array().unwrap();
     assert!(
-        checks.iter().any(|c| c["level"] == "fail" && c["message"].as_str().unwrap().starts_with("wal_level = replica")),
+        checks
+            .iter()
+            .any(|c| c["level"] == "fail" && c["message"].as_str().unwrap().starts_with("wal_level = replica")),
         "{doc}"
     );
     assert!(checks.iter().any(|c| c["level"] == "ok"), "{doc}");

@@ -383,7 +383,12 @@ fn body_attr(dom: &str, name: &str) -> Option<i64> {
 /// inside its scroll box.
 fn fits_1280(dom: &str) {
     let inner = body_attr(dom, "data-inner-width");
-    assert_eq!(inner, Some(1280), "window width not applied; body: {:?}", &dom[dom.find("<body").unwrap_or(0)..][..300]);
+    assert_eq!(
+        inner,
+        Some(1280),
+        "window width not applied; body: {:?}",
+        &dom[dom.find("<body").unwrap_or(0)..][..300]
+    );
     let width = body_attr(dom, "data-scroll-width").expect("no data-scroll-width");
     assert!(width <= 1280, "the page is {width} px wide at a 1280 px window");
     assert_eq!(body_attr(dom, "data-wide-overflow"), Some(0), "a table overflows its box");
@@ -494,7 +499,10 @@ fn crafted_log(path: &Path) {
         lines.push(c.to_string());
     };
     for i in 0..10u64 {
-        let q = format!("DELETE FROM django_cache WHERE cache_key IN ({})", (0..7).map(|k| format!("':1:user_session_{i}{k}'")).collect::<Vec<_>>().join(", "));
+        let q = format!(
+            "DELETE FROM django_cache WHERE cache_key IN ({})",
+            (0..7).map(|k| format!("':1:user_session_{i}{k}'")).collect::<Vec<_>>().join(", ")
+        );
         let s = session(2000 + i as i64, "ww_bgjob", "ww-forgotten-job", "10.0.0.5", &q);
         let t = format!("2026-11-26T15:01:{:02}.{:06}Z", 10 + i, (i % 3) * 1500);
         let keys = (0..7).map(|k| format!(":1:user_session_{i}{k}x9f")).collect();
@@ -506,7 +514,10 @@ fn crafted_log(path: &Path) {
         }
     }
     let long_app = format!("reporting-{}", "x".repeat(120));
-    let long_q = format!("DELETE FROM django_cache WHERE cache_key LIKE 'views.decorators.cache.cache_page.%' -- {}", "y".repeat(400));
+    let long_q = format!(
+        "DELETE FROM django_cache WHERE cache_key LIKE 'views.decorators.cache.cache_page.%' -- {}",
+        "y".repeat(400)
+    );
     let other = session(77, "alice", &long_app, "2001:db8:ffff:ffff:ffff:ffff:ffff:1", &long_q);
     for (n, t) in [(0u64, "2026-11-26T15:01:12.500000Z"), (1, "2026-11-26T15:01:15.500000Z")] {
         let keys = (0..10).map(|k| format!("views.decorators.cache.cache_page.{}{n}{k}", "a".repeat(60))).collect();
@@ -515,10 +526,20 @@ fn crafted_log(path: &Path) {
     let amb = json!({"candidates":2,"possible":[
         {"session":session(3001, "bob", "cron", "10.0.0.9", "DELETE 1"),"statement":"DELETE 1","statement_start":"2026-11-26T15:01:17.000000Z","statement_end":null},
         {"session":session(3002, "carol", "cron", "10.0.0.9", "DELETE 2"),"statement":"DELETE 2","statement_start":"2026-11-26T15:01:17.000000Z","statement_end":null}]});
-    txn(300, "2026-11-26T15:01:17.200000Z", (0..5).map(|k| format!("amb{k}")).collect(), Value::Null,
-        json!({"unattributed_reason":"several sessions could have run it","inferred":amb}));
-    txn(301, "2026-11-26T15:01:18.700000Z", (0..5).map(|k| format!("none{k}")).collect(), Value::Null,
-        json!({"unattributed_reason":"transaction too short to be sampled"}));
+    txn(
+        300,
+        "2026-11-26T15:01:17.200000Z",
+        (0..5).map(|k| format!("amb{k}")).collect(),
+        Value::Null,
+        json!({"unattributed_reason":"several sessions could have run it","inferred":amb}),
+    );
+    txn(
+        301,
+        "2026-11-26T15:01:18.700000Z",
+        (0..5).map(|k| format!("none{k}")).collect(),
+        Value::Null,
+        json!({"unattributed_reason":"transaction too short to be sampled"}),
+    );
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
@@ -544,7 +565,11 @@ async fn report_answers_first_on_a_crafted_log() {
     assert_eq!((h["basis"].as_str(), h["rows_inferred"].as_u64()), (Some("mixed"), Some(14)));
     assert_eq!(rep["inferred_rows"], 14);
     let p0 = &rep["principals"][0];
-    assert_eq!((p0["sessions"].as_u64(), p0["transactions"].as_u64(), p0["period_s"].as_f64()), (Some(10), Some(10), Some(1.0)), "{p0}");
+    assert_eq!(
+        (p0["sessions"].as_u64(), p0["transactions"].as_u64(), p0["period_s"].as_f64()),
+        (Some(10), Some(10), Some(1.0)),
+        "{p0}"
+    );
     assert_eq!(rep["by_application"][0]["name"], "ww-forgotten-job");
     assert_eq!(rep["by_user"][1]["name"], "alice");
     assert_eq!(rep["by_client_host"][1]["name"], "2001:db8:ffff:ffff:ffff:ffff:ffff:1");
