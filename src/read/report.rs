@@ -34,10 +34,29 @@
 //!   "statements_other": {"shapes": 0, "rows": 0, "transactions": 0},
 //!   "key_prefixes": [{"prefix": "report", "rows": 30}],     // text before the first ':' or '_'
 //!   "key_prefixes_other": {"prefixes": 0, "rows": 0},
-//!   "tables": [{"table": "public.cache", "rows": 30, "truncates": 0}]
+//!   "tables": [{"table": "public.cache", "rows": 30, "truncates": 0}],
+//!   "gaps": […], "aborted_attempts": 0, "aborted_rows": 0,
+//!   // Issue 12 (added):
+//!   "headline": {"text": "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows, every ~1.0 s",
+//!                "application_name": "…" | null, "user": "…" | null, "client_host": "10.0.0.5" | null,
+//!                "shape": "DELETE …" | null, "rows": 70, "truncates": 0, "row_share_pct": 70.0,
+//!                "rows_inferred": 0, "basis": "evidence" | "inferred" | "mixed" | "none",
+//!                "period_s": 1.0 | null},
+//!   "inferred_rows": 0,                                      // rows attributed by inference
+//!   "principals": [{"application_name", "user", "client_host", "rows", "rows_inferred", "truncates",
+//!                   "transactions", "sessions", "row_share_pct", "period_s", "top_shape"}],  // top 50
+//!   "by_application" | "by_user" | "by_client_host": [{"name": "…" | null, "rows", "rows_inferred",
+//!                   "truncates", "transactions", "sessions", "row_share_pct", "period_s"}],  // top 50
+//!   "bin_seconds": 1, "bins": [{"start": "2026-11-26T15:21:05Z", "rows", "truncates", "burst",
+//!                               "sessions": [{"session", "rows"}]}],
+//!   "median_rows_per_bin": 7, "bin_burst_threshold": 21      // burst: rows > max(3 × median, 10)
 //! }
 //! ```
-//! `session` ids in `minutes` refer to `sessions[].id`; `null` is the unattributed share.
+//! Also added: `sessions[]` `inferred` (true: from a single-candidate `inferred`, not evidence),
+//! `client_host`, `period_s`; `statements[]` `rows_inferred`, `period_s`; `key_prefixes[]` `django`
+//! (a Django cache key: `KEY_PREFIX:VERSION:` + the key's own prefix); `unattributed`
+//! `ambiguous_rows` (several candidates) and `reasons` (`[{"reason", "rows"}]`).
+//! `session` ids in `minutes` and `bins` refer to `sessions[].id`; `null` is the unattributed share.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Write};
