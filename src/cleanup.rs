@@ -51,8 +51,8 @@ pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
     let triggers: Vec<String> = c
         .query(
             "SELECT DISTINCT format('%I.%I', n.nspname, cl.relname) FROM pg_trigger t JOIN pg_class cl ON cl.oid = t.tgrelid \
-             JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE t.tgname IN ($1, $2) ORDER BY 1",
-            &[&trigger::DELETE_TRIGGER, &trigger::TRUNCATE_TRIGGER],
+             JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE t.tgname IN ($1, $2, $3, $4) ORDER BY 1",
+            &[&trigger::DELETE_TRIGGER, &trigger::TRUNCATE_TRIGGER, &trigger::DELETE_END_TRIGGER, &trigger::TRUNCATE_END_TRIGGER],
         )
         .await
         .map_err(q)?

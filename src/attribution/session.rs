@@ -71,3 +71,40 @@ impl SessionJson {
             }
     }
 }
+
+/// The identity a row record carries in format version 2: what tells sessions apart and filters need,
+/// plus the number of the `statement` record (same transaction) that holds the statement text and times.
+#[derive(Serialize)]
+struct Small<'a> {
+    attributed_by: &'a str,
+    pid: i32,
+    backend_start: &'a Option<String>,
+    user: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_user: &'a Option<String>,
+    application_name: &'a Option<String>,
+    client_addr: &'a Option<String>,
+    client_port: Option<i32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    details_hidden: bool,
+    statement: u32,
+}
+
+impl Session {
+    /// The row-level form of this session, pointing at statement record `statement`.
+    pub fn small_json(&self, statement: u32) -> Bytes {
+        let s = Small {
+            attributed_by: &self.attributed_by,
+            pid: self.pid,
+            backend_start: &self.backend_start,
+            user: &self.user,
+            current_user: &self.current_user,
+            application_name: &self.application_name,
+            client_addr: &self.client_addr,
+            client_port: self.client_port,
+            details_hidden: self.details_hidden,
+            statement,
+        };
+        Bytes::from(serde_json::to_vec(&s).unwrap_or_else(|_| b"null".to_vec()))
+    }
+}

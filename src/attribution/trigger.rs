@@ -1,18 +1,31 @@
-//! Exact attribution: a statement-level trigger that signs the session's identity into the WAL.
+//! Exact attribution: statement triggers that bracket each statement's rows with evidence in the WAL.
 //!
-//! The trigger function emits `pg_logical_emit_message(true, 'walwitness', '<hmac> <json>')`. Being
-//! transactional, the message is decoded inside the same transaction as the rows, before the rows of its
-//! statement (a BEFORE STATEMENT trigger runs before the executor deletes anything), so it names exactly
-//! the session and statement that deleted them.
+//! Each watched table gets four statement-level triggers (see `proto-notes/attribution.md`):
+//! * `BEFORE DELETE` / `BEFORE TRUNCATE` run [`OPEN_FN`]: it emits a transactional logical decoding
+//!   message `<hmac> <json>` that **opens** the statement's bracket. The signed JSON names the session
+//!   and the statement (pid, backend start, user, role, application, client, `current_query()`, times,
+//!   nesting depth, table, operation), the cluster (system identifier) and the transaction (full xid with
+//!   epoch), plus `armed`: whether the closing trigger will fire for this statement.
+//! * `AFTER DELETE` / `AFTER TRUNCATE` run [`CLOSE_FN`]: a transactional `close <json>` message (table,
+//!   operation, depth, statement start) that **closes** the bracket.
+//!
+//! A row is attributed by the trigger only when it lies inside a valid bracket of its own table: after
+//! a verified open (right key, cluster, transaction, not a duplicate) that said its close is armed, with
+//! no error report of the trigger in between and before the close. Every other row of a table the
+//! trigger watches is flagged `trigger_evidence: "missing"` with a reason. The close is not signed: a
+//! forged one can only end a bracket early, which flags rows and never attributes them.
 //!
 //! Why an HMAC: `pg_logical_emit_message` is executable by every role, so anyone can emit a message with
 //! our prefix. The key lives in `walwitness.hmac_key`, readable only by the owner of the schema (the role
-//! that installed it); the function is SECURITY DEFINER with a fixed `search_path`, so a table owner or
-//! any other user can neither read the key nor make the function run their code. The key is stored as
+//! that installed it); the functions are SECURITY DEFINER with a fixed `search_path`, so a table owner or
+//! any other user can neither read the key nor make the functions run their code. The key is stored as
 //! the two HMAC pads so the server needs only the core `sha256()`.
 //!
-//! The function never makes the user's statement fail: its body runs in an exception block that
-//! swallows any error (the rows are still logged, without a trigger session).
+//! The open never makes the user's statement fail: its work runs in an exception block without writing
+//! anything (so the block's subtransaction gets no xid and costs little), and an error there is reported
+//! by a **non-transactional** `error …` message, which needs no transaction id or lock and reaches the
+//! capture even when the transaction's own messages cannot be written. The signed messages themselves
+//! are emitted outside the block, in the statement's own transaction.
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -22,48 +35,117 @@ use crate::capture::names::{quote_ident, quote_literal};
 use crate::capture::teardown::Leftover;
 use crate::error::{Exit, Failure};
 
-/// The logical decoding message prefix the trigger uses.
+/// The logical decoding message prefix the triggers use.
 pub const PREFIX: &str = "walwitness";
 pub const SCHEMA: &str = "walwitness";
+/// The opening triggers (the names version 1 used for its single trigger).
 pub const DELETE_TRIGGER: &str = "walwitness_attribution_delete";
 pub const TRUNCATE_TRIGGER: &str = "walwitness_attribution_truncate";
+/// The closing triggers.
+pub const DELETE_END_TRIGGER: &str = "walwitness_attribution_delete_end";
+pub const TRUNCATE_END_TRIGGER: &str = "walwitness_attribution_truncate_end";
+pub const ALL_TRIGGERS: [&str; 4] = [DELETE_TRIGGER, TRUNCATE_TRIGGER, DELETE_END_TRIGGER, TRUNCATE_END_TRIGGER];
+pub const OPEN_FN: &str = "attribution_open";
+pub const CLOSE_FN: &str = "attribution_close";
+/// The version 1 function, dropped when installing.
+const OLD_FN: &str = "attribution_trigger";
 /// Longest statement text carried in a message.
 pub const QUERY_LIMIT: usize = 8192;
+/// How many backend status entries the opening trigger scans for its own before asking
+/// `pg_stat_get_activity()` (entries are numbered 1.. in PostgreSQL 14 and 15, by backend id from 16 on).
+const BACKEND_SCAN: u32 = 64;
+/// Version of the signed payload.
+pub const PAYLOAD_VERSION: u32 = 2;
 
-/// Verifies messages with the installed key.
+/// Verifies messages with the installed key, for one cluster.
 pub struct Verifier {
     ipad: Vec<u8>,
     opad: Vec<u8>,
+    /// The cluster's system identifier: a message signed for another cluster is rejected.
+    pub system_identifier: String,
+    /// A recent full transaction id (with epoch) of this cluster, to widen pgoutput's 32-bit xids.
+    pub xid_reference: u64,
 }
 
-/// What the trigger sends, before it becomes a [`Session`].
+/// The signed payload of an opening message.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Payload {
+pub struct Open {
     pub v: u32,
+    pub k: String,
+    pub sys: String,
+    /// Full transaction id (epoch << 32 | xid) of the top-level transaction.
     pub xid: u64,
+    /// Per-statement identifier: the server clock when the statement's open fired, in microseconds.
+    pub id: i64,
     pub pid: i32,
-    pub backend_start: Option<String>,
+    pub bs: Option<i64>,
     pub user: Option<String>,
     pub role: Option<String>,
-    pub application_name: Option<String>,
-    pub client_addr: Option<String>,
-    pub client_port: Option<i32>,
-    pub query: Option<String>,
+    pub app: Option<String>,
+    pub ca: Option<String>,
+    pub cp: Option<i32>,
+    pub q: Option<String>,
     #[serde(default)]
-    pub query_truncated: bool,
-    pub xact_start: Option<String>,
-    pub statement_start: Option<String>,
-    pub trigger_depth: Option<i32>,
-    pub schema: String,
-    pub table: String,
-    /// The table's OID (`TG_RELID`); absent from triggers installed by earlier walwitness versions,
-    /// whose messages are matched by name.
-    #[serde(default)]
-    pub relid: Option<u32>,
+    pub qt: bool,
+    pub xs: Option<i64>,
+    pub ss: Option<i64>,
+    pub d: i32,
     pub op: String,
+    /// The table's OID (`TG_RELID`): evidence is matched to rows by OID, never by name.
+    pub r: u32,
+    pub s: String,
+    pub t: String,
+    /// The closing trigger is present, ours, enabled for this session and will fire for the statement.
+    pub armed: bool,
 }
 
-impl Payload {
+/// An (unsigned) closing message.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Close {
+    pub d: i32,
+    pub ss: Option<i64>,
+    pub op: String,
+    /// The table's OID (`TG_RELID`): evidence is matched to rows by OID, never by name.
+    pub r: u32,
+    pub s: String,
+    pub t: String,
+}
+
+/// A non-transactional error report of the trigger (its work failed and the error was swallowed).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// Full xid when the transaction had one when the error happened.
+    pub xid: Option<u64>,
+    pub pid: i32,
+    /// `BEFORE` or `AFTER`.
+    pub w: String,
+    pub op: String,
+    /// The table's OID (`TG_RELID`): evidence is matched to rows by OID, never by name.
+    pub r: u32,
+    pub s: String,
+    pub t: String,
+    /// SQLSTATE and message.
+    pub e: String,
+    #[serde(default)]
+    pub sys: Option<String>,
+    /// Whether the report was signed with the key (it is not when reading the key is what failed).
+    #[serde(skip)]
+    pub signed: bool,
+}
+
+/// What a message with our prefix turned out to be.
+#[derive(Debug)]
+pub enum Evidence {
+    Open(Box<Open>),
+    Close(Close),
+    Error(ErrorReport),
+}
+
+fn micros_to_rfc3339(us: Option<i64>) -> Option<String> {
+    us.map(crate::sink::record::format_unix_micros)
+}
+
+impl Open {
     pub fn session(&self) -> Session {
         let current_user = match self.role.as_deref() {
             None | Some("none") | Some("") => None,
@@ -73,21 +155,48 @@ impl Payload {
         Session {
             attributed_by: "trigger".into(),
             pid: self.pid,
-            backend_start: self.backend_start.clone(),
+            backend_start: micros_to_rfc3339(self.bs),
             user: self.user.clone(),
             current_user,
-            application_name: self.application_name.clone(),
-            client_addr: self.client_addr.clone(),
-            client_port: self.client_port,
-            query: self.query.clone(),
-            query_truncated: self.query_truncated,
-            xact_start: self.xact_start.clone(),
-            statement_start: self.statement_start.clone(),
-            trigger_depth: self.trigger_depth,
+            application_name: self.app.clone(),
+            client_addr: self.ca.clone(),
+            client_port: self.cp,
+            query: self.q.clone(),
+            query_truncated: self.qt,
+            xact_start: micros_to_rfc3339(self.xs),
+            statement_start: micros_to_rfc3339(self.ss),
+            trigger_depth: Some(self.d),
             sampled_at: None,
             details_hidden: false,
             conflict: None,
         }
+    }
+
+    /// The table's name as the trigger saw it (lossless form), for messages.
+    pub fn table(&self) -> String {
+        qualified(&self.s, &self.t)
+    }
+
+    /// Whether `c` is the close of this statement (same table, operation, depth and client statement).
+    pub fn closed_by(&self, c: &Close) -> bool {
+        c.r == self.r && c.op == self.op && c.d == self.d && c.ss == self.ss
+    }
+}
+
+pub fn qualified(schema: &str, table: &str) -> String {
+    use crate::protocol::buf::lossless_name;
+    format!("{}.{}", lossless_name(schema.as_bytes()), lossless_name(table.as_bytes()))
+}
+
+impl Close {
+    pub fn table(&self) -> String {
+        qualified(&self.s, &self.t)
+    }
+}
+
+impl ErrorReport {
+    pub fn table(&self) -> String {
+        qualified(&self.s, &self.t)
     }
 }
 
@@ -102,9 +211,28 @@ pub fn pads(key: &[u8; 32]) -> (Vec<u8>, Vec<u8>) {
     (ipad, opad)
 }
 
+/// Widens a 32-bit xid to the full xid nearest to `reference` (within 2^31 either way), as PostgreSQL
+/// does for xids of the recent past and near future.
+pub fn widen_xid(xid: u32, reference: u64) -> u64 {
+    let candidate = (reference & !0xFFFF_FFFF) | u64::from(xid);
+    if candidate > reference.saturating_add(1 << 31) && candidate >= (1 << 32) {
+        candidate - (1 << 32)
+    } else if candidate.saturating_add(1 << 31) < reference {
+        candidate + (1 << 32)
+    } else {
+        candidate
+    }
+}
+
 impl Verifier {
     pub fn from_pads(ipad: Vec<u8>, opad: Vec<u8>) -> Verifier {
-        Verifier { ipad, opad }
+        Verifier { ipad, opad, system_identifier: String::new(), xid_reference: 0 }
+    }
+
+    pub fn for_cluster(mut self, system_identifier: &str, xid_reference: u64) -> Verifier {
+        self.system_identifier = system_identifier.to_owned();
+        self.xid_reference = xid_reference;
+        self
     }
 
     pub fn mac(&self, payload: &[u8]) -> [u8; 32] {
@@ -112,27 +240,84 @@ impl Verifier {
         Sha256::new().chain_update(&self.opad).chain_update(inner).finalize().into()
     }
 
-    /// Checks a message's signature and decodes it. Errors say why it was rejected.
-    pub fn verify(&self, content: &[u8]) -> Result<Payload, String> {
-        let (mac_hex, payload) = match content.iter().position(|&b| b == b' ') {
-            Some(i) => (&content[..i], &content[i + 1..]),
-            None => return Err("no signature".into()),
-        };
+    fn check_mac(&self, mac_hex: &[u8], payload: &[u8]) -> Result<(), String> {
         let given = hex::decode(mac_hex).map_err(|_| "signature is not hex".to_owned())?;
         let want = self.mac(payload);
         if given.len() != want.len() || given.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return Err("signature does not match the installed key".into());
         }
-        // The signature is good, so the message is the trigger's. In a SQL_ASCII database its text (the
-        // statement, the application name) may hold bytes that are not UTF-8, which JSON cannot carry:
-        // those become U+FFFD rather than turning an authentic message into a rejected one.
-        let payload = String::from_utf8_lossy(payload);
-        let p: Payload =
-            serde_json::from_str(&payload).map_err(|e| format!("signed payload is not understood: {e}"))?;
-        if p.v != 1 {
-            return Err(format!("unknown payload version {}", p.v));
+        Ok(())
+    }
+
+    /// Classifies and checks a message with our prefix. Opens must be signed for this cluster; the
+    /// transaction check is the caller's (it knows the transaction). Errors say why it was rejected.
+    pub fn verify(&self, content: &[u8]) -> Result<Evidence, String> {
+        let (head, rest) = split_word(content);
+        match head {
+            b"close" => {
+                let c: Close =
+                    serde_json::from_slice(rest).map_err(|e| format!("close message not understood: {e}"))?;
+                Ok(Evidence::Close(c))
+            }
+            b"error" => {
+                let (mac, payload) = split_word(rest);
+                let signed = mac != b"-" && self.check_mac(mac, payload).is_ok();
+                // In a SQL_ASCII database the error text may hold bytes that are not UTF-8.
+                let text = String::from_utf8_lossy(payload);
+                let mut r: ErrorReport =
+                    serde_json::from_str(&text).map_err(|e| format!("error report not understood: {e}"))?;
+                r.signed = signed;
+                if signed
+                    && r.sys
+                        .as_deref()
+                        .is_some_and(|s| !self.system_identifier.is_empty() && s != self.system_identifier)
+                {
+                    return Err(format!("error report signed for another cluster ({})", r.sys.unwrap_or_default()));
+                }
+                Ok(Evidence::Error(r))
+            }
+            mac => {
+                if rest.is_empty() && !content.contains(&b' ') {
+                    return Err("no signature".into());
+                }
+                self.check_mac(mac, rest)?;
+                // The signature is good, so the message is the trigger's. In a SQL_ASCII database its text
+                // (the statement, the application name) may hold bytes that are not UTF-8, which JSON cannot
+                // carry: those become U+FFFD rather than turning an authentic message into a rejected one.
+                let text = String::from_utf8_lossy(rest);
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("signed payload is not understood: {e}"))?;
+                match v.get("v").and_then(|v| v.as_u64()) {
+                    Some(2) => {}
+                    Some(1) => {
+                        return Err(
+                            "a version 1 trigger message (no statement bracket): run walwitness attribution install"
+                                .into(),
+                        )
+                    }
+                    other => return Err(format!("unknown payload version {other:?}")),
+                }
+                let o: Open =
+                    serde_json::from_value(v).map_err(|e| format!("signed payload is not understood: {e}"))?;
+                if o.k != "open" {
+                    return Err(format!("signed message of unknown kind {:?}", o.k));
+                }
+                if !self.system_identifier.is_empty() && o.sys != self.system_identifier {
+                    return Err(format!(
+                        "signed for the cluster with system identifier {}, not this one ({})",
+                        o.sys, self.system_identifier
+                    ));
+                }
+                Ok(Evidence::Open(Box::new(o)))
+            }
         }
-        Ok(p)
+    }
+}
+
+fn split_word(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|&c| c == b' ') {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (b, &[]),
     }
 }
 
@@ -143,57 +328,136 @@ fn random_key() -> std::io::Result<[u8; 32]> {
     Ok(k)
 }
 
-fn function_sql() -> String {
-    let ts = |e: &str| format!("to_char({e} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+/// `(extract(epoch FROM e) * 1000000)::int8`: microseconds since 1970, cheaper than formatting on the server.
+fn us(e: &str) -> String {
+    format!("(extract(epoch FROM {e}) * 1000000)::int8")
+}
+
+/// HMAC of `var` (text) with the key in `ki`/`ko`, as lower-case hex.
+fn hmac_sql(var: &str) -> String {
+    format!("encode(sha256(ko || sha256(ki || convert_to({var}, 'UTF8'))), 'hex')")
+}
+
+/// The closing function: one unsigned message naming the statement it ends. It reads no key, so it runs
+/// without a `search_path` setting (saving the setting's save and restore on every statement): every
+/// function, operator and type is qualified with `pg_catalog`, and `pg_temp` is never searched for those.
+fn close_function_sql() -> String {
     format!(
-        r#"CREATE OR REPLACE FUNCTION {SCHEMA}.attribution_trigger() RETURNS trigger
+        r#"CREATE OR REPLACE FUNCTION {SCHEMA}.{CLOSE_FN}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $walwitness$
+BEGIN
+  -- Unsigned on purpose (no key read): a forged close can only end a bracket early, which flags rows.
+  PERFORM pg_catalog.pg_logical_emit_message(true, '{PREFIX}'::pg_catalog.text, pg_catalog.concat('close {{"d":',
+    pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.-) 1,
+    ',"ss":', (EXTRACT(epoch FROM pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,
+    ',"op":"', TG_OP, '","r":', TG_RELID, ',"s":', pg_catalog.to_json(TG_TABLE_SCHEMA::pg_catalog.text),
+    ',"t":', pg_catalog.to_json(TG_TABLE_NAME::pg_catalog.text), '}}'));
+  RETURN NULL;
+END
+$walwitness$"#
+    )
+}
+
+/// The opening function. `close_oid` is the closing function's OID, which the `armed` check requires of
+/// the closing trigger.
+fn open_function_sql(close_oid: u32) -> String {
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {SCHEMA}.{OPEN_FN}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $walwitness$
 DECLARE
-  k_ipad bytea;
-  k_opad bytea;
+  ki bytea;
+  ko bytea;
+  sys text;
+  bs int8;
+  armed boolean;
   q text;
-  payload text;
+  p text;
+  e text;
+  xt text;
+  seen boolean := false;
 BEGIN
   BEGIN
-    SELECT h.ipad, h.opad INTO k_ipad, k_opad FROM {SCHEMA}.hmac_key h WHERE h.id = 1;
+    -- Nothing in this block writes, so its subtransaction gets no xid (no lock, no WAL of its own);
+    -- the top-level transaction's xid is assigned here, where a failure is caught.
+    xt := pg_current_xact_id();
+    -- The backend's start time, which with the pid tells sessions apart. pg_stat_get_activity() builds
+    -- the whole activity row (about 30 us); the per-backend accessors cost well under 1 us each, so
+    -- find this backend's entry among the first ones and fall back to the row past them.
+    FOR i IN 1..{BACKEND_SCAN} LOOP
+      IF pg_stat_get_backend_pid(i) = pg_backend_pid() THEN
+        bs := {bs_i};
+        seen := true;
+        EXIT;
+      END IF;
+    END LOOP;
+    SELECT h.ipad, h.opad, h.system_identifier,
+      -- The closing trigger will fire for this statement: ours, statement-level AFTER <op> only, no WHEN,
+      -- enabled for this session's session_replication_role.
+      (SELECT t.tgenabled = 'A' OR t.tgenabled = CASE current_setting('session_replication_role') WHEN 'replica' THEN 'R' ELSE 'O' END
+         FROM pg_trigger t
+        WHERE t.tgrelid = TG_RELID AND t.tgfoid = {close_oid}::oid AND t.tgqual IS NULL
+          AND t.tgname = CASE TG_OP WHEN 'DELETE' THEN '{DELETE_END_TRIGGER}' ELSE '{TRUNCATE_END_TRIGGER}' END
+          AND t.tgtype = CASE TG_OP WHEN 'DELETE' THEN 8 ELSE 32 END)
+      INTO STRICT ki, ko, sys, armed
+      FROM {SCHEMA}.hmac_key h;
+    IF NOT seen THEN
+      -- A statement of its own: even unexecuted, a function scan in the query above costs its setup.
+      SELECT {bs} INTO bs FROM pg_stat_get_activity(pg_backend_pid()) a;
+    END IF;
     q := current_query();
-    payload := json_build_object(
-      'v', 1,
-      'xid', txid_current() % 4294967296,
-      'pid', pg_backend_pid(),
-      'backend_start', (SELECT {bs} FROM pg_stat_get_activity(pg_backend_pid()) a),
-      'user', session_user,
-      'role', current_setting('role'),
-      'application_name', current_setting('application_name'),
-      'client_addr', host(inet_client_addr()),
-      'client_port', inet_client_port(),
-      'query', left(q, {QUERY_LIMIT}),
-      'query_truncated', length(q) > {QUERY_LIMIT},
-      'xact_start', {xs},
-      'statement_start', {ss},
-      'trigger_depth', pg_trigger_depth() - 1,
-      'schema', TG_TABLE_SCHEMA,
-      'table', TG_TABLE_NAME,
-      'relid', TG_RELID::bigint,
-      'op', TG_OP)::text;
-    PERFORM pg_logical_emit_message(true, '{PREFIX}',
-      encode(sha256(k_opad || sha256(k_ipad || convert_to(payload, 'UTF8'))), 'hex') || ' ' || payload);
+    p := concat('{{"v":{PAYLOAD_VERSION},"k":"open","sys":', to_json(sys),
+      ',"xid":', xt,
+      ',"id":', {now},
+      ',"pid":', pg_backend_pid(),
+      ',"bs":', coalesce(bs::text, 'null'),
+      ',"user":', to_json(session_user::text),
+      ',"role":', to_json(current_setting('role')),
+      ',"app":', to_json(current_setting('application_name')),
+      ',"ca":', coalesce(to_json(host(inet_client_addr()))::text, 'null'),
+      ',"cp":', coalesce(inet_client_port()::text, 'null'),
+      ',"q":', coalesce(to_json(left(q, {QUERY_LIMIT}))::text, 'null'),
+      ',"qt":', CASE WHEN length(q) > {QUERY_LIMIT} THEN 'true' ELSE 'false' END,
+      ',"xs":', {xs},
+      ',"ss":', {ss},
+      ',"d":', pg_trigger_depth() - 1,
+      ',"op":"', TG_OP, '","r":', TG_RELID, ',"s":', to_json(TG_TABLE_SCHEMA::text), ',"t":', to_json(TG_TABLE_NAME::text),
+      ',"armed":', CASE WHEN armed THEN 'true' ELSE 'false' END, '}}');
+    p := {mac_p} || ' ' || p;
   EXCEPTION WHEN OTHERS THEN
-    -- Never make the user's statement fail: the rows are still logged, just without this evidence.
-    NULL;
+    -- Never make the user's statement fail; report the error where the capture sees it even without a
+    -- transaction id: a non-transactional message (signed when the key could be read). Only functions,
+    -- operators and casts the block above also uses: planning this the first time must find everything
+    -- in the session's catalog caches, as the failure may be that no lock can be taken.
+    p := NULL;
+    e := concat('{{"v":{PAYLOAD_VERSION},"k":"error","sys":', coalesce(to_json(sys)::text, 'null'),
+      ',"xid":', coalesce(xt, 'null'),
+      ',"pid":', pg_backend_pid(), ',"w":"BEFORE","op":"', TG_OP, '","r":', TG_RELID,
+      ',"s":', to_json(TG_TABLE_SCHEMA::text), ',"t":', to_json(TG_TABLE_NAME::text),
+      ',"e":', to_json(SQLSTATE || ' ' || SQLERRM), ',"at":', {now}, '}}');
+    e := 'error ' || CASE WHEN ko IS NULL THEN '-' ELSE {mac_e} END || ' ' || e;
   END;
+  IF p IS NOT NULL THEN
+    -- Outside the block: the message belongs to the statement's own (sub)transaction.
+    PERFORM pg_logical_emit_message(true, '{PREFIX}', p);
+  ELSE
+    PERFORM pg_logical_emit_message(false, '{PREFIX}', e);
+  END IF;
   RETURN NULL;
 END
 $walwitness$"#,
-        bs = ts("a.backend_start"),
-        xs = ts("transaction_timestamp()"),
-        ss = ts("statement_timestamp()"),
+        bs = us("a.backend_start"),
+        bs_i = us("pg_stat_get_backend_start(i)"),
+        now = us("clock_timestamp()"),
+        xs = us("transaction_timestamp()"),
+        ss = us("statement_timestamp()"),
+        mac_p = hmac_sql("p"),
+        mac_e = hmac_sql("e"),
     )
 }
 
 use crate::error::from_sql as q;
 
-/// Installs (idempotently) the schema, key, function and the triggers on `tables` (SQL names).
+/// Installs (idempotently) the schema, key, functions and the four triggers on `tables` (SQL names).
 pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
     let owner: Option<String> = c
         .query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
@@ -215,6 +479,7 @@ pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
     if let Err(e) = c.batch_execute(&format!(
         "BEGIN; CREATE SCHEMA IF NOT EXISTS {SCHEMA}; REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC; \
          CREATE TABLE IF NOT EXISTS {SCHEMA}.hmac_key (id int PRIMARY KEY CHECK (id = 1), ipad bytea NOT NULL, opad bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); \
+         ALTER TABLE {SCHEMA}.hmac_key ADD COLUMN IF NOT EXISTS system_identifier text; \
          REVOKE ALL ON {SCHEMA}.hmac_key FROM PUBLIC; COMMIT"
     ))
     .await
@@ -228,18 +493,47 @@ pub async fn install(c: &Client, tables: &[String]) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| q("cannot store the attribution key", e))?;
-    c.batch_execute(&format!("{}; REVOKE ALL ON FUNCTION {SCHEMA}.attribution_trigger() FROM PUBLIC", function_sql()))
+    // The cluster the signatures are bound to; kept with the key so the trigger need not read pg_control
+    // on every statement, and refreshed by every install (a copied schema then names the right cluster).
+    c.batch_execute(&format!(
+        "UPDATE {SCHEMA}.hmac_key SET system_identifier = s.id FROM (SELECT system_identifier::text AS id FROM pg_control_system()) s \
+         WHERE system_identifier IS DISTINCT FROM s.id"
+    ))
+    .await
+    .map_err(|e| q("cannot store the cluster's system identifier with the attribution key", e))?;
+    c.batch_execute(&format!("{}; REVOKE ALL ON FUNCTION {SCHEMA}.{CLOSE_FN}() FROM PUBLIC", close_function_sql()))
         .await
-        .map_err(|e| q("cannot create the attribution function", e))?;
+        .map_err(|e| q("cannot create the attribution functions", e))?;
+    let close_oid: u32 = c
+        .query_one(&format!("SELECT '{SCHEMA}.{CLOSE_FN}()'::regprocedure::oid"), &[])
+        .await
+        .map_err(|e| q("cannot read the closing function's OID", e))?
+        .get(0);
+    c.batch_execute(&format!(
+        "{}; REVOKE ALL ON FUNCTION {SCHEMA}.{OPEN_FN}() FROM PUBLIC",
+        open_function_sql(close_oid)
+    ))
+    .await
+    .map_err(|e| q("cannot create the attribution functions", e))?;
     for t in tables {
+        // The closing triggers first: the opening trigger checks that they are there.
         let sql = format!(
             "BEGIN; SET LOCAL lock_timeout = '100ms'; \
-             CREATE OR REPLACE TRIGGER {DELETE_TRIGGER} BEFORE DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.attribution_trigger(); \
-             CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.attribution_trigger(); \
+             CREATE OR REPLACE TRIGGER {DELETE_END_TRIGGER} AFTER DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.{CLOSE_FN}(); \
+             CREATE OR REPLACE TRIGGER {TRUNCATE_END_TRIGGER} AFTER TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.{CLOSE_FN}(); \
+             CREATE OR REPLACE TRIGGER {DELETE_TRIGGER} BEFORE DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.{OPEN_FN}(); \
+             CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.{OPEN_FN}(); \
              COMMIT"
         );
         with_lock_retries(c, &sql, &format!("cannot install the attribution triggers on {t}")).await?;
     }
+    // Version 1's function, once no trigger uses it any more.
+    let _ = c
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = to_regprocedure('{SCHEMA}.{OLD_FN}()')) THEN \
+             DROP FUNCTION IF EXISTS {SCHEMA}.{OLD_FN}(); END IF; END $$"
+        ))
+        .await;
     Ok(())
 }
 
@@ -272,7 +566,13 @@ async fn with_lock_retries(c: &Client, sql: &str, context: &str) -> Result<(), F
 /// Reads the key for verifying; the capture's role must be the installer (or a superuser).
 pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
     let row = c
-        .query_opt(&format!("SELECT ipad, opad FROM {SCHEMA}.hmac_key WHERE id = 1"), &[])
+        .query_opt(
+            &format!(
+                "SELECT h.ipad, h.opad, h.system_identifier, (SELECT system_identifier::text FROM pg_control_system()), \
+                 pg_snapshot_xmax(pg_current_snapshot())::text FROM {SCHEMA}.hmac_key h WHERE h.id = 1"
+            ),
+            &[],
+        )
         .await
         .map_err(|e| {
             let mut f = q("cannot read the attribution key", e);
@@ -283,7 +583,22 @@ pub async fn load_verifier(c: &Client) -> Result<Verifier, Failure> {
             f
         })?
         .ok_or_else(|| Failure::new(Exit::Internal, "the attribution key is missing: run walwitness attribution install"))?;
-    Ok(Verifier::from_pads(row.get(0), row.get(1)))
+    let stored: Option<String> = row.get(2);
+    let actual: String = row.get(3);
+    if stored.as_deref() != Some(actual.as_str()) {
+        return Err(Failure::new(
+            Exit::Internal,
+            format!(
+                "the attribution key is bound to cluster {} but this is cluster {actual}: run walwitness attribution install",
+                stored.as_deref().unwrap_or("(none: installed by an older walwitness)")
+            ),
+        ));
+    }
+    let next_xid: String = row.get(4);
+    let reference = next_xid.parse::<u64>().map_err(|_| {
+        Failure::new(Exit::Internal, format!("the server's next transaction id {next_xid:?} is not a number"))
+    })?;
+    Ok(Verifier::from_pads(row.get(0), row.get(1)).for_cluster(&actual, reference))
 }
 
 pub fn sql_table(schema: &str, table: &str) -> String {
@@ -391,7 +706,7 @@ fn drop_triggers_sql(names: &[String], table_sql: &str) -> String {
 
 /// The triggers on `tables` and the schema, as left when nothing could be asked of the server.
 pub fn unremoved(tables: &[String], error: &str) -> Vec<Leftover> {
-    let names = [DELETE_TRIGGER.to_owned(), TRUNCATE_TRIGGER.to_owned()];
+    let names: Vec<String> = ALL_TRIGGERS.iter().map(|n| (*n).to_owned()).collect();
     let mut left: Vec<Leftover> = tables
         .iter()
         .map(|t| Leftover {
@@ -453,7 +768,7 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
             (row.get(0), row.get(1), row.get(2), row.get(3));
         let mut names: Vec<String> = match c.query(OUR_TRIGGERS, &[&oid, &SCHEMA]).await {
             Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-            Err(_) => vec![DELETE_TRIGGER.to_owned(), TRUNCATE_TRIGGER.to_owned()],
+            Err(_) => ALL_TRIGGERS.iter().map(|n| (*n).to_owned()).collect(),
         };
         names.dedup();
         if names.is_empty() {
@@ -547,14 +862,19 @@ pub async fn remove(c: &Client, tables: &[String]) -> Result<(), Failure> {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    fn signed(v: &Verifier, payload: &str) -> Vec<u8> {
+    pub fn signed(v: &Verifier, payload: &str) -> Vec<u8> {
         format!("{} {payload}", hex::encode(v.mac(payload.as_bytes()))).into_bytes()
     }
 
-    const P: &str = r#"{"v":1,"xid":1234,"pid":42,"backend_start":"2026-01-01T00:00:00.000000Z","user":"app","role":"none","application_name":"cron","client_addr":null,"client_port":null,"query":"DELETE FROM t","query_truncated":false,"xact_start":null,"statement_start":null,"trigger_depth":0,"schema":"public","table":"t","op":"DELETE"}"#;
+    /// An open payload as the trigger writes it.
+    pub fn open_payload(sys: &str, xid: u64, pid: i32, app: &str, table: &str, ss: i64) -> String {
+        format!(
+            r#"{{"v":2,"k":"open","sys":"{sys}","xid":{xid},"id":1,"pid":{pid},"bs":1767225600000000,"user":"app","role":"none","app":"{app}","ca":null,"cp":null,"q":"DELETE FROM {table}","qt":false,"xs":1767225600000000,"ss":{ss},"d":0,"op":"DELETE","r":10,"s":"public","t":"{table}","armed":true}}"#
+        )
+    }
 
     #[test]
     fn hmac_matches_rfc4231_case_2() {
@@ -571,41 +891,79 @@ mod tests {
     }
 
     #[test]
-    fn accepts_signed_and_rejects_forged() {
+    fn accepts_signed_opens_and_rejects_forged_other_cluster_and_old() {
         let (i, o) = pads(&[7u8; 32]);
-        let v = Verifier::from_pads(i, o);
-        let p = v.verify(&signed(&v, P)).unwrap();
-        assert_eq!(p.pid, 42);
-        let s = p.session();
+        let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
+        let p = open_payload("42", 1234, 42, "cron", "t", 5);
+        let Evidence::Open(open) = v.verify(&signed(&v, &p)).unwrap() else { panic!("not an open") };
+        assert_eq!(open.pid, 42);
+        let s = open.session();
         assert_eq!(s.attributed_by, "trigger");
         assert_eq!(s.current_user, None);
-        let mut forged = signed(&v, P);
+        assert_eq!(s.backend_start.as_deref(), Some("2026-01-01T00:00:00.000000Z"));
+        let mut forged = signed(&v, &p);
         let n = forged.len();
         forged[n - 3] = b'X';
         assert!(v.verify(&forged).is_err());
         let (i2, o2) = pads(&[8u8; 32]);
         let other = Verifier::from_pads(i2, o2);
-        assert!(v.verify(&signed(&other, P)).unwrap_err().contains("does not match"));
+        assert!(v.verify(&signed(&other, &p)).unwrap_err().contains("does not match"));
+        let elsewhere = open_payload("43", 1234, 42, "cron", "t", 5);
+        assert!(v.verify(&signed(&v, &elsewhere)).unwrap_err().contains("cluster"));
         assert!(v.verify(b"nosignature").is_err());
         assert!(v.verify(b"zz {}").is_err());
-        assert!(v.verify(&signed(&v, "{\"v\":2}")).is_err());
+        assert!(v.verify(&signed(&v, "{\"v\":1,\"pid\":1}")).unwrap_err().contains("version 1"));
+        assert!(v.verify(&signed(&v, "{\"v\":3}")).is_err());
+    }
+
+    #[test]
+    fn closes_and_error_reports() {
+        let (i, o) = pads(&[7u8; 32]);
+        let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
+        let Evidence::Close(c) =
+            v.verify(br#"close {"d":0,"ss":5,"op":"DELETE","r":10,"s":"public","t":"t"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.table(), "public.t");
+        let e = r#"{"v":2,"k":"error","sys":"42","xid":77,"pid":9,"w":"BEFORE","op":"DELETE","r":10,"s":"public","t":"t","e":"53200 out of shared memory","at":1}"#;
+        let Evidence::Error(r) = v.verify(format!("error - {e}").as_bytes()).unwrap() else { panic!() };
+        assert!(!r.signed);
+        assert_eq!(r.xid, Some(77));
+        let Evidence::Error(r) =
+            v.verify(format!("error {} {e}", hex::encode(v.mac(e.as_bytes()))).as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(r.signed);
+        assert!(v.verify(b"close {").is_err());
     }
 
     #[test]
     fn signed_payload_with_bytes_that_are_not_utf8_is_accepted() {
         // A SQL_ASCII database: the statement held a raw 0xFF byte, which the server's JSON kept as is.
         let (i, o) = pads(&[7u8; 32]);
-        let v = Verifier::from_pads(i, o);
-        let payload = P.replace("DELETE FROM t", "DELETE FROM t WHERE k = '\u{1}'").into_bytes();
-        let payload: Vec<u8> = payload.into_iter().map(|b| if b == 1 { 0xff } else { b }).collect();
+        let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
+        let payload = open_payload("42", 1, 1, "a", "t", 5).replace("DELETE FROM t", "DELETE FROM t WHERE k = '\u{1}'");
+        let payload: Vec<u8> = payload.into_bytes().into_iter().map(|b| if b == 1 { 0xff } else { b }).collect();
         let mut msg = hex::encode(v.mac(&payload)).into_bytes();
         msg.push(b' ');
         msg.extend_from_slice(&payload);
-        let p = v.verify(&msg).unwrap();
-        assert_eq!(p.query.as_deref(), Some("DELETE FROM t WHERE k = '\u{fffd}'"));
+        let Evidence::Open(p) = v.verify(&msg).unwrap() else { panic!() };
+        assert_eq!(p.q.as_deref(), Some("DELETE FROM t WHERE k = '\u{fffd}'"));
         // The signature still covers the bytes as sent.
         let n = msg.len();
         msg[n - 3] ^= 1;
         assert!(v.verify(&msg).is_err());
+    }
+
+    #[test]
+    fn xids_widen_around_the_reference() {
+        let epoch = 3u64 << 32;
+        assert_eq!(widen_xid(100, epoch + 90), epoch + 100);
+        assert_eq!(widen_xid(u32::MAX - 5, epoch + 10), epoch - 6);
+        assert_eq!(widen_xid(5, epoch + u64::from(u32::MAX) - 10), epoch + (1 << 32) + 5);
+        assert_eq!(widen_xid(7, 3), 7);
+        assert_eq!(widen_xid(u32::MAX, 3), u64::from(u32::MAX));
     }
 }

@@ -601,6 +601,9 @@ fn rewrite_aborted(rendered: &[u8], abort_lsn: Option<Lsn>, abort_time: Option<i
         } else if let Some(r) = line.strip_prefix(b"{\"type\":\"truncate\",".as_slice()) {
             out.extend_from_slice(b"{\"type\":\"aborted_truncate\",");
             r
+        } else if let Some(r) = line.strip_prefix(b"{\"type\":\"statement\",".as_slice()) {
+            out.extend_from_slice(b"{\"type\":\"aborted_statement\",");
+            r
         } else {
             out.extend_from_slice(line);
             continue;

@@ -13,14 +13,13 @@
 //! skipped whole.
 pub mod relations;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
+use crate::attribution::trigger::{widen_xid, Close, ErrorReport, Evidence, Open, PREFIX as TRIGGER_PREFIX};
 use crate::attribution::{Attributor, Session, SessionJson};
-use crate::protocol::buf::lossless_name;
 use crate::protocol::pgoutput::{Message, OldKind, Value};
 use crate::protocol::Lsn;
 use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64, push_value};
@@ -55,8 +54,33 @@ pub struct AssembleError {
     pub reason: String,
 }
 
+/// Error reports of the trigger kept for the transactions they belong to (they arrive before them).
+const MAX_ERROR_REPORTS: usize = 4096;
+
+/// One statement's bracket on its table: opened by a verified open, ended by its close.
+struct Bracket {
+    open_lsn: Lsn,
+    open: Box<Open>,
+    /// `Err(reason)`: rows inside are not attributed (the closing trigger would not fire).
+    valid: Result<(), &'static str>,
+    /// A nested bracket of the same table ended on top of this one: its close is unsigned, so rows after
+    /// it are not attributed to this statement (see `attribution::trigger`).
+    resumed: bool,
+    /// The statement record's number and the row-level session, once written.
+    statement: Option<(u32, Bytes)>,
+    session: Session,
+}
+
+/// The statement record (and row-level session) a record refers to.
+struct Chosen {
+    statement: u32,
+    small: Bytes,
+}
+
 struct Txn {
     xid: u32,
+    /// The top-level xid with its epoch (known when trigger attribution is on).
+    full_xid: Option<u64>,
     final_lsn: Lsn,
     commit_time: i64,
     /// Already in the log from an earlier run: decode, but write nothing.
@@ -66,55 +90,40 @@ struct Txn {
     common: BytesMut,
     deletes: u64,
     truncates: u64,
-    /// The activity source's session for this xid, if a sample saw it.
+    /// The activity source's session for this xid, if a sample saw it, and its statement once written.
     activity: Option<Arc<SessionJson>>,
-    /// The latest verified trigger session per watched table (keyed `#<oid>`, or `schema.table` for
-    /// triggers installed by earlier versions): it covers the rows of its statement.
-    trigger: HashMap<String, Arc<SessionJson>>,
+    activity_statement: Option<(u32, Bytes)>,
+    /// Open brackets per watched table (keyed by `RelationCache::table_key`), innermost last.
+    brackets: HashMap<String, Vec<Bracket>>,
+    /// Statement records written, by their session JSON (one record per distinct statement).
+    statements: HashMap<Bytes, u32>,
+    /// Contents of trigger messages seen (a second copy is a replay).
+    seen: HashSet<Bytes>,
+    last_open_id: Option<i64>,
+    pid: Option<i32>,
+    /// Tables (keys) with trigger evidence or rows in this transaction, and those whose Relation message
+    /// was sent again after that (the table's definition or triggers changed inside the transaction).
+    touched: HashSet<String>,
+    altered: HashSet<String>,
+    /// The trigger's error reports for this transaction: (LSN, table key).
+    errors: Vec<(Lsn, String)>,
     /// Watched tables whose reported name this transaction changed, with the name before: put back if
     /// the transaction is abandoned (its records never reach the log).
     renames: Vec<(usize, QName)>,
     /// An aborted attempt's replay: the relation cache entries it replaced, put back at its end.
     saved_relations: Vec<(u32, relations::Saved)>,
-    /// Session written in the commit record: the first one any record carried.
-    first_session: Option<Arc<SessionJson>>,
+    /// Row-level session written in the commit record: the first one any record carried.
+    first_session: Option<Bytes>,
     attributed_trigger: u64,
     attributed_activity: u64,
     unattributed: u64,
+    missing: u64,
     conflict: bool,
     rejected: Vec<String>,
+    problems: Vec<String>,
 }
 
 impl Txn {
-    /// Writes the session of a record: the trigger's for its statement, else the sampled one, else null.
-    fn push_session(&mut self, out: &mut BytesMut, trigger: Option<Arc<SessionJson>>) {
-        let chosen = match trigger {
-            Some(s) => {
-                self.attributed_trigger += 1;
-                Some(s)
-            }
-            None => match &self.activity {
-                Some(a) => {
-                    self.attributed_activity += 1;
-                    Some(a.clone())
-                }
-                None => {
-                    self.unattributed += 1;
-                    None
-                }
-            },
-        };
-        match chosen {
-            Some(s) => {
-                out.extend_from_slice(&s.json);
-                if self.first_session.is_none() {
-                    self.first_session = Some(s);
-                }
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-    }
-
     fn reject(&mut self, lsn: Lsn, reason: String) {
         tracing::warn!(
             "at LSN {lsn}: rejected a walwitness attribution message in xid {}: {}",
@@ -122,6 +131,13 @@ impl Txn {
             crate::term::clean(&reason)
         );
         self.rejected.push(format!("{lsn}: {reason}"));
+    }
+
+    fn problem(&mut self, lsn: Lsn, what: String) {
+        tracing::warn!("at LSN {lsn}, xid {}: {}", self.xid, crate::term::clean(&what));
+        if self.problems.len() < 100 {
+            self.problems.push(format!("{lsn}: {what}"));
+        }
     }
 
     fn rebuild_common(&mut self) {
@@ -137,9 +153,69 @@ impl Txn {
         }
         self.common = c;
     }
+
+    /// Writes a `statement` record for `session` (unless an identical one was written in this
+    /// transaction) and returns its number and the row-level session.
+    fn statement(&mut self, out: &mut BytesMut, lsn: Lsn, session: &Session) -> (u32, Bytes) {
+        let full = Bytes::from(serde_json::to_vec(session).unwrap_or_else(|_| b"null".to_vec()));
+        let n = match self.statements.get(&full) {
+            Some(&n) => n,
+            None => {
+                let n = self.statements.len() as u32 + 1;
+                out.extend_from_slice(b"{\"type\":\"statement\",\"xid\":");
+                push_u64(out, u64::from(self.xid));
+                out.extend_from_slice(b",\"statement\":");
+                push_u64(out, u64::from(n));
+                out.extend_from_slice(b",\"lsn\":");
+                push_lsn(out, lsn);
+                out.extend_from_slice(&self.common);
+                out.extend_from_slice(b",\"session\":");
+                out.extend_from_slice(&full);
+                out.extend_from_slice(b"}\n");
+                self.statements.insert(full, n);
+                n
+            }
+        };
+        (n, session.small_json(n))
+    }
+
+    /// Why the trigger's evidence does not cover a row of `table` at `lsn`, when no bracket does.
+    fn missing_reason(&self, table: &str, lsn: Lsn) -> &'static str {
+        if self.errors.iter().any(|(e, t)| *e <= lsn && t == table) {
+            "trigger_error"
+        } else if self.altered.contains(table) {
+            "table_altered"
+        } else if !self.rejected.is_empty() {
+            "rejected_evidence"
+        } else if self.origin.is_some() {
+            "replicated"
+        } else {
+            "no_trigger_fired"
+        }
+    }
+
+    /// The bracket evidence for a row of `table` at `lsn`: `Ok(bracket)` when a valid one covers it,
+    /// `Err(reason)` otherwise.
+    fn covering(&self, table: &str, lsn: Lsn) -> Result<(), &'static str> {
+        let Some(b) = self.brackets.get(table).and_then(|v| v.last()) else {
+            return Err(self.missing_reason(table, lsn));
+        };
+        b.valid?;
+        if self.errors.iter().any(|(e, t)| *e > b.open_lsn && *e <= lsn && t == table) {
+            return Err("trigger_error");
+        }
+        if b.resumed {
+            return Err("after_nested_statement");
+        }
+        if lsn < b.open_lsn {
+            return Err("before_its_statement");
+        }
+        Ok(())
+    }
 }
 
-/// A row record written up to its `"session":` value, waiting for the next message (see `handle`).
+/// A row record written up to (not including) its `,"session":` member, waiting for the next message
+/// (see `handle`).
 struct Pending {
     lsn: Lsn,
     /// Offset of the record's first byte in the output buffer.
@@ -159,18 +235,24 @@ pub struct Assembler {
     txn: Option<Txn>,
     resume_after: Lsn,
     attributor: Attributor,
+    /// The trigger's error reports not yet matched with their transaction: (LSN, full xid, table).
+    error_reports: VecDeque<(Lsn, u64, String)>,
+    xid_reference: u64,
     /// Messages with our prefix that failed verification, over the whole capture.
     pub rejected_messages: u64,
 }
 
 impl Assembler {
     pub fn new(watch: WatchList, resume_after: Lsn, attributor: Attributor) -> Self {
+        let xid_reference = attributor.verifier.as_ref().map_or(0, |v| v.xid_reference);
         Assembler {
             pending: None,
             relations: RelationCache::new(watch),
             txn: None,
             resume_after,
             attributor,
+            error_reports: VecDeque::new(),
+            xid_reference,
             rejected_messages: 0,
         }
     }
@@ -230,13 +312,14 @@ impl Assembler {
 
     /// Feeds one message. `lsn` is its XLogData header position (for a change, the change's LSN).
     ///
-    /// A row record is completed one message late: the trigger's message is queued in the reorder
-    /// buffer at the *end* LSN of its WAL record, which can equal the *start* LSN of the statement's first
-    /// row, and PostgreSQL orders such a tie either way. So a row's session is decided only once the
-    /// next message shows whether it is the tying attribution message.
+    /// A row record is completed one message late: the trigger's messages are queued in the reorder
+    /// buffer at the *end* LSN of their WAL record, which can equal the *start* LSN of the next row, and
+    /// PostgreSQL orders such a tie either way. So a row's session is decided only once the next message
+    /// shows whether it is a tying attribution message: a tying open starts before the row (the row is
+    /// its statement's first), a tying close ends before it (the row comes after that statement).
     pub fn handle(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
         if let Some(p) = &self.pending {
-            let tie = matches!(&msg, Message::LogicalMessage { lsn: m, prefix, .. } if prefix == TRIGGER_PREFIX && *m == p.lsn);
+            let tie = matches!(&msg, Message::LogicalMessage { lsn: m, prefix, transactional: true, .. } if prefix == TRIGGER_PREFIX && *m == p.lsn);
             if tie {
                 let step = self.handle_inner(lsn, msg, out)?;
                 self.finalize_pending(out);
@@ -272,24 +355,258 @@ impl Assembler {
     fn finalize_pending(&mut self, out: &mut BytesMut) {
         let Some(p) = self.pending.take() else { return };
         let Some(t) = self.txn.as_mut() else { return };
-        let trig = if t.trigger.is_empty() {
-            None
-        } else {
+        let trigger_mode = self.attributor.verifier.is_some();
+        // The trigger's evidence: the first of the record's tables whose bracket covers it.
+        let mut verdict: Result<String, &'static str> = Err("no_trigger_fired");
+        if trigger_mode {
             let rels = &self.relations;
-            let lookup = |i: usize| {
-                let st = rels.table(i);
-                st.oid
-                    .and_then(|o| t.trigger.get(&format!("#{o}")))
-                    .or_else(|| t.trigger.get(&st.current.qualified()))
-                    .cloned()
+            let tables: Vec<String> = match &p.key {
+                PendingKey::Rel(relid) => {
+                    rels.get(*relid).and_then(|r| r.watched).map(|i| vec![rels.table_key(i)]).unwrap_or_default()
+                }
+                PendingKey::Tables(tables) => tables.iter().map(|&i| rels.table_key(i)).collect(),
             };
-            match &p.key {
-                PendingKey::Rel(relid) => rels.get(*relid).and_then(|r| r.watched).and_then(lookup),
-                PendingKey::Tables(tables) => tables.iter().find_map(|&i| lookup(i)),
+            for (i, key) in tables.into_iter().enumerate() {
+                if !t.touched.contains(&key) {
+                    t.touched.insert(key.clone());
+                }
+                match t.covering(&key, p.lsn) {
+                    Ok(()) => {
+                        verdict = Ok(key);
+                        break;
+                    }
+                    Err(r) if i == 0 => verdict = Err(r),
+                    Err(_) => {}
+                }
             }
+        }
+        // A statement record written now goes before the row, which is the last thing in `out`: the row
+        // is set aside meanwhile (only then, so most rows are never copied).
+        let mut row: Option<BytesMut> = None;
+        let chosen = match &verdict {
+            Ok(name) => {
+                let b = t.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
+                let (n, small) = match &b.statement {
+                    Some(s) => s.clone(),
+                    None => {
+                        let session = b.session.clone();
+                        let open_lsn = b.open_lsn;
+                        row = Some(out.split_off(p.start));
+                        let s = t.statement(out, open_lsn, &session);
+                        let b = t.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
+                        b.statement = Some(s.clone());
+                        s
+                    }
+                };
+                t.attributed_trigger += 1;
+                Some(Chosen { statement: n, small })
+            }
+            Err(_) => match t.activity.clone() {
+                Some(a) => {
+                    t.attributed_activity += 1;
+                    let (n, small) = match &t.activity_statement {
+                        Some(s) => s.clone(),
+                        None => {
+                            let session: Session = serde_json::from_slice(&a.json).unwrap_or_default();
+                            row = Some(out.split_off(p.start));
+                            let s = t.statement(out, p.lsn, &session);
+                            t.activity_statement = Some(s.clone());
+                            s
+                        }
+                    };
+                    Some(Chosen { statement: n, small })
+                }
+                None => {
+                    t.unattributed += 1;
+                    None
+                }
+            },
         };
-        t.push_session(out, trig);
+        if let Some(r) = row {
+            out.extend_from_slice(&r);
+        }
+        if let (true, Err(reason)) = (trigger_mode, &verdict) {
+            t.missing += 1;
+            out.extend_from_slice(b",\"trigger_evidence\":\"missing\",\"trigger_evidence_reason\":");
+            push_str(out, reason);
+        }
+        out.extend_from_slice(b",\"session\":");
+        match chosen {
+            Some(c) => {
+                out.extend_from_slice(&c.small);
+                if t.first_session.is_none() {
+                    t.first_session = Some(c.small);
+                }
+                let _ = c.statement;
+            }
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b"}\n");
+    }
+
+    /// A message with our prefix, inside a transaction or not.
+    fn trigger_message(&mut self, lsn: Lsn, transactional: bool, content: &[u8], out: &mut BytesMut) {
+        let Some(verifier) = self.attributor.verifier.clone() else {
+            return;
+        };
+        let evidence = verifier.verify(content);
+        if !transactional {
+            // Error reports are non-transactional: they reach us before their transaction.
+            match evidence {
+                Ok(Evidence::Error(r)) => self.error_report(lsn, r, out),
+                Ok(_) => {
+                    self.rejected_messages += 1;
+                    tracing::warn!(
+                        "at LSN {lsn}: non-transactional walwitness message that is not an error report ignored"
+                    );
+                }
+                Err(e) => {
+                    self.rejected_messages += 1;
+                    tracing::warn!(
+                        "at LSN {lsn}: non-transactional walwitness message rejected: {}",
+                        crate::term::clean(&e)
+                    );
+                }
+            }
+            return;
+        }
+        let Some(t) = self.txn.as_mut() else { return };
+        match evidence {
+            Err(reason) => {
+                t.reject(lsn, reason);
+                self.rejected_messages += 1;
+            }
+            Ok(Evidence::Error(_)) => {
+                t.reject(lsn, "an error report sent as a transactional message".into());
+                self.rejected_messages += 1;
+            }
+            Ok(Evidence::Open(o)) => {
+                let Some(key) = self.relations.evidence_key(o.r) else { return };
+                let table = o.table();
+                let fresh = t.seen.insert(Bytes::copy_from_slice(content));
+                let why = if !fresh {
+                    Some("a copy of an earlier message of this transaction (replayed)".to_owned())
+                } else if t.full_xid.is_some_and(|x| x != o.xid) || o.xid % (1 << 32) != u64::from(t.xid) {
+                    Some(format!(
+                        "signed for xid {} but found in xid {}",
+                        o.xid,
+                        t.full_xid.unwrap_or(u64::from(t.xid))
+                    ))
+                } else if t.pid.is_some_and(|p| p != o.pid) {
+                    Some(format!("signed by pid {} in a transaction of pid {}", o.pid, t.pid.unwrap_or_default()))
+                } else if t.last_open_id.is_some_and(|l| o.id <= l) {
+                    Some("older than an earlier statement of this transaction (replayed)".to_owned())
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    t.reject(lsn, why);
+                    self.rejected_messages += 1;
+                    return;
+                }
+                t.pid = Some(o.pid);
+                t.last_open_id = Some(o.id);
+                t.touched.insert(key.clone());
+                let mut session = o.session();
+                if let Some(a) = &t.activity {
+                    if !SessionJson::new(&session).same_backend(a) {
+                        session.conflict = serde_json::from_slice::<Session>(&a.json).ok().map(Box::new);
+                        t.conflict = true;
+                    }
+                }
+                let valid = if o.armed { Ok(()) } else { Err("closing_trigger_disabled") };
+                if !o.armed {
+                    t.problem(
+                        lsn,
+                        format!(
+                            "statement on {table} (pid {}, application {:?}) ran without its closing trigger (disabled, dropped or replaced): its rows are not attributed",
+                            o.pid,
+                            o.app.as_deref().unwrap_or("")
+                        ),
+                    );
+                }
+                t.brackets.entry(key).or_default().push(Bracket {
+                    open_lsn: lsn,
+                    open: o,
+                    valid,
+                    resumed: false,
+                    statement: None,
+                    session,
+                });
+            }
+            Ok(Evidence::Close(c)) => {
+                let Some(key) = self.relations.evidence_key(c.r) else { return };
+                let table = c.table();
+                t.touched.insert(key.clone());
+                let stack = t.brackets.entry(key).or_default();
+                match stack.last() {
+                    Some(b) if b.open.closed_by(&c) => {
+                        stack.pop();
+                        if let Some(outer) = stack.last_mut() {
+                            outer.resumed = true;
+                        }
+                    }
+                    _ => t.problem(lsn, describe_unmatched(&c, &table)),
+                }
+            }
+        }
+    }
+
+    /// Keeps an error report for its transaction and writes it as a `trigger_error` record.
+    fn error_report(&mut self, lsn: Lsn, r: ErrorReport, out: &mut BytesMut) {
+        let table = r.table();
+        tracing::warn!(
+            "at LSN {lsn}: the attribution trigger failed on {} (pid {}, xid {:?}): {}",
+            crate::term::clean(&table),
+            r.pid,
+            r.xid,
+            crate::term::clean(&r.e)
+        );
+        match &mut self.txn {
+            Some(t) if r.xid.is_some_and(|x| x % (1 << 32) == u64::from(t.xid)) => {
+                if let Some(key) = self.relations.evidence_key(r.r) {
+                    t.errors.push((lsn, key));
+                }
+            }
+            _ => {
+                if let Some(x) = r.xid {
+                    if self.error_reports.len() >= MAX_ERROR_REPORTS {
+                        self.error_reports.pop_front();
+                    }
+                    if let Some(key) = self.relations.evidence_key(r.r) {
+                        self.error_reports.push_back((lsn, x, key));
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.txn.as_mut() {
+            // Not expected (they are sent between transactions), but never lost: the commit lists it.
+            t.problem(lsn, format!("the attribution trigger failed on {table} (pid {}): {}", r.pid, r.e));
+            return;
+        }
+        if lsn < self.resume_after {
+            return;
+        }
+        out.extend_from_slice(b"{\"type\":\"trigger_error\",\"lsn\":");
+        push_lsn(out, lsn);
+        out.extend_from_slice(b",\"xid\":");
+        match r.xid {
+            Some(x) => push_u64(out, x % (1 << 32)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"pid\":");
+        push_u64(out, r.pid.max(0) as u64);
+        out.extend_from_slice(b",\"table\":");
+        push_str(out, &table);
+        out.extend_from_slice(b",\"oid\":");
+        push_u64(out, u64::from(r.r));
+        out.extend_from_slice(b",\"op\":");
+        push_str(out, &r.op);
+        out.extend_from_slice(b",\"trigger\":");
+        push_str(out, &r.w);
+        out.extend_from_slice(b",\"error\":");
+        push_str(out, &r.e);
+        out.extend_from_slice(if r.signed { b",\"signed\":true}\n" } else { b",\"signed\":false}\n" });
     }
 
     fn handle_inner(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
@@ -300,8 +617,24 @@ impl Assembler {
                 if let Some(t) = &self.txn {
                     return Err(err(format!("Begin of xid {xid} while xid {} is still open", t.xid)));
                 }
+                let full_xid = self.attributor.verifier.as_ref().map(|_| {
+                    let f = widen_xid(xid, self.xid_reference);
+                    self.xid_reference = self.xid_reference.max(f);
+                    f
+                });
+                let mut errors = Vec::new();
+                if let Some(f) = full_xid {
+                    self.error_reports.retain(|(l, x, table)| {
+                        let mine = *x == f;
+                        if mine {
+                            errors.push((*l, table.clone()));
+                        }
+                        !mine
+                    });
+                }
                 let mut t = Txn {
                     xid,
+                    full_xid,
                     final_lsn,
                     commit_time,
                     skip: final_lsn < self.resume_after,
@@ -310,15 +643,25 @@ impl Assembler {
                     deletes: 0,
                     truncates: 0,
                     activity: self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new),
-                    trigger: HashMap::new(),
+                    activity_statement: None,
+                    brackets: HashMap::new(),
+                    statements: HashMap::new(),
+                    seen: HashSet::new(),
+                    last_open_id: None,
+                    pid: None,
+                    touched: HashSet::new(),
+                    altered: HashSet::new(),
+                    errors,
                     renames: Vec::new(),
                     saved_relations: Vec::new(),
                     first_session: None,
                     attributed_trigger: 0,
                     attributed_activity: 0,
                     unattributed: 0,
+                    missing: 0,
                     conflict: false,
                     rejected: Vec::new(),
+                    problems: Vec::new(),
                 };
                 t.rebuild_common();
                 self.txn = Some(t);
@@ -335,6 +678,15 @@ impl Assembler {
                     }
                 }
                 self.relations.update(oid, namespace, relname, replica_identity, columns);
+                if let (Some(t), Some(r)) = (self.txn.as_mut(), self.relations.get(oid)) {
+                    // Sent again inside the transaction after evidence or rows of the table: its definition
+                    // or triggers changed since (ALTER TABLE … DISABLE TRIGGER, DROP TRIGGER, …).
+                    if let Some(key) = r.watched.map(|i| self.relations.table_key(i)) {
+                        if t.touched.contains(&key) {
+                            t.altered.insert(key);
+                        }
+                    }
+                }
             }
             Message::Delete { relid, old, .. } => {
                 let t = self.txn.as_mut().ok_or_else(|| err("Delete outside a transaction".into()))?;
@@ -383,7 +735,6 @@ impl Assembler {
                     }
                     OldKind::Key => out.extend_from_slice(b"null"),
                 }
-                out.extend_from_slice(b",\"session\":");
                 self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Rel(relid) });
                 t.deletes += 1;
             }
@@ -441,7 +792,6 @@ impl Assembler {
                 } else {
                     b",\"restart_identity\":false"
                 });
-                out.extend_from_slice(b",\"session\":");
                 self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(tables) });
                 t.truncates += 1;
             }
@@ -456,6 +806,11 @@ impl Assembler {
                 // An aborted attempt's Relation messages never counted as sent (see ABORT_SENTINEL_LSN).
                 for (oid, saved) in t.saved_relations.drain(..).rev() {
                     self.relations.restore(oid, saved);
+                }
+                let unclosed: Vec<(String, Lsn)> =
+                    t.brackets.values().flat_map(|v| v.iter().map(|b| (b.open.table(), b.open_lsn))).collect();
+                for (name, at) in unclosed {
+                    t.problem(commit_lsn, format!("the statement on {name} opened at {at} was never closed"));
                 }
                 let wrote = !t.skip && (t.deletes > 0 || t.truncates > 0);
                 if wrote {
@@ -478,7 +833,7 @@ impl Assembler {
                     push_u64(out, t.truncates);
                     out.extend_from_slice(b",\"session\":");
                     match &t.first_session {
-                        Some(s) => out.extend_from_slice(&s.json),
+                        Some(s) => out.extend_from_slice(s),
                         None => out.extend_from_slice(b"null"),
                     }
                     let total = t.deletes + t.truncates;
@@ -496,16 +851,12 @@ impl Assembler {
                     if t.conflict {
                         out.extend_from_slice(b",\"attribution_conflict\":true");
                     }
-                    if !t.rejected.is_empty() {
-                        out.extend_from_slice(b",\"rejected_attribution_messages\":[");
-                        for (i, r) in t.rejected.iter().enumerate() {
-                            if i > 0 {
-                                out.extend_from_slice(b",");
-                            }
-                            push_str(out, r);
-                        }
-                        out.extend_from_slice(b"]");
+                    if t.missing > 0 {
+                        out.extend_from_slice(b",\"trigger_evidence_missing\":");
+                        push_u64(out, t.missing);
                     }
+                    push_str_list(out, "rejected_attribution_messages", &t.rejected);
+                    push_str_list(out, "trigger_evidence_problems", &t.problems);
                     out.extend_from_slice(b"}\n");
                 }
                 return Ok(Step::Committed {
@@ -517,45 +868,7 @@ impl Assembler {
                 });
             }
             Message::LogicalMessage { transactional, prefix, content, .. } if prefix == TRIGGER_PREFIX => {
-                let Some(t) = self.txn.as_mut() else {
-                    if !transactional {
-                        self.rejected_messages += 1;
-                        tracing::warn!("at LSN {lsn}: non-transactional message with the walwitness prefix ignored (not from the trigger)");
-                    }
-                    return Ok(Step::Continue);
-                };
-                let Some(verifier) = self.attributor.verifier.as_ref() else {
-                    return Ok(Step::Continue);
-                };
-                match verifier.verify(&content) {
-                    Ok(p) if p.xid % (1 << 32) != u64::from(t.xid) => {
-                        t.reject(lsn, format!("signed for xid {} but found in xid {}", p.xid, t.xid));
-                        self.rejected_messages += 1;
-                    }
-                    Ok(p) => {
-                        let mut session = p.session();
-                        if let Some(a) = &t.activity {
-                            let trig = SessionJson::new(&session);
-                            if !trig.same_backend(a) {
-                                session.conflict = serde_json::from_slice::<Session>(&a.json).ok().map(Box::new);
-                                t.conflict = true;
-                            }
-                        }
-                        // Keyed like the relation cache: by OID, or (older payloads) by the name in the
-                        // lossless form the stream's names are decoded to.
-                        let key = match p.relid {
-                            Some(oid) => format!("#{oid}"),
-                            None => {
-                                format!("{}.{}", lossless_name(p.schema.as_bytes()), lossless_name(p.table.as_bytes()))
-                            }
-                        };
-                        t.trigger.insert(key, Arc::new(SessionJson::new(&session)));
-                    }
-                    Err(reason) => {
-                        t.reject(lsn, reason);
-                        self.rejected_messages += 1;
-                    }
-                }
+                self.trigger_message(lsn, transactional, &content, out);
             }
             // Inserts, updates, user types and other plugins' messages are not evidence of deletion.
             Message::Insert { .. } | Message::Update { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {
@@ -616,6 +929,29 @@ fn note_rename(relations: &mut RelationCache, t: &mut Txn, i: usize, lsn: Lsn, o
     push_lsn(out, lsn);
     out.extend_from_slice(&t.common);
     out.extend_from_slice(b"}\n");
+}
+
+fn describe_unmatched(c: &Close, table: &str) -> String {
+    format!(
+        "a statement on {table} (depth {}) ended without a matching start: its opening trigger did not fire (disabled, dropped or failed), or the close was forged",
+        c.d
+    )
+}
+
+fn push_str_list(out: &mut BytesMut, name: &str, items: &[String]) {
+    if items.is_empty() {
+        return;
+    }
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, r) in items.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        push_str(out, r);
+    }
+    out.extend_from_slice(b"]");
 }
 
 fn push_object<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &'a Value)>) {
@@ -765,97 +1101,252 @@ mod tests {
         Bytes::from(format!("{} {payload}", hex::encode(v.mac(payload.as_bytes()))))
     }
 
-    fn payload(xid: u64, pid: i32) -> String {
-        format!(
-            r#"{{"v":1,"xid":{xid},"pid":{pid},"backend_start":null,"user":"app","role":"none","application_name":"cron","client_addr":null,"client_port":null,"query":"DELETE FROM cache","query_truncated":false,"xact_start":null,"statement_start":null,"trigger_depth":0,"schema":"public","table":"cache","op":"DELETE"}}"#
-        )
+    const SYS: &str = "7000000000000000001";
+
+    /// An open for table cache by `pid` with application `app`, statement start `ss`, statement id `id`.
+    fn open(v: &Verifier, xid: u64, pid: i32, app: &str, ss: i64, id: i64, armed: bool) -> Bytes {
+        let p = crate::attribution::trigger::tests::open_payload(SYS, xid, pid, app, "cache", ss)
+            .replace("\"id\":1,", &format!("\"id\":{id},"))
+            .replace("\"armed\":true", &format!("\"armed\":{armed}"));
+        signed(v, &p)
+    }
+
+    fn close(ss: i64) -> Bytes {
+        Bytes::from(format!(r#"close {{"d":0,"ss":{ss},"op":"DELETE","r":10,"s":"public","t":"cache"}}"#))
     }
 
     fn msg(lsn: u64, content: Bytes) -> Message {
         Message::LogicalMessage { xid: None, transactional: true, lsn: Lsn(lsn), prefix: "walwitness".into(), content }
     }
 
-    #[test]
-    fn trigger_session_covers_its_statement_even_when_the_first_row_ties_with_it() {
+    fn verifier() -> (Verifier, Attributor) {
         let (i, o) = pads(&[3u8; 32]);
-        let v = Verifier::from_pads(i.clone(), o.clone());
-        let attributor = Attributor { activity: None, verifier: Some(Arc::new(Verifier::from_pads(i, o))) };
+        let v = Verifier::from_pads(i.clone(), o.clone()).for_cluster(SYS, 7);
+        let attributor =
+            Attributor { activity: None, verifier: Some(Arc::new(Verifier::from_pads(i, o).for_cluster(SYS, 7))) };
+        (v, attributor)
+    }
+
+    fn lines(out: &str) -> Vec<serde_json::Value> {
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn rows_inside_a_bracket_get_its_statement_even_when_the_first_row_ties_with_it() {
+        let (v, attributor) = verifier();
         let mut asm = Assembler::new(watch(), Lsn(0), attributor);
-        // The first row's start LSN equals the message's end LSN, and pgoutput sent the row first.
+        // The first row's start LSN equals the open's end LSN, and pgoutput sent the row first; the row
+        // after the close starts where the close ends and was sent before it: it is outside.
         let (out, _) = run(
             &mut asm,
             vec![
                 (0, begin(7, 0x100)),
                 (0, rel(ReplicaIdentity::Default, false)),
                 (0x40, del(OldKind::Key, "a", None)),
-                (0x40, msg(0x40, signed(&v, &payload(7 + (5 << 32), 99)))),
+                (0x40, msg(0x40, open(&v, 7, 99, "cron", 5, 1, true))),
                 (0x50, del(OldKind::Key, "b", None)),
+                (0x70, del(OldKind::Key, "c", None)),
+                (0x70, msg(0x70, close(5))),
                 (0x100, commit(0x100, 0x130)),
             ],
         );
-        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 3);
-        for l in &lines {
-            assert_eq!(l["session"]["pid"], 99, "{l}");
-            assert_eq!(l["session"]["attributed_by"], "trigger");
+        let l = lines(&out);
+        assert_eq!(l.len(), 5, "{out}");
+        assert_eq!(l[0]["type"], "statement");
+        assert_eq!(l[0]["statement"], 1);
+        assert_eq!(l[0]["session"]["query"], "DELETE FROM cache");
+        assert_eq!(l[0]["session"]["application_name"], "cron");
+        for r in &l[1..3] {
+            assert_eq!(r["session"]["pid"], 99, "{r}");
+            assert_eq!(r["session"]["statement"], 1);
+            assert_eq!(r["session"]["attributed_by"], "trigger");
+            assert!(r["session"].get("query").is_none(), "the statement text is written once: {r}");
+            assert!(r.get("trigger_evidence").is_none());
         }
-        assert_eq!(lines[2]["attribution"], "trigger");
+        assert_eq!(l[3]["key"]["cache_key"], "c");
+        assert_eq!(l[3]["session"], serde_json::Value::Null);
+        assert_eq!(l[3]["trigger_evidence"], "missing");
+        assert_eq!(l[3]["trigger_evidence_reason"], "no_trigger_fired");
+        assert_eq!(l[4]["attribution"], "partial");
+        assert_eq!(l[4]["trigger_evidence_missing"], 1);
+        assert_eq!(l[4]["session"]["statement"], 1);
     }
 
     #[test]
-    fn forged_and_replayed_messages_are_rejected_and_flagged() {
-        let (i, o) = pads(&[3u8; 32]);
-        let v = Verifier::from_pads(i.clone(), o.clone());
-        let attributor = Attributor { activity: None, verifier: Some(Arc::new(Verifier::from_pads(i, o))) };
+    fn a_decoy_statement_never_covers_the_rows_of_another() {
+        let (v, attributor) = verifier();
+        let mut asm = Assembler::new(watch(), Lsn(0), attributor);
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x300)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                // Decoy: opens and closes with no rows.
+                (0x10, msg(0x10, open(&v, 7, 99, "nightly", 5, 1, true))),
+                (0x20, msg(0x20, close(5))),
+                // The real delete ran with the opening trigger disabled: a Relation message comes again.
+                (0x30, rel(ReplicaIdentity::Default, false)),
+                (0x40, del(OldKind::Key, "a", None)),
+                (0x50, msg(0x50, close(6))),
+                // A decoy whose closing trigger was disabled: its open says so.
+                (0x60, msg(0x60, open(&v, 7, 99, "nightly", 7, 2, false))),
+                (0x70, del(OldKind::Key, "b", None)),
+                // Replays of a valid open are rejected.
+                (0x80, msg(0x80, open(&v, 7, 99, "nightly", 5, 1, true))),
+                (0x90, del(OldKind::Key, "c", None)),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let l = lines(&out);
+        let rows: Vec<_> = l.iter().filter(|r| r["type"] == "delete").collect();
+        assert_eq!(rows.len(), 3);
+        let reasons: Vec<_> = rows.iter().map(|r| r["trigger_evidence_reason"].as_str().unwrap()).collect();
+        assert_eq!(reasons, ["table_altered", "closing_trigger_disabled", "closing_trigger_disabled"], "{out}");
+        for r in &rows {
+            assert_eq!(r["session"], serde_json::Value::Null, "never the decoy: {r}");
+            assert_eq!(r["trigger_evidence"], "missing");
+        }
+        assert!(l.iter().all(|r| r["type"] != "statement"), "{out}");
+        let c = l.last().unwrap();
+        assert_eq!(c["attribution"], "none");
+        assert_eq!(c["trigger_evidence_missing"], 3);
+        let problems = c["trigger_evidence_problems"].to_string();
+        assert!(problems.contains("without a matching start") && problems.contains("closing trigger"), "{c}");
+        assert!(c["rejected_attribution_messages"][0].as_str().unwrap().contains("replayed"), "{c}");
+    }
+
+    #[test]
+    fn an_error_report_before_the_transaction_flags_the_rows_after_it() {
+        let (v, attributor) = verifier();
+        let mut asm = Assembler::new(watch(), Lsn(0), attributor);
+        let report = r#"{"v":2,"k":"error","sys":null,"xid":7,"pid":99,"w":"BEFORE","op":"DELETE","r":10,"s":"public","t":"cache","e":"53200 out of shared memory","at":1}"#;
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, rel(ReplicaIdentity::Default, false)),
+                (
+                    0x25,
+                    Message::LogicalMessage {
+                        xid: None,
+                        transactional: false,
+                        lsn: Lsn(0x25),
+                        prefix: "walwitness".into(),
+                        content: Bytes::from(format!("error - {report}")),
+                    },
+                ),
+                (0, begin(7, 0x300)),
+                (0x10, msg(0x10, open(&v, 7, 99, "nightly", 5, 1, true))),
+                (0x18, del(OldKind::Key, "a", None)),
+                // Rows after the error are not the decoy's even while its bracket is open.
+                (0x30, del(OldKind::Key, "b", None)),
+                (0x40, msg(0x40, close(5))),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let l = lines(&out);
+        assert_eq!(l[0]["type"], "trigger_error", "{out}");
+        assert_eq!(l[0]["error"], "53200 out of shared memory");
+        assert_eq!(l[0]["signed"], false);
+        assert_eq!(l[1]["type"], "statement");
+        assert_eq!(l[2]["session"]["application_name"], "nightly", "the decoy's own row");
+        assert_eq!(l[3]["trigger_evidence_reason"], "trigger_error");
+        assert_eq!(l[3]["session"], serde_json::Value::Null);
+        let _ = v;
+    }
+
+    #[test]
+    fn an_open_for_another_transaction_or_cluster_is_rejected() {
+        let (v, attributor) = verifier();
         let mut asm = Assembler::new(watch(), Lsn(0), attributor);
         let (other_i, other_o) = pads(&[4u8; 32]);
         let forger = Verifier::from_pads(other_i, other_o);
+        let elsewhere = crate::attribution::trigger::tests::open_payload("1", 7, 1, "x", "cache", 5);
         let (out, _) = run(
             &mut asm,
             vec![
                 (0, begin(7, 0x100)),
                 (0, rel(ReplicaIdentity::Default, false)),
-                (0x10, msg(0x10, signed(&forger, &payload(7, 1)))),
-                // Validly signed, but for another transaction: a replay.
-                (0x20, msg(0x20, signed(&v, &payload(8, 2)))),
+                (0x10, msg(0x10, open(&forger, 7, 1, "x", 5, 1, true))),
+                // Same low 32 bits, another epoch: a replay from 2^32 transactions ago.
+                (0x20, msg(0x20, open(&v, 7 + (1 << 32), 2, "x", 5, 2, true))),
+                (0x30, msg(0x30, signed(&v, &elsewhere))),
                 (0x50, del(OldKind::Key, "a", None)),
                 (0x100, commit(0x100, 0x130)),
             ],
         );
-        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines[0]["session"], serde_json::Value::Null);
-        let rejected = lines[1]["rejected_attribution_messages"].as_array().unwrap();
-        assert_eq!(rejected.len(), 2);
+        let l = lines(&out);
+        assert_eq!(l[0]["session"], serde_json::Value::Null);
+        assert_eq!(l[0]["trigger_evidence_reason"], "rejected_evidence");
+        let rejected = l[1]["rejected_attribution_messages"].as_array().unwrap();
+        assert_eq!(rejected.len(), 3, "{}", l[1]);
         assert!(rejected[0].as_str().unwrap().contains("does not match"));
-        assert!(rejected[1].as_str().unwrap().contains("signed for xid 8"));
-        assert_eq!(asm.rejected_messages, 2);
+        assert!(rejected[1].as_str().unwrap().contains("signed for xid"));
+        assert!(rejected[2].as_str().unwrap().contains("cluster"));
+        assert_eq!(asm.rejected_messages, 3);
+    }
+
+    #[test]
+    fn rows_after_a_nested_statement_of_the_same_table_are_not_attributed_to_the_outer_one() {
+        let (v, attributor) = verifier();
+        let mut asm = Assembler::new(watch(), Lsn(0), attributor);
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x300)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x10, msg(0x10, open(&v, 7, 99, "outer", 5, 1, true))),
+                (0x18, del(OldKind::Key, "a", None)),
+                (0x20, msg(0x20, open(&v, 7, 99, "inner", 5, 2, true))),
+                (0x28, del(OldKind::Key, "b", None)),
+                (0x30, msg(0x30, close(5))),
+                (0x38, del(OldKind::Key, "c", None)),
+                (0x40, msg(0x40, close(5))),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let l = lines(&out);
+        let rows: Vec<_> = l.iter().filter(|r| r["type"] == "delete").collect();
+        assert_eq!(rows[0]["session"]["application_name"], "outer");
+        assert_eq!(rows[1]["session"]["application_name"], "inner");
+        assert_eq!(rows[2]["trigger_evidence_reason"], "after_nested_statement", "{out}");
+        assert_eq!(l.iter().filter(|r| r["type"] == "statement").count(), 2);
     }
 
     #[test]
     fn activity_and_trigger_disagreeing_is_flagged_not_hidden() {
+        let (v, _) = verifier();
         let (i, o) = pads(&[3u8; 32]);
-        let v = Verifier::from_pads(i.clone(), o.clone());
         let map = Arc::new(ActivityMap::new());
         map.record(
             std::time::Instant::now(),
             vec![(7, Session { attributed_by: "activity".into(), pid: 555, ..Default::default() })],
         );
-        let attributor = Attributor { activity: Some(map), verifier: Some(Arc::new(Verifier::from_pads(i, o))) };
+        let attributor =
+            Attributor { activity: Some(map), verifier: Some(Arc::new(Verifier::from_pads(i, o).for_cluster(SYS, 7))) };
         let mut asm = Assembler::new(watch(), Lsn(0), attributor);
         let (out, _) = run(
             &mut asm,
             vec![
                 (0, begin(7, 0x100)),
                 (0, rel(ReplicaIdentity::Default, false)),
-                (0x10, msg(0x10, signed(&v, &payload(7, 99)))),
+                (0x10, msg(0x10, open(&v, 7, 99, "cron", 5, 1, true))),
                 (0x50, del(OldKind::Key, "a", None)),
+                (0x60, msg(0x60, close(5))),
+                (0x70, del(OldKind::Key, "b", None)),
                 (0x100, commit(0x100, 0x130)),
             ],
         );
-        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines[0]["session"]["pid"], 99, "the trigger wins");
-        assert_eq!(lines[0]["session"]["conflict"]["pid"], 555, "the activity view is kept");
-        assert_eq!(lines[1]["attribution_conflict"], true);
+        let l = lines(&out);
+        assert_eq!(l[0]["session"]["pid"], 99, "the trigger wins");
+        assert_eq!(l[0]["session"]["conflict"]["pid"], 555, "the activity view is kept");
+        assert_eq!(l[1]["session"]["pid"], 99);
+        // A row outside the bracket falls back to the activity session, flagged.
+        assert_eq!(l[2]["type"], "statement");
+        assert_eq!(l[3]["session"]["pid"], 555);
+        assert_eq!(l[3]["session"]["attributed_by"], "activity");
+        assert_eq!(l[3]["trigger_evidence"], "missing");
+        assert_eq!(l[4]["attribution_conflict"], true);
+        assert_eq!(l[4]["attribution"], "partial");
     }
 
     #[test]
@@ -919,8 +1410,35 @@ mod tests {
         }
     }
 
-    fn lines(out: &str) -> Vec<serde_json::Value> {
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    /// The table owner renames the watched table and gives its name to another table whose triggers
+    /// open a bracket: evidence is matched by the table's OID, so the decoy's open covers nothing.
+    #[test]
+    fn evidence_from_another_table_with_the_watched_name_covers_nothing() {
+        let (v, attributor) = verifier();
+        let mut asm = Assembler::new(watch_oid(), Lsn(0), attributor);
+        let decoy = crate::attribution::trigger::tests::open_payload(SYS, 7, 99, "decoy", "cache", 5)
+            .replace("\"r\":10", "\"r\":13");
+        let own = crate::attribution::trigger::tests::open_payload(SYS, 7, 98, "real", "cache_x", 6)
+            .replace("\"id\":1,", "\"id\":2,");
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x300)),
+                (0, rel_named(10, "public", "cache_x")),
+                (0, rel_named(13, "public", "cache")),
+                (0x10, msg(0x10, signed(&v, &decoy))),
+                (0x20, del_from(10, "a")),
+                (0x30, msg(0x30, signed(&v, &own))),
+                (0x40, del_from(10, "b")),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let l = lines(&out);
+        let rows: Vec<_> = l.iter().filter(|r| r["type"] == "delete").collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        assert_eq!(rows[0]["session"], serde_json::Value::Null, "never the decoy: {out}");
+        assert_eq!(rows[0]["trigger_evidence"], "missing");
+        assert_eq!(rows[1]["session"]["application_name"], "real", "{out}");
     }
 
     #[test]

@@ -205,6 +205,22 @@ impl RelationCache {
         self.rels.get(&oid)
     }
 
+    /// The key trigger evidence and rows of the watched table `i` meet under.
+    pub fn table_key(&self, i: usize) -> String {
+        format!("#{i}")
+    }
+
+    /// The key for evidence a statement trigger sent with `TG_RELID = relid`, when that is a watched
+    /// table itself. Statement triggers fire on the table a statement names, never on a partition for
+    /// its parent, so evidence from a partition's own triggers does not count for the parent.
+    pub fn evidence_key(&self, relid: u32) -> Option<String> {
+        let i = match self.by_oid.get(&relid) {
+            Some(&i) => i,
+            None => self.rels.get(&relid).filter(|r| !r.partition).and_then(|r| r.watched)?,
+        };
+        Some(self.table_key(i))
+    }
+
     pub fn table(&self, i: usize) -> &TableState {
         &self.tables[i]
     }

@@ -405,7 +405,11 @@ mod tests {
             "unattributed":{"rows":0,"truncates":0,"transactions":0,"row_share_pct":0.0,"transaction_share_pct":0.0},
             "minutes":[{"minute":"2026-11-26T15:01Z","rows":2,"truncates":0,"burst":false,"sessions":[{"session":0,"rows":2}]}],
             "median_rows_per_minute":2,"burst_threshold":100,"statements":[],"statements_other":{"shapes":0,"rows":0,"transactions":0},
-            "key_prefixes":[],"key_prefixes_other":{"prefixes":0,"rows":0},"tables":[]}"#,
+            "key_prefixes":[],"key_prefixes_other":{"prefixes":0,"rows":0},"tables":[],
+            "bin_seconds":1,"bins":[{"start":"2026-11-26T15:01:00Z","rows":2,"truncates":0,"burst":false,"sessions":[{"session":0,"rows":2}]}],
+            "headline":{"text":"</script><b>x (u, local socket) deleted 100 % of the rows","application_name":"</script><b>x","user":"u",
+              "client_host":"local socket","shape":null,"rows":2,"truncates":0,"row_share_pct":100.0,"rows_inferred":0,
+              "basis":"evidence","period_s":null}}"#,
         )
         .unwrap();
         let page = render(&r);
@@ -414,5 +418,6 @@ mod tests {
         assert!(!page.contains("src="));
         assert!(page.contains("<rect class=\"bar\""));
         assert!(page.contains("data-k=\"sessions.0.rows\">2<"));
+        assert!(page.contains("<p id=\"headline\" class=\"evidence\" data-basis=\"evidence\">&lt;/script&gt;&lt;b&gt;x (u, local socket) deleted 100 % of the rows</p>"));
     }
 }

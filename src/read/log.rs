@@ -535,6 +535,9 @@ pub struct SessionRef {
     pub query: Option<String>,
     #[serde(default)]
     pub query_truncated: Option<bool>,
+    /// Format 2: the number of the transaction's `statement` record that holds the query and times.
+    #[serde(default)]
+    pub statement: Option<u64>,
 }
 
 impl SessionRef {
@@ -643,6 +646,9 @@ pub struct Record<'a> {
     /// Why a row or commit has no session, when the capture says.
     #[serde(borrow, default)]
     pub unattributed_reason: Option<Cow<'a, str>>,
+    /// `statement` records: their number in the transaction.
+    #[serde(default)]
+    pub statement: Option<u64>,
 }
 
 /// A schema and name (a `partition`).
@@ -709,6 +715,11 @@ pub enum Kind {
     /// A watched table appears under another name from here on (format version 2). Part of the
     /// transaction whose records follow it, counted in neither `deletes` nor `truncates`.
     RelationRenamed,
+    /// Format 3: a statement's session and text, once per transaction, before the rows naming it.
+    Statement,
+    AbortedStatement,
+    /// Format 3: the attribution trigger failed (written between transactions).
+    TriggerError,
 }
 
 impl Kind {
@@ -724,6 +735,9 @@ impl Kind {
             "aborted_truncate" => Kind::AbortedTruncate,
             "abort" => Kind::Abort,
             "relation_renamed" => Kind::RelationRenamed,
+            "statement" => Kind::Statement,
+            "aborted_statement" => Kind::AbortedStatement,
+            "trigger_error" => Kind::TriggerError,
             _ => return None,
         })
     }
@@ -740,6 +754,9 @@ impl Kind {
             Kind::AbortedTruncate => "aborted_truncate",
             Kind::Abort => "abort",
             Kind::RelationRenamed => "relation_renamed",
+            Kind::Statement => "statement",
+            Kind::AbortedStatement => "aborted_statement",
+            Kind::TriggerError => "trigger_error",
         }
     }
 
@@ -913,6 +930,19 @@ impl Record<'_> {
                 need(self.commit_lsn.is_some(), "commit_lsn");
                 need(self.commit_time.is_some(), "commit_time");
             }
+            Kind::Statement => {
+                need(self.xid.is_some(), "xid");
+                need(self.statement.is_some(), "statement");
+                need(self.commit_lsn.is_some(), "commit_lsn");
+                need(self.session.present(), "session");
+            }
+            Kind::AbortedStatement => {
+                need(self.xid.is_some(), "xid");
+                need(self.statement.is_some(), "statement");
+            }
+            Kind::TriggerError => {
+                need(self.lsn.is_some(), "lsn");
+            }
         }
         if !missing.is_empty() {
             return Err(format!(
@@ -1007,6 +1037,8 @@ pub enum Action {
     Commit,
     /// capture_started / capture_stopped.
     Boundary,
+    /// A `statement` record of the open transaction (held like its rows).
+    Statement,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1099,6 +1131,28 @@ impl Validator {
                 }
                 Verdict { action: Action::Row, damage }
             }
+            Kind::Statement => {
+                let xid = rec.xid();
+                let commit_lsn = rec.commit_lsn.unwrap_or_default();
+                let mut damage = None;
+                if let Some(t) = &self.open {
+                    if t.xid != xid || t.commit_lsn != commit_lsn {
+                        damage = self.abort_open(
+                            line,
+                            &format!("are followed by a statement of xid {xid} instead of their commit"),
+                        );
+                    }
+                }
+                self.open.get_or_insert(OpenTxn {
+                    xid,
+                    commit_lsn,
+                    first_line: line,
+                    deletes: 0,
+                    truncates: 0,
+                    renames: 0,
+                });
+                Verdict { action: Action::Statement, damage }
+            }
             Kind::Commit => {
                 let xid = rec.xid();
                 let commit_lsn = rec.commit_lsn.unwrap_or_default();
@@ -1158,6 +1212,8 @@ impl Validator {
             | Kind::Gap
             | Kind::AbortedDelete
             | Kind::AbortedTruncate
+            | Kind::AbortedStatement
+            | Kind::TriggerError
             | Kind::Abort => {
                 let damage = self.abort_open(line, &format!("are followed by {}", kind.as_str()));
                 if kind == Kind::CaptureStarted {

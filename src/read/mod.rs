@@ -40,6 +40,10 @@ pub trait Consumer {
     fn abort(&mut self);
     /// capture_started / capture_stopped.
     fn boundary(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()>;
+    /// A `statement` record (format 2) of the transaction being read, before the rows that name it.
+    fn statement(&mut self, _rec: &Record, _line: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Why reading stopped early.
@@ -164,6 +168,7 @@ impl Feeder {
             Action::Row => c.row(kind, &rec, line).map_err(output_error),
             Action::Commit => c.commit(&rec, line).map_err(output_error),
             Action::Boundary => c.boundary(kind, &rec, line).map_err(output_error),
+            Action::Statement => c.statement(&rec, line).map_err(output_error),
         }
     }
 

@@ -323,6 +323,13 @@ impl<W: Write> Consumer for ReplayOut<W> {
         r
     }
 
+    fn statement(&mut self, _rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.filter.kind_allowed(Kind::Statement) {
+            return self.held.push_line(line);
+        }
+        Ok(())
+    }
+
     fn abort(&mut self) {
         self.held.clear();
         self.any_row = false;

@@ -714,6 +714,8 @@ pub struct Aggregator {
     /// The last `inferred` object read, and what it said: a transaction's rows repeat it.
     inferred_raw: Vec<u8>,
     inferred_last: Option<Inferred>,
+    /// Format 2: the open transaction's statement texts by number.
+    statements: Vec<(u64, Option<String>)>,
 }
 
 /// The address without the port, or "local socket".
@@ -1297,7 +1299,13 @@ impl Consumer for Aggregator {
             return Ok(());
         }
         let session = who.as_ref().map(|s| self.intern_session(s, is_inferred));
-        let query = statement.as_deref().or(who.as_ref().and_then(|s| s.query.as_deref()));
+        // A row of format 3 names its statement record by number instead of repeating the text.
+        let looked_up = evidence
+            .as_ref()
+            .and_then(|s| s.statement)
+            .and_then(|n| self.statements.iter().find(|(m, _)| *m == n))
+            .and_then(|(_, q)| q.as_deref());
+        let query = statement.as_deref().or(who.as_ref().and_then(|s| s.query.as_deref())).or(looked_up);
         let (rows, truncates) = if kind == Kind::Delete { (1, 0) } else { (0, 1) };
         let p = &mut self.pending;
         let e = p.entry(session, query);
@@ -1362,11 +1370,20 @@ impl Consumer for Aggregator {
         }
         let time = rec.time_micros().unwrap_or(0);
         self.merge_commit(time);
+        self.statements.clear();
         Ok(())
     }
 
     fn abort(&mut self) {
         self.pending.clear();
+        self.statements.clear();
+    }
+
+    fn statement(&mut self, rec: &Record, _line: &[u8]) -> io::Result<()> {
+        if let (Some(n), Some(s)) = (rec.statement, rec.session.value()) {
+            self.statements.push((n, s.query.clone()));
+        }
+        Ok(())
     }
 
     fn boundary(&mut self, kind: Kind, rec: &Record, _line: &[u8]) -> io::Result<()> {
@@ -2068,5 +2085,26 @@ mod tests {
         // JSON keeps the exact strings.
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r"eve\u001b[8m"), "{json}");
+    }
+
+    #[test]
+    fn format_2_rows_take_their_query_from_the_statement_record() {
+        use super::super::log::tests::{commit, del, session, CS};
+        let t = "2026-11-26T15:01:02.000003Z";
+        let full = session(7, "alice", "psql", "DELETE FROM t WHERE id = 1");
+        let small = r#"{"attributed_by":"trigger","pid":7,"backend_start":null,"user":"alice","application_name":"psql","client_addr":null,"client_port":null,"statement":1}"#;
+        let stmt = format!(
+            r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
+        );
+        let r = report_of(&[
+            CS.to_owned(),
+            stmt,
+            del(5, 1, t, "a", small),
+            del(5, 1, t, "b", small),
+            commit(5, 1, t, 2, small),
+        ]);
+        assert_eq!(r.sessions.len(), 1);
+        assert_eq!(r.sessions[0].rows, 2);
+        assert_eq!(r.sessions[0].statements[0].statement, "DELETE FROM t WHERE id = 1");
     }
 }

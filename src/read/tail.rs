@@ -70,6 +70,8 @@ struct SessionView {
     app: Option<String>,
     client: String,
     query: Option<String>,
+    /// Format 2: the statement record that holds the query.
+    statement: Option<u64>,
 }
 
 impl SessionView {
@@ -81,6 +83,7 @@ impl SessionView {
             app: s.application_name.as_deref().map(str::to_owned),
             client: s.client(),
             query: s.query.as_deref().map(str::to_owned),
+            statement: s.statement,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct TailView<W: Write> {
     held: super::held::Held,
     /// `old → new` of the transaction's relation_renamed records.
     renames: Vec<String>,
+    /// Format 3: the open transaction's statement texts by number.
+    statements: Vec<(u64, Option<String>)>,
 }
 
 impl<W: Write> TailView<W> {
@@ -110,6 +115,7 @@ impl<W: Write> TailView<W> {
             keys,
             style: Style { on: colour },
             tables: Vec::new(),
+            statements: Vec::new(),
             first_session: None,
             other_sessions: 0,
             held: super::held::Held::new(),
@@ -280,7 +286,11 @@ impl<W: Write> Consumer for TailView<W> {
         let session = commit_session.as_ref().or(self.first_session.as_ref());
         block.push_str(&self.session_line(session, rec.attribution.as_deref()));
         block.push('\n');
-        if let Some(q) = session.and_then(|s| s.query.as_deref()) {
+        let looked_up = session
+            .and_then(|s| s.statement)
+            .and_then(|n| self.statements.iter().find(|(m, _)| *m == n))
+            .and_then(|(_, q)| q.as_deref());
+        if let Some(q) = session.and_then(|s| s.query.as_deref()).or(looked_up) {
             block.push_str(&format!("  {}  {}\n", st.dim("statement"), clean(&one_line(q, 200))));
         }
         for t in &self.tables {
@@ -300,12 +310,22 @@ impl<W: Write> Consumer for TailView<W> {
         self.out.write_all(block.as_bytes())
     }
 
+    fn statement(&mut self, rec: &Record, line: &[u8]) -> io::Result<()> {
+        if self.json {
+            return self.held.push_line(line);
+        } else if let (Some(n), Some(s)) = (rec.statement, rec.session.value()) {
+            self.statements.push((n, s.query.clone()));
+        }
+        Ok(())
+    }
+
     fn abort(&mut self) {
         self.tables.clear();
         self.first_session = None;
         self.other_sessions = 0;
         self.held.clear();
         self.renames.clear();
+        self.statements.clear();
     }
 
     fn boundary(&mut self, kind: Kind, rec: &Record, line: &[u8]) -> io::Result<()> {
@@ -508,5 +528,25 @@ mod tests {
         assert!(out.contains("/* \\x1b[1A\\x1b[2K\\x1b]0;owned\\x07\\u{202e} */"), "{out}");
         let json = show(&lines, true);
         assert_eq!(json, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2]));
+    }
+
+    #[test]
+    fn format_2_statement_records_give_the_query() {
+        let t = "2026-11-26T15:01:02.000003Z";
+        let full = session(7, "alice", "psql", "DELETE FROM t WHERE id < 10");
+        let small = r#"{"attributed_by":"trigger","pid":7,"backend_start":null,"user":"alice","application_name":"psql","client_addr":null,"client_port":null,"statement":1}"#;
+        let stmt = format!(
+            r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
+        );
+        let lines = vec![
+            CS.replace("\"format_version\":1", "\"format_version\":2"),
+            stmt,
+            del(5, 1, t, "a", small),
+            commit(5, 1, t, 1, small),
+        ];
+        let out = show(&lines, false);
+        assert!(out.contains("statement  DELETE FROM t WHERE id < 10"), "{out}");
+        assert!(out.contains("pid 7  user alice  app psql"), "{out}");
+        assert_eq!(show(&lines, true).lines().count(), 4);
     }
 }

@@ -109,7 +109,7 @@ pub struct Verdict {
 }
 
 fn is_row_kind(k: &str) -> bool {
-    matches!(k, "delete" | "truncate" | "aborted_delete" | "aborted_truncate")
+    matches!(k, "delete" | "truncate" | "statement" | "aborted_delete" | "aborted_truncate" | "aborted_statement")
 }
 
 impl Verifier {

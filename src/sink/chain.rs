@@ -2,7 +2,8 @@
 //!
 //! Every capture run is one *segment*, from the first byte of its `capture_started` line on. The hash
 //! runs over the segment's bytes as they are written (newlines included) and is never reset within it.
-//! Every record that is not a row (`delete`, `truncate`, `aborted_delete`, `aborted_truncate`) — that
+//! Every record that is not a row (`delete`, `truncate`, `aborted_delete`, `aborted_truncate`, and a
+//! transaction's `statement`/`aborted_statement` records, format 3) — that
 //! is `capture_started`, `commit`, `abort`, `gap`, `capture_stopped` — ends with a last field
 //!
 //! ```text
@@ -41,7 +42,16 @@ pub fn is_row_line(line: &[u8]) -> bool {
     let Some(rest) = line.strip_prefix(b"{\"type\":\"") else {
         return false;
     };
-    [&b"delete\""[..], b"truncate\"", b"aborted_delete\"", b"aborted_truncate\""].iter().any(|t| rest.starts_with(t))
+    [
+        &b"delete\""[..],
+        b"truncate\"",
+        b"statement\"",
+        b"aborted_delete\"",
+        b"aborted_truncate\"",
+        b"aborted_statement\"",
+    ]
+    .iter()
+    .any(|t| rest.starts_with(t))
 }
 
 /// Whether the line starts a capture run (and so a segment of the chain).

@@ -9,12 +9,15 @@
 //! | type | written | fields |
 //! |---|---|---|
 //! | `capture_started` | once per run, before anything else of that run | `time`, `slot`, `publication`, `tables` (array), `relations` (array of `{oid, schema, name}`, format 2), `start_lsn`, `server_version`, `system_identifier`, `database`, `walwitness_version`, `format_version`, `proto_version`; `timeline` (the server's timeline at start) and `resume_after` (transactions ending at or below it were already in the log for this server, database and slot, and are not written again; `0/0`: none) — these two are absent from logs of earlier versions; format 2: `chain_prev`, `repaired_tail`, `chain` |
-//! | `delete` | one per deleted row of a watched table | `table`, `schema`, `name` (format 2), `partition` (format 2, only for a row of a partition), `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` |
-//! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `relations` (format 2: one `{table, schema, name[, partition]}` per watched relation truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session` |
+//! | `statement` | format 3: before the first row record that names it, once per distinct statement of a transaction | `xid`, `statement` (its number in the transaction, from 1), `lsn` (of the trigger's opening message, or of the first row for the activity source), `commit_lsn`, `commit_time`, `origin`, `session` (the full session: query, times, depth) |
+//! | `delete` | one per deleted row of a watched table | `table`, `schema`, `name` (format 2), `partition` (format 2, only for a row of a partition), `xid`, `lsn` (of the change), `commit_lsn`, `commit_time`, `origin`, `key`, `old`, `session` (format 3: the small session, with `statement` naming its statement record); with trigger attribution (format 3), `trigger_evidence` and `trigger_evidence_reason` when no valid statement bracket covers the row |
+//! | `truncate` | one per TRUNCATE statement touching watched tables | `tables` (watched tables it truncated), `relations` (format 2: one `{table, schema, name[, partition]}` per watched relation truncated), `xid`, `lsn`, `commit_lsn`, `commit_time`, `origin`, `cascade`, `restart_identity`, `session`; `trigger_evidence`, `trigger_evidence_reason` as for `delete` |
 //! | `relation_renamed` | format 2: in a transaction's records, before the first record that shows a watched table under another name than the log last showed | `oid`, `table`, `schema`, `name` (the new name), `previous_table`, `previous_schema`, `previous_name`, `xid`, `lsn` (of that first record), `commit_lsn`, `commit_time`, `origin` |
-//! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for a prepared transaction (`--two-phase`) |
+//! | `commit` | after the rows of every transaction that touched a watched table | `xid`, `commit_lsn`, `end_lsn`, `commit_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for a prepared transaction (`--two-phase`); `attribution_conflict`, `rejected_attribution_messages`, `trigger_evidence_missing` (rows flagged), `trigger_evidence_problems` (what the trigger evidence showed: statements without their opening or closing trigger, brackets never closed) when they apply (format 3) |
+//! | `trigger_error` | format 3, between transactions: the attribution trigger failed and swallowed the error | `lsn`, `xid` (`null` when the transaction had none yet), `pid`, `table`, `oid`, `op`, `trigger` (`BEFORE`), `error` (SQLSTATE and message), `signed` (whether it carries the key's signature; an unsigned one may be forged) |
 //! | `aborted_delete` | `--include-aborted` only: one per row a streamed or prepared transaction deleted and then rolled back | the fields of `delete`, with `commit_lsn` and `commit_time` `null`, plus `abort_lsn` and `abort_time` (`null` when unknown) |
 //! | `aborted_truncate` | likewise for a rolled-back TRUNCATE | the fields of `truncate`, changed like `aborted_delete`'s |
+//! | `aborted_statement` | likewise for the `statement` records of those rows | the fields of `statement`, changed like `aborted_delete`'s |
 //! | `abort` | after the `aborted_*` records of one rollback | `xid` (top level), `subxid` (= `xid` for the whole transaction, else the rolled-back subtransaction), `abort_lsn`, `abort_time`, `origin`, `deletes`, `truncates`, `session`, `attribution`; `gid` for ROLLBACK PREPARED |
 //! | `capture_stopped` | at a deliberate end, after its cleanup | `time`, `reason` (`endpos`, `duration`, `sigint`, `sigterm`, `max_retained_wal`), `last_lsn`, `slot_kept` (the slot still exists: kept with `--keep-slot`, or dropping it failed), `left_behind` (array of `{object, name, table, sql, run_as, error}`: what the end meant to remove and could not — `object` `trigger`, `schema`, `slot` or `publication` — with the statements that remove it and who may run them; empty when nothing is left; absent from logs of earlier versions) |
 //! | `gap` | when coverage was lost, and again when an open gap closes | `time`, `slot`, `from_lsn`, `to_lsn` (`null` while `open`), `reason` (see below), `open`, `closes`, `table`, `detail` (the last four absent from logs of earlier versions) |
@@ -78,8 +81,24 @@
 //!   (`\x` then only `0-9a-f`) is escaped the same way, so the form is unambiguous. Every other name is
 //!   written as it is.
 //! * `origin` is the replication origin name of the transaction, or `null`.
-//! * `session` is the client session the transaction is attributed to, or `null` when it is not attributed;
+//! * `session` is the client session the record is attributed to, or `null` when it is not attributed;
 //!   the commit record's `attribution` then says why (`"none"`: attribution was not requested or no evidence).
+//!   Format 2 (`format_version` 2): a row's (and the commit's) `session` is the small form —
+//!   `attributed_by`, `pid`, `backend_start`, `user`, `current_user` (when SET ROLE differs), `application_name`,
+//!   `client_addr`, `client_port`, `details_hidden` (when true) and `statement`, the number of the `statement`
+//!   record of the same transaction that holds the rest (`query`, `query_truncated`, `xact_start`,
+//!   `statement_start`, `trigger_depth`, `sampled_at`, `conflict`). The statement text is thus written once per
+//!   statement, not once per row. Format 1 logs carry the full session on every row and have no `statement`
+//!   records; readers read both.
+//! * `trigger_evidence: "missing"` (trigger attribution only): no valid bracket of the statement triggers covers
+//!   the row, so it is not attributed by the trigger (the activity session, if any, is used). The reason:
+//!   `no_trigger_fired` (trigger disabled or dropped, `session_replication_role = replica`, a DELETE through
+//!   an inheritance parent, …), `table_altered` (the table's definition changed inside the transaction, e.g.
+//!   ALTER TABLE … DISABLE TRIGGER), `trigger_error` (the trigger failed: see the `trigger_error` record),
+//!   `closing_trigger_disabled` (the statement's closing trigger was disabled, dropped or replaced),
+//!   `rejected_evidence` (a message with walwitness's prefix failed verification in the transaction),
+//!   `after_nested_statement` (after a nested statement on the same table ended, inside the outer one),
+//!   `before_its_statement`, `replicated` (a replication origin applied it).
 //! * A transaction's records are contiguous and end with its `commit` record; `delete`/`truncate` lines not
 //!   followed by their `commit` are an incomplete transaction (a crash mid-write) and are cut on the next start.
 //! * Only committed changes are logged as `delete`/`truncate`: a rolled-back transaction or savepoint leaves
@@ -101,8 +120,10 @@ use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
 /// Version of this format, written in `capture_started`. 2: schema/name, partitions, renames, open gaps
-/// and the tamper-evident chain (`chain`, `chain_prev`, `repaired_tail`); version 1 logs are read as before.
-pub const FORMAT_VERSION: u32 = 2;
+/// and the tamper-evident chain (`chain`, `chain_prev`, `repaired_tail`). 3: trigger statement brackets
+/// (`statement` records, small row sessions, `trigger_evidence`, `trigger_error`). Older logs are read as
+/// before.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Appends a JSON string literal, byte for byte what serde_json writes.
 pub fn push_str(out: &mut BytesMut, s: &str) {

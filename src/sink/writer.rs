@@ -235,7 +235,10 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         let peek: Option<Peek> = if terminated { serde_json::from_slice(&line).ok() } else { None };
         let is_boundary = match &peek {
             // Aborted rows are closed by their `abort` record like rows by their commit.
-            Some(p) => !matches!(p.kind.as_str(), "delete" | "truncate" | "aborted_delete" | "aborted_truncate"),
+            Some(p) => !matches!(
+                p.kind.as_str(),
+                "delete" | "truncate" | "statement" | "aborted_delete" | "aborted_truncate" | "aborted_statement"
+            ),
             None => false,
         };
         if cut_at.is_none() {
@@ -630,6 +633,14 @@ mod tests {
         let (rec, s) = recover(&format!("{log}{DEL}"));
         assert_eq!(s, log);
         assert_eq!(rec.last_commit_end, Some(Lsn(0x10)));
+    }
+
+    #[test]
+    fn an_open_transactions_statement_records_are_cut_with_its_rows() {
+        let good = format!("{STARTED}{DEL}{COMMIT1}{{\"type\":\"trigger_error\"}}\n");
+        let (rec, s) = recover(&format!("{good}{{\"type\":\"statement\"}}\n{DEL}{{\"type\":\"statement\"}}\n"));
+        assert_eq!(s, good);
+        assert_eq!(rec.cut_lines, 3);
     }
 
     #[test]

@@ -94,7 +94,8 @@ async fn trigger_mode_attributes_every_row_exactly() {
         let key = d["key"]["cache_key"].as_str().unwrap();
         assert_eq!(session_of(d).as_ref(), expected.get(key), "wrong session for {key}: {d}");
         assert_eq!(d["session"]["attributed_by"], "trigger");
-        let q = d["session"]["query"].as_str().unwrap();
+        let full = full_session(&recs, d);
+        let q = full["query"].as_str().unwrap();
         assert!(q.contains("DELETE FROM cache") && q.contains(key), "query {q} does not show {key}");
         if d["session"]["application_name"] == "tcp-client" {
             assert_eq!(d["session"]["client_addr"], "127.0.0.1");
@@ -183,10 +184,11 @@ async fn truncate_function_replica_role_and_forgery() {
     let by_key = |k: &str| *deletes.iter().find(|d| d["key"]["cache_key"] == k).unwrap();
     let purged = by_key("k1");
     assert_eq!(purged["session"]["pid"], app.pid);
-    assert_eq!(purged["session"]["query"], "SELECT purge('k1%')", "the outer statement");
-    assert_eq!(purged["session"]["trigger_depth"], 0);
+    assert_eq!(full_session(&recs, purged)["query"], "SELECT purge('k1%')", "the outer statement");
+    assert_eq!(full_session(&recs, purged)["trigger_depth"], 0);
     let replica = by_key("k2");
     assert_ne!(replica["session"]["attributed_by"], "trigger");
+    assert_eq!(replica["trigger_evidence"], "missing", "{replica}");
     let forged = by_key("k3");
     // The real trigger fired for mallory's DELETE too: the session is mallory's own, not the forged one.
     assert_eq!(forged["session"]["pid"], m.pid);
@@ -198,7 +200,7 @@ async fn truncate_function_replica_role_and_forgery() {
     );
     let t = &of_type(&recs, "truncate")[0];
     assert_eq!(t["session"]["pid"], tr.pid);
-    assert_eq!(t["session"]["query"], "TRUNCATE other");
+    assert_eq!(full_session(&recs, t)["query"], "TRUNCATE other");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,11 +261,11 @@ async fn without_read_all_stats_own_sessions_are_still_attributed() {
     let recs = records(&out);
     let d = of_type(&recs, "delete");
     assert_eq!(d[0]["session"]["pid"], own.pid);
-    assert!(d[0]["session"]["query"].as_str().unwrap().contains("DELETE FROM cache WHERE cache_key = 'k1'"));
+    assert!(full_session(&recs, d[0])["query"].as_str().unwrap().contains("DELETE FROM cache WHERE cache_key = 'k1'"));
     // Another role's session: still identified by pid, user and application, but its details are hidden.
     assert_eq!(d[1]["session"]["pid"], other.pid);
     assert_eq!(d[1]["session"]["application_name"], "superuser-app");
-    assert_eq!(d[1]["session"]["query"], Value::Null);
+    assert_eq!(full_session(&recs, d[1])["query"], Value::Null);
     assert_eq!(d[1]["session"]["details_hidden"], true);
 }
 
@@ -289,7 +291,7 @@ async fn tcp_password_client_attribution_by_activity() {
     assert_eq!(d["session"]["pid"], app.pid);
     assert_eq!(d["session"]["user"], "app");
     assert_eq!(d["session"]["client_addr"], "127.0.0.1");
-    assert!(d["session"]["xact_start"].as_str().unwrap().ends_with('Z'));
+    assert!(full_session(&recs, d)["xact_start"].as_str().unwrap().ends_with('Z'));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,10 +312,15 @@ async fn the_trigger_function_cannot_be_hijacked() {
         "CREATE FUNCTION public.sha256(bytea) RETURNS bytea LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 $$",
         "CREATE FUNCTION public.left(text, int) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 $$",
         "CREATE FUNCTION pg_temp.encode(bytea, text) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 'x' $$",
+        // What the closing function (no search_path setting) calls.
+        "CREATE FUNCTION public.to_json(text) RETURNS json LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '1'::json $$",
+        "CREATE FUNCTION public.pg_trigger_depth() RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 1 $$",
     ] {
         m.batch_execute(f).await.unwrap();
     }
-    m.batch_execute("SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id = 1").await.unwrap();
+    m.batch_execute("SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id = 1; TRUNCATE t")
+        .await
+        .unwrap();
     let su: bool =
         env.sql.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'", &[]).await.unwrap().get(0);
     assert!(!su, "the attribution function ran mallory's code with its owner's rights");

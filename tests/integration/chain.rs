@@ -70,11 +70,11 @@ async fn verify_catches_edits_deletions_reordering_and_truncation() {
     check_structure(&recs);
     // Every record but rows carries a chain value; the last (capture_stopped) carries the head.
     for r in &recs {
-        let row = r["type"] == "delete";
+        let row = r["type"] == "delete" || r["type"] == "statement";
         assert_eq!(r.get("chain").is_none(), row, "{r}");
     }
     assert_eq!(recs.last().unwrap()["chain"], head.as_str());
-    assert_eq!(recs[0]["format_version"], 2);
+    assert_eq!(recs[0]["format_version"], 3);
     assert_eq!(of_type(&recs, "capture_started")[1]["chain_prev"], recs[1]["chain"], "run 2 continues run 1");
 
     let good = lines(&out);

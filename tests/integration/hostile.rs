@@ -190,7 +190,7 @@ async fn escape_sequences_and_newlines_cannot_fake_output() {
     let dels = of_type(&recs, "delete");
     assert_eq!(dels.len(), 1);
     assert_eq!(dels[0]["key"]["k"], fake_key);
-    assert!(dels[0]["session"]["query"].as_str().unwrap().contains("\x1b[2K"), "{}", dels[0]);
+    assert!(full_session(&recs, dels[0])["query"].as_str().unwrap().contains("\x1b[2K"), "{}", dels[0]);
 
     let path = out.to_str().unwrap();
     let bad = |s: &str| s.chars().any(|c| c != '\n' && (c.is_control() || c == '\u{202e}'));

@@ -14,5 +14,6 @@ mod reader_dos;
 mod readers;
 mod relations;
 mod streaming;
+mod trigger_evidence;
 mod util;
 mod versions;

@@ -383,8 +383,14 @@ async fn raw_file_damage_is_detected_and_forged_sessions_are_not_trusted() {
     assert!(begins >= 13);
     let r = run_bin(&["replay".into(), "--raw".into(), forged.display().to_string()]).await;
     r.assert_code(0);
-    let recs: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let all: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Each forged session also gets its transaction's statement record (format 3).
+    let recs: Vec<&serde_json::Value> = all.iter().filter(|r| r["type"] != "statement").collect();
     assert_eq!(recs.len(), base.stdout.lines().count());
+    for st in all.iter().filter(|r| r["type"] == "statement") {
+        assert_eq!(st["session"]["attributed_by"], "activity", "{st}");
+        assert!(st["session"].get("trigger_depth").is_none(), "{st}");
+    }
     for rec in &recs {
         assert_eq!(rec["session"]["attributed_by"], "activity", "{rec}");
         assert_eq!(rec["session"]["user"], "mallory", "the claim is shown for what it is");

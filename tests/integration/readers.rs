@@ -100,8 +100,9 @@ async fn tail_replay_and_report_on_a_captured_log() {
     assert!(by_app.iter().all(|r| r["session"]["pid"] == pa));
     let by_pid = json_lines(&run(&["replay", &log, "--pid", &pb.to_string()]).await);
     let kinds: Vec<&str> = by_pid.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["delete", "commit"]);
-    assert_eq!(by_pid[0]["key"]["cache_key"], "k10");
+    // Format 2: the transaction's statement record comes with its rows.
+    assert_eq!(kinds, ["statement", "delete", "commit"]);
+    assert_eq!(by_pid[1]["key"]["cache_key"], "k10");
     let by_key = json_lines(&run(&["replay", &log, "--key", "report:?"]).await);
     assert_eq!(by_key.iter().filter(|r| r["type"] == "delete").count(), 3);
     assert_eq!(by_key.last().unwrap()["type"], "commit");

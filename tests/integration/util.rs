@@ -194,7 +194,12 @@ pub fn check_structure(recs: &[Value]) {
                 last_end = end;
                 last_end_num = n;
             }
-            "capture_started" | "capture_stopped" | "gap" => {
+            "statement" => {
+                let xid = r["xid"].as_u64().unwrap();
+                let (x, _, _) = open.get_or_insert((xid, 0, 0));
+                assert_eq!(*x, xid, "record {i} interleaves transactions: {r}");
+            }
+            "capture_started" | "capture_stopped" | "gap" | "trigger_error" | "aborted_statement" => {
                 assert!(open.is_none(), "record {i} ({}) inside an open transaction", r["type"]);
                 // Positions of another server, or of a history the server went back on, start over.
                 if r["type"] == "gap"
@@ -207,6 +212,17 @@ pub fn check_structure(recs: &[Value]) {
         }
     }
     assert!(open.is_none(), "log ends inside a transaction");
+}
+
+/// The full session of a row: format 2 rows carry a small one pointing at a `statement` record of
+/// their transaction, which holds the query and times.
+pub fn full_session(recs: &[Value], row: &Value) -> Value {
+    let s = &row["session"];
+    let Some(n) = s["statement"].as_u64() else { return s.clone() };
+    recs.iter()
+        .find(|r| r["type"] == "statement" && r["xid"] == row["xid"] && r["statement"] == n)
+        .unwrap_or_else(|| panic!("no statement record {n} for {row}"))["session"]
+        .clone()
 }
 
 pub fn lsn_num(s: &str) -> u64 {
