@@ -1922,6 +1922,24 @@ mod tests {
         assert!(text.contains("  2026-11-26 15:01:10          7  "), "{text}");
     }
 
+    /// Without an application_name the headline names the statement shape; truncates only: counted.
+    #[test]
+    fn headline_falls_back_to_the_statement_shape() {
+        let s = session(9, "bob", "", "DELETE FROM t WHERE id = 42");
+        let t = "2026-11-26T15:01:00.000000Z";
+        let r = report_of(&[CS.to_owned(), del(1, 1, t, "a", &s), commit(1, 1, t, 1, &s)]);
+        assert_eq!(r.headline.unwrap().text, "\"DELETE FROM t WHERE id = ?\" (bob@10.0.0.5) deleted 100 % of the rows");
+        let tr = format!(
+            r#"{{"type":"truncate","tables":["public.t"],"xid":2,"lsn":"0/18","commit_lsn":"0/20","commit_time":"{t}","origin":null,"cascade":false,"restart_identity":false,"session":{}}}"#,
+            session(10, "carol", "psql", "TRUNCATE t")
+        );
+        let c = commit(2, 2, t, 0, &session(10, "carol", "psql", "TRUNCATE t")).replace("\"truncates\":0", "\"truncates\":1");
+        let r = report_of(&[CS.to_owned(), tr, c]);
+        assert_eq!(r.headline.unwrap().text, "psql (carol@10.0.0.5) ran 1 of the 1 TRUNCATEs");
+        let r = report_of(&[CS.to_owned()]);
+        assert_eq!(r.headline.unwrap().text, "No committed deletes in this log.");
+    }
+
     /// The shapes of `inferred` (see the README): one candidate, several, or none.
     fn one(session: &str, statement: &str) -> String {
         format!(
