@@ -1933,7 +1933,8 @@ mod tests {
             r#"{{"type":"truncate","tables":["public.t"],"xid":2,"lsn":"0/18","commit_lsn":"0/20","commit_time":"{t}","origin":null,"cascade":false,"restart_identity":false,"session":{}}}"#,
             session(10, "carol", "psql", "TRUNCATE t")
         );
-        let c = commit(2, 2, t, 0, &session(10, "carol", "psql", "TRUNCATE t")).replace("\"truncates\":0", "\"truncates\":1");
+        let c = commit(2, 2, t, 0, &session(10, "carol", "psql", "TRUNCATE t"))
+            .replace("\"truncates\":0", "\"truncates\":1");
         let r = report_of(&[CS.to_owned(), tr, c]);
         assert_eq!(r.headline.unwrap().text, "psql (carol@10.0.0.5) ran 1 of the 1 TRUNCATEs");
         let r = report_of(&[CS.to_owned()]);
