@@ -286,6 +286,10 @@ pub struct DoctorCliArgs {
     /// prerequisite of the trigger (CREATE on the database, TRIGGER and ownership of the tables).
     #[arg(long = "attribution", value_enum, default_values_t = vec![AttributionSource::Activity])]
     pub attribution: Vec<AttributionSource>,
+    /// `json`: one object on stdout, `{"ready", "exit", "checks": [{"level": "ok"|"warn"|"fail",
+    /// "message"}]}`, instead of lines.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args)]
@@ -314,8 +318,11 @@ pub struct TailArgs {
     /// Keep reading as the file grows; wait for it to appear; reopen it when rotated or truncated.
     #[arg(short, long)]
     pub follow: bool,
-    /// Pass the records of complete transactions through as JSON lines instead.
-    #[arg(long)]
+    /// `json`: pass the records of complete transactions through as JSON lines instead.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// The old spelling of `--format json` (kept for scripts).
+    #[arg(long, hide = true)]
     pub json: bool,
     /// Keys shown per table of a transaction.
     #[arg(long, default_value_t = 3)]
@@ -350,10 +357,11 @@ fn parse_line_limit(s: &str) -> Result<usize, String> {
 /// Which records `replay` writes; all given filters must match.
 #[derive(Debug, Args, Default, Clone)]
 pub struct FilterArgs {
-    /// Commit time at or after this (RFC 3339, e.g. 2026-11-26T15:00:00Z).
+    /// Commit time at or after this: RFC 3339 (2026-11-26T15:00:00Z), a local time (2026-11-26 15:00[:00],
+    /// local unless +02:00 or Z follows), or that long before now (10m, 2h, 1d).
     #[arg(long)]
     pub since: Option<String>,
-    /// Commit time before this (RFC 3339).
+    /// Commit time before this (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
     /// Transaction id. Repeatable.
@@ -362,10 +370,10 @@ pub struct FilterArgs {
     /// Backend PID of the session. Repeatable.
     #[arg(long)]
     pub pid: Vec<i64>,
-    /// Session (login) user. Repeatable.
+    /// Session (login) user, or a glob (`*`, `?`) it must match. Repeatable.
     #[arg(long)]
     pub user: Vec<String>,
-    /// application_name of the session. Repeatable.
+    /// application_name of the session, or a glob (`*`, `?`) it must match. Repeatable.
     #[arg(long)]
     pub app: Vec<String>,
     /// Client address, addr:port ([v6]:port), or `local` for Unix-socket clients. Repeatable.
@@ -424,6 +432,7 @@ pub struct ReportOutputArgs {
     pub html: Option<PathBuf>,
 }
 
+/// `--format` of `report`, `replay --report`, `tail` and `doctor`: one spelling across commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
     Text,
@@ -482,6 +491,30 @@ mod tests {
         assert_eq!(e.exit, crate::error::Exit::Config);
         // --dsn and --dsn-file together are a usage error.
         assert!(Cli::try_parse_from(["walwitness", "doctor", "--dsn", "x", "--dsn-file", "f"]).is_err());
+    }
+
+    /// Issue 12: `--format json` is spelled the same for report, replay --report, tail and doctor;
+    /// tail's old `--json` still works but is not advertised.
+    #[test]
+    fn one_format_json_spelling() {
+        use clap::CommandFactory;
+        for argv in [
+            &["walwitness", "report", "f", "--format", "json"][..],
+            &["walwitness", "replay", "--report", "f", "--format", "json"],
+            &["walwitness", "tail", "f", "--format", "json"],
+            &["walwitness", "tail", "f", "--json"],
+            &["walwitness", "doctor", "--format", "json"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
+        }
+        let Command::Tail(t) = Cli::try_parse_from(["walwitness", "tail", "f", "--format", "json"]).unwrap().command
+        else {
+            panic!("not tail")
+        };
+        assert_eq!(t.format, ReportFormat::Json);
+        let mut cli = Cli::command();
+        let help = cli.find_subcommand_mut("tail").unwrap().render_help().to_string();
+        assert!(help.contains("--format") && !help.contains("--json"), "{help}");
     }
 
     #[test]

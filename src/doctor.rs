@@ -38,6 +38,8 @@ pub struct DoctorArgs {
     /// Check this publication (capture --publication) instead of the right to create one.
     pub publication: Option<String>,
     pub attribution: crate::attribution::Sources,
+    /// `--format json`: one JSON object instead of lines.
+    pub json: bool,
 }
 
 async fn one<T>(c: &Client, sql: &str) -> Result<T, Failure>
@@ -235,6 +237,24 @@ pub async fn run(args: DoctorArgs) -> Result<Exit, Failure> {
         r.add(level, msg);
     }
 
+    let exit = if r.ready() { Exit::Ok } else { Exit::ServerSetup };
+    if args.json {
+        let checks: Vec<serde_json::Value> = r
+            .lines
+            .iter()
+            .map(|(level, msg)| {
+                let level = match level {
+                    Level::Ok => "ok",
+                    Level::Warn => "warn",
+                    Level::Fail => "fail",
+                };
+                serde_json::json!({"level": level, "message": msg})
+            })
+            .collect();
+        let doc = serde_json::json!({"ready": r.ready(), "exit": exit as i32, "checks": checks});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(exit);
+    }
     for (level, msg) in &r.lines {
         let tag = match level {
             Level::Ok => "ok  ",

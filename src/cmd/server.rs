@@ -8,6 +8,7 @@ pub async fn doctor(a: DoctorCliArgs) -> Result<Exit, Failure> {
         dsn,
         tables: a.tables,
         publication: a.publication,
+        json: a.format == crate::cli::ReportFormat::Json,
         attribution: crate::attribution::Sources {
             trigger: a.attribution.contains(&AttributionSource::Trigger),
             activity: a.attribution.contains(&AttributionSource::Activity),

@@ -41,13 +41,13 @@ fn pct(k: &str, v: f64) -> String {
     format!("<span class=\"n p\" data-k=\"{k}\">{v:.1}</span>%")
 }
 
-/// Minutes since the epoch of a report minute (`2026-11-26T15:21Z`).
-fn minute_index(m: &str) -> Option<i64> {
-    let full = format!("{}:00.000000Z", m.trim_end_matches('Z'));
-    super::log::parse_time(&full).map(|t| t.div_euclid(60_000_000))
+/// The bin index (since the epoch) of a bin start (`2026-11-26T15:21:05Z`), bins `width` seconds wide.
+fn bin_index(start: &str, width: i64) -> Option<i64> {
+    super::log::parse_time(start).map(|t| t.div_euclid(width.max(1) * 1_000_000))
 }
 
 fn chart(r: &Report) -> String {
+    let width = (r.bin_seconds as i64).max(1);
     const W: f64 = 960.0;
     const H: f64 = 280.0;
     const L: f64 = 60.0;
@@ -57,9 +57,10 @@ fn chart(r: &Report) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"100%\" role=\"img\" aria-label=\"Deleted rows per minute, coloured by session\">"
+        "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"100%\" role=\"img\" aria-label=\"Deleted rows per {}, coloured by session\">",
+        super::rollup::fmt_width(width)
     );
-    let idx: Vec<i64> = r.minutes.iter().filter_map(|m| minute_index(&m.minute)).collect();
+    let idx: Vec<i64> = r.bins.iter().filter_map(|m| bin_index(&m.start, width)).collect();
     let (Some(&first), Some(&last)) = (idx.iter().min(), idx.iter().max()) else {
         s.push_str("<text x=\"20\" y=\"40\">No committed deletes.</text></svg>");
         return s;
@@ -70,7 +71,7 @@ fn chart(r: &Report) -> String {
     let slot = plot_w / span;
     // A few minutes would otherwise become slabs as wide as the chart.
     let bar_w = slot.clamp(1.0, 48.0);
-    let max = r.minutes.iter().map(|m| m.rows).max().unwrap_or(1).max(1) as f64;
+    let max = r.bins.iter().map(|m| m.rows).max().unwrap_or(1).max(1) as f64;
     // Axes and a few gridlines.
     let _ = write!(
         s,
@@ -89,7 +90,7 @@ fn chart(r: &Report) -> String {
             v = (max * f).round() as u64
         );
     }
-    for (m, &i) in r.minutes.iter().zip(&idx) {
+    for (m, &i) in r.bins.iter().zip(&idx) {
         let x = L + (i - first) as f64 * slot + (slot - bar_w) / 2.0;
         let mut y = T + plot_h;
         for ms in &m.sessions {
@@ -98,9 +99,9 @@ fn chart(r: &Report) -> String {
             let who = ms.session.map_or("unattributed".to_owned(), |id| format!("session #{id}"));
             let _ = write!(
                 s,
-                "<rect class=\"bar\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{bar_w:.2}\" height=\"{h:.2}\" fill=\"{c}\" data-minute=\"{mi}\" data-session=\"{sid}\" data-rows=\"{rows}\"><title>{mi}: {rows} rows, {who}</title></rect>",
+                "<rect class=\"bar\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{bar_w:.2}\" height=\"{h:.2}\" fill=\"{c}\" data-bin=\"{mi}\" data-session=\"{sid}\" data-rows=\"{rows}\"><title>{mi}: {rows} rows, {who}</title></rect>",
                 c = colour(ms.session),
-                mi = esc(&m.minute),
+                mi = esc(&m.start),
                 sid = ms.session.map_or("none".to_owned(), |i| i.to_string()),
                 rows = ms.rows
             );
@@ -111,11 +112,12 @@ fn chart(r: &Report) -> String {
                 "<text class=\"burst\" x=\"{cx:.2}\" y=\"{ty:.2}\" text-anchor=\"middle\" data-burst=\"{mi}\">▼</text>",
                 cx = x + bar_w / 2.0,
                 ty = (y - 3.0).max(T - 4.0),
-                mi = esc(&m.minute)
+                mi = esc(&m.start)
             );
         }
     }
-    let label = |m: i64| crate::sink::record::format_unix_micros(m * 60_000_000)[..16].replace('T', " ");
+    let cut = if width % 60 == 0 { 16 } else { 19 };
+    let label = |m: i64| crate::sink::record::format_unix_micros(m * width * 1_000_000)[..cut].replace('T', " ");
     let _ = write!(
         s,
         "<text class=\"tick\" x=\"{L}\" y=\"{y}\">{a} UTC</text><text class=\"tick\" x=\"{x}\" y=\"{y}\" text-anchor=\"end\">{b} UTC</text>",
@@ -129,18 +131,24 @@ fn chart(r: &Report) -> String {
 }
 
 const CSS: &str = r#"
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;color:#1d1d1f;background:#fff}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#1d1d1f;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#555}.cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
 .card{border:1px solid #ddd;border-radius:8px;padding:10px 14px;min-width:150px}.card b{display:block;font-size:22px}
 .card.warn{border-color:#c9a227;background:#fffbea}
-table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eee;vertical-align:top}
+table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;padding:4px 6px;border-bottom:1px solid #eee;vertical-align:top}
 th{background:#f6f6f6}td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;word-break:break-word}
 .sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
 svg .axis{stroke:#444}svg .grid{stroke:#e3e3e3}svg .tick{font-size:11px;fill:#555}svg .burst{fill:#c62828;font-size:11px}
 svg rect.bar:hover{opacity:.75}.legend{margin:6px 0 0;font-size:12px;color:#333}.legend span{margin-right:14px}
-#check{font-size:12px;color:#888;margin-top:30px}#sessions td:last-child{min-width:340px}
+#check{font-size:12px;color:#888;margin-top:30px}#sessions td:last-child{min-width:240px}
+td.t{overflow-wrap:anywhere;min-width:4em}td.r{white-space:nowrap}.wide{overflow-x:auto;max-width:100%}
+#headline{font-size:19px;line-height:1.35;margin:12px 0 4px;padding:10px 14px;border-left:5px solid #0072B2;background:#f3f8fc;overflow-wrap:anywhere}
+#headline.none{border-left-color:#9a9a9a;background:#f6f6f6}#headline.inferred,#headline.mixed{border-left-style:dashed}
+.tag{display:inline-block;font-size:11px;padding:0 5px;border-radius:3px;border:1px solid #bbb;color:#444}
+.tag.inferred{border-style:dashed;border-color:#c9a227;background:#fffbea;color:#7a5d00}
+tr.inferred td{font-style:italic;background:#fffdf3}
 "#;
 
 const JS: &str = r#"
@@ -155,10 +163,16 @@ const JS: &str = r#"
   });
   var rows = 0;
   document.querySelectorAll('rect.bar').forEach(function(r){ rows += parseInt(r.getAttribute('data-rows'), 10); });
-  var chartRows = report.minutes.reduce(function(a,m){ return a + m.rows; }, 0);
+  var chartRows = report.bins.reduce(function(a,m){ return a + m.rows; }, 0);
   if (rows !== chartRows) bad.push('chart rows ' + rows + ' != ' + chartRows);
   document.body.setAttribute('data-check', bad.length ? 'mismatch: ' + bad.join(', ') : 'ok');
   document.body.setAttribute('data-checked', String(n));
+  // What the page needs horizontally at this window width (tests: fits 1280 px without scrolling).
+  document.body.setAttribute('data-scroll-width', String(document.documentElement.scrollWidth));
+  document.body.setAttribute('data-inner-width', String(window.innerWidth));
+  var hidden = 0;
+  document.querySelectorAll('.wide').forEach(function(el){ hidden = Math.max(hidden, el.scrollWidth - el.clientWidth); });
+  document.body.setAttribute('data-wide-overflow', String(hidden));
   document.getElementById('check').textContent = bad.length
     ? 'Check failed: ' + bad.join(', ')
     : 'All ' + n + ' numbers on this page match the embedded report.';
@@ -187,6 +201,14 @@ pub fn render(r: &Report) -> String {
         esc(r.first_time.as_deref().unwrap_or("-")),
         esc(r.last_time.as_deref().unwrap_or("-"))
     );
+    if let Some(hl) = &r.headline {
+        let _ = write!(
+            h,
+            "<p id=\"headline\" class=\"{basis}\" data-basis=\"{basis}\">{}</p>",
+            esc(&hl.text),
+            basis = esc(&hl.basis)
+        );
+    }
     let u = &r.unattributed;
     let _ = write!(
         h,
@@ -212,9 +234,11 @@ pub fn render(r: &Report) -> String {
 
     let _ = write!(
         h,
-        "<h2>When: deleted rows per minute</h2><div class=\"sub\">Median {} rows per non-empty minute; ▼ marks a burst (more than {} rows).</div>",
-        num("median_rows_per_minute", r.median_rows_per_minute),
-        num("burst_threshold", r.burst_threshold)
+        "<h2>When: deleted rows per {w}</h2><div class=\"sub\">Bins of {} s, chosen for the span of the commits; median {} rows per non-empty bin; ▼ marks a burst (more than {} rows).</div>",
+        num("bin_seconds", r.bin_seconds),
+        num("median_rows_per_bin", r.median_rows_per_bin),
+        num("bin_burst_threshold", r.bin_burst_threshold),
+        w = super::rollup::fmt_width(r.bin_seconds as i64)
     );
     h.push_str(&chart(r));
     h.push_str("<div class=\"legend\">");
@@ -225,7 +249,7 @@ pub fn render(r: &Report) -> String {
             colour(Some(s.id)),
             s.id,
             s.pid,
-            esc(s.application_name.as_deref().unwrap_or(""))
+            esc(&one_line(s.application_name.as_deref().unwrap_or(""), 40))
         );
     }
     if r.sessions.len() > PALETTE.len() {
@@ -233,7 +257,26 @@ pub fn render(r: &Report) -> String {
     }
     let _ = write!(h, "<span><i class=\"sw\" style=\"background:{UNATTRIBUTED}\"></i>not attributed</span></div>");
 
-    h.push_str("<h2>Who: sessions</h2><table id=\"sessions\"><tr><th>#</th><th class=\"r\">pid</th><th>backend start</th><th>user</th><th>application</th><th>client</th><th class=\"r\">transactions</th><th class=\"r\">rows</th><th class=\"r\">truncates</th><th>first / last commit</th><th>statements</th></tr>");
+    let period = |p: Option<f64>| p.map_or("–".to_owned(), |p| format!("every ~{}", super::rollup::fmt_period(p)));
+    h.push_str("<h2>Who: application, user and client host, across sessions</h2><div class=\"sub\">Sessions come and go (a job that connects each time has a new pid each time); these do not. <span class=\"tag inferred\">inferred</span> rows were attributed to the one session that could have run them, without evidence.</div><div class=\"wide\"><table id=\"principals\"><tr><th>application</th><th>user</th><th>client host</th><th class=\"r\">rows</th><th class=\"r\">share</th><th class=\"r\">of which inferred</th><th class=\"r\">transactions</th><th class=\"r\">sessions</th><th>period</th></tr>");
+    for (i, p) in r.principals.iter().enumerate() {
+        let _ = write!(
+            h,
+            "<tr{cls}><td class=\"t\">{app}</td><td class=\"t\">{user}</td><td class=\"t\">{host}</td><td class=\"r\">{rows}</td><td class=\"r\">{share}</td><td class=\"r\">{inf}</td><td class=\"r\">{tx}</td><td class=\"r\">{sess}</td><td>{per}</td></tr>",
+            cls = if p.rows_inferred > 0 && p.rows_inferred >= p.rows { " class=\"inferred\"" } else { "" },
+            app = esc(p.application_name.as_deref().unwrap_or("-")),
+            user = esc(p.user.as_deref().unwrap_or("-")),
+            host = esc(&p.client_host),
+            rows = num(&format!("principals.{i}.rows"), p.rows),
+            share = pct(&format!("principals.{i}.row_share_pct"), p.row_share_pct),
+            inf = num(&format!("principals.{i}.rows_inferred"), p.rows_inferred),
+            tx = num(&format!("principals.{i}.transactions"), p.transactions),
+            sess = num(&format!("principals.{i}.sessions"), p.sessions),
+            per = esc(&period(p.period_s)),
+        );
+    }
+    h.push_str("</table></div>");
+    h.push_str("<h2>Who: sessions</h2><div class=\"wide\"><table id=\"sessions\"><tr><th>#</th><th class=\"r\">pid</th><th>backend start</th><th>user</th><th>application</th><th>client</th><th>basis</th><th class=\"r\" title=\"transactions\">txns</th><th class=\"r\">rows</th><th class=\"r\" title=\"truncates\">trunc.</th><th>first / last commit</th><th>statements</th></tr>");
     for (i, s) in r.sessions.iter().enumerate() {
         let mut st = String::new();
         for (j, x) in s.statements.iter().take(5).enumerate() {
@@ -249,52 +292,67 @@ pub fn render(r: &Report) -> String {
         }
         let _ = write!(
             h,
-            "<tr data-session=\"{id}\"><td><i class=\"sw\" style=\"background:{c}\"></i>{id}</td><td class=\"r\">{pid}</td><td>{bs}</td><td>{user}</td><td>{app}</td><td>{client}</td><td class=\"r\">{tx}</td><td class=\"r\">{rows}</td><td class=\"r\">{tr}</td><td>{first}<br>{last}</td><td>{st}</td></tr>",
+            "<tr data-session=\"{id}\"{cls}><td><i class=\"sw\" style=\"background:{c}\"></i>{id}</td><td class=\"r\">{pid}</td><td>{bs}</td><td class=\"t\">{user}</td><td class=\"t\">{app}</td><td class=\"t\">{client}</td><td>{basis}</td><td class=\"r\">{tx}</td><td class=\"r\">{rows}</td><td class=\"r\">{tr}</td><td>{first}<br>{last}</td><td>{st}</td></tr>",
             id = s.id,
+            cls = if s.inferred { " class=\"inferred\" data-inferred=\"true\"" } else { "" },
+            basis = if s.inferred {
+                "<span class=\"tag inferred\">inferred</span>".to_owned()
+            } else {
+                format!("<span class=\"tag\">evidence · {}</span>", esc(s.attributed_by.as_deref().unwrap_or("?")))
+            },
             c = colour(Some(s.id)),
             pid = s.pid,
-            bs = esc(s.backend_start.as_deref().unwrap_or("-")),
+            bs = esc(&s.backend_start.as_deref().unwrap_or("-").replacen('T', " ", 1)),
             user = esc(s.user.as_deref().unwrap_or("-")),
             app = esc(s.application_name.as_deref().unwrap_or("-")),
             client = esc(&s.client),
             tx = num(&format!("sessions.{i}.transactions"), s.transactions),
             rows = num(&format!("sessions.{i}.rows"), s.rows),
             tr = num(&format!("sessions.{i}.truncates"), s.truncates),
-            first = esc(&s.first_time),
-            last = esc(&s.last_time),
+            first = esc(&s.first_time.replacen('T', " ", 1)),
+            last = esc(&s.last_time.replacen('T', " ", 1)),
         );
     }
     let _ = write!(
         h,
-        "<tr data-session=\"none\"><td><i class=\"sw\" style=\"background:{UNATTRIBUTED}\"></i>–</td><td colspan=\"5\">not attributed (session null)</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td colspan=\"2\"></td></tr></table>",
+        "<tr data-session=\"none\"><td><i class=\"sw\" style=\"background:{UNATTRIBUTED}\"></i>–</td><td colspan=\"6\">not attributed (no session, and no single candidate); {} rows with several candidate sessions</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td colspan=\"2\">{}</td></tr></table></div>",
+        num("unattributed.ambiguous_rows", u.ambiguous_rows),
         num("unattributed.transactions", u.transactions),
         num("unattributed.rows", u.rows),
-        num("unattributed.truncates", u.truncates)
+        num("unattributed.truncates", u.truncates),
+        u.reasons
+            .iter()
+            .filter(|x| !x.reason.is_empty())
+            .take(5)
+            .map(|x| format!("<div>{} · {} rows</div>", esc(&x.reason), x.rows))
+            .collect::<String>()
     );
 
-    h.push_str("<h2>What: statement shapes</h2><table id=\"shapes\"><tr><th>shape (literals → ?)</th><th class=\"r\">rows</th><th class=\"r\">transactions</th><th class=\"r\">sessions</th></tr>");
+    h.push_str("<h2>What: statement shapes</h2><div class=\"wide\"><table id=\"shapes\"><tr><th>shape (literals → ?)</th><th class=\"r\">rows</th><th class=\"r\">of which inferred</th><th class=\"r\">transactions</th><th class=\"r\">sessions</th><th>period</th></tr>");
     for (i, s) in r.statements.iter().enumerate() {
         let _ = write!(
             h,
-            "<tr><td><code>{}</code></td><td class=\"r\">{}</td><td class=\"r\">{}</td><td class=\"r\">{}</td></tr>",
+            "<tr><td><code>{}</code></td><td class=\"r\">{}</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td>{}</td></tr>",
             esc(&s.shape),
             num(&format!("statements.{i}.rows"), s.rows),
+            num(&format!("statements.{i}.rows_inferred"), s.rows_inferred),
             num(&format!("statements.{i}.transactions"), s.transactions),
-            num(&format!("statements.{i}.sessions"), s.sessions)
+            num(&format!("statements.{i}.sessions"), s.sessions),
+            esc(&period(s.period_s))
         );
     }
     if r.statements_other.shapes > 0 {
         let _ = write!(
             h,
-            "<tr><td>other ({} shapes)</td><td class=\"r\">{}</td><td class=\"r\">{}</td><td></td></tr>",
+            "<tr><td>other ({} shapes)</td><td class=\"r\">{}</td><td></td><td class=\"r\">{}</td><td></td><td></td></tr>",
             r.statements_other.shapes,
             num("statements_other.rows", r.statements_other.rows),
             num("statements_other.transactions", r.statements_other.transactions)
         );
     }
-    h.push_str("</table>");
+    h.push_str("</table></div>");
 
-    h.push_str("<h2>What: key prefixes</h2><table id=\"prefixes\"><tr><th>prefix (before the first : or _)</th><th class=\"r\">rows</th></tr>");
+    h.push_str("<h2>What: key prefixes</h2><div class=\"sub\">Django cache keys (<code>KEY_PREFIX:VERSION:key</code>): the prefix, the version and the key's leading words, up to the first word with a digit; other keys: the text before the first <code>:</code> or <code>_</code>.</div><div class=\"wide\"><table id=\"prefixes\"><tr><th>prefix</th><th class=\"r\">rows</th></tr>");
     for (i, p) in r.key_prefixes.iter().enumerate() {
         let _ = write!(
             h,
@@ -311,7 +369,7 @@ pub fn render(r: &Report) -> String {
             num("key_prefixes_other.rows", r.key_prefixes_other.rows)
         );
     }
-    h.push_str("</table><h2>Tables</h2><table id=\"tables\"><tr><th>table</th><th class=\"r\">rows</th><th class=\"r\">truncates</th></tr>");
+    h.push_str("</table></div><h2>Tables</h2><div class=\"wide\"><table id=\"tables\"><tr><th>table</th><th class=\"r\">rows</th><th class=\"r\">truncates</th></tr>");
     for (i, t) in r.tables.iter().enumerate() {
         let _ = write!(
             h,
@@ -321,7 +379,7 @@ pub fn render(r: &Report) -> String {
             num(&format!("tables.{i}.truncates"), t.truncates)
         );
     }
-    h.push_str("</table><div id=\"check\">Numbers not checked (JavaScript is off).</div>");
+    h.push_str("</table></div><div id=\"check\">Numbers not checked (JavaScript is off).</div>");
     // '<' escaped as \u003c keeps "</script>" inside a statement from ending the block; still valid JSON.
     let json = serde_json::to_string(r).unwrap_or_else(|_| "{}".to_owned()).replace('<', "\\u003c");
     let _ =
@@ -347,7 +405,11 @@ mod tests {
             "unattributed":{"rows":0,"truncates":0,"transactions":0,"row_share_pct":0.0,"transaction_share_pct":0.0},
             "minutes":[{"minute":"2026-11-26T15:01Z","rows":2,"truncates":0,"burst":false,"sessions":[{"session":0,"rows":2}]}],
             "median_rows_per_minute":2,"burst_threshold":100,"statements":[],"statements_other":{"shapes":0,"rows":0,"transactions":0},
-            "key_prefixes":[],"key_prefixes_other":{"prefixes":0,"rows":0},"tables":[]}"#,
+            "key_prefixes":[],"key_prefixes_other":{"prefixes":0,"rows":0},"tables":[],
+            "bin_seconds":1,"bins":[{"start":"2026-11-26T15:01:00Z","rows":2,"truncates":0,"burst":false,"sessions":[{"session":0,"rows":2}]}],
+            "headline":{"text":"</script><b>x (u, local socket) deleted 100 % of the rows","application_name":"</script><b>x","user":"u",
+              "client_host":"local socket","shape":null,"rows":2,"truncates":0,"row_share_pct":100.0,"rows_inferred":0,
+              "basis":"evidence","period_s":null}}"#,
         )
         .unwrap();
         let page = render(&r);
@@ -356,5 +418,6 @@ mod tests {
         assert!(!page.contains("src="));
         assert!(page.contains("<rect class=\"bar\""));
         assert!(page.contains("data-k=\"sessions.0.rows\">2<"));
+        assert!(page.contains("<p id=\"headline\" class=\"evidence\" data-basis=\"evidence\">&lt;/script&gt;&lt;b&gt;x (u, local socket) deleted 100 % of the rows</p>"));
     }
 }

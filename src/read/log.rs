@@ -638,6 +638,14 @@ pub struct Record<'a> {
     pub closes: Option<bool>,
     #[serde(borrow, default)]
     pub detail: Option<Cow<'a, str>>,
+    /// Rows and commits without evidence (`session` null) may carry the sessions that could have run
+    /// them: `{"candidates": 1, "session": {…}, "statement", …}` or `{"candidates": N, "possible": […]}`.
+    /// Kept raw: only `report` reads it (see `report::Inferred`).
+    #[serde(borrow, default)]
+    pub inferred: Option<&'a serde_json::value::RawValue>,
+    /// Why a row or commit has no session, when the capture says.
+    #[serde(borrow, default)]
+    pub unattributed_reason: Option<Cow<'a, str>>,
     /// `statement` records: their number in the transaction.
     #[serde(default)]
     pub statement: Option<u64>,

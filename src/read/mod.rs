@@ -23,8 +23,10 @@ pub mod log;
 pub mod raw_replay;
 pub mod replay;
 pub mod report;
+pub mod rollup;
 pub mod tail;
 pub mod verify;
+pub mod when;
 
 use log::{Action, Damage, Kind, Parser, Record, Validator};
 

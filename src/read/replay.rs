@@ -12,7 +12,7 @@ use std::io::{self, BufWriter, Write};
 use crate::cli::{FilterArgs, ReplayArgs};
 use crate::error::{Exit, Failure};
 
-use super::log::{parse_time, Kind, Record};
+use super::log::{Kind, Record};
 use super::{read_files, Consumer, Stop};
 
 /// A client filter: address, optionally with a port, or a Unix-socket client.
@@ -75,13 +75,7 @@ fn usage(msg: String) -> Failure {
 impl Filter {
     pub fn from_args(a: &FilterArgs) -> Result<Filter, Failure> {
         let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, Failure> {
-            v.as_deref()
-                .map(|s| {
-                    parse_time(s).ok_or_else(|| {
-                        usage(format!("{flag} {s:?} is not an RFC 3339 time (example: 2026-11-26T15:04:05Z)"))
-                    })
-                })
-                .transpose()
+            v.as_deref().map(|s| super::when::parse_when(s).map_err(|e| usage(format!("{flag} {e}")))).transpose()
         };
         let mut kinds = Vec::new();
         for k in &a.kind {
@@ -130,6 +124,13 @@ impl Filter {
 
     /// Whether a delete/truncate record matches every filter except `--type`.
     pub fn row_matches(&self, rec: &Record) -> bool {
+        self.row_matches_as(rec, rec.session.value().map(|s| &**s))
+    }
+
+    /// As [`Filter::row_matches`], with the session filters (`--pid`, `--user`, `--app`, `--client`)
+    /// applied to `session` instead of the record's own (`report` gives the inferred one when there is
+    /// no evidence).
+    pub fn row_matches_as(&self, rec: &Record, session: Option<&super::log::SessionRef>) -> bool {
         if (self.since.is_some() || self.until.is_some()) && !self.time_ok(rec.time_micros()) {
             return false;
         }
@@ -168,16 +169,18 @@ impl Filter {
         if self.pids.is_empty() && self.users.is_empty() && self.apps.is_empty() && self.clients.is_empty() {
             return true;
         }
-        let Some(s) = rec.session.value() else {
+        let Some(s) = session else {
             return false;
         };
         if !self.pids.is_empty() && !self.pids.contains(&s.pid) {
             return false;
         }
-        if !self.users.is_empty() && !s.user.as_deref().is_some_and(|u| self.users.iter().any(|f| f == u)) {
+        if !self.users.is_empty() && !s.user.as_deref().is_some_and(|u| self.users.iter().any(|f| glob_match(f, u))) {
             return false;
         }
-        if !self.apps.is_empty() && !s.application_name.as_deref().is_some_and(|a| self.apps.iter().any(|f| f == a)) {
+        if !self.apps.is_empty()
+            && !s.application_name.as_deref().is_some_and(|a| self.apps.iter().any(|f| glob_match(f, a)))
+        {
             return false;
         }
         if !self.clients.is_empty() {

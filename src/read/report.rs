@@ -34,10 +34,29 @@
 //!   "statements_other": {"shapes": 0, "rows": 0, "transactions": 0},
 //!   "key_prefixes": [{"prefix": "report", "rows": 30}],     // text before the first ':' or '_'
 //!   "key_prefixes_other": {"prefixes": 0, "rows": 0},
-//!   "tables": [{"table": "public.cache", "rows": 30, "truncates": 0}]
+//!   "tables": [{"table": "public.cache", "rows": 30, "truncates": 0}],
+//!   "gaps": […], "aborted_attempts": 0, "aborted_rows": 0,
+//!   // Issue 12 (added):
+//!   "headline": {"text": "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows, every ~1.0 s",
+//!                "application_name": "…" | null, "user": "…" | null, "client_host": "10.0.0.5" | null,
+//!                "shape": "DELETE …" | null, "rows": 70, "truncates": 0, "row_share_pct": 70.0,
+//!                "rows_inferred": 0, "basis": "evidence" | "inferred" | "mixed" | "none",
+//!                "period_s": 1.0 | null},
+//!   "inferred_rows": 0,                                      // rows attributed by inference
+//!   "principals": [{"application_name", "user", "client_host", "rows", "rows_inferred", "truncates",
+//!                   "transactions", "sessions", "row_share_pct", "period_s", "top_shape"}],  // top 50
+//!   "by_application" | "by_user" | "by_client_host": [{"name": "…" | null, "rows", "rows_inferred",
+//!                   "truncates", "transactions", "sessions", "row_share_pct", "period_s"}],  // top 50
+//!   "bin_seconds": 1, "bins": [{"start": "2026-11-26T15:21:05Z", "rows", "truncates", "burst",
+//!                               "sessions": [{"session", "rows"}]}],
+//!   "median_rows_per_bin": 7, "bin_burst_threshold": 21      // burst: rows > max(3 × median, 10)
 //! }
 //! ```
-//! `session` ids in `minutes` refer to `sessions[].id`; `null` is the unattributed share.
+//! Also added: `sessions[]` `inferred` (true: from a single-candidate `inferred`, not evidence),
+//! `client_host`, `period_s`; `statements[]` `rows_inferred`, `period_s`; `key_prefixes[]` `django`
+//! (a Django cache key: `KEY_PREFIX:VERSION:` + the key's own prefix); `unattributed`
+//! `ambiguous_rows` (several candidates) and `reasons` (`[{"reason", "rows"}]`).
+//! `session` ids in `minutes` and `bins` refer to `sessions[].id`; `null` is the unattributed share.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Write};
@@ -49,8 +68,11 @@ use crate::error::{Exit, Failure};
 use crate::sink::record::format_unix_micros;
 use crate::term::clean;
 
-use super::log::{Key, KeyValue, Kind, Record};
+use std::rc::Rc;
+
+use super::log::{Key, KeyValue, Kind, Record, SessionRef};
 use super::replay::Filter;
+use super::rollup::{BinAgg, Bins, Period};
 use super::{read_files, Consumer, Stop};
 
 /// Distinct entries tracked per bucket (later ones go to `other`).
@@ -90,6 +112,103 @@ pub struct Report {
     pub aborted_attempts: u64,
     #[serde(default)]
     pub aborted_rows: u64,
+    /// The answer first: who deleted the most rows, their share, how regularly (see [`Headline`]).
+    #[serde(default)]
+    pub headline: Option<Headline>,
+    /// Rows attributed by inference (`inferred` with one candidate), not evidence: part of `rows`.
+    #[serde(default)]
+    pub inferred_rows: u64,
+    /// Roll-ups over sessions: by application_name, user, client host (address without port), and by
+    /// who (application + user + host): pids churn with short connections, these do not.
+    #[serde(default)]
+    pub by_application: Vec<GroupOut>,
+    #[serde(default)]
+    pub by_user: Vec<GroupOut>,
+    #[serde(default)]
+    pub by_client_host: Vec<GroupOut>,
+    #[serde(default)]
+    pub principals: Vec<PrincipalOut>,
+    /// Time bins as wide as the span of the commits calls for (`bin_seconds`: 1 for a one-minute
+    /// capture, minutes for hours); non-empty bins in order. `minutes` stays as it was.
+    #[serde(default)]
+    pub bin_seconds: u64,
+    #[serde(default)]
+    pub bins: Vec<BinOut>,
+    #[serde(default)]
+    pub median_rows_per_bin: u64,
+    /// A bin is a burst above max(3 × the median of non-empty bins, 10).
+    #[serde(default)]
+    pub bin_burst_threshold: u64,
+}
+
+/// The report's first sentence and what it is made of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Headline {
+    /// E.g. "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows, every ~1.0 s".
+    pub text: String,
+    /// The principal named (`principals[0]`), or null when no row is attributed.
+    pub application_name: Option<String>,
+    pub user: Option<String>,
+    pub client_host: Option<String>,
+    /// Its main statement shape, named instead of the application when that is unset.
+    pub shape: Option<String>,
+    pub rows: u64,
+    pub truncates: u64,
+    pub row_share_pct: f64,
+    /// How many of its rows were attributed by inference rather than evidence.
+    pub rows_inferred: u64,
+    /// "evidence", "inferred" (all of its rows), "mixed", or "none" (nothing attributed).
+    pub basis: String,
+    /// The typical interval between its transactions, when regular (see `rollup::Period`).
+    pub period_s: Option<f64>,
+}
+
+/// One entry of a roll-up (`by_application`, `by_user`, `by_client_host`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupOut {
+    /// null: not known (not reported by the server, or hidden).
+    pub name: Option<String>,
+    pub rows: u64,
+    /// Of `rows`, attributed by inference.
+    pub rows_inferred: u64,
+    pub truncates: u64,
+    pub transactions: u64,
+    pub sessions: u64,
+    pub row_share_pct: f64,
+    pub period_s: Option<f64>,
+}
+
+/// Who, across their sessions: application_name + user + client host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PrincipalOut {
+    pub application_name: Option<String>,
+    pub user: Option<String>,
+    pub client_host: String,
+    pub rows: u64,
+    pub rows_inferred: u64,
+    pub truncates: u64,
+    pub transactions: u64,
+    pub sessions: u64,
+    pub row_share_pct: f64,
+    pub period_s: Option<f64>,
+    /// Its statement shape with the most rows.
+    pub top_shape: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BinOut {
+    /// Start of the bin, `2026-11-26T15:21:05Z`.
+    pub start: String,
+    pub rows: u64,
+    pub truncates: u64,
+    pub burst: bool,
+    pub sessions: Vec<MinuteSession>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReasonOut {
+    pub reason: String,
+    pub rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +245,15 @@ pub struct SessionOut {
     pub distinct_statements: u64,
     pub statements: Vec<StatementOut>,
     pub statements_other: StatementsOther,
+    /// The session comes from `inferred` (one candidate), not from evidence (`session`). The same
+    /// backend can appear twice, once from each.
+    #[serde(default)]
+    pub inferred: bool,
+    /// `client` without the port (`local socket` for Unix-socket clients).
+    #[serde(default)]
+    pub client_host: String,
+    #[serde(default)]
+    pub period_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +277,12 @@ pub struct Unattributed {
     pub transactions: u64,
     pub row_share_pct: f64,
     pub transaction_share_pct: f64,
+    /// Of `rows`, those with several candidate sessions (`inferred.candidates` > 1): never guessed.
+    #[serde(default)]
+    pub ambiguous_rows: u64,
+    /// `unattributed_reason` of the rows, as the capture gave it ("" when it gave none), by rows.
+    #[serde(default)]
+    pub reasons: Vec<ReasonOut>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,6 +306,10 @@ pub struct ShapeOut {
     pub rows: u64,
     pub transactions: u64,
     pub sessions: u64,
+    #[serde(default)]
+    pub rows_inferred: u64,
+    #[serde(default)]
+    pub period_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -185,6 +323,10 @@ pub struct ShapesOther {
 pub struct PrefixOut {
     pub prefix: String,
     pub rows: u64,
+    /// A Django cache key (`KEY_PREFIX:VERSION:key`): `prefix` is `KEY_PREFIX:VERSION:` and the key's
+    /// own prefix (see `rollup::own_prefix`).
+    #[serde(default)]
+    pub django: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -357,16 +499,26 @@ fn find_in_keyword(lower: &str) -> Option<usize> {
     None
 }
 
-/// The text before the first `:` or `_` of a key's first column (the whole value if neither occurs).
-pub fn key_prefix<'k>(key: &'k Key) -> &'k str {
+/// The prefix a key is grouped by, from its first column: for a Django cache key
+/// (`KEY_PREFIX:VERSION:key`, see [`super::rollup::django_parts`]) `KEY_PREFIX:VERSION:` and the
+/// key's own leading words ([`super::rollup::own_prefix`]: `:1:user_session_abc123` →
+/// `:1:user_session`); otherwise the text before the first `:` or `_` (the whole value if neither
+/// occurs). The second value says whether it was a Django key.
+pub fn key_prefix<'k>(key: &'k Key) -> (Cow<'k, str>, bool) {
     match key.0.first() {
-        Some((_, KeyValue::Text(s))) => match s.find([':', '_']) {
-            Some(p) => &s[..p],
-            None => s,
-        },
-        Some((_, KeyValue::Null)) => "NULL",
-        Some((_, KeyValue::Other | KeyValue::TextHex(_))) => "{…}",
-        None => "",
+        Some((_, KeyValue::Text(s))) => {
+            let s: &str = s;
+            if let Some((kp, ver, rest)) = super::rollup::django_parts(s) {
+                return (Cow::Owned(format!("{kp}:{ver}:{}", super::rollup::own_prefix(rest))), true);
+            }
+            match s.find([':', '_']) {
+                Some(p) => (Cow::Borrowed(&s[..p]), false),
+                None => (Cow::Borrowed(s), false),
+            }
+        }
+        Some((_, KeyValue::Null)) => (Cow::Borrowed("NULL"), false),
+        Some((_, KeyValue::Other | KeyValue::TextHex(_))) => (Cow::Borrowed("{…}"), false),
+        None => (Cow::Borrowed(""), false),
     }
 }
 
@@ -377,7 +529,9 @@ struct SessionAgg {
     user: Option<String>,
     application_name: Option<String>,
     client: String,
+    client_host: String,
     attributed_by: Option<String>,
+    inferred: bool,
     transactions: u64,
     rows: u64,
     truncates: u64,
@@ -386,23 +540,43 @@ struct SessionAgg {
     last_txn: u64,
     statements: Vec<(String, u64, u64, u64)>, // statement, rows, transactions, last_txn
     statements_other: StatementsOther,
+    period: Period,
+    /// Its entries in `Aggregator::groups`: application, user, client host, principal.
+    groups: [usize; 4],
 }
 
 #[derive(Debug, Default)]
 struct ShapeAgg {
     rows: u64,
+    rows_inferred: u64,
     transactions: u64,
     last_txn: u64,
     sessions: Vec<usize>,
     sessions_over: bool,
+    period: Period,
 }
 
+/// A roll-up entry: rows of the sessions sharing an application, a user, a client host, or all three.
 #[derive(Debug, Default)]
-struct MinuteAgg {
+struct GroupAgg {
     rows: u64,
+    rows_inferred: u64,
     truncates: u64,
-    sessions: Vec<(Option<usize>, u64)>,
+    transactions: u64,
+    sessions: u64,
+    last_txn: u64,
+    period: Period,
+    /// Principals only: rows by statement shape (at most [`CAP_GROUP_SHAPES`]).
+    shapes: Vec<(String, u64)>,
 }
+
+/// Shapes kept per principal (for the headline's fallback name).
+const CAP_GROUP_SHAPES: usize = 20;
+
+/// The roll-ups: 0 application, 1 user, 2 client host, 3 principal (application, user, host).
+type GroupKey = (u8, Option<String>, Option<String>, Option<String>);
+
+type MinuteAgg = BinAgg;
 
 /// One (session, statement) of the transaction being read.
 #[derive(Debug)]
@@ -424,6 +598,12 @@ struct Pending {
     index: HashMap<Option<usize>, SessionEntries>,
     prefixes: Vec<(String, u64)>,
     tables: Vec<(String, u64, u64)>,
+    /// Rows and truncates without a session by `unattributed_reason`.
+    reasons: Vec<(String, u64)>,
+    /// Of those, with several candidates.
+    ambiguous: u64,
+    /// Rows that carried an `inferred` object of their own (then the commit's is not used).
+    rows_with_inferred: u64,
 }
 
 impl Pending {
@@ -432,6 +612,9 @@ impl Pending {
         self.index.clear();
         self.prefixes.clear();
         self.tables.clear();
+        self.reasons.clear();
+        self.ambiguous = 0;
+        self.rows_with_inferred = 0;
     }
 
     /// The entry of `session` and `query`, created if new.
@@ -472,35 +655,72 @@ fn bump(v: &mut Vec<(String, u64)>, key: &str, n: u64) {
     }
 }
 
+/// The `inferred` object of a row or commit (see the README's format section), as far as `report`
+/// needs it.
+#[derive(Debug, Deserialize)]
+struct InferredIn {
+    #[serde(default)]
+    candidates: u64,
+    #[serde(default)]
+    session: Option<SessionRef>,
+    #[serde(default)]
+    statement: Option<String>,
+}
+
+/// What an `inferred` object says.
+#[derive(Debug, Clone)]
+enum Inferred {
+    /// Absent, empty, or not readable: nothing.
+    None,
+    /// One candidate: the session, and the statement it was running.
+    One(Rc<SessionRef>, Option<Rc<str>>),
+    /// Several candidates: never an answer.
+    Several,
+}
+
 /// The report's aggregates as logs are read.
 #[derive(Debug, Default)]
 pub struct Aggregator {
     filter: Filter,
     sessions: Vec<SessionAgg>,
-    session_index: HashMap<(i64, Option<String>), usize>,
+    session_index: HashMap<(i64, Option<String>, bool), usize>,
     last_session: Option<usize>,
     txn_seq: u64,
     transactions: u64,
     rows: u64,
     truncates: u64,
+    inferred_rows: u64,
     first: Option<i64>,
     last: Option<i64>,
     un_rows: u64,
     un_truncates: u64,
     un_transactions: u64,
+    un_ambiguous: u64,
+    un_reasons: HashMap<String, u64>,
     minutes: BTreeMap<i64, MinuteAgg>,
+    bins: Bins,
     shapes: HashMap<String, ShapeAgg>,
     shapes_other: ShapesOther,
     shape_cache: HashMap<String, String>,
     prefixes: HashMap<String, u64>,
     prefixes_other: PrefixesOther,
     tables: HashMap<String, (u64, u64)>,
+    groups: Vec<(GroupKey, GroupAgg)>,
+    group_index: HashMap<GroupKey, usize>,
     pending: Pending,
     gaps: Vec<GapOut>,
     aborted_attempts: u64,
     aborted_rows: u64,
+    /// The last `inferred` object read, and what it said: a transaction's rows repeat it.
+    inferred_raw: Vec<u8>,
+    inferred_last: Option<Inferred>,
     /// Format 2: the open transaction's statement texts by number.
     statements: Vec<(u64, Option<String>)>,
+}
+
+/// The address without the port, or "local socket".
+fn client_host(s: &SessionRef) -> String {
+    s.client_addr.clone().unwrap_or_else(|| "local socket".to_owned())
 }
 
 impl Aggregator {
@@ -508,25 +728,74 @@ impl Aggregator {
         Aggregator { filter, ..Default::default() }
     }
 
-    fn intern_session(&mut self, s: &super::log::SessionRef) -> usize {
+    /// What a record's `inferred` says (parsed once per distinct object).
+    fn inferred_of(&mut self, raw: Option<&serde_json::value::RawValue>) -> Inferred {
+        let Some(raw) = raw else {
+            return Inferred::None;
+        };
+        let bytes = raw.get().as_bytes();
+        if let Some(i) = &self.inferred_last {
+            if self.inferred_raw == bytes {
+                return i.clone();
+            }
+        }
+        // Unreadable is nothing: this field is an inference, never a reason to call the log damaged.
+        let i = match serde_json::from_str::<InferredIn>(raw.get()) {
+            Ok(InferredIn { candidates: 1, session: Some(s), statement }) => {
+                Inferred::One(Rc::new(s), statement.map(Rc::from))
+            }
+            Ok(InferredIn { candidates, .. }) if candidates > 1 => Inferred::Several,
+            _ => Inferred::None,
+        };
+        self.inferred_raw.clear();
+        self.inferred_raw.extend_from_slice(bytes);
+        self.inferred_last = Some(i.clone());
+        i
+    }
+
+    fn group(&mut self, key: GroupKey) -> usize {
+        if let Some(&i) = self.group_index.get(&key) {
+            return i;
+        }
+        let i = self.groups.len();
+        self.groups.push((key.clone(), GroupAgg::default()));
+        self.group_index.insert(key, i);
+        i
+    }
+
+    fn intern_session(&mut self, s: &SessionRef, inferred: bool) -> usize {
         if let Some(i) = self.last_session {
             let a = &self.sessions[i];
-            if a.pid == s.pid && a.backend_start.as_deref() == s.backend_start.as_deref() {
+            if a.pid == s.pid && a.inferred == inferred && a.backend_start.as_deref() == s.backend_start.as_deref() {
                 return i;
             }
         }
-        let key = (s.pid, s.backend_start.as_deref().map(str::to_owned));
+        let key = (s.pid, s.backend_start.as_deref().map(str::to_owned), inferred);
         let i = match self.session_index.get(&key) {
             Some(&i) => i,
             None => {
                 let i = self.sessions.len();
+                let app = s.application_name.as_deref().map(str::to_owned);
+                let user = s.user.as_deref().map(str::to_owned);
+                let host = client_host(s);
+                let groups = [
+                    self.group((0, app.clone(), None, None)),
+                    self.group((1, None, user.clone(), None)),
+                    self.group((2, None, None, Some(host.clone()))),
+                    self.group((3, app.clone(), user.clone(), Some(host.clone()))),
+                ];
+                for g in groups {
+                    self.groups[g].1.sessions += 1;
+                }
                 self.sessions.push(SessionAgg {
                     pid: s.pid,
                     backend_start: key.1.clone(),
-                    user: s.user.as_deref().map(str::to_owned),
-                    application_name: s.application_name.as_deref().map(str::to_owned),
+                    user,
+                    application_name: app,
                     client: s.client(),
+                    client_host: host,
                     attributed_by: s.attributed_by.as_deref().map(str::to_owned),
+                    inferred,
                     transactions: 0,
                     rows: 0,
                     truncates: 0,
@@ -535,6 +804,8 @@ impl Aggregator {
                     last_txn: 0,
                     statements: Vec::new(),
                     statements_other: StatementsOther::default(),
+                    period: Period::default(),
+                    groups,
                 });
                 self.session_index.insert(key, i);
                 i
@@ -573,13 +844,8 @@ impl Aggregator {
         for e in &pending.entries {
             self.rows += e.rows;
             self.truncates += e.truncates;
-            let m = self.minutes.entry(minute).or_default();
-            m.rows += e.rows;
-            m.truncates += e.truncates;
-            match m.sessions.iter_mut().find(|s| s.0 == e.session) {
-                Some(s) => s.1 += e.rows,
-                None => m.sessions.push((e.session, e.rows)),
-            }
+            self.minutes.entry(minute).or_default().add(e.session, e.rows, e.truncates);
+            self.bins.at(time).add(e.session, e.rows, e.truncates);
             let Some(si) = e.session else {
                 self.un_rows += e.rows;
                 self.un_truncates += e.truncates;
@@ -587,6 +853,9 @@ impl Aggregator {
                 continue;
             };
             let s = &mut self.sessions[si];
+            let inferred = s.inferred;
+            let inferred_rows = if inferred { e.rows } else { 0 };
+            self.inferred_rows += inferred_rows;
             s.rows += e.rows;
             s.truncates += e.truncates;
             s.first = s.first.min(time);
@@ -594,7 +863,21 @@ impl Aggregator {
             if s.last_txn != seq {
                 s.last_txn = seq;
                 s.transactions += 1;
+                s.period.add(time);
             }
+            let groups = s.groups;
+            for g in groups {
+                let g = &mut self.groups[g].1;
+                g.rows += e.rows;
+                g.rows_inferred += inferred_rows;
+                g.truncates += e.truncates;
+                if g.last_txn != seq {
+                    g.last_txn = seq;
+                    g.transactions += 1;
+                    g.period.add(time);
+                }
+            }
+            let s = &mut self.sessions[si];
             if let Some(q) = &e.query {
                 if let Some(st) = s.statements.iter_mut().find(|st| st.0 == *q) {
                     st.1 += e.rows;
@@ -610,13 +893,21 @@ impl Aggregator {
                     s.statements_other.transactions += 1;
                 }
                 let shape = self.shape_of(q);
+                let principal = &mut self.groups[groups[3]].1.shapes;
+                if let Some(p) = principal.iter_mut().find(|p| p.0 == shape) {
+                    p.1 += e.rows;
+                } else if principal.len() < CAP_GROUP_SHAPES {
+                    principal.push((shape.clone(), e.rows));
+                }
                 let tracked = self.shapes.len() < CAP_TRACKED || self.shapes.contains_key(&shape);
                 if tracked {
                     let sh = self.shapes.entry(shape).or_default();
                     sh.rows += e.rows;
+                    sh.rows_inferred += inferred_rows;
                     if sh.last_txn != seq {
                         sh.last_txn = seq;
                         sh.transactions += 1;
+                        sh.period.add(time);
                     }
                     if !sh.sessions.contains(&si) {
                         if sh.sessions.len() < CAP_TRACKED {
@@ -634,6 +925,14 @@ impl Aggregator {
         }
         if unattributed_txn && pending.entries.iter().all(|e| e.session.is_none()) {
             self.un_transactions += 1;
+        }
+        self.un_ambiguous += pending.ambiguous;
+        for (r, n) in &pending.reasons {
+            if let Some(c) = self.un_reasons.get_mut(r.as_str()) {
+                *c += n;
+            } else if self.un_reasons.len() < CAP_TRACKED {
+                self.un_reasons.insert(r.clone(), *n);
+            }
         }
         for (p, n) in &pending.prefixes {
             if let Some(c) = self.prefixes.get_mut(p.as_str()) {
@@ -670,6 +969,13 @@ impl Aggregator {
         for (n, &i) in ids.iter().enumerate() {
             new_id[i] = n;
         }
+        let pct = |part: u64, whole: u64| {
+            if whole == 0 {
+                0.0
+            } else {
+                (part as f64 * 1000.0 / whole as f64).round() / 10.0
+            }
+        };
         let sessions = ids
             .iter()
             .enumerate()
@@ -697,37 +1003,55 @@ impl Aggregator {
                     distinct_statements: s.statements.len() as u64 + s.statements_other.statements,
                     statements: st,
                     statements_other: s.statements_other.clone(),
+                    inferred: s.inferred,
+                    client_host: s.client_host.clone(),
+                    period_s: s.period.period_s(),
                 }
             })
             .collect();
-        let mut counts: Vec<u64> = self.minutes.values().map(|m| m.rows).collect();
-        counts.sort_unstable();
-        let median = if counts.is_empty() {
-            0
-        } else if counts.len() % 2 == 1 {
-            counts[counts.len() / 2]
-        } else {
-            (counts[counts.len() / 2 - 1] + counts[counts.len() / 2]) / 2
+        let session_list = |v: &[(Option<usize>, u64)]| {
+            let mut sess: Vec<MinuteSession> = v
+                .iter()
+                .filter(|(_, r)| *r > 0)
+                .map(|&(s, r)| MinuteSession { session: s.map(|i| new_id[i]), rows: r })
+                .collect();
+            sess.sort_by_key(|s| s.session.unwrap_or(usize::MAX));
+            sess
         };
+        let median_of = |mut counts: Vec<u64>| {
+            counts.sort_unstable();
+            if counts.is_empty() {
+                0
+            } else if counts.len() % 2 == 1 {
+                counts[counts.len() / 2]
+            } else {
+                (counts[counts.len() / 2 - 1] + counts[counts.len() / 2]) / 2
+            }
+        };
+        let median = median_of(self.minutes.values().map(|m| m.rows).collect());
         let threshold = (3 * median).max(100);
         let minutes = self
             .minutes
             .iter()
-            .map(|(&m, a)| {
-                let mut sess: Vec<MinuteSession> = a
-                    .sessions
-                    .iter()
-                    .filter(|(_, r)| *r > 0)
-                    .map(|&(s, r)| MinuteSession { session: s.map(|i| new_id[i]), rows: r })
-                    .collect();
-                sess.sort_by_key(|s| s.session.unwrap_or(usize::MAX));
-                MinuteOut {
-                    minute: format_unix_micros(m * 60_000_000)[..16].to_owned() + "Z",
-                    rows: a.rows,
-                    truncates: a.truncates,
-                    burst: a.rows > threshold,
-                    sessions: sess,
-                }
+            .map(|(&m, a)| MinuteOut {
+                minute: format_unix_micros(m * 60_000_000)[..16].to_owned() + "Z",
+                rows: a.rows,
+                truncates: a.truncates,
+                burst: a.rows > threshold,
+                sessions: session_list(&a.sessions),
+            })
+            .collect();
+        let (bin_seconds, shown) = self.bins.shown();
+        let bin_median = median_of(shown.iter().map(|b| b.1.rows).collect());
+        let bin_threshold = (3 * bin_median).max(10);
+        let bins = shown
+            .iter()
+            .map(|(t, a)| BinOut {
+                start: format_unix_micros(*t)[..19].to_owned() + "Z",
+                rows: a.rows,
+                truncates: a.truncates,
+                burst: a.rows > bin_threshold,
+                sessions: session_list(&a.sessions),
             })
             .collect();
         let mut shapes: Vec<ShapeOut> = self
@@ -738,6 +1062,8 @@ impl Aggregator {
                 rows: v.rows,
                 transactions: v.transactions,
                 sessions: v.sessions.len() as u64,
+                rows_inferred: v.rows_inferred,
+                period_s: v.period.period_s(),
             })
             .collect();
         shapes.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.shape.cmp(&b.shape)));
@@ -748,8 +1074,11 @@ impl Aggregator {
             statements_other.transactions += s.transactions;
         }
         shapes.truncate(TOP);
-        let mut prefixes: Vec<PrefixOut> =
-            self.prefixes.iter().map(|(k, v)| PrefixOut { prefix: k.clone(), rows: *v }).collect();
+        let mut prefixes: Vec<PrefixOut> = self
+            .prefixes
+            .iter()
+            .map(|(k, v)| PrefixOut { prefix: k.clone(), rows: *v, django: super::rollup::django_parts(k).is_some() })
+            .collect();
         prefixes.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.prefix.cmp(&b.prefix)));
         let mut prefixes_other = self.prefixes_other.clone();
         for p in prefixes.iter().skip(TOP) {
@@ -760,13 +1089,68 @@ impl Aggregator {
         let mut tables: Vec<TableOut> =
             self.tables.iter().map(|(k, v)| TableOut { table: k.clone(), rows: v.0, truncates: v.1 }).collect();
         tables.sort_by(|a, b| (b.rows, b.truncates).cmp(&(a.rows, a.truncates)).then(a.table.cmp(&b.table)));
-        let pct = |part: u64, whole: u64| {
-            if whole == 0 {
-                0.0
-            } else {
-                (part as f64 * 1000.0 / whole as f64).round() / 10.0
-            }
+
+        // Roll-ups, by rows then truncates; groups without either (filtered out) are left out.
+        let by = |kind: u8| {
+            let mut v: Vec<GroupOut> = self
+                .groups
+                .iter()
+                .filter(|(k, g)| k.0 == kind && g.rows + g.truncates > 0)
+                .map(|(k, g)| GroupOut {
+                    name: k.1.clone().or(k.2.clone()).or(k.3.clone()),
+                    rows: g.rows,
+                    rows_inferred: g.rows_inferred,
+                    truncates: g.truncates,
+                    transactions: g.transactions,
+                    sessions: g.sessions,
+                    row_share_pct: pct(g.rows, self.rows),
+                    period_s: g.period.period_s(),
+                })
+                .collect();
+            v.sort_by(|a, b| (b.rows, b.truncates).cmp(&(a.rows, a.truncates)).then(a.name.cmp(&b.name)));
+            v.truncate(TOP);
+            v
         };
+        let mut principals: Vec<PrincipalOut> = self
+            .groups
+            .iter()
+            .filter(|(k, g)| k.0 == 3 && g.rows + g.truncates > 0)
+            .map(|(k, g)| PrincipalOut {
+                application_name: k.1.clone(),
+                user: k.2.clone(),
+                client_host: k.3.clone().unwrap_or_default(),
+                rows: g.rows,
+                rows_inferred: g.rows_inferred,
+                truncates: g.truncates,
+                transactions: g.transactions,
+                sessions: g.sessions,
+                row_share_pct: pct(g.rows, self.rows),
+                period_s: g.period.period_s(),
+                top_shape: g.shapes.iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|s| s.0.clone()),
+            })
+            .collect();
+        principals.sort_by(|a, b| {
+            (b.rows, b.truncates)
+                .cmp(&(a.rows, a.truncates))
+                .then(a.application_name.cmp(&b.application_name))
+                .then(a.user.cmp(&b.user))
+                .then(a.client_host.cmp(&b.client_host))
+        });
+        principals.truncate(TOP);
+        let mut reasons: Vec<ReasonOut> =
+            self.un_reasons.iter().map(|(r, n)| ReasonOut { reason: r.clone(), rows: *n }).collect();
+        reasons.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.reason.cmp(&b.reason)));
+        reasons.truncate(TOP);
+        let unattributed = Unattributed {
+            rows: self.un_rows,
+            truncates: self.un_truncates,
+            transactions: self.un_transactions,
+            row_share_pct: pct(self.un_rows + self.un_truncates, self.rows + self.truncates),
+            transaction_share_pct: pct(self.un_transactions, self.transactions),
+            ambiguous_rows: self.un_ambiguous,
+            reasons,
+        };
+        let headline = headline(self.rows, self.truncates, principals.first(), &unattributed);
         Report {
             format: 1,
             files: files.to_vec(),
@@ -778,13 +1162,7 @@ impl Aggregator {
             first_time: self.first.map(format_unix_micros),
             last_time: self.last.map(format_unix_micros),
             sessions,
-            unattributed: Unattributed {
-                rows: self.un_rows,
-                truncates: self.un_truncates,
-                transactions: self.un_transactions,
-                row_share_pct: pct(self.un_rows + self.un_truncates, self.rows + self.truncates),
-                transaction_share_pct: pct(self.un_transactions, self.transactions),
-            },
+            unattributed,
             minutes,
             median_rows_per_minute: median,
             burst_threshold: threshold,
@@ -796,7 +1174,107 @@ impl Aggregator {
             gaps: self.gaps.clone(),
             aborted_attempts: self.aborted_attempts,
             aborted_rows: self.aborted_rows,
+            headline: Some(headline),
+            inferred_rows: self.inferred_rows,
+            by_application: by(0),
+            by_user: by(1),
+            by_client_host: by(2),
+            principals,
+            bin_seconds: bin_seconds as u64,
+            bins,
+            median_rows_per_bin: bin_median,
+            bin_burst_threshold: bin_threshold,
         }
+    }
+}
+
+/// How a principal is named: `app (user@host)`, the statement shape when the application is unset.
+fn principal_name(p: &PrincipalOut) -> String {
+    let user = p.user.as_deref().unwrap_or("?");
+    let whom = if p.client_host == "local socket" {
+        format!("{user}, local socket")
+    } else {
+        format!("{user}@{}", p.client_host)
+    };
+    match (p.application_name.as_deref().filter(|a| !a.is_empty()), &p.top_shape) {
+        (Some(app), _) => format!("{app} ({whom})"),
+        (None, Some(shape)) => format!("\"{}\" ({whom})", one_line(shape, 80)),
+        (None, None) => format!("a client without application_name ({whom})"),
+    }
+}
+
+/// The report's first sentence: who deleted the most rows, their share, and how regularly.
+fn headline(rows: u64, truncates: u64, top: Option<&PrincipalOut>, u: &Unattributed) -> Headline {
+    use super::rollup::{fmt_period, fmt_share};
+    let none = |text: String| Headline {
+        text,
+        application_name: None,
+        user: None,
+        client_host: None,
+        shape: None,
+        rows: 0,
+        truncates: 0,
+        row_share_pct: 0.0,
+        rows_inferred: 0,
+        basis: "none".into(),
+        period_s: None,
+    };
+    if rows == 0 && truncates == 0 {
+        return none("No committed deletes in this log.".into());
+    }
+    let Some(p) = top else {
+        let mut text = if rows > 0 {
+            format!("None of the {} deleted rows can be attributed to a session", thousands(rows))
+        } else {
+            format!("None of the {} TRUNCATEs can be attributed to a session", thousands(truncates))
+        };
+        if let Some(r) = u.reasons.first().filter(|r| !r.reason.is_empty()) {
+            text.push_str(&format!(" ({})", r.reason));
+        }
+        if u.ambiguous_rows > 0 {
+            text.push_str(&format!(
+                "; {} rows had several candidate sessions, and none is named",
+                thousands(u.ambiguous_rows)
+            ));
+        }
+        text.push('.');
+        return none(text);
+    };
+    let who = principal_name(p);
+    let share = if rows > 0 { (p.rows as f64 * 1000.0 / rows as f64).round() / 10.0 } else { 0.0 };
+    let mut text = if rows > 0 && p.rows > 0 {
+        format!("{who} deleted {} of the rows", fmt_share(share))
+    } else {
+        format!("{who} ran {} of the {} TRUNCATEs", thousands(p.truncates), thousands(truncates))
+    };
+    let basis = if p.rows_inferred == 0 {
+        "evidence"
+    } else if p.rows_inferred >= p.rows {
+        text.push_str(" (inferred: no evidence session)");
+        "inferred"
+    } else {
+        let part = (p.rows_inferred as f64 * 1000.0 / p.rows as f64).round() / 10.0;
+        text.push_str(&format!(" ({} of them inferred)", fmt_share(part)));
+        "mixed"
+    };
+    if let Some(s) = p.period_s {
+        text.push_str(&format!(", every ~{}", fmt_period(s)));
+    }
+    if u.rows > 0 && rows > 0 {
+        text.push_str(&format!("; {} of the rows are not attributed", fmt_share(u.row_share_pct)));
+    }
+    Headline {
+        text,
+        application_name: p.application_name.clone(),
+        user: p.user.clone(),
+        client_host: Some(p.client_host.clone()),
+        shape: p.top_shape.clone(),
+        rows: p.rows,
+        truncates: p.truncates,
+        row_share_pct: share,
+        rows_inferred: p.rows_inferred,
+        basis: basis.into(),
+        period_s: p.period_s,
     }
 }
 
@@ -806,25 +1284,45 @@ impl Consumer for Aggregator {
             self.filter.follow_rename(rec);
             return Ok(());
         }
-        if !self.filter.kind_allowed(kind) || !self.filter.row_matches(rec) {
+        if !self.filter.kind_allowed(kind) {
             return Ok(());
         }
-        let session = rec.session.value().map(|s| self.intern_session(s));
-        let looked_up = rec
-            .session
-            .value()
+        // Evidence first; without it, a single-candidate inference (marked); several: nobody.
+        let evidence = rec.session.value().cloned();
+        let inferred = if evidence.is_none() { self.inferred_of(rec.inferred) } else { Inferred::None };
+        let (who, statement, is_inferred) = match (&evidence, &inferred) {
+            (Some(s), _) => (Some(Rc::clone(s)), None, false),
+            (None, Inferred::One(s, st)) => (Some(Rc::clone(s)), st.clone(), true),
+            _ => (None, None, false),
+        };
+        if !self.filter.row_matches_as(rec, who.as_deref()) {
+            return Ok(());
+        }
+        let session = who.as_ref().map(|s| self.intern_session(s, is_inferred));
+        // A row of format 3 names its statement record by number instead of repeating the text.
+        let looked_up = evidence
+            .as_ref()
             .and_then(|s| s.statement)
             .and_then(|n| self.statements.iter().find(|(m, _)| *m == n))
             .and_then(|(_, q)| q.as_deref());
-        let query = rec.session.value().and_then(|s| s.query.as_deref()).or(looked_up);
+        let query = statement.as_deref().or(who.as_ref().and_then(|s| s.query.as_deref())).or(looked_up);
         let (rows, truncates) = if kind == Kind::Delete { (1, 0) } else { (0, 1) };
         let p = &mut self.pending;
         let e = p.entry(session, query);
         e.rows += rows;
         e.truncates += truncates;
+        if rec.inferred.is_some() {
+            p.rows_with_inferred += 1;
+        }
+        if session.is_none() {
+            if matches!(inferred, Inferred::Several) {
+                p.ambiguous += rows + truncates;
+            }
+            bump(&mut p.reasons, rec.unattributed_reason.as_deref().unwrap_or(""), rows + truncates);
+        }
         if let Some(key) = rec.key.value() {
             let mut v = std::mem::take(&mut p.prefixes);
-            bump(&mut v, key_prefix(key), 1);
+            bump(&mut v, &key_prefix(key).0, 1);
             p.prefixes = v;
         }
         let mut add_table = |t: &str, r: u64, tr: u64| {
@@ -849,6 +1347,27 @@ impl Consumer for Aggregator {
     }
 
     fn commit(&mut self, rec: &Record, _line: &[u8]) -> io::Result<()> {
+        // Rows without a session and without an inference of their own take the commit's single
+        // candidate, if it has one (its several candidates mark them ambiguous).
+        if rec.session.value().is_none() && self.pending.rows_with_inferred == 0 && rec.inferred.is_some() {
+            let unattributed: u64 =
+                self.pending.entries.iter().filter(|e| e.session.is_none()).map(|e| e.rows + e.truncates).sum();
+            if unattributed > 0 {
+                match self.inferred_of(rec.inferred) {
+                    Inferred::One(s, st) => {
+                        let si = self.intern_session(&s, true);
+                        let query = st.as_deref().or(s.query.as_deref()).map(str::to_owned);
+                        for e in self.pending.entries.iter_mut().filter(|e| e.session.is_none()) {
+                            e.session = Some(si);
+                            e.query = query.clone();
+                        }
+                        self.pending.reasons.clear();
+                    }
+                    Inferred::Several => self.pending.ambiguous += unattributed,
+                    Inferred::None => {}
+                }
+            }
+        }
         let time = rec.time_micros().unwrap_or(0);
         self.merge_commit(time);
         self.statements.clear();
@@ -934,6 +1453,9 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             String::new()
         }
     )?;
+    if let Some(h) = &r.headline {
+        writeln!(w, "\n{}\n", clean(&h.text))?;
+    }
     writeln!(
         w,
         "Deleted rows: {} in {} committed transactions; {} truncates; from {} to {}",
@@ -975,29 +1497,84 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         thousands(u.transactions),
         u.transaction_share_pct
     )?;
-    writeln!(w, "\nWHO — per session (pid + backend start)")?;
-    for s in &r.sessions {
+    if u.ambiguous_rows > 0 {
+        writeln!(w, "  of which {} rows had several candidate sessions (none is named)", thousands(u.ambiguous_rows))?;
+    }
+    for reason in u.reasons.iter().filter(|x| !x.reason.is_empty()).take(5) {
+        writeln!(w, "  {:>9} rows  {}", thousands(reason.rows), clean(&one_line(&reason.reason, 120)))?;
+    }
+    if r.inferred_rows > 0 {
         writeln!(
             w,
-            "  #{} pid {} started {}  user {}  app {}  client {}  ({})",
+            "Inferred, not evidence: {} rows attributed to the one session that could have run them (marked \"inferred\")",
+            thousands(r.inferred_rows)
+        )?;
+    }
+    let period = |p: Option<f64>| p.map(|p| format!("  every ~{}", super::rollup::fmt_period(p))).unwrap_or_default();
+    let inferred = |n: u64| if n > 0 { format!("  ({} inferred)", thousands(n)) } else { String::new() };
+    writeln!(w, "\nWHO — application (user@client host), across sessions")?;
+    for p in r.principals.iter().take(20) {
+        writeln!(
+            w,
+            "  {:>9} rows {:>6} {:>7} txns {:>5} sessions  {}{}{}",
+            thousands(p.rows),
+            format!("{:.1}%", p.row_share_pct),
+            thousands(p.transactions),
+            thousands(p.sessions),
+            clean(&principal_name(p)),
+            period(p.period_s),
+            inferred(p.rows_inferred)
+        )?;
+    }
+    if r.principals.is_empty() {
+        writeln!(w, "  (no attributed rows)")?;
+    }
+    for (title, list) in [("application", &r.by_application), ("user", &r.by_user), ("client host", &r.by_client_host)]
+    {
+        if list.len() < 2 {
+            continue;
+        }
+        writeln!(w, "  by {title}:")?;
+        for g in list.iter().take(10) {
+            writeln!(
+                w,
+                "  {:>9} rows {:>6} {:>7} txns {:>5} sessions  {}{}{}",
+                thousands(g.rows),
+                format!("{:.1}%", g.row_share_pct),
+                thousands(g.transactions),
+                thousands(g.sessions),
+                or_dash(&g.name),
+                period(g.period_s),
+                inferred(g.rows_inferred)
+            )?;
+        }
+    }
+    writeln!(w, "\nWHO — per session (pid + backend start)")?;
+    const SHOWN_SESSIONS: usize = 20;
+    for s in r.sessions.iter().take(SHOWN_SESSIONS) {
+        writeln!(
+            w,
+            "  #{} pid {} started {}  user {}  app {}  client {}  ({}){}",
             s.id,
             s.pid,
             or_dash(&s.backend_start),
             or_dash(&s.user),
             or_dash(&s.application_name),
             clean(&s.client),
-            or_dash(&s.attributed_by)
+            or_dash(&s.attributed_by),
+            if s.inferred { "  INFERRED, not evidence" } else { "" }
         )?;
         writeln!(
             w,
-            "      {} rows, {} truncates in {} transactions, {} … {}; {} distinct statement{}",
+            "      {} rows, {} truncates in {} transactions, {} … {}; {} distinct statement{}{}",
             thousands(s.rows),
             thousands(s.truncates),
             thousands(s.transactions),
             clean(&s.first_time),
             clean(&s.last_time),
             s.distinct_statements,
-            if s.distinct_statements == 1 { "" } else { "s" }
+            if s.distinct_statements == 1 { "" } else { "s" },
+            period(s.period_s)
         )?;
         for st in s.statements.iter().take(5) {
             writeln!(w, "      {:>9} rows  {}", thousands(st.rows), clean(&one_line(&st.statement, 120)))?;
@@ -1007,43 +1584,50 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             writeln!(w, "      … and {more} more statements")?;
         }
     }
+    if r.sessions.len() > SHOWN_SESSIONS {
+        writeln!(
+            w,
+            "  … and {} more sessions (--format json or --html has them all)",
+            r.sessions.len() - SHOWN_SESSIONS
+        )?;
+    }
     if r.sessions.is_empty() {
         writeln!(w, "  (no attributed rows)")?;
     }
+    let width = super::rollup::fmt_width(r.bin_seconds as i64);
     writeln!(
         w,
-        "\nWHEN — rows per minute (median {}, burst above {})",
-        thousands(r.median_rows_per_minute),
-        thousands(r.burst_threshold)
+        "\nWHEN — rows per {width} (UTC; median {}, burst above {})",
+        thousands(r.median_rows_per_bin),
+        thousands(r.bin_burst_threshold)
     )?;
-    let max = r.minutes.iter().map(|m| m.rows).max().unwrap_or(0).max(1);
-    let show_all = r.minutes.len() <= 60;
+    let max = r.bins.iter().map(|m| m.rows).max().unwrap_or(0).max(1);
+    let show_all = r.bins.len() <= 60;
     let mut hidden = 0;
-    for m in &r.minutes {
+    for m in &r.bins {
         if !show_all && !m.burst {
             hidden += 1;
             continue;
         }
         let bar = "#".repeat(((m.rows * 40).div_ceil(max)) as usize);
-        writeln!(
-            w,
-            "  {}  {:>9}  {bar}{}",
-            clean(m.minute.replace('T', " ").trim_end_matches('Z')),
-            thousands(m.rows),
-            if m.burst { "  <- burst" } else { "" }
-        )?;
+        let label = m.start.replace('T', " ");
+        let label = label.trim_end_matches('Z');
+        let label = if r.bin_seconds.is_multiple_of(60) { label.strip_suffix(":00").unwrap_or(label) } else { label };
+        writeln!(w, "  {}  {:>9}  {bar}{}", clean(label), thousands(m.rows), if m.burst { "  <- burst" } else { "" })?;
     }
     if hidden > 0 {
-        writeln!(w, "  ({hidden} quieter minutes not shown; --format json or --html has them all)")?;
+        writeln!(w, "  ({hidden} quieter bins not shown; --format json or --html has them all)")?;
     }
     writeln!(w, "\nWHAT — statement shapes")?;
     for s in &r.statements {
         writeln!(
             w,
-            "  {:>9} rows {:>7} txns  {}",
+            "  {:>9} rows {:>7} txns  {}{}{}",
             thousands(s.rows),
             thousands(s.transactions),
-            clean(&one_line(&s.shape, 140))
+            clean(&one_line(&s.shape, 140)),
+            period(s.period_s),
+            inferred(s.rows_inferred)
         )?;
     }
     if r.statements_other.shapes > 0 {
@@ -1183,10 +1767,15 @@ mod tests {
     #[test]
     fn key_prefixes() {
         let k = |s: &str| Key(vec![("id".into(), KeyValue::Text(s.to_owned().into()))]);
-        assert_eq!(key_prefix(&k("report:1")), "report");
-        assert_eq!(key_prefix(&k("user_9:x")), "user");
-        assert_eq!(key_prefix(&k("plain")), "plain");
-        assert_eq!(key_prefix(&Key(vec![])), "");
+        let p = |s: &str| key_prefix(&k(s)).0.into_owned();
+        assert_eq!(p("report:1"), "report");
+        assert_eq!(p("user_9:x"), "user");
+        assert_eq!(p("plain"), "plain");
+        assert_eq!(key_prefix(&Key(vec![])).0, "");
+        // Django's `KEY_PREFIX:VERSION:key`: grouped by the key's own leading words.
+        assert_eq!(key_prefix(&k(":1:user_session_abc123")), (Cow::Borrowed(":1:user_session"), true));
+        assert_eq!(p("shop:2:views.decorators.cache.cache_page.9f8e"), "shop:2:views.decorators.cache.cache_page");
+        assert_eq!(p(":1:5f3a9c0d1e"), ":1:");
     }
 
     fn report_of(lines: &[String]) -> Report {
@@ -1236,7 +1825,7 @@ mod tests {
         );
         assert_eq!(r.burst_threshold, 100);
         assert_eq!(r.statements[0].shape, "DELETE FROM t WHERE id IN (...)");
-        assert_eq!(r.key_prefixes[0], PrefixOut { prefix: "report".into(), rows: 2 });
+        assert_eq!(r.key_prefixes[0], PrefixOut { prefix: "report".into(), rows: 2, django: false });
         assert_eq!(r.tables[0], TableOut { table: "public.t".into(), rows: 4, truncates: 0 });
         let mut text = Vec::new();
         render_text(&r, &mut text).unwrap();
@@ -1278,6 +1867,206 @@ mod tests {
         assert_eq!(r.statements.len(), 1, "one shape");
         assert_eq!(r.key_prefixes.len(), TOP);
         assert_eq!(r.key_prefixes_other.prefixes, 10);
+    }
+
+    /// Issue 12: the answer first. A job that connects anew each second (a new pid every time) is one
+    /// principal, named with its share and period; time bins are seconds for a one-minute capture.
+    #[test]
+    fn headline_names_the_main_deleter_and_its_period() {
+        let mut lines = vec![CS.to_owned()];
+        let mut lsn = 0;
+        for i in 0..10u64 {
+            let s = session(
+                100 + i as i64,
+                "ww_bgjob",
+                "ww-forgotten-job",
+                &format!("DELETE FROM cache WHERE cache_key IN ('k{i}a', 'k{i}b')"),
+            );
+            let t = format!("2026-11-26T15:01:{:02}.{:06}Z", 10 + i, (i % 3) * 2000);
+            lsn += 1;
+            for k in 0..7 {
+                lines.push(del(i + 1, lsn, &t, &format!(":1:user_session_{i}x{k}"), &s));
+            }
+            lines.push(commit(i + 1, lsn, &t, 7, &s));
+        }
+        let a = session(7, "alice", "psql", "DELETE FROM cache WHERE cache_key LIKE 'report%'");
+        for (n, t) in [(20, "2026-11-26T15:01:12.500000Z"), (10, "2026-11-26T15:01:40.000000Z")] {
+            lsn += 1;
+            for k in 0..n {
+                lines.push(del(50 + lsn, lsn, t, &format!("report:{k}"), &a));
+            }
+            lines.push(commit(50 + lsn, lsn, t, n, &a));
+        }
+        let r = report_of(&lines);
+        let h = r.headline.clone().unwrap();
+        assert_eq!(h.text, "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows, every ~1.0 s", "{h:?}");
+        assert_eq!((h.basis.as_str(), h.rows, h.row_share_pct), ("evidence", 70, 70.0));
+        assert_eq!(r.principals.len(), 2);
+        assert_eq!((r.principals[0].sessions, r.principals[0].transactions), (10, 10));
+        assert_eq!(r.principals[1].period_s, None, "two transactions: no period");
+        assert_eq!(r.by_application[0].name.as_deref(), Some("ww-forgotten-job"));
+        assert_eq!(r.by_user[1].name.as_deref(), Some("alice"));
+        assert_eq!((r.by_client_host.len(), r.by_client_host[0].rows), (1, 100));
+        assert_eq!(r.statements[0].shape, "DELETE FROM cache WHERE cache_key IN (...)");
+        assert_eq!(r.statements[0].period_s, Some(1.0));
+        assert_eq!(r.key_prefixes[0], PrefixOut { prefix: ":1:user_session".into(), rows: 70, django: true });
+        assert_eq!(r.bin_seconds, 1);
+        assert_eq!(r.bins.first().unwrap().start, "2026-11-26T15:01:10Z");
+        assert_eq!(r.bins.iter().map(|b| b.rows).sum::<u64>(), 100);
+        let mut text = Vec::new();
+        render_text(&r, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let first: Vec<&str> = text.lines().take(3).collect();
+        assert_eq!(first[2], h.text, "{text}");
+        assert!(text.contains("WHEN — rows per second"), "{text}");
+        assert!(text.contains("  2026-11-26 15:01:10          7  "), "{text}");
+    }
+
+    /// Without an application_name the headline names the statement shape; truncates only: counted.
+    #[test]
+    fn headline_falls_back_to_the_statement_shape() {
+        let s = session(9, "bob", "", "DELETE FROM t WHERE id = 42");
+        let t = "2026-11-26T15:01:00.000000Z";
+        let r = report_of(&[CS.to_owned(), del(1, 1, t, "a", &s), commit(1, 1, t, 1, &s)]);
+        assert_eq!(r.headline.unwrap().text, "\"DELETE FROM t WHERE id = ?\" (bob@10.0.0.5) deleted 100 % of the rows");
+        let tr = format!(
+            r#"{{"type":"truncate","tables":["public.t"],"xid":2,"lsn":"0/18","commit_lsn":"0/20","commit_time":"{t}","origin":null,"cascade":false,"restart_identity":false,"session":{}}}"#,
+            session(10, "carol", "psql", "TRUNCATE t")
+        );
+        let c = commit(2, 2, t, 0, &session(10, "carol", "psql", "TRUNCATE t"))
+            .replace("\"truncates\":0", "\"truncates\":1");
+        let r = report_of(&[CS.to_owned(), tr, c]);
+        assert_eq!(r.headline.unwrap().text, "psql (carol@10.0.0.5) ran 1 of the 1 TRUNCATEs");
+        let r = report_of(&[CS.to_owned()]);
+        assert_eq!(r.headline.unwrap().text, "No committed deletes in this log.");
+    }
+
+    /// The shapes of `inferred` (see the README): one candidate, several, or none.
+    fn one(session: &str, statement: &str) -> String {
+        format!(
+            r#"{{"candidates":1,"session":{session},"statement":{},"statement_start":"2026-11-26T15:00:59.000000Z","statement_end":null}}"#,
+            serde_json::to_string(statement).unwrap()
+        )
+    }
+
+    fn several(a: &str, b: &str) -> String {
+        format!(
+            r#"{{"candidates":2,"possible":[{{"session":{a},"statement":"DELETE 1","statement_start":"2026-11-26T15:00:59.000000Z","statement_end":null}},{{"session":{b},"statement":"DELETE 2","statement_start":"2026-11-26T15:00:59.000000Z","statement_end":null}}]}}"#
+        )
+    }
+
+    /// A line without evidence: `session` null, and the capture's reason and inference.
+    fn with_inferred(line: String, reason: &str, inferred: Option<&str>) -> String {
+        let mut l = line.strip_suffix('}').unwrap().to_owned();
+        l.push_str(&format!(r#","unattributed_reason":"{reason}""#));
+        if let Some(i) = inferred {
+            l.push_str(&format!(r#","inferred":{i}"#));
+        }
+        l.push('}');
+        l
+    }
+
+    /// Evidence first; a single-candidate inference is used but kept apart; several candidates are
+    /// never an answer.
+    #[test]
+    fn inferred_sessions_are_used_but_kept_apart() {
+        let job = session(41, "ww_bgjob", "ww-forgotten-job", "DELETE FROM cache WHERE expires < now()");
+        let other = session(42, "bob", "cron", "DELETE 2");
+        let t = |s: u32| format!("2026-11-26T15:02:{s:02}.000000Z");
+        let inf = one(&job, "DELETE FROM cache WHERE expires < now() - interval '1 day'");
+        let mut lines = vec![CS.to_owned()];
+        // Rows with their own single-candidate inference.
+        for k in 0..6 {
+            lines.push(with_inferred(del(1, 1, &t(0), &format!("a{k}"), "null"), "no sample", Some(&inf)));
+        }
+        lines.push(with_inferred(commit(1, 1, &t(0), 6, "null"), "no sample", Some(&inf)));
+        // Rows with none; the commit has the inference.
+        for k in 0..2 {
+            lines.push(with_inferred(del(2, 2, &t(1), &format!("b{k}"), "null"), "no sample", None));
+        }
+        lines.push(with_inferred(commit(2, 2, &t(1), 2, "null"), "no sample", Some(&inf)));
+        // Several candidates: not attributed, counted as ambiguous.
+        let amb = several(&job, &other);
+        for k in 0..3 {
+            lines.push(with_inferred(del(3, 3, &t(2), &format!("c{k}"), "null"), "two sessions open", Some(&amb)));
+        }
+        lines.push(with_inferred(commit(3, 3, &t(2), 3, "null"), "two sessions open", Some(&amb)));
+        // No inference at all.
+        lines.push(with_inferred(del(4, 4, &t(3), "d", "null"), "transaction too short to sample", None));
+        lines.push(with_inferred(commit(4, 4, &t(3), 1, "null"), "transaction too short to sample", None));
+        // Evidence for the same backend elsewhere: its own session, not merged with the inferred one.
+        lines.push(del(5, 5, &t(4), "e", &job));
+        lines.push(commit(5, 5, &t(4), 1, &job));
+        let r = report_of(&lines);
+        assert_eq!((r.rows, r.inferred_rows), (13, 8));
+        assert_eq!(r.sessions.len(), 2);
+        let s = &r.sessions[0];
+        assert!(s.inferred && s.pid == 41 && s.rows == 8, "{s:?}");
+        assert_eq!(s.statements[0].statement, "DELETE FROM cache WHERE expires < now() - interval '1 day'");
+        assert!(!r.sessions[1].inferred && r.sessions[1].rows == 1);
+        assert_eq!((r.unattributed.rows, r.unattributed.ambiguous_rows), (4, 3));
+        assert_eq!(
+            r.unattributed.reasons,
+            vec![
+                ReasonOut { reason: "two sessions open".into(), rows: 3 },
+                ReasonOut { reason: "transaction too short to sample".into(), rows: 1 }
+            ]
+        );
+        // One principal across the evidence and the inferred session.
+        assert_eq!((r.principals.len(), r.principals[0].rows, r.principals[0].rows_inferred), (1, 9, 8));
+        let h = r.headline.clone().unwrap();
+        assert_eq!(h.basis, "mixed");
+        assert_eq!(
+            h.text,
+            "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 69 % of the rows (89 % of them inferred); 31 % of the rows are not attributed"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sessions"][0]["inferred"], true);
+        assert_eq!(json["sessions"][1]["inferred"], false);
+        let mut text = Vec::new();
+        render_text(&r, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("pid 41 started 2026-11-26T14:00:00.000000Z  user ww_bgjob  app ww-forgotten-job  client 10.0.0.5:541  (trigger)  INFERRED, not evidence"), "{text}");
+        assert!(text.contains("of which 3 rows had several candidate sessions"), "{text}");
+
+        // Only inferred: the headline says so; only ambiguous: nobody is named.
+        let r = report_of(&lines[..8]);
+        assert_eq!(
+            r.headline.unwrap().text,
+            "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 100 % of the rows (inferred: no evidence session)"
+        );
+        let mut amb_only = vec![CS.to_owned()];
+        amb_only.extend_from_slice(&lines[11..15]);
+        let r = report_of(&amb_only);
+        assert!(r.sessions.is_empty());
+        assert_eq!(
+            r.headline.unwrap().text,
+            "None of the 3 deleted rows can be attributed to a session (two sessions open); 3 rows had several candidate sessions, and none is named."
+        );
+    }
+
+    /// Issue 12: `--app`/`--user` filters in `report` match the session a row is attributed to, evidence
+    /// or inferred, with globs.
+    #[test]
+    fn report_filters_match_the_attributed_session_with_globs() {
+        let job = session(41, "ww_bgjob", "ww-forgotten-job", "DELETE 1");
+        let t = "2026-11-26T15:02:00.000000Z";
+        let lines = [
+            CS.to_owned(),
+            with_inferred(del(1, 1, t, "a", "null"), "no sample", Some(&one(&job, "DELETE 1"))),
+            with_inferred(commit(1, 1, t, 1, "null"), "no sample", None),
+            del(2, 2, t, "b", &session(8, "alice", "psql", "DELETE 3")),
+            commit(2, 2, t, 1, &session(8, "alice", "psql", "DELETE 3")),
+        ];
+        let args = crate::cli::FilterArgs { app: vec!["ww-*".into()], ..Default::default() };
+        let mut agg = Aggregator::new(Filter::from_args(&args).unwrap());
+        let mut f = Feeder::new("t", true);
+        for (i, l) in lines.iter().enumerate() {
+            f.line(i as u64 + 1, l.as_bytes(), &mut agg).unwrap();
+        }
+        f.end(lines.len() as u64, 0, &mut agg).unwrap();
+        let r = agg.report(&["t".into()], 5, 0);
+        assert_eq!((r.rows, r.sessions.len(), r.sessions[0].pid), (1, 1, 41));
     }
 
     /// Issue 13: `report --html` followed a planted symbolic link and overwrote its target.

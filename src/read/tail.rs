@@ -7,7 +7,7 @@
 //!   keys  report:0, report:1, report:10 … (+2 more)
 //! ```
 //! A transaction is shown only when its commit has been read, so rows a crash left without a commit
-//! never appear as committed. With `-f` the file is followed (see `follow`); `--json` passes the
+//! never appear as committed. With `-f` the file is followed (see `follow`); `--format json` (old spelling `--json`) passes the
 //! records of complete transactions through unchanged instead.
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::time::Duration;
@@ -384,7 +384,8 @@ pub fn run(args: TailArgs) -> Exit {
 
 fn tail(args: &TailArgs) -> Result<(), Stop> {
     let stdout = io::stdout();
-    let mut view = TailView::new(BufWriter::new(stdout.lock()), args.json, args.keys, !args.json && colour_wanted());
+    let json = args.json || args.format == crate::cli::ReportFormat::Json;
+    let mut view = TailView::new(BufWriter::new(stdout.lock()), json, args.keys, !json && colour_wanted());
     let name = if args.file == "-" { "<stdin>" } else { &args.file };
     // tail shows what it can: damaged lines are reported on stderr and read past.
     let mut feeder = Feeder::new(name, true);

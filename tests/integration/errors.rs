@@ -105,6 +105,21 @@ async fn doctor_explains_what_to_fix() {
     assert!(r.stdout.contains("REPLICA IDENTITY FULL (or add a primary key)"), "{r}");
     assert!(r.stdout.contains("public.missing not found"), "{r}");
     assert!(r.stdout.contains("pgoutput protocol version"), "{r}");
+    // Issue 12: one `--format json` spelling across commands, doctor too.
+    let mut j = run(&bad.dsn, &["t", "nopk"]);
+    j.extend(["--format".into(), "json".into()]);
+    let r = run_bin(&j).await;
+    r.assert_code(6);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {r}"));
+    assert_eq!((doc["ready"].as_bool(), doc["exit"].as_i64()), (Some(false), Some(6)), "{doc}");
+    let checks = doc["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["level"] == "fail" && c["message"].as_str().unwrap().starts_with("wal_level = replica")),
+        "{doc}"
+    );
+    assert!(checks.iter().any(|c| c["level"] == "ok"), "{doc}");
 
     let good = Env::start().await;
     good.exec("CREATE TABLE t (id int PRIMARY KEY); CREATE ROLE lurker LOGIN;").await;

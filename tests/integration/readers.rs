@@ -364,6 +364,37 @@ fn shown(dom: &str, key: &str) -> Option<f64> {
     dom[at..end].replace(',', "").parse().ok()
 }
 
+/// The text of the first element whose start tag holds `attr` (entities for &, <, > undone).
+fn element_text(dom: &str, attr: &str) -> Option<String> {
+    let at = dom.find(attr)?;
+    let start = dom[at..].find('>')? + at + 1;
+    let end = dom[start..].find("</")? + start;
+    Some(dom[start..end].replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+}
+
+/// A number the page's script wrote on `<body>` (`data-scroll-width` …).
+fn body_attr(dom: &str, name: &str) -> Option<i64> {
+    let body = &dom[dom.find("<body")?..];
+    let body = &body[..body.find('>')?];
+    let at = body.find(&format!("{name}=\""))? + name.len() + 2;
+    body[at..].split('"').next()?.parse().ok()
+}
+
+/// Issue 12: at a window 1280 px wide the page needs no horizontal scrolling, and no table is cut off
+/// inside its scroll box.
+fn fits_1280(dom: &str) {
+    let inner = body_attr(dom, "data-inner-width");
+    assert_eq!(
+        inner,
+        Some(1280),
+        "window width not applied; body: {:?}",
+        &dom[dom.find("<body").unwrap_or(0)..][..300]
+    );
+    let width = body_attr(dom, "data-scroll-width").expect("no data-scroll-width");
+    assert!(width <= 1280, "the page is {width} px wide at a 1280 px window");
+    assert_eq!(body_attr(dom, "data-wide-overflow"), Some(0), "a table overflows its box");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_html_renders_in_chromium() {
     let env = Env::start().await;
@@ -380,6 +411,7 @@ async fn report_html_renders_in_chromium() {
     };
     let url = format!("file://{}", page.display());
     let mut args = chromium_args(&env.dir.path().join("profile"));
+    args.push("--window-size=1280,1500".into());
     args.push("--dump-dom".into());
     args.push(url.clone());
     let dump = tokio::time::timeout(
@@ -408,6 +440,11 @@ async fn report_html_renders_in_chromium() {
         assert_eq!(shown(&dom, key), want.as_f64(), "{key}");
     }
     assert_eq!(shown(&dom, "unattributed.row_share_pct"), Some(0.0));
+    // Issue 12: the answer first — the headline names the main deleter (cleaner: 14 of 15 rows).
+    let headline = element_text(&dom, "id=\"headline\"").expect("no headline");
+    assert!(headline.starts_with("cleaner (postgres@127.0.0.1) deleted 93 % of the rows"), "{headline}");
+    assert_eq!(rep["headline"]["text"].as_str(), Some(headline.as_str()));
+    fits_1280(&dom);
 
     let png = env.dir.path().join("report.png");
     let mut args = chromium_args(&env.dir.path().join("profile2"));
@@ -428,4 +465,199 @@ async fn report_html_renders_in_chromium() {
     if let Ok(keep) = std::env::var("WALWITNESS_KEEP_SCREENSHOT") {
         let _ = std::fs::copy(&png, keep);
     }
+}
+
+/// A log written by hand, as a capture with activity attribution and inference writes it (issue 12):
+/// `ww-forgotten-job` connects anew every second (a new pid each time) and deletes 7 Django cache
+/// keys; 2 of its 10 transactions have no evidence, only a single-candidate `inferred`. A second
+/// client with a long application name over IPv6 deletes 20 rows; 5 rows have several candidates and
+/// 5 none.
+fn crafted_log(path: &Path) {
+    use serde_json::json;
+    let cs = json!({"type":"capture_started","time":"2026-11-26T15:00:00.000000Z","slot":"s","publication":"p",
+        "tables":["public.django_cache"],"start_lsn":"0/10","server_version":"15","system_identifier":"1",
+        "database":"app","walwitness_version":"0.1.0","format_version":1,"proto_version":3});
+    let mut lines = vec![cs.to_string()];
+    let session = |pid: i64, user: &str, app: &str, addr: &str, q: &str| {
+        json!({"attributed_by":"activity","pid":pid,"backend_start":"2026-11-26T15:00:00.000000Z","user":user,
+            "application_name":app,"client_addr":addr,"client_port":40000 + pid,"query":q,"query_truncated":false,
+            "xact_start":null})
+    };
+    let mut lsn = 0x100u64;
+    let mut txn = |xid: u64, t: &str, keys: Vec<String>, session: Value, extra: Value| {
+        lsn += 0x100;
+        for k in &keys {
+            let mut r = json!({"type":"delete","table":"public.django_cache","xid":xid,"lsn":format!("0/{:X}", lsn - 8),
+                "commit_lsn":format!("0/{lsn:X}"),"commit_time":t,"origin":null,"key":{"cache_key":k},"old":null,
+                "session":session});
+            for (f, v) in extra.as_object().unwrap() {
+                r[f] = v.clone();
+            }
+            lines.push(r.to_string());
+        }
+        let c = json!({"type":"commit","xid":xid,"commit_lsn":format!("0/{lsn:X}"),"end_lsn":format!("0/{:X}", lsn + 8),
+            "commit_time":t,"origin":null,"deletes":keys.len(),"truncates":0,"session":session,"attribution":"activity"});
+        lines.push(c.to_string());
+    };
+    for i in 0..10u64 {
+        let q = format!(
+            "DELETE FROM django_cache WHERE cache_key IN ({})",
+            (0..7).map(|k| format!("':1:user_session_{i}{k}'")).collect::<Vec<_>>().join(", ")
+        );
+        let s = session(2000 + i as i64, "ww_bgjob", "ww-forgotten-job", "10.0.0.5", &q);
+        let t = format!("2026-11-26T15:01:{:02}.{:06}Z", 10 + i, (i % 3) * 1500);
+        let keys = (0..7).map(|k| format!(":1:user_session_{i}{k}x9f")).collect();
+        if i % 5 == 4 {
+            let inferred = json!({"candidates":1,"session":s,"statement":q,"statement_start":t,"statement_end":null});
+            txn(100 + i, &t, keys, Value::Null, json!({"unattributed_reason":"not sampled","inferred":inferred}));
+        } else {
+            txn(100 + i, &t, keys, s, json!({}));
+        }
+    }
+    let long_app = format!("reporting-{}", "x".repeat(120));
+    let long_q = format!(
+        "DELETE FROM django_cache WHERE cache_key LIKE 'views.decorators.cache.cache_page.%' -- {}",
+        "y".repeat(400)
+    );
+    let other = session(77, "alice", &long_app, "2001:db8:ffff:ffff:ffff:ffff:ffff:1", &long_q);
+    for (n, t) in [(0u64, "2026-11-26T15:01:12.500000Z"), (1, "2026-11-26T15:01:15.500000Z")] {
+        let keys = (0..10).map(|k| format!("views.decorators.cache.cache_page.{}{n}{k}", "a".repeat(60))).collect();
+        txn(200 + n, t, keys, other.clone(), json!({}));
+    }
+    let amb = json!({"candidates":2,"possible":[
+        {"session":session(3001, "bob", "cron", "10.0.0.9", "DELETE 1"),"statement":"DELETE 1","statement_start":"2026-11-26T15:01:17.000000Z","statement_end":null},
+        {"session":session(3002, "carol", "cron", "10.0.0.9", "DELETE 2"),"statement":"DELETE 2","statement_start":"2026-11-26T15:01:17.000000Z","statement_end":null}]});
+    txn(
+        300,
+        "2026-11-26T15:01:17.200000Z",
+        (0..5).map(|k| format!("amb{k}")).collect(),
+        Value::Null,
+        json!({"unattributed_reason":"several sessions could have run it","inferred":amb}),
+    );
+    txn(
+        301,
+        "2026-11-26T15:01:18.700000Z",
+        (0..5).map(|k| format!("none{k}")).collect(),
+        Value::Null,
+        json!({"unattributed_reason":"transaction too short to be sampled"}),
+    );
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Issue 12 items 3 and 4 on a log written by hand (no server needed): the headline, roll-ups,
+/// periodicity, adaptive bins, Django prefixes and inferred sessions; `--since/--until` forms and
+/// `--app/--user` globs; `--format json` for tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_answers_first_on_a_crafted_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.jsonl");
+    crafted_log(&path);
+    let log = path.display().to_string();
+    let r = run(&["report", &log, "--format", "json"]).await;
+    r.assert_code(0);
+    let rep: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(rep["rows"], 100);
+    let h = &rep["headline"];
+    assert_eq!(
+        h["text"],
+        "ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows (20 % of them inferred), every ~1.0 s; 10 % of the rows are not attributed",
+        "{h}"
+    );
+    assert_eq!((h["basis"].as_str(), h["rows_inferred"].as_u64()), (Some("mixed"), Some(14)));
+    assert_eq!(rep["inferred_rows"], 14);
+    let p0 = &rep["principals"][0];
+    assert_eq!(
+        (p0["sessions"].as_u64(), p0["transactions"].as_u64(), p0["period_s"].as_f64()),
+        (Some(10), Some(10), Some(1.0)),
+        "{p0}"
+    );
+    assert_eq!(rep["by_application"][0]["name"], "ww-forgotten-job");
+    assert_eq!(rep["by_user"][1]["name"], "alice");
+    assert_eq!(rep["by_client_host"][1]["name"], "2001:db8:ffff:ffff:ffff:ffff:ffff:1");
+    let sessions = rep["sessions"].as_array().unwrap();
+    assert_eq!(sessions.iter().filter(|s| s["inferred"] == true).count(), 2);
+    assert_eq!(rep["unattributed"]["rows"], 10);
+    assert_eq!(rep["unattributed"]["ambiguous_rows"], 5);
+    assert_eq!(rep["statements"][0]["shape"], "DELETE FROM django_cache WHERE cache_key IN (...)");
+    assert_eq!(rep["statements"][0]["period_s"], 1.0);
+    assert_eq!(rep["key_prefixes"][0]["prefix"], ":1:user_session");
+    assert_eq!(rep["key_prefixes"][0]["django"], true);
+    assert_eq!(rep["bin_seconds"], 1);
+    assert_eq!(rep["bins"][0]["start"], "2026-11-26T15:01:10Z");
+    // Text: the headline comes first.
+    let t = run(&["report", &log]).await;
+    t.assert_code(0);
+    assert_eq!(t.stdout.lines().nth(2), h["text"].as_str(), "{t}");
+    assert!(t.stdout.contains("INFERRED, not evidence"), "{t}");
+    assert!(t.stdout.contains("WHEN — rows per second"), "{t}");
+
+    // Item 4: globs on application and user; report matches the attributed session (evidence or
+    // inferred), replay the evidence.
+    let rows = |args: &[&str]| {
+        let mut a = vec!["report", log.as_str(), "--format", "json"];
+        a.extend_from_slice(args);
+        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        async move {
+            let r = run_bin(&a).await;
+            r.assert_code(0);
+            serde_json::from_str::<Value>(&r.stdout).unwrap()["rows"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(rows(&["--app", "ww-*"]).await, 70);
+    assert_eq!(rows(&["--app", "ww-forgotten-job"]).await, 70);
+    assert_eq!(rows(&["--user", "ww_?gjob", "--user", "al*"]).await, 90);
+    assert_eq!(rows(&["--app", "reporting-*", "--user", "ww_*"]).await, 0);
+    let evidence = json_lines(&run(&["replay", &log, "--app", "ww-f*job", "--type", "delete"]).await);
+    assert_eq!(evidence.len(), 56);
+    // --since/--until: RFC 3339, a wall-clock time with an offset or Z, relative.
+    assert_eq!(rows(&["--since", "2026-11-26T15:01:15Z"]).await, 7 * 5 + 10 + 5 + 5);
+    assert_eq!(rows(&["--since", "2026-11-26 15:01:15Z"]).await, 55);
+    assert_eq!(rows(&["--since", "2026-11-26 16:01:15+01:00", "--until", "2026-11-26 15:01:17Z"]).await, 7 * 2 + 10);
+    assert_eq!(rows(&["--since", "2026-11-26 15:01:17.2+00:00"]).await, 7 * 2 + 5 + 5);
+    assert_eq!(rows(&["--since", "5000000d"]).await, 100, "long before now: everything");
+    assert_eq!(rows(&["--until", "5000000d"]).await, 0);
+    let bad = run(&["report", &log, "--since", "yesterday"]).await;
+    bad.assert_code(2);
+    assert!(bad.stderr.contains("--since") && bad.stderr.contains("10m"), "{bad}");
+
+    // One spelling: --format json for tail as for report (--json still works).
+    let a = run(&["tail", &log, "--format", "json"]).await;
+    a.assert_code(0);
+    assert_eq!(a.stdout, run(&["tail", &log, "--json"]).await.stdout);
+    assert_eq!(json_lines(&a).len(), std::fs::read_to_string(&path).unwrap().lines().count());
+}
+
+/// Issue 12: the HTML page of that log — the headline names the main deleter, inferred sessions are
+/// marked, and long names, statements and IPv6 addresses still fit a 1280 px window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_html_headline_and_width_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.jsonl");
+    crafted_log(&path);
+    let page = dir.path().join("crafted.html");
+    run(&["report", &path.display().to_string(), "--html", &page.display().to_string()]).await.assert_code(0);
+    let Some(chromium) = find_chromium() else {
+        println!("SKIPPED report_html_headline_and_width_in_chromium: chromium is not installed");
+        return;
+    };
+    let mut args = chromium_args(&dir.path().join("profile"));
+    args.push("--window-size=1280,1500".into());
+    args.push("--dump-dom".into());
+    args.push(format!("file://{}", page.display()));
+    let dump = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&chromium).args(&args).stdin(Stdio::null()).output(),
+    )
+    .await
+    .expect("chromium --dump-dom did not finish in 120 s")
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dump.stdout);
+    assert!(dom.contains("data-check=\"ok\""), "the page's number check did not pass: {}", &dom[..dom.len().min(2000)]);
+    let headline = element_text(&dom, "id=\"headline\"").expect("no headline");
+    assert!(headline.starts_with("ww-forgotten-job (ww_bgjob@10.0.0.5) deleted 70 % of the rows"), "{headline}");
+    assert!(dom.contains("data-basis=\"mixed\""));
+    assert_eq!(dom.matches("data-inferred=\"true\"").count(), 2, "the two inferred sessions are marked");
+    assert_eq!(shown(&dom, "principals.0.rows_inferred"), Some(14.0));
+    assert_eq!(shown(&dom, "bin_seconds"), Some(1.0));
+    fits_1280(&dom);
 }
