@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
+use crate::attribution::infer::Inference;
 use crate::attribution::{Attributor, Session, SessionJson};
 use crate::protocol::buf::lossless_name;
 use crate::protocol::pgoutput::{Message, OldKind, Value};
@@ -83,6 +84,8 @@ struct Txn {
     unattributed: u64,
     conflict: bool,
     rejected: Vec<String>,
+    /// Inference for a transaction without a sampled session (see `attribution::infer`).
+    inference: Option<Inference>,
 }
 
 impl Txn {
@@ -111,7 +114,13 @@ impl Txn {
                     self.first_session = Some(s);
                 }
             }
-            None => out.extend_from_slice(b"null"),
+            None => {
+                out.extend_from_slice(b"null");
+                if let Some(Inference::Inferred { json, .. }) = &self.inference {
+                    out.extend_from_slice(b",\"inferred\":");
+                    out.extend_from_slice(json);
+                }
+            }
         }
     }
 
@@ -161,6 +170,9 @@ pub struct Assembler {
     attributor: Attributor,
     /// Messages with our prefix that failed verification, over the whole capture.
     pub rejected_messages: u64,
+    /// Transactions written, and those of them with no session and no single inferred one.
+    pub written_transactions: u64,
+    pub unnamed_transactions: u64,
 }
 
 impl Assembler {
@@ -172,7 +184,22 @@ impl Assembler {
             resume_after,
             attributor,
             rejected_messages: 0,
+            written_transactions: 0,
+            unnamed_transactions: 0,
         }
+    }
+
+    /// The activity source's map, when it infers (a live capture).
+    pub fn inferring_map(&self) -> Option<Arc<crate::attribution::activity::ActivityMap>> {
+        self.attributor.activity.clone().filter(|m| m.infers())
+    }
+
+    /// Whether a Begin needs inference (no sampled session for its xid, not already logged), and so a
+    /// sample taken after its commit.
+    pub fn wants_sample_after(&self, msg: &Message) -> Option<(Arc<crate::attribution::activity::ActivityMap>, i64)> {
+        let Message::Begin { final_lsn, commit_time, xid } = msg else { return None };
+        let m = self.inferring_map()?;
+        (*final_lsn >= self.resume_after && m.lookup(*xid).is_none()).then_some((m, *commit_time))
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -300,6 +327,11 @@ impl Assembler {
                 if let Some(t) = &self.txn {
                     return Err(err(format!("Begin of xid {xid} while xid {} is still open", t.xid)));
                 }
+                let activity = self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new);
+                let inference = match (&activity, &self.attributor.activity) {
+                    (None, Some(m)) if final_lsn >= self.resume_after => m.infer(xid, commit_time),
+                    _ => None,
+                };
                 let mut t = Txn {
                     xid,
                     final_lsn,
@@ -309,7 +341,7 @@ impl Assembler {
                     common: BytesMut::new(),
                     deletes: 0,
                     truncates: 0,
-                    activity: self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new),
+                    activity,
                     trigger: HashMap::new(),
                     renames: Vec::new(),
                     saved_relations: Vec::new(),
@@ -319,6 +351,7 @@ impl Assembler {
                     unattributed: 0,
                     conflict: false,
                     rejected: Vec::new(),
+                    inference,
                 };
                 t.rebuild_common();
                 self.txn = Some(t);
@@ -493,6 +526,26 @@ impl Assembler {
                     };
                     out.extend_from_slice(b",\"attribution\":");
                     push_str(out, attribution);
+                    // Inference for the rows without a session; why there is none when nothing named them.
+                    let mut named = t.unattributed == 0;
+                    if t.unattributed > 0 {
+                        match &t.inference {
+                            Some(Inference::Inferred { json, named: one }) => {
+                                out.extend_from_slice(b",\"inferred\":");
+                                out.extend_from_slice(json);
+                                named = *one;
+                            }
+                            Some(Inference::Unattributed(reason)) if t.first_session.is_none() => {
+                                out.extend_from_slice(b",\"unattributed_reason\":");
+                                push_str(out, reason);
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.written_transactions += 1;
+                    if !named {
+                        self.unnamed_transactions += 1;
+                    }
                     if t.conflict {
                         out.extend_from_slice(b",\"attribution_conflict\":true");
                     }

@@ -265,6 +265,10 @@ pub struct CaptureStarted<'a> {
     /// Transactions ending at or below this were already in the log (for this server, database and slot)
     /// when the run started, and are not written again.
     pub resume_after: Lsn,
+    /// Who-ran-it sources of this run: `"trigger"`, `"activity"` (both, one, or none: `[]`).
+    pub attribution_sources: &'a [&'a str],
+    /// The activity sampler's interval in milliseconds (`null` without the activity source).
+    pub activity_interval_ms: Option<u64>,
     /// The head of the log before this run (the chain value of its last line), or `None` for a new
     /// log, standard output, or a log whose last line has no chain value (format 1).
     pub chain_prev: Option<String>,
