@@ -16,6 +16,10 @@ use super::session::{Session, SessionJson};
 
 pub const MAX_ENTRIES: usize = 200_000;
 pub const TTL: Duration = Duration::from_secs(15 * 60);
+/// Samples asked for between regular ones are at least this far apart (see `spawn_sampler`)...
+pub const MIN_GAP: Duration = Duration::from_millis(2);
+/// ... and at least this many times as far apart as the last sample took.
+pub const GAP_PER_COST: u32 = 10;
 
 struct Entry {
     session: SessionJson,
@@ -68,16 +72,17 @@ impl ActivityMap {
         }
     }
 
-    /// Records one sample's statement windows, taken at server time `now_us`.
-    pub fn record_windows(&self, now_us: i64, rows: &[Observed]) {
+    /// Records one sample's statement windows: its query started at server time `taken_us` (before
+    /// pg_stat_activity was read) and ended at `now_us`.
+    pub fn record_windows(&self, taken_us: i64, now_us: i64, rows: &[Observed]) {
         if !self.infer {
             return;
         }
         if let Ok(mut h) = self.history.lock() {
-            h.record(now_us, rows, &self.watched);
+            h.record(taken_us, now_us, rows, &self.watched);
         }
         if let Some(tx) = &self.sampled {
-            tx.send_replace(now_us);
+            tx.send_replace(taken_us);
         }
         self.lagging.store(false, std::sync::atomic::Ordering::Relaxed);
     }
@@ -105,11 +110,11 @@ impl ActivityMap {
     }
 
     /// Inference for a transaction without evidence (`None`: inference is off).
-    pub fn infer(&self, xid: u32, commit_us: i64) -> Option<Inference> {
+    pub fn infer(&self, xid: u32, commit_us: i64, keys: &[String]) -> Option<Inference> {
         if !self.infer {
             return None;
         }
-        Some(self.history.lock().ok()?.infer(xid, commit_us))
+        Some(self.history.lock().ok()?.infer(xid, commit_us, keys))
     }
 
     /// Records one sample's sessions.
@@ -186,13 +191,14 @@ pub fn sample_sql(since_us: Option<i64>) -> String {
          host(client_addr), client_port, left(query, 8192), \
          octet_length(query) >= (SELECT setting::int FROM pg_settings WHERE name = 'track_activity_query_size') - 1 OR length(query) > 8192, \
          to_char(xact_start AT TIME ZONE 'UTC', {TS}), to_char(clock_timestamp() AT TIME ZONE 'UTC', {TS}), \
-         {q}, {s}, state = 'active', {now} \
+         {q}, {s}, state = 'active', {now}, NULL::int8 \
          FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
          AND (backend_xid IS NOT NULL OR state = 'active' OR state_change >= {since}) \
-         UNION ALL SELECT NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {now}",
+         UNION ALL SELECT NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {now}, {stmt}",
         q = pg_us("query_start"),
         s = pg_us("state_change"),
         now = pg_us("clock_timestamp()"),
+        stmt = pg_us("statement_timestamp()"),
     )
 }
 
@@ -262,6 +268,8 @@ pub fn spawn_sampler(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut since: Option<i64> = None;
+        let mut last: Option<Instant> = None;
+        let mut cost = Duration::from_millis(1);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
@@ -270,8 +278,18 @@ pub fn spawn_sampler(
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = map.wake.notified() => {}
+                _ = map.wake.notified() => {
+                    // Asked for early (a commit to infer, a streamed transaction): the sooner after a
+                    // commit, the likelier its session's statement is still the last one. But not back
+                    // to back: at least GAP_PER_COST times the last sample's duration apart (so early
+                    // samples keep the sampler's share of the server's time under ~10 %), and MIN_GAP.
+                    let gap = (cost * GAP_PER_COST).clamp(MIN_GAP, every.max(MIN_GAP));
+                    if let Some(wait) = last.map(|l: Instant| gap.saturating_sub(l.elapsed())).filter(|w| !w.is_zero()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
+            last = Some(Instant::now());
             if std::sync::Arc::strong_count(&map) == 1 {
                 return;
             }
@@ -284,6 +302,10 @@ pub fn spawn_sampler(
             let sql = sample_sql(since);
             match c.query(&sql, &[]).await {
                 Ok(rows) => {
+                    // The server's time on the query (not the round trip): what early samples cost it.
+                    if let Some((end, start)) = rows.iter().find_map(|r| Some((r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?))) {
+                        cost = Duration::from_micros(end.saturating_sub(start).max(0) as u64);
+                    }
                     let now_us = rows.iter().filter_map(sample_time).max();
                     let mut held = Vec::new();
                     let mut observed = Vec::with_capacity(rows.len());
@@ -294,8 +316,9 @@ pub fn spawn_sampler(
                         }
                     }
                     map.record(Instant::now(), held);
-                    if let Some(now_us) = now_us {
-                        map.record_windows(now_us, &observed);
+                    let taken_us = rows.iter().find_map(|r| r.get::<_, Option<i64>>(15));
+                    if let (Some(now_us), Some(taken_us)) = (now_us, taken_us) {
+                        map.record_windows(taken_us, now_us, &observed);
                         since = Some(now_us);
                     }
                     for xid in map.take_wanted() {

@@ -326,9 +326,10 @@ pub struct History {
 }
 
 impl History {
-    /// Records one sample taken at server time `now_us`.
-    pub fn record(&mut self, now_us: i64, rows: &[Observed], watched: &[(String, String)]) {
-        self.first_sample_us.get_or_insert(now_us);
+    /// Records one sample: its query started at server time `taken_us` (what it shows is at least as
+    /// new) and ended at `now_us`.
+    pub fn record(&mut self, taken_us: i64, now_us: i64, rows: &[Observed], watched: &[(String, String)]) {
+        self.first_sample_us.get_or_insert(taken_us);
         for r in rows {
             let Some(start) = r.start_us else { continue };
             let key = (r.session.pid, r.session.backend_start.clone());
@@ -368,7 +369,7 @@ impl History {
                 }
             }
         }
-        self.last_sample_us = Some(now_us);
+        self.last_sample_us = Some(taken_us);
         if self.total > MAX_WINDOWS {
             self.expire(now_us);
         }
@@ -392,8 +393,10 @@ impl History {
         self.total = self.sessions.values().map(VecDeque::len).sum();
     }
 
-    /// Infers the session of transaction `xid` that committed at `commit_us` (server time).
-    pub fn infer(&mut self, xid: u32, commit_us: i64) -> Inference {
+    /// Infers the session of transaction `xid` that committed at `commit_us` (server time). `keys`: text
+    /// of some of its deleted rows' keys; among several candidates, the only one whose statement holds
+    /// one of them as a literal is named (a tie broken by evidence in the statement text).
+    pub fn infer(&mut self, xid: u32, commit_us: i64, keys: &[String]) -> Inference {
         match (self.first_sample_us, self.last_sample_us) {
             (None, _) | (_, None) => return Inference::Unattributed("the activity sampler had taken no sample yet".into()),
             (Some(first), _) if commit_us < first => {
@@ -401,7 +404,7 @@ impl History {
                     "committed before the activity sampler's first sample (before this capture ran)".into(),
                 )
             }
-            (_, Some(last)) if last < commit_us => {
+            (_, Some(last)) if last <= commit_us => {
                 return Inference::Unattributed(
                     "no activity sample after the commit (the sampler is late or failing)".into(),
                 )
@@ -422,6 +425,15 @@ impl History {
                 }
             }
         }
+        let mut set_aside = 0;
+        if strong.len() > 1 && !keys.is_empty() {
+            let literals: Vec<String> = keys.iter().map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
+            let holds = |w: &Window| w.session.query.as_deref().is_some_and(|q| literals.iter().any(|l| q.contains(l.as_str())));
+            if strong.iter().filter(|w| holds(w)).count() == 1 {
+                set_aside = strong.len() - 1;
+                strong.retain(|w| holds(w));
+            }
+        }
         match strong.len() {
             0 if weak > 0 => Inference::Unattributed(format!(
                 "no session was seen running a DELETE or TRUNCATE of a watched table when it committed; \
@@ -436,6 +448,9 @@ impl History {
                 let w = &mut strong[0];
                 w.used = true;
                 let mut out = b"{\"candidates\":1,".to_vec();
+                if set_aside > 0 {
+                    out.extend_from_slice(format!("\"set_aside_by_keys\":{set_aside},").as_bytes());
+                }
                 w.push_json(&mut out);
                 out.push(b'}');
                 Inference::Inferred { json: Bytes::from(out), named: true }
@@ -504,13 +519,46 @@ mod tests {
         }
     }
 
+    impl History {
+        fn infer_t(&mut self, xid: u32, t: i64) -> Inference {
+            self.infer(xid, t, &[])
+        }
+    }
+
+    #[test]
+    fn keys_break_a_tie() {
+        let mut h = History::default();
+        let wl = w();
+        h.record(0, 0, &[], &wl);
+        h.record(
+            100,
+            100,
+            &[
+                obs(1, "DELETE FROM django_cache WHERE cache_key IN ('a', 'b')", 10, Some(50), None),
+                obs(2, "DELETE FROM django_cache WHERE cache_key IN ('it''s')", 20, Some(60), None),
+            ],
+            &wl,
+        );
+        // Neither holds a key: no single answer.
+        assert!(matches!(h.infer(8, 30, &["zz".into()]), Inference::Inferred { named: false, .. }));
+        match h.infer(7, 30, &["it's".into()]) {
+            Inference::Inferred { json, named: true } => {
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                assert_eq!(v["session"]["pid"], 2, "{v}");
+                assert_eq!(v["set_aside_by_keys"], 1, "{v}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn one_window_names_one_transaction() {
         let mut h = History::default();
         let wl = w();
-        assert!(matches!(h.infer(1, 5), Inference::Unattributed(_)));
-        h.record(0, &[], &wl);
+        assert!(matches!(h.infer_t(1, 5), Inference::Unattributed(_)));
+        h.record(0, 0, &[], &wl);
         h.record(
+            100,
             100,
             &[
                 obs(1, "DELETE FROM django_cache WHERE cache_key IN ('a')", 10, Some(20), None),
@@ -519,7 +567,7 @@ mod tests {
             ],
             &wl,
         );
-        match h.infer(7, 15) {
+        match h.infer_t(7, 15) {
             Inference::Inferred { json, named: true } => {
                 let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
                 assert_eq!(v["candidates"], 1);
@@ -531,22 +579,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Used up: a second transaction in the same window is not explained by it.
-        assert!(matches!(h.infer(8, 16), Inference::Unattributed(_)));
+        assert!(matches!(h.infer_t(8, 16), Inference::Unattributed(_)));
         // A COMMIT is weak: counted, not named.
-        match h.infer(9, 40) {
+        match h.infer_t(9, 40) {
             Inference::Unattributed(r) => assert!(r.contains("1 ran a COMMIT"), "{r}"),
             other => panic!("{other:?}"),
         }
         // After the last sample: no answer yet.
-        assert!(matches!(h.infer(10, 1000), Inference::Unattributed(r) if r.contains("no activity sample after")));
+        assert!(matches!(h.infer_t(10, 1000), Inference::Unattributed(r) if r.contains("no activity sample after")));
     }
 
     #[test]
     fn several_candidates_are_listed_and_xids_exclude() {
         let mut h = History::default();
         let wl = w();
-        h.record(0, &[], &wl);
+        h.record(0, 0, &[], &wl);
         h.record(
+            100,
             100,
             &[
                 obs(1, "DELETE FROM django_cache", 10, Some(50), None),
@@ -555,7 +604,7 @@ mod tests {
             ],
             &wl,
         );
-        match h.infer(7, 30) {
+        match h.infer_t(7, 30) {
             Inference::Inferred { json, named: false } => {
                 let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
                 assert_eq!(v["candidates"], 2);
@@ -565,7 +614,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The active window of pid 2 ends when a later sample no longer shows it.
-        h.record(200, &[], &wl);
-        assert!(matches!(h.infer(8, 300), Inference::Unattributed(_)));
+        h.record(200, 200, &[], &wl);
+        assert!(matches!(h.infer_t(8, 300), Inference::Unattributed(_)));
     }
 }

@@ -84,8 +84,12 @@ struct Txn {
     unattributed: u64,
     conflict: bool,
     rejected: Vec<String>,
-    /// Inference for a transaction without a sampled session (see `attribution::infer`).
-    inference: Option<Inference>,
+    /// Whether to infer the session at the commit (no sampled session for the xid; see
+    /// `attribution::infer`).
+    infer: bool,
+    /// Text of the first deleted rows' keys (single-column keys), which inference matches against the
+    /// candidates' statements.
+    keys: Vec<String>,
 }
 
 impl Txn {
@@ -114,13 +118,7 @@ impl Txn {
                     self.first_session = Some(s);
                 }
             }
-            None => {
-                out.extend_from_slice(b"null");
-                if let Some(Inference::Inferred { json, .. }) = &self.inference {
-                    out.extend_from_slice(b",\"inferred\":");
-                    out.extend_from_slice(json);
-                }
-            }
+            None => out.extend_from_slice(b"null"),
         }
     }
 
@@ -147,6 +145,9 @@ impl Txn {
         self.common = c;
     }
 }
+
+/// Keys of a transaction kept for inference (see `Txn::keys`).
+const MAX_KEYS: usize = 16;
 
 /// A row record written up to its `"session":` value, waiting for the next message (see `handle`).
 struct Pending {
@@ -328,10 +329,7 @@ impl Assembler {
                     return Err(err(format!("Begin of xid {xid} while xid {} is still open", t.xid)));
                 }
                 let activity = self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new);
-                let inference = match (&activity, &self.attributor.activity) {
-                    (None, Some(m)) if final_lsn >= self.resume_after => m.infer(xid, commit_time),
-                    _ => None,
-                };
+                let infer = activity.is_none() && self.attributor.activity.as_ref().is_some_and(|m| m.infers());
                 let mut t = Txn {
                     xid,
                     final_lsn,
@@ -351,7 +349,8 @@ impl Assembler {
                     unattributed: 0,
                     conflict: false,
                     rejected: Vec::new(),
-                    inference,
+                    infer,
+                    keys: Vec::new(),
                 };
                 t.rebuild_common();
                 self.txn = Some(t);
@@ -405,6 +404,11 @@ impl Assembler {
                     OldKind::Key => Some(&rel.identity_cols),
                     OldKind::Old => rel.pk_cols.as_ref(),
                 };
+                if let (true, Some([i])) = (t.infer && t.keys.len() < MAX_KEYS, key_cols.map(Vec::as_slice)) {
+                    if let Some(Value::Text(v)) = vals.get(*i) {
+                        t.keys.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                }
                 match key_cols {
                     Some(cols) => push_object(out, cols.iter().map(|&i| (&rel.columns[i].name_json[..], &vals[i]))),
                     None => out.extend_from_slice(b"null"),
@@ -528,8 +532,12 @@ impl Assembler {
                     push_str(out, attribution);
                     // Inference for the rows without a session; why there is none when nothing named them.
                     let mut named = t.unattributed == 0;
+                    let inference = match &self.attributor.activity {
+                        Some(m) if t.infer && t.unattributed > 0 => m.infer(t.xid, commit_time, &t.keys),
+                        _ => None,
+                    };
                     if t.unattributed > 0 {
-                        match &t.inference {
+                        match &inference {
                             Some(Inference::Inferred { json, named: one }) => {
                                 out.extend_from_slice(b",\"inferred\":");
                                 out.extend_from_slice(json);
