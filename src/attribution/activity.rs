@@ -19,7 +19,7 @@ pub const TTL: Duration = Duration::from_secs(15 * 60);
 /// Samples asked for between regular ones are at least this far apart (see `spawn_sampler`)...
 pub const MIN_GAP: Duration = Duration::from_millis(2);
 /// ... and at least this many times as far apart as the last sample took.
-pub const GAP_PER_COST: u32 = 10;
+pub const GAP_PER_COST: u32 = 20;
 
 struct Entry {
     session: SessionJson,
@@ -282,7 +282,7 @@ pub fn spawn_sampler(
                     // Asked for early (a commit to infer, a streamed transaction): the sooner after a
                     // commit, the likelier its session's statement is still the last one. But not back
                     // to back: at least GAP_PER_COST times the last sample's duration apart (so early
-                    // samples keep the sampler's share of the server's time under ~10 %), and MIN_GAP.
+                    // samples keep the sampler's share of one core under ~5 %), and MIN_GAP.
                     let gap = (cost * GAP_PER_COST).clamp(MIN_GAP, every.max(MIN_GAP));
                     if let Some(wait) = last.map(|l: Instant| gap.saturating_sub(l.elapsed())).filter(|w| !w.is_zero()) {
                         tokio::time::sleep(wait).await;
