@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::infer::{History, Inference, Observed};
-use crate::protocol::replication::pg_micros_to_unix_micros;
 use super::session::{Session, SessionJson};
+use crate::protocol::replication::pg_micros_to_unix_micros;
 
 pub const MAX_ENTRIES: usize = 200_000;
 pub const TTL: Duration = Duration::from_secs(15 * 60);
@@ -303,7 +303,9 @@ pub fn spawn_sampler(
             match c.query(&sql, &[]).await {
                 Ok(rows) => {
                     // The server's time on the query (not the round trip): what early samples cost it.
-                    if let Some((end, start)) = rows.iter().find_map(|r| Some((r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?))) {
+                    if let Some((end, start)) =
+                        rows.iter().find_map(|r| Some((r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?)))
+                    {
                         cost = Duration::from_micros(end.saturating_sub(start).max(0) as u64);
                     }
                     let now_us = rows.iter().filter_map(sample_time).max();

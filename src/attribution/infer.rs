@@ -180,12 +180,66 @@ fn qualified(toks: &[Tok], i: usize) -> Option<(Option<&str>, &str, usize)> {
 
 /// Functions so common in plain queries that calling them says nothing about deleting.
 const HARMLESS_FUNCTIONS: &[&str] = &[
-    "count", "sum", "min", "max", "avg", "now", "coalesce", "nullif", "lower", "upper", "length", "array_agg",
-    "string_agg", "to_char", "to_timestamp", "exists", "in", "any", "all", "values", "cast", "extract",
-    "date_trunc", "current_setting", "set_config", "pg_backend_pid", "txid_current", "version", "clock_timestamp",
-    "statement_timestamp", "abs", "round", "greatest", "least", "substring", "concat", "trim", "json_build_object",
-    "jsonb_build_object", "row_number", "rank", "over", "filter", "interval", "timestamp", "date", "numeric",
-    "varchar", "char", "decimal", "from", "where", "and", "or", "not", "on", "using", "as", "select", "with",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "now",
+    "coalesce",
+    "nullif",
+    "lower",
+    "upper",
+    "length",
+    "array_agg",
+    "string_agg",
+    "to_char",
+    "to_timestamp",
+    "exists",
+    "in",
+    "any",
+    "all",
+    "values",
+    "cast",
+    "extract",
+    "date_trunc",
+    "current_setting",
+    "set_config",
+    "pg_backend_pid",
+    "txid_current",
+    "version",
+    "clock_timestamp",
+    "statement_timestamp",
+    "abs",
+    "round",
+    "greatest",
+    "least",
+    "substring",
+    "concat",
+    "trim",
+    "json_build_object",
+    "jsonb_build_object",
+    "row_number",
+    "rank",
+    "over",
+    "filter",
+    "interval",
+    "timestamp",
+    "date",
+    "numeric",
+    "varchar",
+    "char",
+    "decimal",
+    "from",
+    "where",
+    "and",
+    "or",
+    "not",
+    "on",
+    "using",
+    "as",
+    "select",
+    "with",
 ];
 
 /// Classifies a statement (or a string of several) against the watched tables (schema, name).
@@ -193,9 +247,8 @@ const HARMLESS_FUNCTIONS: &[&str] = &[
 /// is not known).
 pub fn classify(sql: &str, watched: &[(String, String)]) -> Class {
     let toks = tokenize(sql);
-    let is_watched = |schema: Option<&str>, name: &str| {
-        watched.iter().any(|(s, n)| n == name && schema.is_none_or(|x| x == s))
-    };
+    let is_watched =
+        |schema: Option<&str>, name: &str| watched.iter().any(|(s, n)| n == name && schema.is_none_or(|x| x == s));
     let mut weak = false;
     let mut i = 0;
     while i < toks.len() {
@@ -235,7 +288,9 @@ pub fn classify(sql: &str, watched: &[(String, String)]) -> Class {
             weak = true;
         } else if i == 0 || toks.get(i - 1) == Some(&Tok::Punct(';')) {
             // The first word of a statement.
-            if is_word(toks.get(i), "commit") || is_word(toks.get(i), "end") || is_word(toks.get(i), "call")
+            if is_word(toks.get(i), "commit")
+                || is_word(toks.get(i), "end")
+                || is_word(toks.get(i), "call")
                 || is_word(toks.get(i), "do")
             {
                 weak = true;
@@ -244,7 +299,8 @@ pub fn classify(sql: &str, watched: &[(String, String)]) -> Class {
         if let (Some(Tok::Word(w)), Some(Tok::Punct('('))) = (toks.get(i), toks.get(i + 1)) {
             if !HARMLESS_FUNCTIONS.contains(&w.as_str()) && !is_word(toks.get(i.wrapping_sub(1)), "into") {
                 // A call of a user function: could delete. (`INSERT INTO t (cols)` is not a call.)
-                let after_table = i >= 1 && matches!(toks.get(i - 1), Some(Tok::Word(x)) if x == "table" || x == "update");
+                let after_table =
+                    i >= 1 && matches!(toks.get(i - 1), Some(Tok::Word(x)) if x == "table" || x == "update");
                 if !after_table {
                     weak = true;
                 }
@@ -398,7 +454,9 @@ impl History {
     /// one of them as a literal is named (a tie broken by evidence in the statement text).
     pub fn infer(&mut self, xid: u32, commit_us: i64, keys: &[String]) -> Inference {
         match (self.first_sample_us, self.last_sample_us) {
-            (None, _) | (_, None) => return Inference::Unattributed("the activity sampler had taken no sample yet".into()),
+            (None, _) | (_, None) => {
+                return Inference::Unattributed("the activity sampler had taken no sample yet".into())
+            }
             (Some(first), _) if commit_us < first => {
                 return Inference::Unattributed(
                     "committed before the activity sampler's first sample (before this capture ran)".into(),
@@ -428,7 +486,9 @@ impl History {
         let mut set_aside = 0;
         if strong.len() > 1 && !keys.is_empty() {
             let literals: Vec<String> = keys.iter().map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
-            let holds = |w: &Window| w.session.query.as_deref().is_some_and(|q| literals.iter().any(|l| q.contains(l.as_str())));
+            let holds = |w: &Window| {
+                w.session.query.as_deref().is_some_and(|q| literals.iter().any(|l| q.contains(l.as_str())))
+            };
             if strong.iter().filter(|w| holds(w)).count() == 1 {
                 set_aside = strong.len() - 1;
                 strong.retain(|w| holds(w));

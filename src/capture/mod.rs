@@ -549,10 +549,11 @@ async fn capture_with_objects(
     let table_names: Vec<String> = tables.iter().map(setup::Table::qualified).collect();
     let relations: Vec<WatchedRelation> =
         tables.iter().map(|t| WatchedRelation { oid: t.oid, schema: &t.schema, name: &t.name }).collect();
-    let attribution_sources: Vec<&str> = [(opts.attribution.trigger, "trigger"), (opts.attribution.activity, "activity")]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect();
+    let attribution_sources: Vec<&str> =
+        [(opts.attribution.trigger, "trigger"), (opts.attribution.activity, "activity")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
     let mut first = bytes::BytesMut::new();
     push_record(
         &mut first,
@@ -573,7 +574,7 @@ async fn capture_with_objects(
             timeline,
             resume_after: log_mark,
             attribution_sources: &attribution_sources,
-            activity_interval_ms: opts.attribution.activity.then(|| opts.activity_interval.as_millis() as u64),
+            activity_interval_ms: opts.attribution.activity.then_some(opts.activity_interval.as_millis() as u64),
             chain_prev: recovery.chain_head.as_ref().map(to_hex),
             repaired_tail: recovery.cut_sha256.as_ref().map(|h| RepairedTail {
                 cut_bytes: recovery.cut_bytes,

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
 use crate::attribution::infer::Inference;
+use crate::attribution::trigger::PREFIX as TRIGGER_PREFIX;
 use crate::attribution::{Attributor, Session, SessionJson};
 use crate::protocol::buf::lossless_name;
 use crate::protocol::pgoutput::{Message, OldKind, Value};

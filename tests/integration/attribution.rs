@@ -297,7 +297,11 @@ async fn default_mode_infers_idle_deleters_and_advises_once() {
         busy.c.batch_execute("SELECT 1").await.unwrap();
         if round % 10 == 0 {
             // The script deletes, then sits idle (its statement stays the last one).
-            script.c.batch_execute(&format!("DELETE FROM \"public\".cache WHERE cache_key = 'k{}'", round + 1)).await.unwrap();
+            script
+                .c
+                .batch_execute(&format!("DELETE FROM \"public\".cache WHERE cache_key = 'k{}'", round + 1))
+                .await
+                .unwrap();
             script_keys.push(format!("k{}", round + 1));
             tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         }
@@ -314,9 +318,9 @@ async fn default_mode_infers_idle_deleters_and_advises_once() {
     for c in &commits {
         let key = of_type(&recs, "delete").iter().find(|d| d["xid"] == c["xid"]).unwrap()["key"]["cache_key"].clone();
         let by_script = script_keys.iter().any(|k| key == k.as_str());
-        let pid = c["session"]["pid"].as_i64().or_else(|| {
-            (c["inferred"]["candidates"] == 1).then(|| c["inferred"]["session"]["pid"].as_i64()).flatten()
-        });
+        let pid = c["session"]["pid"]
+            .as_i64()
+            .or_else(|| (c["inferred"]["candidates"] == 1).then(|| c["inferred"]["session"]["pid"].as_i64()).flatten());
         if let Some(pid) = pid {
             let want = if by_script { script.pid } else { busy.pid };
             assert_eq!(pid, i64::from(want), "wrong session: {c}");

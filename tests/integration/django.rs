@@ -199,7 +199,9 @@ async fn default_mode_names_the_periodic_django_job() {
             None
         } else {
             none += 1;
-            *reasons.entry(c["unattributed_reason"].as_str().unwrap_or("").chars().take(60).collect::<String>()).or_insert(0) += 1;
+            *reasons
+                .entry(c["unattributed_reason"].as_str().unwrap_or("").chars().take(60).collect::<String>())
+                .or_insert(0) += 1;
             assert!(c["session"].is_null() && c["unattributed_reason"].is_string(), "{c}");
             None
         };
