@@ -920,6 +920,54 @@ mod tests {
     }
 
     #[test]
+    fn inference_goes_on_the_commit_and_a_window_explains_one_transaction() {
+        use crate::attribution::infer::Observed;
+        let map =
+            Arc::new(ActivityMap::live(vec![("public".into(), "cache".into())], std::time::Duration::from_millis(200)));
+        let window = Observed {
+            session: Session {
+                attributed_by: "activity".into(),
+                pid: 42,
+                query: Some("DELETE FROM cache WHERE cache_key = 'a'".into()),
+                ..Default::default()
+            },
+            xid: None,
+            start_us: Some(-5),
+            state_change_us: Some(5),
+            active: false,
+        };
+        map.record_windows(-10, -10, &[]);
+        map.record_windows(10, 10, &[window]);
+        let mut asm = Assembler::new(watch(), Lsn(0), Attributor { activity: Some(map), verifier: None });
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x50, del(OldKind::Key, "a", None)),
+                (0x100, commit(0x100, 0x130)),
+                (0x200, begin(8, 0x300)),
+                (0x250, del(OldKind::Key, "b", None)),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            lines[0]["session"].is_null() && lines[0].get("inferred").is_none(),
+            "rows keep evidence only: {}",
+            lines[0]
+        );
+        assert_eq!(lines[1]["inferred"]["candidates"], 1, "{}", lines[1]);
+        assert_eq!(lines[1]["inferred"]["session"]["pid"], 42);
+        assert_eq!(lines[1]["inferred"]["statement"], "DELETE FROM cache WHERE cache_key = 'a'");
+        assert!(lines[1]["session"].is_null() && lines[1].get("unattributed_reason").is_none());
+        // The window is used up: the next transaction at the same time is not explained by it.
+        assert!(lines[3].get("inferred").is_none(), "{}", lines[3]);
+        assert!(lines[3]["unattributed_reason"].is_string(), "{}", lines[3]);
+        assert_eq!((asm.written_transactions, asm.unnamed_transactions), (2, 1));
+    }
+
+    #[test]
     fn truncate_lists_only_watched_tables() {
         let mut asm = Assembler::new(watch(), Lsn(0), Attributor::default());
         let other = Message::Relation {

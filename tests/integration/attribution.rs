@@ -339,7 +339,12 @@ async fn default_mode_infers_idle_deleters_and_advises_once() {
     }
     assert_eq!(script_named, 3, "the idle script must be named every time: {commits:?}");
     let unnamed = commits.iter().filter(|c| c["session"].is_null() && c["inferred"]["candidates"] != 1).count();
-    eprintln!("unnamed: {unnamed} of {}", commits.len());
+    // The readers take the new fields in their stride.
+    let log = out.display().to_string();
+    for args in [vec!["tail", &log], vec!["replay", &log], vec!["report", &log], vec!["replay", "--verify", &log]] {
+        let r = run_bin(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).await;
+        r.assert_code(0);
+    }
     if unnamed * 4 >= 20 {
         assert_eq!(stderr.matches("have no session named").count(), 1, "{stderr}");
         assert!(stderr.contains("--attribution trigger") && stderr.contains("application_name"), "{stderr}");
