@@ -47,6 +47,8 @@ pub struct ActivityMap {
     pub interval: Duration,
     /// A wait for a sample timed out and no sample came since: do not wait again until one does.
     lagging: std::sync::atomic::AtomicBool,
+    /// Offline replay: the live capture's inferences, by xid (raw files' 'i' frames).
+    replayed: Mutex<HashMap<u32, Inference>>,
 }
 
 fn looks_deleting(q: Option<&str>) -> bool {
@@ -104,6 +106,13 @@ impl ActivityMap {
         }
     }
 
+    /// Offline replay: the inference the live capture made for `xid`, used at its commit.
+    pub fn replay_inference(&self, xid: u32, inference: Inference) {
+        if let Ok(mut m) = self.replayed.lock() {
+            m.insert(xid, inference);
+        }
+    }
+
     /// Whether inference runs on this map.
     pub fn infers(&self) -> bool {
         self.infer
@@ -112,7 +121,7 @@ impl ActivityMap {
     /// Inference for a transaction without evidence (`None`: inference is off).
     pub fn infer(&self, xid: u32, commit_us: i64, keys: &[String]) -> Option<Inference> {
         if !self.infer {
-            return None;
+            return self.replayed.lock().ok()?.remove(&xid);
         }
         Some(self.history.lock().ok()?.infer(xid, commit_us, keys))
     }

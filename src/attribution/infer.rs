@@ -362,6 +362,36 @@ pub enum Inference {
     Unattributed(String),
 }
 
+impl Inference {
+    /// The form stored in raw files (see `sink::raw`, tag 'i').
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Inference::Inferred { json, named } => [if *named { &b"1"[..] } else { b"n" }, json].concat(),
+            Inference::Unattributed(r) => [&b"r"[..], r.as_bytes()].concat(),
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Inference> {
+        let (tag, rest) = b.split_first()?;
+        match tag {
+            b'1' | b'n' => {
+                // Only what inference writes: an object whose sessions say they were inferred (a raw
+                // file's word never becomes evidence).
+                let v = serde_json::from_slice::<serde_json::Value>(rest).ok().filter(serde_json::Value::is_object)?;
+                let sessions = std::iter::once(&v["session"])
+                    .chain(v["possible"].as_array().into_iter().flatten().map(|p| &p["session"]))
+                    .filter(|s| !s.is_null());
+                if sessions.clone().any(|s| s["attributed_by"] != "inferred") || v["candidates"].as_u64().is_none() {
+                    return None;
+                }
+                Some(Inference::Inferred { json: Bytes::copy_from_slice(rest), named: *tag == b'1' })
+            }
+            b'r' => Some(Inference::Unattributed(String::from_utf8_lossy(rest).into_owned())),
+            _ => None,
+        }
+    }
+}
+
 /// One sample row: a session and its current (or last) statement.
 #[derive(Debug, Clone)]
 pub struct Observed {
@@ -583,6 +613,24 @@ mod tests {
         fn infer_t(&mut self, xid: u32, t: i64) -> Inference {
             self.infer(xid, t, &[])
         }
+    }
+
+    #[test]
+    fn raw_encoding_round_trips_and_refuses_claims_of_evidence() {
+        let i = Inference::Inferred {
+            json: Bytes::from_static(br#"{"candidates":1,"session":{"attributed_by":"inferred","pid":1}}"#),
+            named: true,
+        };
+        assert_eq!(Inference::decode(&i.encode()), Some(i));
+        let r = Inference::Unattributed("why".into());
+        assert_eq!(Inference::decode(&r.encode()), Some(r));
+        assert_eq!(Inference::decode(br#"1{"candidates":1,"session":{"attributed_by":"trigger","pid":1}}"#), None);
+        assert_eq!(
+            Inference::decode(br#"n{"candidates":2,"possible":[{"session":{"attributed_by":"trigger"}}]}"#),
+            None
+        );
+        assert_eq!(Inference::decode(b"1[]"), None);
+        assert_eq!(Inference::decode(b"x"), None);
     }
 
     #[test]

@@ -729,9 +729,14 @@ impl Loop {
                 if self.o.raw.is_some() {
                     // The session used at Begin goes first, so offline decoding finds it at the Begin.
                     let activity = if is_begin { self.asm.current_activity() } else { None };
+                    // The inference made at a Commit goes before it, so offline decoding uses it there.
+                    let inference = self.asm.take_inference();
                     self.raw_write(|r| {
                         if let Some((xid, json)) = activity {
                             r.activity(xid, &json)?;
+                        }
+                        if let Some((xid, i)) = inference {
+                            r.inference(xid, &i.encode())?;
                         }
                         r.xlog(wal_start, &data)
                     });

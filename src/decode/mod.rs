@@ -174,6 +174,8 @@ pub struct Assembler {
     /// Transactions written, and those of them with no session and no single inferred one.
     pub written_transactions: u64,
     pub unnamed_transactions: u64,
+    /// The inference made at the last commit, with its xid (for raw captures; see `take_inference`).
+    last_inference: Option<(u32, Inference)>,
 }
 
 impl Assembler {
@@ -187,6 +189,7 @@ impl Assembler {
             rejected_messages: 0,
             written_transactions: 0,
             unnamed_transactions: 0,
+            last_inference: None,
         }
     }
 
@@ -212,6 +215,11 @@ impl Assembler {
     pub fn current_activity(&self) -> Option<(u32, bytes::Bytes)> {
         let t = self.txn.as_ref()?;
         t.activity.as_ref().map(|a| (t.xid, a.json.clone()))
+    }
+
+    /// The inference the last Commit used, once (a raw capture stores it before the Commit's frame).
+    pub fn take_inference(&mut self) -> Option<(u32, Inference)> {
+        self.last_inference.take()
     }
 
     /// Forgets a transaction interrupted by a lost connection; the server sends it again from Begin.
@@ -329,7 +337,7 @@ impl Assembler {
                     return Err(err(format!("Begin of xid {xid} while xid {} is still open", t.xid)));
                 }
                 let activity = self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new);
-                let infer = activity.is_none() && self.attributor.activity.as_ref().is_some_and(|m| m.infers());
+                let infer = activity.is_none() && self.attributor.activity.is_some();
                 let mut t = Txn {
                     xid,
                     final_lsn,
@@ -549,6 +557,9 @@ impl Assembler {
                             }
                             _ => {}
                         }
+                    }
+                    if let Some(i) = inference {
+                        self.last_inference = Some((t.xid, i));
                     }
                     self.written_transactions += 1;
                     if !named {
