@@ -514,17 +514,28 @@ impl History {
             }
         }
         let mut set_aside = 0;
-        if strong.len() > 1 && !keys.is_empty() {
+        let mut vetoed = 0;
+        if !keys.is_empty() {
             let literals: Vec<String> = keys.iter().map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
             let holds = |w: &Window| {
                 w.session.query.as_deref().is_some_and(|q| literals.iter().any(|l| q.contains(l.as_str())))
             };
-            if strong.iter().filter(|w| holds(w)).count() == 1 {
+            // A whole statement with string literals but none of the deleted keys did not name these
+            // rows by key (it may still have deleted them by another condition: set aside, not named).
+            let has_literals = |w: &Window| w.session.query.as_deref().is_some_and(|q| q.contains('\''));
+            let before = strong.len();
+            strong.retain(|w| w.session.query_truncated || !has_literals(w) || holds(w));
+            vetoed = before - strong.len();
+            if strong.len() > 1 && strong.iter().filter(|w| holds(w)).count() == 1 {
                 set_aside = strong.len() - 1;
                 strong.retain(|w| holds(w));
             }
         }
         match strong.len() {
+            0 if vetoed > 0 => Inference::Unattributed(format!(
+                "{vetoed} session(s) ran a DELETE or TRUNCATE of a watched table when it committed, but their \
+                 statements name none of the deleted keys (not named)"
+            )),
             0 if weak > 0 => Inference::Unattributed(format!(
                 "no session was seen running a DELETE or TRUNCATE of a watched table when it committed; \
                  {weak} ran a COMMIT, a function call or a delete of another table then (not named: weaker evidence)"
@@ -634,27 +645,35 @@ mod tests {
     }
 
     #[test]
-    fn keys_break_a_tie() {
-        let mut h = History::default();
+    fn keys_break_a_tie_and_set_aside_statements_naming_other_keys() {
         let wl = w();
+        let cut = Observed {
+            session: Session {
+                query_truncated: true,
+                ..obs(1, "DELETE FROM django_cache WHERE cache_key IN ('a', 'b', ", 0, None, None).session
+            },
+            ..obs(1, "DELETE FROM django_cache WHERE cache_key IN ('a', 'b', ", 10, Some(50), None)
+        };
+        let names_it = obs(2, "DELETE FROM django_cache WHERE cache_key IN ('it''s')", 20, Some(60), None);
+        let names_c = obs(3, "DELETE FROM django_cache WHERE cache_key IN ('c')", 20, Some(60), None);
+        // A cut statement may hold the key: kept; the tie with pid 2 is broken by the key pid 2 names.
+        let mut h = History::default();
         h.record(0, 0, &[], &wl);
-        h.record(
-            100,
-            100,
-            &[
-                obs(1, "DELETE FROM django_cache WHERE cache_key IN ('a', 'b')", 10, Some(50), None),
-                obs(2, "DELETE FROM django_cache WHERE cache_key IN ('it''s')", 20, Some(60), None),
-            ],
-            &wl,
-        );
-        // Neither holds a key: no single answer.
-        assert!(matches!(h.infer(8, 30, &["zz".into()]), Inference::Inferred { named: false, .. }));
+        h.record(100, 100, &[cut, names_it.clone()], &wl);
         match h.infer(7, 30, &["it's".into()]) {
             Inference::Inferred { json, named: true } => {
                 let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
                 assert_eq!(v["session"]["pid"], 2, "{v}");
                 assert_eq!(v["set_aside_by_keys"], 1, "{v}");
             }
+            other => panic!("{other:?}"),
+        }
+        // Whole statements with literals, none of them the deleted key: set aside, not named.
+        let mut h = History::default();
+        h.record(0, 0, &[], &wl);
+        h.record(100, 100, &[names_c, names_it], &wl);
+        match h.infer(8, 30, &["zz".into()]) {
+            Inference::Unattributed(r) => assert!(r.contains("name none of the deleted keys"), "{r}"),
             other => panic!("{other:?}"),
         }
     }
