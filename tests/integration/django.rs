@@ -21,7 +21,7 @@ use crate::util::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/django_workload.py");
 const WRITERS: usize = 6;
-const SECONDS: f64 = 40.0;
+const SECONDS: f64 = 75.0;
 
 fn django_path() -> PathBuf {
     if let Some(p) = std::env::var_os("WALWITNESS_DJANGO_PATH") {
