@@ -84,7 +84,7 @@ async fn main() {
         tokio::spawn(conn);
         idle.push(c);
     }
-    let sample = walwitness::attribution::activity::sample_sql();
+    let sample = walwitness::attribution::activity::sample_sql(None);
     let n = 500;
     let t0 = std::time::Instant::now();
     for _ in 0..n {

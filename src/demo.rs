@@ -14,6 +14,13 @@ use crate::sink::writer::Output;
 
 const TABLE: &str = "tracebase_cache_table";
 
+/// What the demo says about its attribution mode (it is not the capture's default).
+const MODE: &str =
+    "walwitness demo: attribution mode: --attribution trigger,activity (exact: a statement trigger signs \
+each transaction, the pg_stat_activity sampler cross-checks). `walwitness capture` defaults to --attribution activity: \
+no DDL, but sampled and inferred (see \"inferred\" and \"unattributed_reason\" in the log); pass --attribution trigger \
+for exact answers.";
+
 fn fail(e: impl std::fmt::Display) -> Failure {
     Failure::new(Exit::Internal, e.to_string())
 }
@@ -70,6 +77,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         two_phase: false,
         coverage_interval: Duration::from_secs(5),
     };
+    eprintln!("{MODE}");
     let capture = tokio::spawn(capture::run(opts));
     wait_for_capture_start(&log_path, &capture).await?;
 
@@ -175,6 +183,11 @@ fn print_summary(log: &str, rows: u32, remaining: i64, deleted: u64, captured: u
     for l in first_lines {
         println!("  {l}");
     }
+    println!(
+        "\nSessions above come from the trigger: this demo ran with --attribution trigger,activity. A capture run \
+              with the default (--attribution activity) names sessions from pg_stat_activity samples and inference, \
+              and may leave some null (see unattributed_reason)."
+    );
     if u64::try_from(i64::from(rows) - remaining).ok() == Some(captured) {
         println!("\nEvery vanished row is accounted for.");
     } else {

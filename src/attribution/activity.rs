@@ -10,10 +10,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::infer::{History, Inference, Observed};
 use super::session::{Session, SessionJson};
+use crate::protocol::replication::pg_micros_to_unix_micros;
 
 pub const MAX_ENTRIES: usize = 200_000;
 pub const TTL: Duration = Duration::from_secs(15 * 60);
+/// Samples asked for between regular ones are at least this far apart (see `spawn_sampler`)...
+pub const MIN_GAP: Duration = Duration::from_millis(2);
+/// ... and at least this many times as far apart as the last sample took.
+pub const GAP_PER_COST: u32 = 20;
 
 struct Entry {
     session: SessionJson,
@@ -29,6 +35,20 @@ pub struct ActivityMap {
     /// right now catches their session (see `sample_now`).
     wanted: Mutex<Vec<u32>>,
     wake: tokio::sync::Notify,
+    /// Statement windows of every session, for inference (`infer`); only on a live capture.
+    history: Mutex<History>,
+    /// The watched tables (schema, name), to classify statements.
+    watched: Vec<(String, String)>,
+    /// Whether inference runs (a live capture's map; not an offline replay's).
+    infer: bool,
+    /// Server time (PostgreSQL microseconds) of the latest sample.
+    sampled: Option<tokio::sync::watch::Sender<i64>>,
+    /// The sampling interval (for the advice printed when few transactions are attributed).
+    pub interval: Duration,
+    /// A wait for a sample timed out and no sample came since: do not wait again until one does.
+    lagging: std::sync::atomic::AtomicBool,
+    /// Offline replay: the live capture's inferences, by xid (raw files' 'i' frames).
+    replayed: Mutex<HashMap<u32, Inference>>,
 }
 
 fn looks_deleting(q: Option<&str>) -> bool {
@@ -41,6 +61,69 @@ fn looks_deleting(q: Option<&str>) -> bool {
 impl ActivityMap {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A live capture's map: samples every session's statement for inference too.
+    pub fn live(watched: Vec<(String, String)>, interval: Duration) -> Self {
+        ActivityMap {
+            watched,
+            infer: true,
+            sampled: Some(tokio::sync::watch::channel(i64::MIN).0),
+            interval,
+            ..Self::default()
+        }
+    }
+
+    /// Records one sample's statement windows: its query started at server time `taken_us` (before
+    /// pg_stat_activity was read) and ended at `now_us`.
+    pub fn record_windows(&self, taken_us: i64, now_us: i64, rows: &[Observed]) {
+        if !self.infer {
+            return;
+        }
+        if let Ok(mut h) = self.history.lock() {
+            h.record(taken_us, now_us, rows, &self.watched);
+        }
+        if let Some(tx) = &self.sampled {
+            tx.send_replace(taken_us);
+        }
+        self.lagging.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits (at most `limit`) until a sample was taken after `commit_us` (server time), so the
+    /// statement that committed then is in the history. Returns at once when that is already so.
+    pub async fn wait_sampled_after(&self, commit_us: i64, limit: Duration) {
+        let Some(tx) = &self.sampled else { return };
+        let mut rx = tx.subscribe();
+        if *rx.borrow() > commit_us {
+            return;
+        }
+        self.wake.notify_one();
+        if self.lagging.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if tokio::time::timeout(limit, rx.wait_for(|t| *t > commit_us)).await.is_err() {
+            self.lagging.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Offline replay: the inference the live capture made for `xid`, used at its commit.
+    pub fn replay_inference(&self, xid: u32, inference: Inference) {
+        if let Ok(mut m) = self.replayed.lock() {
+            m.insert(xid, inference);
+        }
+    }
+
+    /// Whether inference runs on this map.
+    pub fn infers(&self) -> bool {
+        self.infer
+    }
+
+    /// Inference for a transaction without evidence (`None`: inference is off).
+    pub fn infer(&self, xid: u32, commit_us: i64, keys: &[String]) -> Option<Inference> {
+        if !self.infer {
+            return self.replayed.lock().ok()?.remove(&xid);
+        }
+        Some(self.history.lock().ok()?.infer(xid, commit_us, keys))
     }
 
     /// Records one sample's sessions.
@@ -103,46 +186,74 @@ impl ActivityMap {
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 
-/// The sampling query: only backends of this database that hold an xid (cheap: pg_stat_activity is an
-/// in-memory view, and the filter keeps the result small).
-pub fn sample_sql() -> String {
+/// The sampling query: the backends of this database that hold an xid, are running a statement, or
+/// changed state since `since_us` (PostgreSQL microseconds; earlier samples saw the others as they are
+/// now). Cheap: pg_stat_activity is an in-memory view, and the filter keeps the result small.
+pub fn sample_sql(since_us: Option<i64>) -> String {
+    // The cut is one second before the previous sample (clock steps, rounding).
+    let since = match since_us {
+        Some(us) => format!("to_timestamp({:.6})", (pg_micros_to_unix_micros(us) - 1_000_000) as f64 / 1e6),
+        None => "'-infinity'::timestamptz".into(),
+    };
     format!(
         "SELECT backend_xid::text, pid, to_char(backend_start AT TIME ZONE 'UTC', {TS}), usename::text, application_name, \
          host(client_addr), client_port, left(query, 8192), \
          octet_length(query) >= (SELECT setting::int FROM pg_settings WHERE name = 'track_activity_query_size') - 1 OR length(query) > 8192, \
-         to_char(xact_start AT TIME ZONE 'UTC', {TS}), to_char(clock_timestamp() AT TIME ZONE 'UTC', {TS}) \
-         FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database() AND pid <> pg_backend_pid()"
+         to_char(xact_start AT TIME ZONE 'UTC', {TS}), to_char(clock_timestamp() AT TIME ZONE 'UTC', {TS}), \
+         {q}, {s}, state = 'active', {now}, NULL::int8 \
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND (backend_xid IS NOT NULL OR state = 'active' OR state_change >= {since}) \
+         UNION ALL SELECT NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {now}, {stmt}",
+        q = pg_us("query_start"),
+        s = pg_us("state_change"),
+        now = pg_us("clock_timestamp()"),
+        stmt = pg_us("statement_timestamp()"),
     )
 }
 
-/// Turns one sample row into (xid, session).
-pub fn session_from_row(row: &tokio_postgres::Row) -> Option<(u32, Session)> {
-    let xid: u32 = row.get::<_, Option<String>>(0)?.parse().ok()?;
+/// SQL for a timestamptz as PostgreSQL microseconds (since 2000-01-01, like pgoutput's times).
+fn pg_us(expr: &str) -> String {
+    format!("((extract(epoch FROM {expr}) - 946684800) * 1000000)::int8")
+}
+
+/// Turns one sample row into (xid, session) when it holds an xid, and the statement window.
+pub fn observed_from_row(row: &tokio_postgres::Row) -> Option<(Option<(u32, Session)>, Observed)> {
+    let xid: Option<u32> = row.get::<_, Option<String>>(0).and_then(|x| x.parse().ok());
     let port: Option<i32> = row.get(6);
     let query: Option<String> = row.get(7);
     let hidden = query.as_deref() == Some("<insufficient privilege>");
-    Some((
+    let session = Session {
+        attributed_by: "activity".into(),
+        pid: row.get(1),
+        backend_start: row.get(2),
+        user: row.get(3),
+        current_user: None,
+        application_name: row.get(4),
+        client_addr: row.get(5),
+        // -1 means a Unix-socket client.
+        client_port: port.filter(|p| *p >= 0),
+        query: if hidden { None } else { query },
+        query_truncated: row.get::<_, Option<bool>>(8).unwrap_or(false),
+        xact_start: row.get(9),
+        statement_start: None,
+        trigger_depth: None,
+        sampled_at: row.get(10),
+        details_hidden: hidden,
+        conflict: None,
+    };
+    let observed = Observed {
+        session: session.clone(),
         xid,
-        Session {
-            attributed_by: "activity".into(),
-            pid: row.get(1),
-            backend_start: row.get(2),
-            user: row.get(3),
-            current_user: None,
-            application_name: row.get(4),
-            client_addr: row.get(5),
-            // -1 means a Unix-socket client.
-            client_port: port.filter(|p| *p >= 0),
-            query: if hidden { None } else { query },
-            query_truncated: row.get::<_, Option<bool>>(8).unwrap_or(false),
-            xact_start: row.get(9),
-            statement_start: None,
-            trigger_depth: None,
-            sampled_at: row.get(10),
-            details_hidden: hidden,
-            conflict: None,
-        },
-    ))
+        start_us: row.get(11),
+        state_change_us: row.get(12),
+        active: row.get::<_, Option<bool>>(13).unwrap_or(false),
+    };
+    Some((xid.map(|x| (x, session)), observed))
+}
+
+/// The server time of a sample (PostgreSQL microseconds), from any of its rows.
+fn sample_time(row: &tokio_postgres::Row) -> Option<i64> {
+    row.get(14)
 }
 
 /// Whether the sampling role can see other roles' sessions; without it their query, client address
@@ -164,8 +275,10 @@ pub fn spawn_sampler(
     map: std::sync::Arc<ActivityMap>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let sql = sample_sql();
     tokio::spawn(async move {
+        let mut since: Option<i64> = None;
+        let mut last: Option<Instant> = None;
+        let mut cost = Duration::from_millis(1);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
@@ -174,8 +287,18 @@ pub fn spawn_sampler(
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = map.wake.notified() => {}
+                _ = map.wake.notified() => {
+                    // Asked for early (a commit to infer, a streamed transaction): the sooner after a
+                    // commit, the likelier its session's statement is still the last one. But not back
+                    // to back: at least GAP_PER_COST times the last sample's duration apart (so early
+                    // samples keep the sampler's share of one core under ~5 %), and MIN_GAP.
+                    let gap = (cost * GAP_PER_COST).clamp(MIN_GAP, every.max(MIN_GAP));
+                    if let Some(wait) = last.map(|l: Instant| gap.saturating_sub(l.elapsed())).filter(|w| !w.is_zero()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
+            last = Some(Instant::now());
             if std::sync::Arc::strong_count(&map) == 1 {
                 return;
             }
@@ -184,9 +307,31 @@ pub fn spawn_sampler(
                 client = crate::pg::connect_sql(&spec).await.ok();
             }
             let Some(c) = &client else { continue };
+            // The last row (pid 0) carries the server's clock even when no session is listed.
+            let sql = sample_sql(since);
             match c.query(&sql, &[]).await {
                 Ok(rows) => {
-                    map.record(Instant::now(), rows.iter().filter_map(session_from_row).collect());
+                    // The server's time on the query (not the round trip): what early samples cost it.
+                    if let Some((end, start)) =
+                        rows.iter().find_map(|r| Some((r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?)))
+                    {
+                        cost = Duration::from_micros(end.saturating_sub(start).max(0) as u64);
+                    }
+                    let now_us = rows.iter().filter_map(sample_time).max();
+                    let mut held = Vec::new();
+                    let mut observed = Vec::with_capacity(rows.len());
+                    for r in rows.iter().filter(|r| r.get::<_, i32>(1) != 0) {
+                        if let Some((x, o)) = observed_from_row(r) {
+                            held.extend(x);
+                            observed.push(o);
+                        }
+                    }
+                    map.record(Instant::now(), held);
+                    let taken_us = rows.iter().find_map(|r| r.get::<_, Option<i64>>(15));
+                    if let (Some(now_us), Some(taken_us)) = (now_us, taken_us) {
+                        map.record_windows(taken_us, now_us, &observed);
+                        since = Some(now_us);
+                    }
                     for xid in map.take_wanted() {
                         match map.lookup(xid) {
                             Some(s) => tracing::info!("streamed transaction {xid}: session of pid {} recorded while it was open", s.pid),
@@ -207,6 +352,9 @@ pub fn spawn_sampler(
             n += 1;
             if n.is_multiple_of(1000) {
                 map.expire(Instant::now());
+                if let (Ok(mut h), Some(now_us)) = (map.history.lock(), since) {
+                    h.expire(now_us);
+                }
             }
         }
     })

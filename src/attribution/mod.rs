@@ -10,6 +10,7 @@
 //! Sessions are carried as pre-serialised JSON (`SessionJson`) because each one is written into every
 //! row record of its transaction.
 pub mod activity;
+pub mod infer;
 pub mod session;
 pub mod trigger;
 

@@ -242,7 +242,13 @@ pub async fn run(opts: CaptureOptions) -> Result<Outcome, Failure> {
     };
 
     let sql_tables: Vec<String> = tables.iter().map(setup::Table::sql_name).collect();
-    let (attributor, sampler) = match attribution(&opts, &spec, &sql, &info, &sql_tables).await {
+    // The names a statement may use for the watched rows: the tables and their partitions.
+    let watched_names: Vec<(String, String)> = tables
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .chain(partitions.iter().flat_map(|(_, ps)| ps.iter().map(|p| (p.schema.clone(), p.name.clone()))))
+        .collect();
+    let (attributor, sampler) = match attribution(&opts, &spec, &sql, &info, &sql_tables, watched_names).await {
         Ok(a) => a,
         Err(e) => return Err(drop_created(e).await),
     };
@@ -542,6 +548,11 @@ async fn capture_with_objects(
     let table_names: Vec<String> = tables.iter().map(setup::Table::qualified).collect();
     let relations: Vec<WatchedRelation> =
         tables.iter().map(|t| WatchedRelation { oid: t.oid, schema: &t.schema, name: &t.name }).collect();
+    let attribution_sources: Vec<&str> =
+        [(opts.attribution.trigger, "trigger"), (opts.attribution.activity, "activity")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
     let mut first = bytes::BytesMut::new();
     push_record(
         &mut first,
@@ -561,6 +572,8 @@ async fn capture_with_objects(
             proto_version: proto,
             timeline,
             resume_after: log_mark,
+            attribution_sources: &attribution_sources,
+            activity_interval_ms: opts.attribution.activity.then_some(opts.activity_interval.as_millis() as u64),
             chain_prev: recovery.chain_head.as_ref().map(to_hex),
             repaired_tail: recovery.cut_sha256.as_ref().map(|h| RepairedTail {
                 cut_bytes: recovery.cut_bytes,
@@ -793,6 +806,7 @@ async fn attribution(
     sql: &tokio_postgres::Client,
     info: &setup::ServerInfo,
     sql_tables: &[String],
+    watched_names: Vec<(String, String)>,
 ) -> Result<(Attributor, Option<tokio::task::JoinHandle<()>>), Failure> {
     let mut attributor = Attributor::default();
     if opts.attribution.trigger {
@@ -826,7 +840,7 @@ async fn attribution(
                 quote_ident(&info.user)
             );
         }
-        let map = std::sync::Arc::new(activity::ActivityMap::new());
+        let map = std::sync::Arc::new(activity::ActivityMap::live(watched_names, opts.activity_interval));
         sampler = Some(activity::spawn_sampler(spec.clone(), map.clone(), opts.activity_interval));
         attributor.activity = Some(map);
     }

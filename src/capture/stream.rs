@@ -106,11 +106,24 @@ struct Loop {
     /// When the loop last received something, or stopped waiting for the writer: the receive timeout
     /// counts only time spent waiting for the server.
     last_heard: Instant,
+    /// The advice about unattributed transactions was given (`advise`).
+    advised: bool,
 }
 
 enum Flow {
     Go,
     Stop(StopReason),
+}
+
+/// Written transactions after which the unattributed share is judged (`advise`).
+const ADVICE_AFTER: u64 = 20;
+
+fn humantime_ms(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 fn now_pg_micros() -> i64 {
@@ -233,6 +246,7 @@ pub async fn run(
         lag_stop: false,
         batched_len: 0,
         last_heard: now,
+        advised: false,
     };
     let result: Result<StopReason, Failure> = async {
         loop {
@@ -706,6 +720,7 @@ impl Loop {
                     }
                 }
                 let is_begin = matches!(m, Message::Begin { .. });
+                self.await_sample(&m).await;
                 self.lookup_relation(&m).await?;
                 let step = self
                     .asm
@@ -714,9 +729,14 @@ impl Loop {
                 if self.o.raw.is_some() {
                     // The session used at Begin goes first, so offline decoding finds it at the Begin.
                     let activity = if is_begin { self.asm.current_activity() } else { None };
+                    // The inference made at a Commit goes before it, so offline decoding uses it there.
+                    let inference = self.asm.take_inference();
                     self.raw_write(|r| {
                         if let Some((xid, json)) = activity {
                             r.activity(xid, &json)?;
+                        }
+                        if let Some((xid, i)) = inference {
+                            r.inference(xid, &i.encode())?;
                         }
                         r.xlog(wal_start, &data)
                     });
@@ -745,6 +765,7 @@ impl Loop {
                         }
                         if wrote {
                             self.progress.committed(deletes, truncates, commit_time);
+                            self.advise();
                         }
                         if self.o.endpos.is_some_and(|e| end_lsn >= e) {
                             return Ok(Flow::Stop(StopReason::Endpos));
@@ -783,6 +804,7 @@ impl Loop {
         self.flush_batch().await?;
         let fail = |e: String| Failure::new(Exit::Stream, e);
         while let Some((lsn, m)) = r.next_message().map_err(|e| fail(e.to_string()))? {
+            self.await_sample(&m).await;
             self.lookup_relation(&m).await?;
             match self.asm.handle(lsn, m, &mut self.out).map_err(|e| fail(e.to_string()))? {
                 Step::Continue => {
@@ -797,6 +819,7 @@ impl Loop {
                         spooled::ReplayKind::Commit { .. } => {
                             if wrote {
                                 self.progress.committed(deletes, truncates, commit_time);
+                                self.advise();
                             }
                             Some(self.acks.ticket(end_lsn, self.o.spooled.ack_cap()))
                         }
@@ -815,6 +838,35 @@ impl Loop {
             }
         }
         Ok(Flow::Go)
+    }
+
+    /// Before a Begin that will need inference: waits until the sampler has looked at the sessions
+    /// after the commit (at most two intervals and a second), so the statement that committed is known.
+    async fn await_sample(&mut self, m: &Message) {
+        if let Some((map, commit_time)) = self.asm.wants_sample_after(m) {
+            let limit = map.interval * 2 + Duration::from_secs(1);
+            map.wait_sampled_after(commit_time, limit).await;
+        }
+    }
+
+    /// Says once, after `ADVICE_AFTER` written transactions, when most had no session named.
+    fn advise(&mut self) {
+        let (n, unnamed) = (self.asm.written_transactions, self.asm.unnamed_transactions);
+        if self.advised || n < ADVICE_AFTER || unnamed * 4 < n {
+            return;
+        }
+        self.advised = true;
+        let interval = self.asm.inferring_map().map(|m| m.interval);
+        let how = match interval {
+            Some(i) => format!("the activity sampler (every {}) saw no session, or several, for them", humantime_ms(i)),
+            None => "no attribution source named their session".into(),
+        };
+        crate::term::eprint_line(&format!(
+            "walwitness: {unnamed} of the first {n} transactions have no session named ({how}). For exact answers \
+             run the capture with --attribution trigger (installs a statement trigger for the capture's lifetime); \
+             give each client program its own application_name (e.g. in its connection string) so sessions say which \
+             program ran them."
+        ));
     }
 
     /// A relation the stream describes that is not known to be watched may be a partition attached

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::attribution::infer::Inference;
 use crate::attribution::trigger::{widen_xid, Close, ErrorReport, Evidence, Open, PREFIX as TRIGGER_PREFIX};
 use crate::attribution::{Attributor, Session, SessionJson};
 use crate::protocol::pgoutput::{Message, OldKind, Value};
@@ -121,6 +122,12 @@ struct Txn {
     conflict: bool,
     rejected: Vec<String>,
     problems: Vec<String>,
+    /// Whether to infer the session at the commit (no sampled session for the xid; see
+    /// `attribution::infer`).
+    infer: bool,
+    /// Text of the first deleted rows' keys (single-column keys), which inference matches against the
+    /// candidates' statements.
+    keys: Vec<String>,
 }
 
 impl Txn {
@@ -214,6 +221,9 @@ impl Txn {
     }
 }
 
+/// Keys of a transaction kept for inference (see `Txn::keys`).
+const MAX_KEYS: usize = 16;
+
 /// A row record written up to (not including) its `,"session":` member, waiting for the next message
 /// (see `handle`).
 struct Pending {
@@ -240,6 +250,11 @@ pub struct Assembler {
     xid_reference: u64,
     /// Messages with our prefix that failed verification, over the whole capture.
     pub rejected_messages: u64,
+    /// Transactions written, and those of them with no session and no single inferred one.
+    pub written_transactions: u64,
+    pub unnamed_transactions: u64,
+    /// The inference made at the last commit, with its xid (for raw captures; see `take_inference`).
+    last_inference: Option<(u32, Inference)>,
 }
 
 impl Assembler {
@@ -254,7 +269,23 @@ impl Assembler {
             error_reports: VecDeque::new(),
             xid_reference,
             rejected_messages: 0,
+            written_transactions: 0,
+            unnamed_transactions: 0,
+            last_inference: None,
         }
+    }
+
+    /// The activity source's map, when it infers (a live capture).
+    pub fn inferring_map(&self) -> Option<Arc<crate::attribution::activity::ActivityMap>> {
+        self.attributor.activity.clone().filter(|m| m.infers())
+    }
+
+    /// Whether a Begin needs inference (no sampled session for its xid, not already logged), and so a
+    /// sample taken after its commit.
+    pub fn wants_sample_after(&self, msg: &Message) -> Option<(Arc<crate::attribution::activity::ActivityMap>, i64)> {
+        let Message::Begin { final_lsn, commit_time, xid } = msg else { return None };
+        let m = self.inferring_map()?;
+        (*final_lsn >= self.resume_after && m.lookup(*xid).is_none()).then_some((m, *commit_time))
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -266,6 +297,11 @@ impl Assembler {
     pub fn current_activity(&self) -> Option<(u32, bytes::Bytes)> {
         let t = self.txn.as_ref()?;
         t.activity.as_ref().map(|a| (t.xid, a.json.clone()))
+    }
+
+    /// The inference the last Commit used, once (a raw capture stores it before the Commit's frame).
+    pub fn take_inference(&mut self) -> Option<(u32, Inference)> {
+        self.last_inference.take()
     }
 
     /// Forgets a transaction interrupted by a lost connection; the server sends it again from Begin.
@@ -632,6 +668,8 @@ impl Assembler {
                         !mine
                     });
                 }
+                let activity = self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new);
+                let infer = activity.is_none() && self.attributor.activity.is_some();
                 let mut t = Txn {
                     xid,
                     full_xid,
@@ -642,7 +680,7 @@ impl Assembler {
                     common: BytesMut::new(),
                     deletes: 0,
                     truncates: 0,
-                    activity: self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new),
+                    activity,
                     activity_statement: None,
                     brackets: HashMap::new(),
                     statements: HashMap::new(),
@@ -662,6 +700,8 @@ impl Assembler {
                     conflict: false,
                     rejected: Vec::new(),
                     problems: Vec::new(),
+                    infer,
+                    keys: Vec::new(),
                 };
                 t.rebuild_common();
                 self.txn = Some(t);
@@ -724,6 +764,11 @@ impl Assembler {
                     OldKind::Key => Some(&rel.identity_cols),
                     OldKind::Old => rel.pk_cols.as_ref(),
                 };
+                if let (true, Some([i])) = (t.infer && t.keys.len() < MAX_KEYS, key_cols.map(Vec::as_slice)) {
+                    if let Some(Value::Text(v)) = vals.get(*i) {
+                        t.keys.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                }
                 match key_cols {
                     Some(cols) => push_object(out, cols.iter().map(|&i| (&rel.columns[i].name_json[..], &vals[i]))),
                     None => out.extend_from_slice(b"null"),
@@ -848,6 +893,33 @@ impl Assembler {
                     };
                     out.extend_from_slice(b",\"attribution\":");
                     push_str(out, attribution);
+                    // Inference for the rows without a session; why there is none when nothing named them.
+                    let mut named = t.unattributed == 0;
+                    let inference = match &self.attributor.activity {
+                        Some(m) if t.infer && t.unattributed > 0 => m.infer(t.xid, commit_time, &t.keys),
+                        _ => None,
+                    };
+                    if t.unattributed > 0 {
+                        match &inference {
+                            Some(Inference::Inferred { json, named: one }) => {
+                                out.extend_from_slice(b",\"inferred\":");
+                                out.extend_from_slice(json);
+                                named = *one;
+                            }
+                            Some(Inference::Unattributed(reason)) if t.first_session.is_none() => {
+                                out.extend_from_slice(b",\"unattributed_reason\":");
+                                push_str(out, reason);
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let Some(i) = inference {
+                        self.last_inference = Some((t.xid, i));
+                    }
+                    self.written_transactions += 1;
+                    if !named {
+                        self.unnamed_transactions += 1;
+                    }
                     if t.conflict {
                         out.extend_from_slice(b",\"attribution_conflict\":true");
                     }
@@ -1347,6 +1419,54 @@ mod tests {
         assert_eq!(l[3]["trigger_evidence"], "missing");
         assert_eq!(l[4]["attribution_conflict"], true);
         assert_eq!(l[4]["attribution"], "partial");
+    }
+
+    #[test]
+    fn inference_goes_on_the_commit_and_a_window_explains_one_transaction() {
+        use crate::attribution::infer::Observed;
+        let map =
+            Arc::new(ActivityMap::live(vec![("public".into(), "cache".into())], std::time::Duration::from_millis(200)));
+        let window = Observed {
+            session: Session {
+                attributed_by: "activity".into(),
+                pid: 42,
+                query: Some("DELETE FROM cache WHERE cache_key = 'a'".into()),
+                ..Default::default()
+            },
+            xid: None,
+            start_us: Some(-5),
+            state_change_us: Some(5),
+            active: false,
+        };
+        map.record_windows(-10, -10, &[]);
+        map.record_windows(10, 10, &[window]);
+        let mut asm = Assembler::new(watch(), Lsn(0), Attributor { activity: Some(map), verifier: None });
+        let (out, _) = run(
+            &mut asm,
+            vec![
+                (0, begin(7, 0x100)),
+                (0, rel(ReplicaIdentity::Default, false)),
+                (0x50, del(OldKind::Key, "a", None)),
+                (0x100, commit(0x100, 0x130)),
+                (0x200, begin(8, 0x300)),
+                (0x250, del(OldKind::Key, "b", None)),
+                (0x300, commit(0x300, 0x330)),
+            ],
+        );
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            lines[0]["session"].is_null() && lines[0].get("inferred").is_none(),
+            "rows keep evidence only: {}",
+            lines[0]
+        );
+        assert_eq!(lines[1]["inferred"]["candidates"], 1, "{}", lines[1]);
+        assert_eq!(lines[1]["inferred"]["session"]["pid"], 42);
+        assert_eq!(lines[1]["inferred"]["statement"], "DELETE FROM cache WHERE cache_key = 'a'");
+        assert!(lines[1]["session"].is_null() && lines[1].get("unattributed_reason").is_none());
+        // The window is used up: the next transaction at the same time is not explained by it.
+        assert!(lines[3].get("inferred").is_none(), "{}", lines[3]);
+        assert!(lines[3]["unattributed_reason"].is_string(), "{}", lines[3]);
+        assert_eq!((asm.written_transactions, asm.unnamed_transactions), (2, 1));
     }
 
     #[test]

@@ -126,6 +126,15 @@ fn decode_file(path: &str, max_frame: usize, out: &mut impl Write) -> Result<(),
                     ))
                 }
             },
+            Frame::Inference { xid, encoded } => match crate::attribution::infer::Inference::decode(&encoded) {
+                Some(i) => map.replay_inference(xid, i),
+                None => {
+                    return Err(damaged(
+                        path,
+                        format!("damaged raw file: the inference frame at byte {at} is not understood"),
+                    ))
+                }
+            },
             Frame::Partition { oid, root, primary_key } => {
                 asm.add_partition(oid, root, primary_key);
             }

@@ -12,6 +12,10 @@
 //!                                 is sent again from its Begin
 //!   tag 'p', u32 oid, u32 root  — a partition of watched table `root` found while capturing;
 //!                                 payload: JSON of its primary key (array or null)
+//!   tag 'i', u32 xid            — the inference the live capture made for xid at its commit
+//!                                 (before the Commit's 'w' frame): b'1' + the `inferred` JSON with one
+//!                                 candidate, b'n' + with several, b'r' + the `unattributed_reason`
+//!                                 (UTF-8). Since issue 12; earlier builds stop at it (unknown frame).
 //! head_crc: CRC-32 of the bytes from the tag (the magic, for the header) through n
 //! crc:      CRC-32 of every byte of the frame before it (tag through payload, head_crc included)
 //! ```
@@ -198,6 +202,10 @@ impl RawWriter {
         self.frame(b'p', &fixed, &pk)
     }
 
+    pub fn inference(&mut self, xid: u32, encoded: &[u8]) -> io::Result<()> {
+        self.frame(b'i', &xid.to_be_bytes(), encoded)
+    }
+
     pub fn reconnected(&mut self) -> io::Result<()> {
         self.frame(b'r', &[], &[])
     }
@@ -213,6 +221,7 @@ pub enum Frame {
     Activity { xid: u32, session: Bytes },
     Reconnected,
     Partition { oid: u32, root: u32, primary_key: Option<Vec<String>> },
+    Inference { xid: u32, encoded: Bytes },
 }
 
 /// Why a raw file cannot be read further.
@@ -351,6 +360,7 @@ impl<R: Read> RawReader<R> {
         let fixed_len = match tag[0] {
             b'w' => 8,
             b'a' => 4,
+            b'i' => 4,
             b'p' => 8,
             b'r' => 0,
             other => {
@@ -405,6 +415,7 @@ impl<R: Read> RawReader<R> {
                 Frame::XLog { wal_start: Lsn(u64::from_be_bytes(lsn)), payload: Bytes::from(payload) }
             }
             b'a' => Frame::Activity { xid: u32_at(0), session: Bytes::from(payload) },
+            b'i' => Frame::Inference { xid: u32_at(0), encoded: Bytes::from(payload) },
             b'p' => {
                 let primary_key = serde_json::from_slice(&payload).map_err(|e| RawError::Damaged {
                     at,

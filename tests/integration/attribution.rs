@@ -275,6 +275,82 @@ async fn demo_names_the_deleting_session() {
     r.assert_code(0);
     assert!(r.stdout.contains("application forgotten-cleanup.py"), "{r}");
     assert!(r.stdout.contains("Every vanished row is accounted for."), "{r}");
+    // It says which mode it uses, since it is not the capture's default.
+    assert!(r.stderr.contains("attribution mode: --attribution trigger,activity"), "{r}");
+    assert!(r.stdout.contains("this demo ran with --attribution trigger,activity"), "{r}");
+}
+
+/// Issue 12: with the default mode, a script that deletes and then sits idle is named by inference
+/// (or by its xid, when a sample caught it open); a client whose statement is gone before any sample
+/// is left null with a reason; and after 20 transactions mostly unnamed the capture says, once, how to
+/// get exact answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_mode_infers_idle_deleters_and_advises_once() {
+    let env = Env::start().await;
+    env.exec(CACHE).await;
+    let out = env.log_path("infer.jsonl");
+    let bg = env.start_capture(&out, &["cache"], &[]).await;
+    let script = client(&env.dsn, "forgotten-script").await;
+    let busy = client(&env.dsn, "busy-web").await;
+    let mut script_keys = Vec::new();
+    for round in 0..30 {
+        // The busy client's DELETE is replaced by its next statement at once.
+        busy.c.batch_execute(&format!("DELETE FROM cache WHERE cache_key = 'k{}'", 1000 + round)).await.unwrap();
+        busy.c.batch_execute("SELECT 1").await.unwrap();
+        if round % 10 == 0 {
+            // The script deletes, then sits idle (its statement stays the last one).
+            script
+                .c
+                .batch_execute(&format!("DELETE FROM \"public\".cache WHERE cache_key = 'k{}'", round + 1))
+                .await
+                .unwrap();
+            script_keys.push(format!("k{}", round + 1));
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
+    }
+    let stderr = env.stop_capture(bg).await;
+    let recs = records(&out);
+    check_structure(&recs);
+    let started = of_type(&recs, "capture_started")[0];
+    assert_eq!(started["attribution_sources"], serde_json::json!(["activity"]), "{started}");
+    assert_eq!(started["activity_interval_ms"], 200, "{started}");
+    let commits = of_type(&recs, "commit");
+    assert_eq!(commits.len(), 33);
+    let mut script_named = 0;
+    for c in &commits {
+        let key = of_type(&recs, "delete").iter().find(|d| d["xid"] == c["xid"]).unwrap()["key"]["cache_key"].clone();
+        let by_script = script_keys.iter().any(|k| key == k.as_str());
+        let pid = c["session"]["pid"]
+            .as_i64()
+            .or_else(|| (c["inferred"]["candidates"] == 1).then(|| c["inferred"]["session"]["pid"].as_i64()).flatten());
+        if let Some(pid) = pid {
+            let want = if by_script { script.pid } else { busy.pid };
+            assert_eq!(pid, i64::from(want), "wrong session: {c}");
+            if by_script {
+                script_named += 1;
+            }
+        }
+        if c["session"].is_null() && c.get("inferred").is_none() {
+            assert!(c["unattributed_reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+        }
+        if c["inferred"]["candidates"] == 1 {
+            assert_eq!(c["inferred"]["session"]["attributed_by"], "inferred", "{c}");
+            assert!(c["inferred"]["statement"].as_str().unwrap().starts_with("DELETE"), "{c}");
+            assert!(c["inferred"]["statement_start"].as_str().unwrap() <= c["commit_time"].as_str().unwrap(), "{c}");
+        }
+    }
+    assert_eq!(script_named, 3, "the idle script must be named every time: {commits:?}");
+    let unnamed = commits.iter().filter(|c| c["session"].is_null() && c["inferred"]["candidates"] != 1).count();
+    // The readers take the new fields in their stride.
+    let log = out.display().to_string();
+    for args in [vec!["tail", &log], vec!["replay", &log], vec!["report", &log], vec!["replay", "--verify", &log]] {
+        let r = run_bin(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).await;
+        r.assert_code(0);
+    }
+    if unnamed * 4 >= 20 {
+        assert_eq!(stderr.matches("have no session named").count(), 1, "{stderr}");
+        assert!(stderr.contains("--attribution trigger") && stderr.contains("application_name"), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@ mod capture;
 mod chain;
 mod cleanup_rights;
 mod coverage;
+mod django;
 mod encoding;
 mod errors;
 mod faults;

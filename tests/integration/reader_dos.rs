@@ -373,6 +373,7 @@ async fn raw_file_damage_is_detected_and_forged_sessions_are_not_trusted() {
             }
             walwitness::sink::raw::Frame::Activity { xid, session } => w.activity(*xid, session).unwrap(),
             walwitness::sink::raw::Frame::Reconnected => w.reconnected().unwrap(),
+            walwitness::sink::raw::Frame::Inference { xid, encoded } => w.inference(*xid, encoded).unwrap(),
             walwitness::sink::raw::Frame::Partition { oid, root, primary_key } => {
                 w.partition(*oid, *root, primary_key.as_deref()).unwrap()
             }
