@@ -7,7 +7,8 @@
 //! JSON and records the outcome in `<body data-check="ok">`, which tests (and curious readers) can read.
 use std::fmt::Write as _;
 
-use super::report::{one_line, Report};
+use super::one_line;
+use super::summary::Report;
 
 /// Session colours (colour-blind-friendly Okabe–Ito order, then extras); the unattributed share is grey.
 const PALETTE: [&str; 10] =

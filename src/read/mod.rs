@@ -16,6 +16,7 @@ use std::io;
 
 use crate::error::{Exit, Failure};
 
+pub mod filter;
 pub mod follow;
 pub mod held;
 pub mod html;
@@ -24,6 +25,7 @@ pub mod raw_replay;
 pub mod replay;
 pub mod report;
 pub mod rollup;
+pub mod summary;
 pub mod tail;
 pub mod verify;
 pub mod when;
@@ -257,4 +259,14 @@ pub fn read_files<C: Consumer>(files: &[String], lenient: bool, max_line: usize,
         }
     }
     Ok(total)
+}
+/// A statement on one line, cut to `max` characters.
+pub fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
 }

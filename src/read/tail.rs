@@ -17,7 +17,7 @@ use crate::error::{Exit, Failure};
 
 use super::follow::{Event, Follower, POLL};
 use super::log::{Kind, Record, SessionRef};
-use super::report::one_line;
+use super::one_line;
 use super::{output_error, Consumer, Feeder, Stop};
 use crate::term::clean;
 
