@@ -93,7 +93,10 @@ fn pass(file: &mut File, chunks: &[Vec<u8>], chain: bool) -> Duration {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    // `cargo bench` passes --bench; under `cargo test` (a debug build) a small smoke run is enough.
+    let full = std::env::args().any(|a| a == "--bench");
+    let default_rows = if full { 1_000_000 } else { 2_000 };
+    let rows: u64 = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_rows);
     let dir = tempfile::tempdir().unwrap();
     let mut file = File::create(dir.path().join("bench.jsonl")).unwrap();
     println!("{rows} rows, median of {PASSES} passes; write() to the page cache, no fdatasync");

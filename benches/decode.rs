@@ -75,11 +75,13 @@ fn rate(n: usize, passes: usize, mut f: impl FnMut() -> Duration) -> f64 {
 }
 
 fn main() {
-    // `cargo test --benches` runs this too; keep that quick.
-    if std::env::args().any(|a| a == "--test") || std::env::args().any(|a| a == "--list") {
+    // `cargo bench` passes --bench; under `cargo test` (a debug build) a small smoke run is enough.
+    if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: usize = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let full = std::env::args().any(|a| a == "--bench");
+    let default_rows = if full { 1_000_000 } else { 2_000 };
+    let n: usize = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_rows);
     let passes = 7;
     println!("decode bench: {n} Delete messages per pass, median of {passes} passes, one thread");
     for full in [false, true] {

@@ -11,13 +11,13 @@
 //! |---|---|---|
 //! | commands | [`capture`] | `walwitness capture`: preflight, server objects, the stream loop (I/O and batching), acknowledgements, coverage watch, teardown |
 //! | | [`doctor`], [`cleanup`], [`demo`] | `doctor`, `cleanup`, `demo` |
-//! | | [`read`] | `tail`, `replay`, `report` (and `replay --verify`, `--raw`): the readers of captured logs |
-//! | | [`cmd`] | `completions`, `man` |
+//! | | [`read`] | `tail`, `replay`, `report` (and `replay --verify`, `--raw`): the readers of captured logs; their filters (`read::filter`, `read::when`), the report's data model (`read::summary`) and roll-ups (`read::rollup`) |
+//! | | [`cmd`] | one file per subcommand: flags → options → run (`cmd::capture`, `cmd::server`, `cmd::docs`); `main` prints failures |
 //! | | [`cli`] | every flag (clap); turned into option structs before anything runs |
-//! | evidence | [`attribution`] | who ran a transaction: the activity sampler and the trigger's signed statement brackets |
+//! | evidence | [`attribution`] | who ran a transaction: the activity sampler, inference from statement windows (`attribution::infer`, kept apart from evidence) and the trigger's signed statement brackets |
 //! | log | [`sink`] | the record format, the durable writer and its chain, raw and spool files, safe output files |
 //! | decoding | [`decode`] | pgoutput messages → log records: relation cache, transaction assembly (pure) |
-//! | | [`protocol`] | bytes → replication frames and pgoutput messages (pure), LSNs |
+//! | | [`protocol`] | bytes → replication frames and pgoutput messages (pure), LSNs; `protocol::encode` builds messages for tests, fuzzing and benches |
 //! | server | [`pg`] | connection settings (DSN, service, pgpass), TLS, the replication connection, SQL sessions, catalog queries, quoting, leftovers |
 //! | shared | [`error`], [`term`] | exit codes and failures; terminal-safe output and byte counts for people |
 //! | tests | [`cluster`] | throwaway PostgreSQL clusters (tests and `demo`) |

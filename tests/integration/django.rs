@@ -239,6 +239,41 @@ async fn default_mode_names_the_periodic_django_job() {
         "more than 1 % of inferences wrong: {figures}\n{}",
         wrong_examples.join("\n")
     );
+    // The report answers first: its headline (JSON, and the HTML page as Chromium renders it) names the
+    // job, which deleted the most rows.
+    let page = env.dir.path().join("django.html");
+    let r = run_bin(&[
+        "report".into(),
+        out.display().to_string(),
+        "--format".into(),
+        "json".into(),
+        "--html".into(),
+        page.display().to_string(),
+    ])
+    .await;
+    r.assert_code(0);
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let headline = rep["headline"]["text"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(rep["headline"]["application_name"], "forgotten-job", "{headline}\n{figures}");
+    eprintln!("django report headline: {headline}");
+    if let Some(chromium) = crate::readers::find_chromium() {
+        let mut args = crate::readers::chromium_args(&env.dir.path().join("profile"));
+        args.push("--window-size=1280,1500".into());
+        args.push("--dump-dom".into());
+        args.push(format!("file://{}", page.display()));
+        let dump = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new(&chromium).args(&args).stdin(std::process::Stdio::null()).output(),
+        )
+        .await
+        .expect("chromium --dump-dom did not finish in 120 s")
+        .unwrap();
+        let dom = String::from_utf8_lossy(&dump.stdout);
+        let shown = crate::readers::element_text(&dom, "id=\"headline\"").expect("no headline in the page");
+        assert!(shown.starts_with("forgotten-job"), "{shown}");
+    } else {
+        assert!(std::env::var("CI").is_err(), "chromium is needed in CI for the HTML headline check");
+    }
     // Culls inside transaction blocks stay unnamed, and the capture says how to fix that, once.
     let share_unnamed = (several + none) as f64 / commits.len() as f64;
     if share_unnamed > 0.3 {

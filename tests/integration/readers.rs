@@ -310,7 +310,7 @@ async fn tail_follow_shows_a_delete_within_a_second() {
     assert!(matches!(status.code(), Some(0) | Some(143)), "capture exit {status:?}");
 }
 
-fn find_chromium() -> Option<String> {
+pub(crate) fn find_chromium() -> Option<String> {
     let which = |n: &str| {
         std::process::Command::new("sh")
             .arg("-c")
@@ -340,7 +340,7 @@ fn find_chromium() -> Option<String> {
     None
 }
 
-fn chromium_args(profile: &Path) -> Vec<String> {
+pub(crate) fn chromium_args(profile: &Path) -> Vec<String> {
     [
         "--headless",
         "--no-sandbox",
@@ -365,7 +365,7 @@ fn shown(dom: &str, key: &str) -> Option<f64> {
 }
 
 /// The text of the first element whose start tag holds `attr` (entities for &, <, > undone).
-fn element_text(dom: &str, attr: &str) -> Option<String> {
+pub(crate) fn element_text(dom: &str, attr: &str) -> Option<String> {
     let at = dom.find(attr)?;
     let start = dom[at..].find('>')? + at + 1;
     let end = dom[start..].find("</")? + start;
