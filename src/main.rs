@@ -12,8 +12,10 @@ fn main() {
         (_, 2) => "debug",
         _ => "trace",
     };
+    walwitness::term::set_colour_choice(cli.color);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(walwitness::term::colour_for(std::io::IsTerminal::is_terminal(&std::io::stderr())))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WALWITNESS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("walwitness={level}"))),

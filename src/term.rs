@@ -55,6 +55,24 @@ pub fn eprint_line(msg: &str) {
     eprintln!("{}", clean(msg));
 }
 
+static COLOUR: std::sync::OnceLock<crate::cli::ColorChoice> = std::sync::OnceLock::new();
+
+/// Records `--color` for the whole process (set once, by `main`).
+pub fn set_colour_choice(choice: crate::cli::ColorChoice) {
+    let _ = COLOUR.set(choice);
+}
+
+/// Whether to colour output going to a stream that is (or is not) a terminal: `--color always` or
+/// `never` decide; `auto` colours a terminal unless NO_COLOR is set to anything non-empty (no-color.org).
+pub fn colour_for(is_terminal: bool) -> bool {
+    use crate::cli::ColorChoice;
+    match COLOUR.get().copied().unwrap_or_default() {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    }
+}
+
 /// Byte counts for people: `512 B`, `1.5 MB` (powers of 1024).
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

@@ -49,9 +49,9 @@ impl Style {
     }
 }
 
-/// Colour only for a terminal, and never when NO_COLOR is set to anything non-empty (no-color.org).
+/// `--color` (see `term::colour_for`) for standard output.
 fn colour_wanted() -> bool {
-    io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    crate::term::colour_for(io::stdout().is_terminal())
 }
 
 #[derive(Debug, Default)]

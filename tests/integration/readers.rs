@@ -661,3 +661,26 @@ async fn report_html_headline_and_width_in_chromium() {
     assert_eq!(shown(&dom, "bin_seconds"), Some(1.0));
     fits_1280(&dom);
 }
+
+/// `--color`: `tail` colours a pipe when asked (`always`), never otherwise; `auto` leaves a pipe plain
+/// and NO_COLOR wins over a terminal only in `auto`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn color_flag_decides_tail_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.jsonl");
+    crafted_log(&path);
+    let log = path.display().to_string();
+    let esc = |s: &str| s.contains('\x1b');
+    let auto = run(&["tail", &log]).await;
+    auto.assert_code(0);
+    assert!(!esc(&auto.stdout) && !auto.stdout.is_empty(), "auto colours a pipe:\n{}", auto.stdout);
+    let always = run(&["--color", "always", "tail", &log]).await;
+    always.assert_code(0);
+    assert!(esc(&always.stdout), "always did not colour");
+    // Global: after the subcommand too.
+    let never = run(&["tail", "--color", "never", &log]).await;
+    never.assert_code(0);
+    assert!(!esc(&never.stdout));
+    assert_eq!(never.stdout, auto.stdout);
+    run(&["--color", "sometimes", "tail", &log]).await.assert_code(2);
+}
