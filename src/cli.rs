@@ -78,10 +78,11 @@ pub struct ManArgs {
 /// user (`ps`, /proc/PID/cmdline), so it can also come from the environment or a file.
 #[derive(Debug, Args, Clone, Default)]
 pub struct DsnArgs {
-    /// Connection string: libpq key=value or a postgres:// URL. PG* environment variables and ~/.pgpass
-    /// apply. A password given here is visible to every local user in `ps`: put the connection string
-    /// in the WALWITNESS_DSN environment variable or in a file (--dsn-file) instead, or the password in
-    /// ~/.pgpass or PGPASSWORD. Without --dsn and --dsn-file, WALWITNESS_DSN is used.
+    /// Connection string: libpq key=value or a postgres:// URL. PG* environment variables, ~/.pgpass and
+    /// service files (service=NAME, PGSERVICE) apply. A password given here is visible to every local
+    /// user in `ps`: put the connection string in the WALWITNESS_DSN environment variable or in a file
+    /// (--dsn-file) instead, or the password in ~/.pgpass or PGPASSWORD. Without --dsn and --dsn-file,
+    /// WALWITNESS_DSN is used.
     #[arg(long, value_name = "DSN", conflicts_with = "dsn_file")]
     pub dsn: Option<String>,
     /// Read the connection string from this file (its first line; `-` for standard input). Keep it
