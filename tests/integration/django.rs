@@ -257,17 +257,8 @@ async fn default_mode_names_the_periodic_django_job() {
     assert_eq!(rep["headline"]["application_name"], "forgotten-job", "{headline}\n{figures}");
     eprintln!("django report headline: {headline}");
     if let Some(chromium) = crate::readers::find_chromium() {
-        let mut args = crate::readers::chromium_args(&env.dir.path().join("profile"));
-        args.push("--window-size=1280,1500".into());
-        args.push("--dump-dom".into());
-        args.push(format!("file://{}", page.display()));
-        let dump = tokio::time::timeout(
-            Duration::from_secs(120),
-            tokio::process::Command::new(&chromium).args(&args).stdin(std::process::Stdio::null()).output(),
-        )
-        .await
-        .expect("chromium --dump-dom did not finish in 120 s")
-        .unwrap();
+        let profile = env.dir.path().join("profile");
+        let dump = crate::readers::chromium_on(&chromium, &profile, &page, "--dump-dom".into()).await;
         let dom = String::from_utf8_lossy(&dump.stdout);
         let shown = crate::readers::element_text(&dom, "id=\"headline\"").expect("no headline in the page");
         assert!(shown.starts_with("forgotten-job"), "{shown}");

@@ -365,6 +365,21 @@ fn shown(dom: &str, key: &str) -> Option<f64> {
 }
 
 /// The text of the first element whose start tag holds `attr` (entities for &, <, > undone).
+/// Runs headless Chromium on `page` at 1280 px with one more flag (`--dump-dom`, `--screenshot=…`).
+pub(crate) async fn chromium_on(chromium: &str, profile: &Path, page: &Path, flag: String) -> std::process::Output {
+    let mut args = chromium_args(profile);
+    args.push("--window-size=1280,1500".into());
+    args.push(flag.clone());
+    args.push(format!("file://{}", page.display()));
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(chromium).args(&args).stdin(Stdio::null()).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("chromium {flag} did not finish in 120 s"))
+    .unwrap()
+}
+
 pub(crate) fn element_text(dom: &str, attr: &str) -> Option<String> {
     let at = dom.find(attr)?;
     let start = dom[at..].find('>')? + at + 1;
@@ -409,18 +424,7 @@ async fn report_html_renders_in_chromium() {
         println!("SKIPPED report_html_renders_in_chromium: chromium is not installed and could not be installed (run scripts/test.sh as root, or apt-get install chromium)");
         return;
     };
-    let url = format!("file://{}", page.display());
-    let mut args = chromium_args(&env.dir.path().join("profile"));
-    args.push("--window-size=1280,1500".into());
-    args.push("--dump-dom".into());
-    args.push(url.clone());
-    let dump = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(&chromium).args(&args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("chromium --dump-dom did not finish in 120 s")
-    .unwrap();
+    let dump = chromium_on(&chromium, &env.dir.path().join("profile"), &page, "--dump-dom".into()).await;
     let dom = String::from_utf8_lossy(&dump.stdout);
     assert!(
         dom.contains("data-check=\"ok\""),
@@ -447,17 +451,9 @@ async fn report_html_renders_in_chromium() {
     fits_1280(&dom);
 
     let png = env.dir.path().join("report.png");
-    let mut args = chromium_args(&env.dir.path().join("profile2"));
-    args.push(format!("--screenshot={}", png.display()));
-    args.push("--window-size=1280,1500".into());
-    args.push(url);
-    let shot = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(&chromium).args(&args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("chromium --screenshot did not finish in 120 s")
-    .unwrap();
+    let shot =
+        chromium_on(&chromium, &env.dir.path().join("profile2"), &page, format!("--screenshot={}", png.display()))
+            .await;
     let bytes = std::fs::read(&png)
         .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&shot.stderr)));
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
@@ -640,17 +636,7 @@ async fn report_html_headline_and_width_in_chromium() {
         println!("SKIPPED report_html_headline_and_width_in_chromium: chromium is not installed");
         return;
     };
-    let mut args = chromium_args(&dir.path().join("profile"));
-    args.push("--window-size=1280,1500".into());
-    args.push("--dump-dom".into());
-    args.push(format!("file://{}", page.display()));
-    let dump = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(&chromium).args(&args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("chromium --dump-dom did not finish in 120 s")
-    .unwrap();
+    let dump = chromium_on(&chromium, &dir.path().join("profile"), &page, "--dump-dom".into()).await;
     let dom = String::from_utf8_lossy(&dump.stdout);
     assert!(dom.contains("data-check=\"ok\""), "the page's number check did not pass: {}", &dom[..dom.len().min(2000)]);
     let headline = element_text(&dom, "id=\"headline\"").expect("no headline");
