@@ -63,6 +63,8 @@ pub struct Verifier {
     /// The HMAC key, recovered from the stored pads (`key XOR 0x36…`); zero-padded to the block size,
     /// which HMAC does anyway.
     key: Vec<u8>,
+    /// The stored pads are the two pads of one key; when not, nothing verifies.
+    key_whole: bool,
     /// The cluster's system identifier: a message signed for another cluster is rejected.
     pub system_identifier: String,
     /// A recent full transaction id (with epoch) of this cluster, to widen pgoutput's 32-bit xids.
@@ -235,12 +237,8 @@ impl Verifier {
     /// From the pads the server stores (see [`pads`]). Pads that do not come from one key make every
     /// signature fail to verify (`load_verifier` refuses them first, with the fix).
     pub fn from_pads(ipad: Vec<u8>, opad: Vec<u8>) -> Verifier {
-        let mut key: Vec<u8> = ipad.iter().map(|b| b ^ 0x36).collect();
-        if !pads_agree(&ipad, &opad) {
-            // A key no signature from those pads can match.
-            key = opad.iter().map(|b| b ^ 0x5c ^ 0xff).collect();
-        }
-        Verifier { key, system_identifier: String::new(), xid_reference: 0 }
+        let key = ipad.iter().map(|b| b ^ 0x36).collect();
+        Verifier { key, key_whole: pads_agree(&ipad, &opad), system_identifier: String::new(), xid_reference: 0 }
     }
 
     pub fn for_cluster(mut self, system_identifier: &str, xid_reference: u64) -> Verifier {
@@ -262,6 +260,9 @@ impl Verifier {
 
     fn check_mac(&self, mac_hex: &[u8], payload: &[u8]) -> Result<(), String> {
         let given = hex::decode(mac_hex).map_err(|_| "signature is not hex".to_owned())?;
+        if !self.key_whole {
+            return Err("signature does not match the installed key (its two pads are not of one key)".into());
+        }
         let mut m = self.hmac();
         m.update(payload);
         // Constant-time comparison.

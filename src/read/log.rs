@@ -1265,6 +1265,16 @@ pub(crate) mod tests {
         )
     }
 
+    /// Format 3: the row-level session of pid 7 (alice, psql) naming statement 1, and that statement's
+    /// record in xid 5 carrying `full`.
+    pub const SMALL_SESSION: &str = r#"{"attributed_by":"trigger","pid":7,"backend_start":null,"user":"alice","application_name":"psql","client_addr":null,"client_port":null,"statement":1}"#;
+
+    pub fn statement_record(time: &str, full: &str) -> String {
+        format!(
+            r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{time}","origin":null,"session":{full}}}"#
+        )
+    }
+
     pub fn commit(xid: u64, lsn: u64, time: &str, deletes: u64, session: &str) -> String {
         format!(
             r#"{{"type":"commit","xid":{xid},"commit_lsn":"0/{:X}","end_lsn":"0/{:X}","commit_time":"{time}","origin":null,"deletes":{deletes},"truncates":0,"session":{session},"attribution":"trigger"}}"#,

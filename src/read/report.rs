@@ -1841,10 +1841,8 @@ mod tests {
         use super::super::log::tests::{commit, del, session, CS};
         let t = "2026-11-26T15:01:02.000003Z";
         let full = session(7, "alice", "psql", "DELETE FROM t WHERE id = 1");
-        let small = r#"{"attributed_by":"trigger","pid":7,"backend_start":null,"user":"alice","application_name":"psql","client_addr":null,"client_port":null,"statement":1}"#;
-        let stmt = format!(
-            r#"{{"type":"statement","xid":5,"statement":1,"lsn":"0/1","commit_lsn":"0/1","commit_time":"{t}","origin":null,"session":{full}}}"#
-        );
+        let small = super::super::log::tests::SMALL_SESSION;
+        let stmt = super::super::log::tests::statement_record(t, &full);
         let r = report_of(&[
             CS.to_owned(),
             stmt,
