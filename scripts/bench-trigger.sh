@@ -102,9 +102,9 @@ variant() { # name sed-expression
     "${P[@]}" -c "$def" >/dev/null
 }
 declare -A PARTS=(
-    [backend_start]='/FOR i IN 1\.\./,/END LOOP;/d; /IF NOT seen THEN/,/END IF;/d'
-    [armed_check]='s/\(SELECT t\.tgenabled = .*$/true/; /FROM pg_trigger t/,/AND t\.tgtype/d'
-    [hmac]="s/p := encode\\(sha256.*\\|\\| ' ' \\|\\| p;/p := '0 ' || p;/"
+    [backend_start]='/FOR i IN 1\.\./,/END LOOP;/d; /IF bs IS NULL THEN/,/END IF;/d'
+    [armed_check]="/^ *ON t\\.tgrelid/,/AND t\\.tgtype/d; s/ LEFT JOIN pg_catalog\\.pg_trigger t\$/;/; s/t\\.tgenabled::pg_catalog\\.text/'O'/"
+    [hmac]="s/p := pg_catalog\\.encode\\(pg_catalog\\.sha256.*\$/p := '0 ' OPERATOR(pg_catalog.||) p;/"
 )
 echo "profile of the opening trigger (backend CPU per transaction with that part removed, fastest of $ROUNDS):"
 set_triggers both

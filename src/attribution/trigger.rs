@@ -17,9 +17,14 @@
 //!
 //! Why an HMAC: `pg_logical_emit_message` is executable by every role, so anyone can emit a message with
 //! our prefix. The key lives in `walwitness.hmac_key`, readable only by the owner of the schema (the role
-//! that installed it); the functions are SECURITY DEFINER with a fixed `search_path`, so a table owner or
-//! any other user can neither read the key nor make the functions run their code. The key is stored as
-//! the two HMAC pads so the server needs only the core `sha256()`.
+//! that installed it); the functions are SECURITY DEFINER and name every function, operator, type and
+//! table with its schema (`pg_catalog.…`, `OPERATOR(pg_catalog.=)`), so a table owner or any other user
+//! can neither read the key nor make the functions run their code whatever their `search_path`. The key
+//! is stored as the two HMAC pads so the server needs only the core `sha256()`.
+//!
+//! The payload (version 3) is a JSON array of text values in a fixed order, timestamps as the server's
+//! 8-byte microsecond count in hex; the capture still reads version 2's JSON objects (a WAL written before
+//! an upgrade). Why this shape: it is what costs the server least per statement (`proto-notes/attribution.md`).
 //!
 //! The open never makes the user's statement fail: its work runs in an exception block without writing
 //! anything (so the block's subtransaction gets no xid and costs little), and an error there is reported
@@ -56,7 +61,7 @@ pub const QUERY_LIMIT: usize = 8192;
 /// `pg_stat_get_activity()` (entries are numbered 1.. in PostgreSQL 14 and 15, by backend id from 16 on).
 const BACKEND_SCAN: u32 = 64;
 /// Version of the signed payload.
-pub const PAYLOAD_VERSION: u32 = 2;
+pub const PAYLOAD_VERSION: u32 = 3;
 
 /// Verifies messages with the installed key, for one cluster.
 pub struct Verifier {
@@ -275,17 +280,24 @@ impl Verifier {
         let (head, rest) = split_word(content);
         match head {
             b"close" => {
-                let c: Close =
-                    serde_json::from_slice(rest).map_err(|e| format!("close message not understood: {e}"))?;
-                Ok(Evidence::Close(c))
+                let c = if rest.first() == Some(&b'[') {
+                    close_v3(rest)
+                } else {
+                    serde_json::from_slice(rest).map_err(|e| e.to_string())
+                };
+                Ok(Evidence::Close(c.map_err(|e| format!("close message not understood: {e}"))?))
             }
             b"error" => {
                 let (mac, payload) = split_word(rest);
                 let signed = mac != b"-" && self.check_mac(mac, payload).is_ok();
                 // In a SQL_ASCII database the error text may hold bytes that are not UTF-8.
                 let text = String::from_utf8_lossy(payload);
-                let mut r: ErrorReport =
-                    serde_json::from_str(&text).map_err(|e| format!("error report not understood: {e}"))?;
+                let r = if text.starts_with('[') {
+                    error_v3(&text)
+                } else {
+                    serde_json::from_str(&text).map_err(|e| e.to_string())
+                };
+                let mut r = r.map_err(|e| format!("error report not understood: {e}"))?;
                 r.signed = signed;
                 if signed
                     && r.sys
@@ -305,6 +317,10 @@ impl Verifier {
                 // (the statement, the application name) may hold bytes that are not UTF-8, which JSON cannot
                 // carry: those become U+FFFD rather than turning an authentic message into a rejected one.
                 let text = String::from_utf8_lossy(rest);
+                if text.starts_with('[') {
+                    let o = open_v3(&text).map_err(|e| format!("signed payload is not understood: {e}"))?;
+                    return self.same_cluster(o);
+                }
                 let v: serde_json::Value =
                     serde_json::from_str(&text).map_err(|e| format!("signed payload is not understood: {e}"))?;
                 match v.get("v").and_then(|v| v.as_u64()) {
@@ -322,16 +338,142 @@ impl Verifier {
                 if o.k != "open" {
                     return Err(format!("signed message of unknown kind {:?}", o.k));
                 }
-                if !self.system_identifier.is_empty() && o.sys != self.system_identifier {
-                    return Err(format!(
-                        "signed for the cluster with system identifier {}, not this one ({})",
-                        o.sys, self.system_identifier
-                    ));
-                }
-                Ok(Evidence::Open(Box::new(o)))
+                self.same_cluster(o)
             }
         }
     }
+
+    fn same_cluster(&self, o: Open) -> Result<Evidence, String> {
+        if !self.system_identifier.is_empty() && o.sys != self.system_identifier {
+            return Err(format!(
+                "signed for the cluster with system identifier {}, not this one ({})",
+                o.sys, self.system_identifier
+            ));
+        }
+        Ok(Evidence::Open(Box::new(o)))
+    }
+}
+
+/// Microseconds since 2000-01-01 UTC (PostgreSQL's epoch) to microseconds since 1970.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// A timestamp as `ts_hex` writes it: null, or 16 hex digits of the server's 8-byte integer.
+fn ts_from_hex(v: Option<&str>, field: &str) -> Result<Option<i64>, String> {
+    let Some(h) = v else { return Ok(None) };
+    let n = (h.len() == 16)
+        .then(|| u64::from_str_radix(h, 16).ok())
+        .flatten()
+        .ok_or_else(|| format!("{field} is not a timestamp: {h:?}"))? as i64;
+    // -infinity and infinity have no instant; no session or statement has them.
+    if n == i64::MIN || n == i64::MAX {
+        return Ok(None);
+    }
+    n.checked_add(PG_EPOCH_UNIX_MICROS).map(Some).ok_or_else(|| format!("{field} is out of range: {h:?}"))
+}
+
+/// The version 3 payloads are JSON arrays of text (or null) in a fixed order; see `open_function_sql`.
+fn text_array(json: &[u8], want: usize, what: &str) -> Result<Vec<Option<String>>, String> {
+    let a: Vec<Option<String>> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if a.len() != want {
+        return Err(format!("{what} has {} values, not {want}", a.len()));
+    }
+    Ok(a)
+}
+
+fn number<T: std::str::FromStr>(v: &Option<String>, field: &str) -> Result<T, String> {
+    v.as_deref().and_then(|s| s.parse().ok()).ok_or_else(|| format!("{field} is not a number: {v:?}"))
+}
+
+fn number_or_null<T: std::str::FromStr>(v: &Option<String>, field: &str) -> Result<Option<T>, String> {
+    v.as_ref().map(|_| number(v, field)).transpose()
+}
+
+fn required(v: &mut Option<String>, field: &str) -> Result<String, String> {
+    v.take().ok_or_else(|| format!("{field} is null"))
+}
+
+/// `close [depth, statement start, operation, table OID, schema, table]`.
+fn close_v3(json: &[u8]) -> Result<Close, String> {
+    let mut a = text_array(json, 6, "close message")?;
+    Ok(Close {
+        d: number(&a[0], "depth")?,
+        ss: ts_from_hex(a[1].as_deref(), "statement start")?,
+        op: required(&mut a[2], "operation")?,
+        r: number(&a[3], "table OID")?,
+        s: required(&mut a[4], "schema")?,
+        t: required(&mut a[5], "table")?,
+    })
+}
+
+/// `error <signature or -> [version, system identifier, full xid, pid, trigger, operation, table OID,
+/// schema, table, error]`.
+fn error_v3(text: &str) -> Result<ErrorReport, String> {
+    let mut a = text_array(text.as_bytes(), 10, "error report")?;
+    if a[0].as_deref() != Some("3") {
+        return Err(format!("unknown payload version {:?}", a[0]));
+    }
+    Ok(ErrorReport {
+        sys: a[1].take(),
+        xid: number_or_null(&a[2], "xid")?,
+        pid: number(&a[3], "pid")?,
+        w: required(&mut a[4], "trigger")?,
+        op: required(&mut a[5], "operation")?,
+        r: number(&a[6], "table OID")?,
+        s: required(&mut a[7], "schema")?,
+        t: required(&mut a[8], "table")?,
+        e: required(&mut a[9], "error")?,
+        signed: false,
+    })
+}
+
+/// The signed version 3 open (its order is `open_function_sql`'s).
+fn open_v3(text: &str) -> Result<Open, String> {
+    let mut a = text_array(text.as_bytes(), 21, "open message")?;
+    if a[0].as_deref() != Some("3") {
+        return Err(format!("unknown payload version {:?}", a[0]));
+    }
+    // The server sends one character past the limit when the statement is longer.
+    let mut q = a[11].take();
+    let mut qt = false;
+    if let Some(text) = &mut q {
+        if let Some((cut, _)) = text.char_indices().nth(QUERY_LIMIT) {
+            text.truncate(cut);
+            qt = true;
+        }
+    }
+    // Whether the closing trigger fires for this statement, as PostgreSQL decides it for the session's
+    // session_replication_role (`tgenabled`: O origin and local, R replica, A always, D disabled).
+    let replica = a[20].as_deref() == Some("replica");
+    let armed = match a[19].as_deref() {
+        Some("A") => true,
+        Some("O") => !replica,
+        Some("R") => replica,
+        _ => false,
+    };
+    Ok(Open {
+        v: 3,
+        k: "open".into(),
+        sys: required(&mut a[1], "system identifier")?,
+        xid: number(&a[2], "xid")?,
+        id: ts_from_hex(a[3].as_deref(), "statement id")?.ok_or("statement id is null")?,
+        pid: number(&a[4], "pid")?,
+        bs: ts_from_hex(a[5].as_deref(), "backend start")?,
+        user: a[6].take(),
+        role: a[7].take(),
+        app: a[8].take(),
+        ca: a[9].take(),
+        cp: number_or_null(&a[10], "client port")?,
+        q,
+        qt,
+        xs: ts_from_hex(a[12].as_deref(), "transaction start")?,
+        ss: ts_from_hex(a[13].as_deref(), "statement start")?,
+        d: number(&a[14], "depth")?,
+        op: required(&mut a[15], "operation")?,
+        r: number(&a[16], "table OID")?,
+        s: required(&mut a[17], "schema")?,
+        t: required(&mut a[18], "table")?,
+        armed,
+    })
 }
 
 fn split_word(b: &[u8]) -> (&[u8], &[u8]) {
@@ -348,128 +490,130 @@ fn random_key() -> std::io::Result<[u8; 32]> {
     Ok(k)
 }
 
-/// `(extract(epoch FROM e) * 1000000)::int8`: microseconds since 1970, cheaper than formatting on the server.
-fn us(e: &str) -> String {
-    format!("(extract(epoch FROM {e}) * 1000000)::int8")
+/// `pg_catalog.encode(pg_catalog.timestamptz_send(e), 'hex')`: the timestamp's 8-byte integer (microseconds
+/// since 2000-01-01 UTC) in hex. Exact and independent of every setting the session may change
+/// (`DateStyle`, `TimeZone`, `extra_float_digits`), and several times cheaper than `extract(epoch …)`,
+/// which computes in numeric.
+fn ts_hex(e: &str) -> String {
+    format!("pg_catalog.encode(pg_catalog.timestamptz_send({e}), 'hex')")
 }
 
 /// HMAC of `var` (text) with the key in `ki`/`ko`, as lower-case hex.
 fn hmac_sql(var: &str) -> String {
-    format!("encode(sha256(ko || sha256(ki || convert_to({var}, 'UTF8'))), 'hex')")
+    format!(
+        "pg_catalog.encode(pg_catalog.sha256(ko OPERATOR(pg_catalog.||) pg_catalog.sha256(ki OPERATOR(pg_catalog.||) \
+         pg_catalog.convert_to({var}, 'UTF8'))), 'hex')"
+    )
 }
 
-/// The closing function: one unsigned message naming the statement it ends. It reads no key, so it runs
-/// without a `search_path` setting (saving the setting's save and restore on every statement): every
-/// function, operator and type is qualified with `pg_catalog`, and `pg_temp` is never searched for those.
+/// The closing function: one unsigned message naming the statement it ends. It reads no key.
+///
+/// Neither function sets `search_path` (a function-level setting is saved and restored on every call,
+/// about a tenth of the trigger's cost): every function, operator, type and table is qualified, with
+/// operators written `OPERATOR(pg_catalog.…)`, and `pg_temp` is never searched for functions or
+/// operators. Nothing the calling session defines can run with the owner's rights
+/// (`attribution::the_trigger_function_cannot_be_hijacked`).
 fn close_function_sql() -> String {
     format!(
         r#"CREATE OR REPLACE FUNCTION {SCHEMA}.{CLOSE_FN}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $walwitness$
 BEGIN
   -- Unsigned on purpose (no key read): a forged close can only end a bracket early, which flags rows.
-  PERFORM pg_catalog.pg_logical_emit_message(true, '{PREFIX}'::pg_catalog.text, pg_catalog.concat('close {{"d":',
-    pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.-) 1,
-    ',"ss":', (EXTRACT(epoch FROM pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,
-    ',"op":"', TG_OP, '","r":', TG_RELID, ',"s":', pg_catalog.to_json(TG_TABLE_SCHEMA::pg_catalog.text),
-    ',"t":', pg_catalog.to_json(TG_TABLE_NAME::pg_catalog.text), '}}'));
+  -- [depth, statement start, operation, table OID, schema, table]
+  PERFORM pg_catalog.pg_logical_emit_message(true, '{PREFIX}'::pg_catalog.text, 'close ' OPERATOR(pg_catalog.||)
+    pg_catalog.array_to_json(ARRAY[(pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.-) 1)::pg_catalog.text,
+      {ss}, TG_OP, TG_RELID::pg_catalog.text, TG_TABLE_SCHEMA::pg_catalog.text, TG_TABLE_NAME::pg_catalog.text])::pg_catalog.text);
   RETURN NULL;
 END
-$walwitness$"#
+$walwitness$"#,
+        ss = ts_hex("pg_catalog.statement_timestamp()"),
     )
 }
 
 /// The opening function. `close_oid` is the closing function's OID, which the `armed` check requires of
 /// the closing trigger.
+///
+/// Its cost is what attribution costs the server, so it is built to do little (see
+/// `scripts/bench-trigger.sh` and `proto-notes/attribution.md`): one query reads the key, the closing
+/// trigger's state and every value of the payload at once; the payload is one text array turned into
+/// JSON (each value escaped by the same code, no per-field `to_json`), and the server-side checks the
+/// capture can do itself (the closing trigger's enabled state against `session_replication_role`, the
+/// statement's truncation) are left to it. The signature is the same HMAC-SHA256 as before.
 fn open_function_sql(close_oid: u32) -> String {
     format!(
         r#"CREATE OR REPLACE FUNCTION {SCHEMA}.{OPEN_FN}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $walwitness$
+LANGUAGE plpgsql SECURITY DEFINER AS $walwitness$
 DECLARE
-  ki bytea;
-  ko bytea;
-  sys text;
-  bs int8;
-  armed boolean;
-  q text;
-  p text;
-  e text;
-  xt text;
-  seen boolean := false;
+  ki pg_catalog.bytea;
+  ko pg_catalog.bytea;
+  sys pg_catalog.text;
+  bs pg_catalog.timestamptz;
+  xt pg_catalog.text;
+  p pg_catalog.text;
+  e pg_catalog.text;
 BEGIN
   BEGIN
     -- Nothing in this block writes, so its subtransaction gets no xid (no lock, no WAL of its own);
     -- the top-level transaction's xid is assigned here, where a failure is caught.
-    xt := pg_current_xact_id();
+    xt := pg_catalog.pg_current_xact_id()::pg_catalog.text;
     -- The backend's start time, which with the pid tells sessions apart. pg_stat_get_activity() builds
-    -- the whole activity row (about 30 us); the per-backend accessors cost well under 1 us each, so
-    -- find this backend's entry among the first ones and fall back to the row past them.
+    -- the whole activity row; the per-backend accessors are cheap, so find this backend's entry among the
+    -- first ones and fall back to the row past them.
     FOR i IN 1..{BACKEND_SCAN} LOOP
-      IF pg_stat_get_backend_pid(i) = pg_backend_pid() THEN
-        bs := {bs_i};
-        seen := true;
+      IF pg_catalog.pg_stat_get_backend_pid(i) OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() THEN
+        bs := pg_catalog.pg_stat_get_backend_start(i);
         EXIT;
       END IF;
     END LOOP;
-    SELECT h.ipad, h.opad, h.system_identifier,
-      -- The closing trigger will fire for this statement: ours, statement-level AFTER <op> only, no WHEN,
-      -- enabled for this session's session_replication_role.
-      (SELECT t.tgenabled = 'A' OR t.tgenabled = CASE current_setting('session_replication_role') WHEN 'replica' THEN 'R' ELSE 'O' END
-         FROM pg_trigger t
-        WHERE t.tgrelid = TG_RELID AND t.tgfoid = {close_oid}::oid AND t.tgqual IS NULL
-          AND t.tgname = CASE TG_OP WHEN 'DELETE' THEN '{DELETE_END_TRIGGER}' ELSE '{TRUNCATE_END_TRIGGER}' END
-          AND t.tgtype = CASE TG_OP WHEN 'DELETE' THEN 8 ELSE 32 END)
-      INTO STRICT ki, ko, sys, armed
-      FROM {SCHEMA}.hmac_key h;
-    IF NOT seen THEN
-      -- A statement of its own: even unexecuted, a function scan in the query above costs its setup.
-      SELECT {bs} INTO bs FROM pg_stat_get_activity(pg_backend_pid()) a;
+    IF bs IS NULL THEN
+      SELECT a.backend_start INTO bs FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a;
     END IF;
-    q := current_query();
-    p := concat('{{"v":{PAYLOAD_VERSION},"k":"open","sys":', to_json(sys),
-      ',"xid":', xt,
-      ',"id":', {now},
-      ',"pid":', pg_backend_pid(),
-      ',"bs":', coalesce(bs::text, 'null'),
-      ',"user":', to_json(session_user::text),
-      ',"role":', to_json(current_setting('role')),
-      ',"app":', to_json(current_setting('application_name')),
-      ',"ca":', coalesce(to_json(host(inet_client_addr()))::text, 'null'),
-      ',"cp":', coalesce(inet_client_port()::text, 'null'),
-      ',"q":', coalesce(to_json(left(q, {QUERY_LIMIT}))::text, 'null'),
-      ',"qt":', CASE WHEN length(q) > {QUERY_LIMIT} THEN 'true' ELSE 'false' END,
-      ',"xs":', {xs},
-      ',"ss":', {ss},
-      ',"d":', pg_trigger_depth() - 1,
-      ',"op":"', TG_OP, '","r":', TG_RELID, ',"s":', to_json(TG_TABLE_SCHEMA::text), ',"t":', to_json(TG_TABLE_NAME::text),
-      ',"armed":', CASE WHEN armed THEN 'true' ELSE 'false' END, '}}');
-    p := {mac_p} || ' ' || p;
+    -- The payload, version {PAYLOAD_VERSION}: ["3", system identifier, full xid, statement id (clock), pid,
+    -- backend start, session user, role, application, client address, client port, statement (one
+    -- character past the limit tells it was cut), transaction start, statement start, depth, operation,
+    -- table OID, schema, table, the closing trigger's tgenabled (null: absent, not ours, not statement
+    -- level AFTER <op>, or with a WHEN), session_replication_role]; timestamps as hex (see ts_hex).
+    SELECT pg_catalog.array_to_json(ARRAY['{PAYLOAD_VERSION}', h.system_identifier, xt, {id}, pg_catalog.pg_backend_pid()::pg_catalog.text,
+        {bs}, SESSION_USER::pg_catalog.text, pg_catalog.current_setting('role'), pg_catalog.current_setting('application_name'),
+        pg_catalog.host(pg_catalog.inet_client_addr()), pg_catalog.inet_client_port()::pg_catalog.text,
+        pg_catalog.left(pg_catalog.current_query(), {query_cut}), {xs}, {ss},
+        (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.-) 1)::pg_catalog.text, TG_OP, TG_RELID::pg_catalog.text,
+        TG_TABLE_SCHEMA::pg_catalog.text, TG_TABLE_NAME::pg_catalog.text, t.tgenabled::pg_catalog.text,
+        pg_catalog.current_setting('session_replication_role')])::pg_catalog.text,
+      h.ipad, h.opad, h.system_identifier
+      INTO STRICT p, ki, ko, sys
+      FROM {SCHEMA}.hmac_key h LEFT JOIN pg_catalog.pg_trigger t
+        ON t.tgrelid OPERATOR(pg_catalog.=) TG_RELID
+       AND t.tgname OPERATOR(pg_catalog.=) (CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN '{DELETE_END_TRIGGER}' ELSE '{TRUNCATE_END_TRIGGER}' END)::pg_catalog.name
+       AND t.tgfoid OPERATOR(pg_catalog.=) {close_oid}::pg_catalog.oid AND t.tgqual IS NULL
+       AND t.tgtype OPERATOR(pg_catalog.=) (CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN 8 ELSE 32 END)::pg_catalog.int2;
+    p := {mac_p} OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) p;
   EXCEPTION WHEN OTHERS THEN
     -- Never make the user's statement fail; report the error where the capture sees it even without a
     -- transaction id: a non-transactional message (signed when the key could be read). Only functions,
     -- operators and casts the block above also uses: planning this the first time must find everything
     -- in the session's catalog caches, as the failure may be that no lock can be taken.
     p := NULL;
-    e := concat('{{"v":{PAYLOAD_VERSION},"k":"error","sys":', coalesce(to_json(sys)::text, 'null'),
-      ',"xid":', coalesce(xt, 'null'),
-      ',"pid":', pg_backend_pid(), ',"w":"BEFORE","op":"', TG_OP, '","r":', TG_RELID,
-      ',"s":', to_json(TG_TABLE_SCHEMA::text), ',"t":', to_json(TG_TABLE_NAME::text),
-      ',"e":', to_json(SQLSTATE || ' ' || SQLERRM), ',"at":', {now}, '}}');
-    e := 'error ' || CASE WHEN ko IS NULL THEN '-' ELSE {mac_e} END || ' ' || e;
+    -- [version, system identifier, full xid, pid, trigger, operation, table OID, schema, table, error]
+    e := pg_catalog.array_to_json(ARRAY['{PAYLOAD_VERSION}', sys, xt, pg_catalog.pg_backend_pid()::pg_catalog.text, 'BEFORE', TG_OP,
+      TG_RELID::pg_catalog.text, TG_TABLE_SCHEMA::pg_catalog.text, TG_TABLE_NAME::pg_catalog.text,
+      SQLSTATE OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) SQLERRM])::pg_catalog.text;
+    e := 'error ' OPERATOR(pg_catalog.||) (CASE WHEN ko IS NULL THEN '-' ELSE {mac_e} END) OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) e;
   END;
   IF p IS NOT NULL THEN
     -- Outside the block: the message belongs to the statement's own (sub)transaction.
-    PERFORM pg_logical_emit_message(true, '{PREFIX}', p);
+    PERFORM pg_catalog.pg_logical_emit_message(true, '{PREFIX}'::pg_catalog.text, p);
   ELSE
-    PERFORM pg_logical_emit_message(false, '{PREFIX}', e);
+    PERFORM pg_catalog.pg_logical_emit_message(false, '{PREFIX}'::pg_catalog.text, e);
   END IF;
   RETURN NULL;
 END
 $walwitness$"#,
-        bs = us("a.backend_start"),
-        bs_i = us("pg_stat_get_backend_start(i)"),
-        now = us("clock_timestamp()"),
-        xs = us("transaction_timestamp()"),
-        ss = us("statement_timestamp()"),
+        id = ts_hex("pg_catalog.clock_timestamp()"),
+        bs = ts_hex("bs"),
+        xs = ts_hex("pg_catalog.transaction_timestamp()"),
+        ss = ts_hex("pg_catalog.statement_timestamp()"),
+        query_cut = QUERY_LIMIT + 1,
         mac_p = hmac_sql("p"),
         mac_e = hmac_sql("e"),
     )
@@ -995,6 +1139,103 @@ pub mod tests {
         let n = msg.len();
         msg[n - 3] ^= 1;
         assert!(v.verify(&msg).is_err());
+    }
+
+    /// A version 3 open as the trigger writes it: 2026-01-01T00:00:00Z for every timestamp, `tgenabled`
+    /// and `session_replication_role` as given.
+    fn open_v3_payload(sys: &str, q: &str, tgenabled: Option<&str>, srr: &str) -> String {
+        let ts = format!("{:016x}", 1_767_225_600_000_000i64 - PG_EPOCH_UNIX_MICROS);
+        let en = tgenabled.map_or("null".to_owned(), |e| format!("\"{e}\""));
+        format!(
+            r#"["3","{sys}","4294968530","{ts}","42","{ts}","app","none","cron","10.0.0.7","5432",{q},"{ts}","{ts}","0","DELETE","16384","public","t",{en},"{srr}"]"#,
+            q = serde_json::to_string(q).unwrap()
+        )
+    }
+
+    #[test]
+    fn version_3_opens_read_like_version_2() {
+        let (i, o) = pads(&[7u8; 32]);
+        let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
+        let p = open_v3_payload("42", "DELETE FROM t", Some("O"), "origin");
+        let Evidence::Open(open) = v.verify(&signed(&v, &p)).unwrap() else { panic!("not an open") };
+        assert_eq!((open.xid, open.pid, open.r, open.d), ((1 << 32) + 1234, 42, 16384, 0));
+        assert_eq!((open.id, open.op.as_str(), open.table().as_str()), (1_767_225_600_000_000, "DELETE", "public.t"));
+        assert!(open.armed && !open.qt);
+        let s = open.session();
+        assert_eq!(s.backend_start.as_deref(), Some("2026-01-01T00:00:00.000000Z"));
+        assert_eq!(s.statement_start.as_deref(), Some("2026-01-01T00:00:00.000000Z"));
+        assert_eq!((s.client_addr.as_deref(), s.client_port), (Some("10.0.0.7"), Some(5432)));
+        assert_eq!((s.application_name.as_deref(), s.query.as_deref()), (Some("cron"), Some("DELETE FROM t")));
+        // The close it pairs with.
+        let ts = format!("{:016x}", 1_767_225_600_000_000i64 - PG_EPOCH_UNIX_MICROS);
+        let close = format!(r#"close ["0","{ts}","DELETE","16384","public","t"]"#);
+        let Evidence::Close(c) = v.verify(close.as_bytes()).unwrap() else { panic!("not a close") };
+        assert!(open.closed_by(&c));
+        // Signed for another cluster, tampered with, or not of this shape: rejected.
+        assert!(v
+            .verify(&signed(&v, &open_v3_payload("43", "x", Some("O"), "origin")))
+            .unwrap_err()
+            .contains("cluster"));
+        let mut forged = signed(&v, &p);
+        let n = forged.len();
+        forged[n - 5] ^= 1;
+        assert!(v.verify(&forged).is_err());
+        for bad in
+            [p.replacen("[\"3\"", "[\"4\"", 1), p.replacen(",\"cron\"", "", 1), p.replacen("\"42\",\"", "null,\"", 1)]
+        {
+            assert!(v.verify(&signed(&v, &bad)).is_err(), "{bad}");
+        }
+        assert!(v.verify(br#"close ["0","zz","DELETE","1","s","t"]"#).is_err());
+        // An error report, unsigned (the key could not be read) and signed.
+        let e = r#"["3",null,"4294968530","9","BEFORE","DELETE","16384","public","t","53200 out of shared memory"]"#;
+        let Evidence::Error(r) = v.verify(format!("error - {e}").as_bytes()).unwrap() else { panic!() };
+        assert_eq!(
+            (r.signed, r.xid, r.pid, r.r, r.e.as_str()),
+            (false, Some((1 << 32) + 1234), 9, 16384, "53200 out of shared memory")
+        );
+        let Evidence::Error(r) =
+            v.verify(format!("error {} {e}", hex::encode(v.mac(e.as_bytes()))).as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(r.signed && r.sys.is_none());
+        assert!(v.verify(br#"error - ["3",null,null,"9"]"#).is_err());
+    }
+
+    #[test]
+    fn version_3_armed_follows_the_session_replication_role() {
+        let (i, o) = pads(&[7u8; 32]);
+        let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
+        for (en, srr, armed) in [
+            (Some("O"), "origin", true),
+            (Some("O"), "local", true),
+            (Some("O"), "replica", false),
+            (Some("A"), "replica", true),
+            (Some("R"), "origin", false),
+            (Some("R"), "replica", true),
+            (Some("D"), "origin", false),
+            (None, "origin", false),
+        ] {
+            let Evidence::Open(open) = v.verify(&signed(&v, &open_v3_payload("42", "q", en, srr))).unwrap() else {
+                panic!()
+            };
+            assert_eq!(open.armed, armed, "tgenabled {en:?} with {srr}");
+        }
+    }
+
+    #[test]
+    fn version_3_statement_one_character_past_the_limit_is_cut_and_flagged() {
+        let (i, o) = pads(&[7u8; 32]);
+        let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
+        for (len, cut) in [(QUERY_LIMIT, false), (QUERY_LIMIT + 1, true)] {
+            let q: String = "é".repeat(len);
+            let Evidence::Open(open) = v.verify(&signed(&v, &open_v3_payload("42", &q, Some("O"), "origin"))).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(open.qt, cut);
+            assert_eq!(open.q.unwrap().chars().count(), QUERY_LIMIT.min(len));
+        }
     }
 
     #[test]

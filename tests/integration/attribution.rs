@@ -391,12 +391,37 @@ async fn the_trigger_function_cannot_be_hijacked() {
         // What the closing function (no search_path setting) calls.
         "CREATE FUNCTION public.to_json(text) RETURNS json LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '1'::json $$",
         "CREATE FUNCTION public.pg_trigger_depth() RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 1 $$",
+        // Neither function sets search_path: every operator and function they use must be qualified. Each of
+        // these shadows one that an unqualified name would find first on mallory's search_path.
+        "CREATE FUNCTION public.array_to_json(anyarray) RETURNS json LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '[]'::json $$",
+        "CREATE FUNCTION public.timestamptz_send(timestamptz) RETURNS bytea LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '\\x00'::bytea $$",
+        "CREATE FUNCTION public.current_setting(text) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 'x' $$",
+        "CREATE FUNCTION public.host(inet) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 'x' $$",
+        "CREATE FUNCTION public.pg_stat_get_backend_pid(int) RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 1 $$",
+        "CREATE FUNCTION public.convert_to(text, name) RETURNS bytea LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '\\x00'::bytea $$",
+        "CREATE FUNCTION public.pg_logical_emit_message(boolean, text, text) RETURNS pg_lsn LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT '0/0'::pg_lsn $$",
+        "CREATE FUNCTION public.ev_int(int, int) RETURNS boolean LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.=) $2 $$",
+        "CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = int, FUNCTION = public.ev_int)",
+        "CREATE FUNCTION public.ev_oid(oid, oid) RETURNS boolean LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.=) $2 $$",
+        "CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = public.ev_oid)",
+        "CREATE FUNCTION public.ev_name(name, name) RETURNS boolean LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.=) $2 $$",
+        "CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.ev_name)",
+        "CREATE FUNCTION public.ev_text(text, text) RETURNS boolean LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.=) $2 $$",
+        "CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.ev_text)",
+        "CREATE FUNCTION public.ev_cat(text, text) RETURNS text LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.||) $2 $$",
+        "CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = public.ev_cat)",
+        "CREATE FUNCTION public.ev_bcat(bytea, bytea) RETURNS bytea LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.||) $2 $$",
+        "CREATE OPERATOR public.|| (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = public.ev_bcat)",
+        "CREATE FUNCTION public.ev_minus(int, int) RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.-) $2 $$",
+        "CREATE OPERATOR public.- (LEFTARG = int, RIGHTARG = int, FUNCTION = public.ev_minus)",
     ] {
         m.batch_execute(f).await.unwrap();
     }
-    m.batch_execute("SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id = 1; TRUNCATE t")
-        .await
-        .unwrap();
+    m.batch_execute(
+        "SET search_path = pg_temp, public, pg_catalog; DELETE FROM t WHERE id OPERATOR(pg_catalog.=) 1; TRUNCATE t",
+    )
+    .await
+    .unwrap();
     let su: bool =
         env.sql.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'", &[]).await.unwrap().get(0);
     assert!(!su, "the attribution function ran mallory's code with its owner's rights");

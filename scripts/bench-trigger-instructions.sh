@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# What trigger attribution costs the server, counted in CPU instructions (issue 11): repeatable to a
+# fraction of a percent whatever else the machine is doing, where the CPU-time figures of
+# bench-trigger.sh move by tens of µs on a loaded machine.
+#
+# A throwaway PostgreSQL cluster runs under valgrind's callgrind (every backend writes its own
+# instruction count when it exits). One psql session runs N transactions of a one-row DELETE plus
+# re-INSERT on a 100,000-row cache table, then another runs 2N; the difference divided by N is the
+# instructions per transaction, without the sessions' start and end. Configurations: no triggers, both
+# (open + close), the open alone, the close alone.
+#
+# Usage: bash scripts/bench-trigger-instructions.sh [N]    (default 200; needs valgrind)
+set -euo pipefail
+N=${1:-200}
+BIN=${WALWITNESS_PG_BIN:-/usr/lib/postgresql/15/bin}
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get install valgrind)" >&2; exit 1; }
+cargo build -q
+WW=$PWD/target/debug/walwitness
+
+D=$(mktemp -d /tmp/walwitness-bench-ir.XXXXXX)
+RUN=()
+if [ "$(id -u)" = 0 ]; then chown postgres "$D"; RUN=(runuser -u postgres --); fi
+PORT=$(( 20000 + RANDOM % 20000 ))
+cleanup() { "${RUN[@]}" "$BIN/pg_ctl" -D "$D/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$D"; }
+trap cleanup EXIT
+"${RUN[@]}" "$BIN/initdb" -D "$D/data" -A trust -U postgres --no-sync >/dev/null
+cat >>"$D/data/postgresql.conf" <<EOC
+wal_level = logical
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$D'
+max_connections = 100
+shared_buffers = 32MB
+synchronous_commit = off
+autovacuum = off
+EOC
+DSN="host=$D port=$PORT user=postgres dbname=postgres"
+P=("$BIN/psql" -qXAt -d "$DSN" -v ON_ERROR_STOP=1)
+"${RUN[@]}" "$BIN/pg_ctl" -D "$D/data" -l "$D/log" -w start >/dev/null
+"${P[@]}" -c "CREATE TABLE cache (cache_key varchar(255) PRIMARY KEY, value text NOT NULL, expires timestamptz NOT NULL);
+  INSERT INTO cache SELECT 'k' || g, 'v', now() FROM generate_series(1, 100000) g;"
+"$WW" attribution install --dsn "$DSN" --table cache 2>/dev/null
+"${RUN[@]}" "$BIN/pg_ctl" -D "$D/data" -w stop >/dev/null
+mkdir "$D/cg"
+[ "$(id -u)" = 0 ] && chown postgres "$D/cg"
+"${RUN[@]}" bash -c "cd '$D' && exec valgrind --tool=callgrind --callgrind-out-file='$D/cg/cg.%p' '$BIN/postgres' -D '$D/data'" >"$D/valgrind.log" 2>&1 &
+for _ in $(seq 300); do "${P[@]}" -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done
+
+script() { # N: the session's SQL (its first line prints the backend's pid)
+    echo 'SELECT pg_backend_pid();'
+    for i in $(seq "$1"); do
+        k=$(( (i * 7919) % 100000 + 1 ))
+        echo "BEGIN; DELETE FROM cache WHERE cache_key = 'k$k'; INSERT INTO cache VALUES ('k$k', 'v', now()) ON CONFLICT DO NOTHING; COMMIT;"
+    done
+}
+script "$N" >"$D/n.sql"
+script $((2 * N)) >"$D/2n.sql"
+session_ir() { # file: instructions of the backend that ran it
+    local pid t
+    "${P[@]}" -c "VACUUM cache" >/dev/null
+    pid=$("${P[@]}" -f "$1" | head -1)
+    for _ in $(seq 600); do
+        t=$(grep -m1 '^totals:' "$D/cg/cg.$pid" 2>/dev/null | awk '{print $2}') || true
+        [ -n "$t" ] && { echo "$t"; return; }
+        sleep 0.2
+    done
+    echo "no instruction count for backend $pid" >&2
+    exit 1
+}
+set_triggers() { # none | open | close | both
+    local o=DISABLE c=DISABLE
+    case $1 in open) o=ENABLE ;; close) c=ENABLE ;; both) o=ENABLE; c=ENABLE ;; esac
+    "${P[@]}" -c "ALTER TABLE cache $o TRIGGER walwitness_attribution_delete; ALTER TABLE cache $c TRIGGER walwitness_attribution_delete_end"
+}
+declare -A IR
+echo "instructions per transaction (one-row DELETE + INSERT, $N and $((2 * N)) transactions):"
+for c in none both open close; do
+    set_triggers "$c"
+    a=$(session_ir "$D/n.sql")
+    b=$(session_ir "$D/2n.sql")
+    IR[$c]=$(( (b - a) / N ))
+    printf '  %-6s %8d\n' "$c" "${IR[$c]}"
+done
+awk -v n="${IR[none]}" -v b="${IR[both]}" -v o="${IR[open]}" -v c="${IR[close]}" 'BEGIN {
+    printf "trigger attribution: %d instructions per DELETE statement (open %d, close %d), %.2f x a transaction without it\n", b - n, o - n, c - n, (b - n) / n }'
