@@ -22,11 +22,47 @@ fn q(e: tokio_postgres::Error) -> Failure {
     Failure::new(Exit::Internal, e.to_string())
 }
 
+/// What walwitness left in this database, found by its marks.
+struct Found {
+    /// Slot names, with the PID of the capture using each.
+    slots: Vec<(String, Option<i32>)>,
+    publications: Vec<String>,
+    /// Tables with attribution triggers (`schema.table`, quoted).
+    triggers: Vec<String>,
+    schema: bool,
+    /// walwitness slots of other databases (not removed from here).
+    others: i64,
+}
+
+impl Found {
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.publications.is_empty() && self.triggers.is_empty() && !self.schema
+    }
+}
+
 pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
     let spec = ConnSpec::parse(&args.dsn).map_err(|e| from_pg("invalid --dsn", e))?;
     let c = crate::pg::connect_sql(&spec)
         .await
         .map_err(|e| from_pg(&format!("cannot connect to {}", spec.describe()), e))?;
+    let found = find(&c).await?;
+    let others = found.others;
+    if found.is_empty() {
+        println!("nothing to clean up in this database");
+        if others > 0 {
+            println!("({others} walwitness slot(s) belong to other databases: run cleanup with a --dsn for each)");
+        }
+        return Ok(());
+    }
+    list(&found);
+    if !args.yes && !confirmed()? {
+        println!("nothing dropped");
+        return Ok(());
+    }
+    remove(&c, &found).await
+}
+
+async fn find(c: &tokio_postgres::Client) -> Result<Found, Failure> {
     let slots: Vec<(String, Option<i32>)> = c
         .query(
             "SELECT slot_name::text, active_pid FROM pg_replication_slots \
@@ -38,7 +74,7 @@ pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let pubs: Vec<String> = c
+    let publications: Vec<String> = c
         .query(
             "SELECT pubname::text FROM pg_publication WHERE obj_description(oid, 'pg_publication') LIKE $1 ORDER BY 1",
             &[&format!("{OWNER_COMMENT}%")],
@@ -72,59 +108,59 @@ pub async fn run(args: CleanupArgs) -> Result<(), Failure> {
         .await
         .map_err(q)?
         .get(0);
+    Ok(Found { slots, publications, triggers, schema, others })
+}
 
-    if slots.is_empty() && pubs.is_empty() && triggers.is_empty() && !schema {
-        println!("nothing to clean up in this database");
-        if others > 0 {
-            println!("({others} walwitness slot(s) belong to other databases: run cleanup with a --dsn for each)");
-        }
-        return Ok(());
-    }
+fn list(found: &Found) {
     println!("walwitness objects in this database:");
-    for (s, pid) in &slots {
+    for (s, pid) in &found.slots {
         match pid {
             Some(p) => println!("  slot {} (IN USE by PID {p}: left alone; stop that capture first)", clean(s)),
             None => println!("  slot {}", clean(s)),
         }
     }
-    for p in &pubs {
+    for p in &found.publications {
         println!("  publication {}", clean(p));
     }
-    for t in &triggers {
+    for t in &found.triggers {
         println!("  attribution triggers on {}", clean(t));
     }
-    if schema {
+    if found.schema {
         println!("  schema {} (attribution key and function)", trigger::SCHEMA);
     }
+    let others = found.others;
     if others > 0 {
         println!("({others} walwitness slot(s) belong to other databases: run cleanup with a --dsn for each)");
     }
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Failure::new(Exit::Usage, "not dropping anything without confirmation: run again with --yes"));
-        }
-        print!("Drop them? [y/N] ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("nothing dropped");
-            return Ok(());
-        }
+}
+
+/// Asks on the terminal; without one, refuses rather than guess.
+fn confirmed() -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(Exit::Usage, "not dropping anything without confirmation: run again with --yes"));
     }
-    for (s, pid) in &slots {
+    print!("Drop them? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Drops what was found, except slots in use.
+async fn remove(c: &tokio_postgres::Client, found: &Found) -> Result<(), Failure> {
+    for (s, pid) in &found.slots {
         if pid.is_none() {
             c.execute("SELECT pg_drop_replication_slot($1)", &[s]).await.map_err(q)?;
             println!("dropped slot {}", clean(s));
         }
     }
-    for p in &pubs {
+    for p in &found.publications {
         c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(p))).await.map_err(q)?;
         println!("dropped publication {}", clean(p));
     }
-    if !triggers.is_empty() || schema {
-        trigger::remove(&c, &triggers).await?;
-        if schema {
+    if !found.triggers.is_empty() || found.schema {
+        trigger::remove(c, &found.triggers).await?;
+        if found.schema {
             // remove() keeps the schema while any trigger uses it; none is left now.
             c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", trigger::SCHEMA)).await.map_err(q)?;
         }

@@ -49,10 +49,39 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let dir = tempfile::tempdir().map_err(fail)?;
     let log_path = args.out.clone().unwrap_or_else(|| dir.path().join("deletes.jsonl"));
     let (endpos_tx, endpos_rx) = tokio::sync::watch::channel(None);
-    let opts = CaptureOptions {
+    let opts = capture_options(&dsn, &log_path, endpos_rx);
+    eprintln!("{MODE}");
+    let capture = tokio::spawn(capture::run(opts));
+    wait_for_capture_start(&log_path, &capture).await?;
+
+    eprintln!("walwitness demo: app fills the cache; a forgotten script in another session deletes rows…");
+    let app = connect(&format!("{dsn} application_name=django-app")).await?;
+    let script = connect(&format!("{dsn} application_name=forgotten-cleanup.py")).await?;
+    let deleted_by_script = workload(&app, &script, args.rows).await?;
+    let remaining: i64 = app.query_one(&format!("SELECT count(*) FROM {TABLE}"), &[]).await.map_err(fail)?.get(0);
+    let end: String = admin.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(fail)?.get(0);
+    let _ = endpos_tx.send(end.parse().ok());
+    let outcome = capture.await.map_err(fail)??;
+
+    let text = std::fs::read_to_string(&log_path).map_err(fail)?;
+    print_summary(&text, args.rows, remaining, deleted_by_script, outcome.deletes);
+    if args.out.is_some() {
+        println!("\nThe log is kept at {}", log_path.display());
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// The capture the demo runs: until the end position it is given once the workload is done.
+fn capture_options(
+    dsn: &str,
+    log_path: &std::path::Path,
+    endpos_rx: tokio::sync::watch::Receiver<Option<crate::protocol::Lsn>>,
+) -> CaptureOptions {
+    CaptureOptions {
         dsn: format!("{dsn} application_name=walwitness"),
         tables: vec![format!("public.{TABLE}")],
-        out: Output::File(log_path.clone()),
+        out: Output::File(log_path.to_path_buf()),
         slot: None,
         publication: None,
         keep_slot: false,
@@ -76,16 +105,14 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         include_aborted: false,
         two_phase: false,
         coverage_interval: Duration::from_secs(5),
-    };
-    eprintln!("{MODE}");
-    let capture = tokio::spawn(capture::run(opts));
-    wait_for_capture_start(&log_path, &capture).await?;
+    }
+}
 
-    eprintln!("walwitness demo: app fills the cache; a forgotten script in another session deletes rows…");
-    let app = connect(&format!("{dsn} application_name=django-app")).await?;
-    let script = connect(&format!("{dsn} application_name=forgotten-cleanup.py")).await?;
+/// The app fills and reads the cache; the script deletes a few rows now and then. Returns how many the
+/// script deleted.
+async fn workload(app: &tokio_postgres::Client, script: &tokio_postgres::Client, rows: u32) -> Result<u64, Failure> {
     let mut deleted_by_script = 0u64;
-    for i in 0..args.rows {
+    for i in 0..rows {
         app.execute(
             &format!(
                 "INSERT INTO {TABLE} VALUES ($1, $2, now() + interval '1 year') ON CONFLICT (cache_key) DO UPDATE SET value = EXCLUDED.value"
@@ -111,18 +138,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             deleted_by_script += n;
         }
     }
-    let remaining: i64 = app.query_one(&format!("SELECT count(*) FROM {TABLE}"), &[]).await.map_err(fail)?.get(0);
-    let end: String = admin.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(fail)?.get(0);
-    let _ = endpos_tx.send(end.parse().ok());
-    let outcome = capture.await.map_err(fail)??;
-
-    let text = std::fs::read_to_string(&log_path).map_err(fail)?;
-    print_summary(&text, args.rows, remaining, deleted_by_script, outcome.deletes);
-    if args.out.is_some() {
-        println!("\nThe log is kept at {}", log_path.display());
-    }
-    drop(cluster);
-    Ok(())
+    Ok(deleted_by_script)
 }
 
 async fn wait_for_capture_start(

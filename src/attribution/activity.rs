@@ -311,32 +311,8 @@ pub fn spawn_sampler(
             let sql = sample_sql(since);
             match c.query(&sql, &[]).await {
                 Ok(rows) => {
-                    // The server's time on the query (not the round trip): what early samples cost it.
-                    if let Some((end, start)) =
-                        rows.iter().find_map(|r| Some((r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?)))
-                    {
-                        cost = Duration::from_micros(end.saturating_sub(start).max(0) as u64);
-                    }
-                    let now_us = rows.iter().filter_map(sample_time).max();
-                    let mut held = Vec::new();
-                    let mut observed = Vec::with_capacity(rows.len());
-                    for r in rows.iter().filter(|r| r.get::<_, i32>(1) != 0) {
-                        if let Some((x, o)) = observed_from_row(r) {
-                            held.extend(x);
-                            observed.push(o);
-                        }
-                    }
-                    map.record(Instant::now(), held);
-                    let taken_us = rows.iter().find_map(|r| r.get::<_, Option<i64>>(15));
-                    if let (Some(now_us), Some(taken_us)) = (now_us, taken_us) {
-                        map.record_windows(taken_us, now_us, &observed);
-                        since = Some(now_us);
-                    }
-                    for xid in map.take_wanted() {
-                        match map.lookup(xid) {
-                            Some(s) => tracing::info!("streamed transaction {xid}: session of pid {} recorded while it was open", s.pid),
-                            None => tracing::info!("streamed transaction {xid}: not open in pg_stat_activity any more (or in another database)"),
-                        }
+                    if let Some(spent) = record_sample(&map, &rows, &mut since) {
+                        cost = spent;
                     }
                 }
                 Err(e) => {
@@ -358,6 +334,42 @@ pub fn spawn_sampler(
             }
         }
     })
+}
+
+/// Records one sample's rows in `map` (the sessions holding transactions, the statement windows);
+/// `since` becomes the sample's server time. Returns what the sample cost the server, if it says.
+fn record_sample(map: &ActivityMap, rows: &[tokio_postgres::Row], since: &mut Option<i64>) -> Option<Duration> {
+    // The server's time on the query (not the round trip): what early samples cost it.
+    let cost = rows
+        .iter()
+        .find_map(|r| Some((r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?)))
+        .map(|(end, start)| Duration::from_micros(end.saturating_sub(start).max(0) as u64));
+    let now_us = rows.iter().filter_map(sample_time).max();
+    let mut held = Vec::new();
+    let mut observed = Vec::with_capacity(rows.len());
+    for r in rows.iter().filter(|r| r.get::<_, i32>(1) != 0) {
+        if let Some((x, o)) = observed_from_row(r) {
+            held.extend(x);
+            observed.push(o);
+        }
+    }
+    map.record(Instant::now(), held);
+    let taken_us = rows.iter().find_map(|r| r.get::<_, Option<i64>>(15));
+    if let (Some(now_us), Some(taken_us)) = (now_us, taken_us) {
+        map.record_windows(taken_us, now_us, &observed);
+        *since = Some(now_us);
+    }
+    for xid in map.take_wanted() {
+        match map.lookup(xid) {
+            Some(s) => {
+                tracing::info!("streamed transaction {xid}: session of pid {} recorded while it was open", s.pid)
+            }
+            None => tracing::info!(
+                "streamed transaction {xid}: not open in pg_stat_activity any more (or in another database)"
+            ),
+        }
+    }
+    cost
 }
 
 #[cfg(test)]

@@ -64,72 +64,19 @@ fn tokenize(sql: &str) -> Vec<Tok> {
                 i += 1;
             }
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 1;
-            i += 2;
-            while i < b.len() && depth > 0 {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                } else {
-                    i += 1;
-                }
-            }
+            i = block_comment_end(b, i);
         } else if c == b'\'' {
             // 'it''s'; E'...' escapes were consumed as a word 'e' before: handle backslashes too.
             let backslash = matches!(out.last(), Some(Tok::Word(w)) if w == "e");
-            i += 1;
-            while i < b.len() {
-                if backslash && b[i] == b'\\' {
-                    i += 2;
-                } else if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = string_end(b, i, backslash);
             out.push(Tok::Literal);
         } else if c == b'"' {
-            let mut s = Vec::new();
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        s.push(b'"');
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    s.push(b[i]);
-                    i += 1;
-                }
-            }
-            out.push(Tok::Quoted(String::from_utf8_lossy(&s).into_owned()));
+            let (end, s) = quoted_identifier(b, i);
+            i = end;
+            out.push(Tok::Quoted(s));
         } else if c == b'$' {
-            // $tag$ ... $tag$ (dollar quoting) or $1 (a parameter).
-            let mut j = i + 1;
-            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
-                j += 1;
-            }
-            if j < b.len() && b[j] == b'$' && !b[i + 1..j].first().is_some_and(u8::is_ascii_digit) {
-                let tag = &b[i..=j];
-                let body = j + 1;
-                let end = b[body..].windows(tag.len()).position(|w| w == tag).map(|p| body + p + tag.len());
-                i = end.unwrap_or(b.len());
-                out.push(Tok::Literal);
-            } else {
-                i = j;
-                out.push(Tok::Literal);
-            }
+            i = dollar_end(b, i);
+            out.push(Tok::Literal);
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             let mut j = i;
             while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'$' || b[j] >= 0x80) {
@@ -148,6 +95,81 @@ fn tokenize(sql: &str) -> Vec<Tok> {
         }
     }
     out
+}
+
+/// Past a `/* … */` comment starting at `i` (they nest).
+fn block_comment_end(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 1;
+    i += 2;
+    while i < b.len() && depth > 0 {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Past a string literal starting at `i`; `backslash`: an E'…' string, where backslashes escape.
+fn string_end(b: &[u8], mut i: usize, backslash: bool) -> usize {
+    i += 1;
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == b'\'' {
+            if b.get(i + 1) == Some(&b'\'') {
+                i += 2;
+            } else {
+                i += 1;
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// A quoted identifier starting at `i`: where it ends, and its name.
+fn quoted_identifier(b: &[u8], mut i: usize) -> (usize, String) {
+    let mut s = Vec::new();
+    i += 1;
+    while i < b.len() {
+        if b[i] == b'"' {
+            if b.get(i + 1) == Some(&b'"') {
+                s.push(b'"');
+                i += 2;
+            } else {
+                i += 1;
+                break;
+            }
+        } else {
+            s.push(b[i]);
+            i += 1;
+        }
+    }
+    (i, String::from_utf8_lossy(&s).into_owned())
+}
+
+/// Past `$tag$ ... $tag$` (dollar quoting) or `$1` (a parameter) starting at `i`.
+fn dollar_end(b: &[u8], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+        j += 1;
+    }
+    if j < b.len() && b[j] == b'$' && !b[i + 1..j].first().is_some_and(u8::is_ascii_digit) {
+        let tag = &b[i..=j];
+        let body = j + 1;
+        let end = b[body..].windows(tag.len()).position(|w| w == tag).map(|p| body + p + tag.len());
+        end.unwrap_or(b.len())
+    } else {
+        j
+    }
 }
 
 fn is_word(t: Option<&Tok>, w: &str) -> bool {
@@ -483,21 +505,8 @@ impl History {
     /// of some of its deleted rows' keys; among several candidates, the only one whose statement holds
     /// one of them as a literal is named (a tie broken by evidence in the statement text).
     pub fn infer(&mut self, xid: u32, commit_us: i64, keys: &[String]) -> Inference {
-        match (self.first_sample_us, self.last_sample_us) {
-            (None, _) | (_, None) => {
-                return Inference::Unattributed("the activity sampler had taken no sample yet".into())
-            }
-            (Some(first), _) if commit_us < first => {
-                return Inference::Unattributed(
-                    "committed before the activity sampler's first sample (before this capture ran)".into(),
-                )
-            }
-            (_, Some(last)) if last <= commit_us => {
-                return Inference::Unattributed(
-                    "no activity sample after the commit (the sampler is late or failing)".into(),
-                )
-            }
-            _ => {}
+        if let Some(why) = self.unsampled(commit_us) {
+            return why;
         }
         let mut strong: Vec<&mut Window> = Vec::new();
         let mut weak = 0usize;
@@ -513,63 +522,90 @@ impl History {
                 }
             }
         }
-        let mut set_aside = 0;
-        let mut vetoed = 0;
-        if !keys.is_empty() {
-            let literals: Vec<String> = keys.iter().map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
-            let holds = |w: &Window| {
-                w.session.query.as_deref().is_some_and(|q| literals.iter().any(|l| q.contains(l.as_str())))
-            };
-            // A whole statement with string literals but none of the deleted keys did not name these
-            // rows by key (it may still have deleted them by another condition: set aside, not named).
-            let has_literals = |w: &Window| w.session.query.as_deref().is_some_and(|q| q.contains('\''));
-            let before = strong.len();
-            strong.retain(|w| w.session.query_truncated || !has_literals(w) || holds(w));
-            vetoed = before - strong.len();
-            if strong.len() > 1 && strong.iter().filter(|w| holds(w)).count() == 1 {
-                set_aside = strong.len() - 1;
-                strong.retain(|w| holds(w));
+        let (vetoed, set_aside) = narrow_by_keys(&mut strong, keys);
+        conclude(strong, weak, vetoed, set_aside)
+    }
+
+    /// Why nothing can be inferred for a commit at `commit_us`: the samples do not cover it.
+    fn unsampled(&self, commit_us: i64) -> Option<Inference> {
+        match (self.first_sample_us, self.last_sample_us) {
+            (None, _) | (_, None) => {
+                Some(Inference::Unattributed("the activity sampler had taken no sample yet".into()))
             }
+            (Some(first), _) if commit_us < first => Some(Inference::Unattributed(
+                "committed before the activity sampler's first sample (before this capture ran)".into(),
+            )),
+            (_, Some(last)) if last <= commit_us => Some(Inference::Unattributed(
+                "no activity sample after the commit (the sampler is late or failing)".into(),
+            )),
+            _ => None,
         }
-        match strong.len() {
-            0 if vetoed > 0 => Inference::Unattributed(format!(
-                "{vetoed} session(s) ran a DELETE or TRUNCATE of a watched table when it committed, but their \
-                 statements name none of the deleted keys (not named)"
-            )),
-            0 if weak > 0 => Inference::Unattributed(format!(
-                "no session was seen running a DELETE or TRUNCATE of a watched table when it committed; \
-                 {weak} ran a COMMIT, a function call or a delete of another table then (not named: weaker evidence)"
-            )),
-            0 => Inference::Unattributed(
-                "no session was seen running a DELETE or TRUNCATE of a watched table when it committed \
-                 (its statement ended and the session moved on between two samples)"
-                    .into(),
-            ),
-            1 => {
-                let w = &mut strong[0];
-                w.used = true;
-                let mut out = b"{\"candidates\":1,".to_vec();
-                if set_aside > 0 {
-                    out.extend_from_slice(format!("\"set_aside_by_keys\":{set_aside},").as_bytes());
+    }
+}
+
+/// Narrows the strong candidates by the deleted keys; returns how many were vetoed and how many set
+/// aside.
+fn narrow_by_keys(strong: &mut Vec<&mut Window>, keys: &[String]) -> (usize, usize) {
+    let mut set_aside = 0;
+    let mut vetoed = 0;
+    if !keys.is_empty() {
+        let literals: Vec<String> = keys.iter().map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
+        let holds =
+            |w: &Window| w.session.query.as_deref().is_some_and(|q| literals.iter().any(|l| q.contains(l.as_str())));
+        // A whole statement with string literals but none of the deleted keys did not name these
+        // rows by key (it may still have deleted them by another condition: set aside, not named).
+        let has_literals = |w: &Window| w.session.query.as_deref().is_some_and(|q| q.contains('\''));
+        let before = strong.len();
+        strong.retain(|w| w.session.query_truncated || !has_literals(w) || holds(w));
+        vetoed = before - strong.len();
+        if strong.len() > 1 && strong.iter().filter(|w| holds(w)).count() == 1 {
+            set_aside = strong.len() - 1;
+            strong.retain(|w| holds(w));
+        }
+    }
+    (vetoed, set_aside)
+}
+
+/// The inference the remaining candidates make; a single one's window is used up.
+fn conclude(mut strong: Vec<&mut Window>, weak: usize, vetoed: usize, set_aside: usize) -> Inference {
+    match strong.len() {
+        0 if vetoed > 0 => Inference::Unattributed(format!(
+            "{vetoed} session(s) ran a DELETE or TRUNCATE of a watched table when it committed, but their \
+             statements name none of the deleted keys (not named)"
+        )),
+        0 if weak > 0 => Inference::Unattributed(format!(
+            "no session was seen running a DELETE or TRUNCATE of a watched table when it committed; \
+             {weak} ran a COMMIT, a function call or a delete of another table then (not named: weaker evidence)"
+        )),
+        0 => Inference::Unattributed(
+            "no session was seen running a DELETE or TRUNCATE of a watched table when it committed \
+             (its statement ended and the session moved on between two samples)"
+                .into(),
+        ),
+        1 => {
+            let w = &mut strong[0];
+            w.used = true;
+            let mut out = b"{\"candidates\":1,".to_vec();
+            if set_aside > 0 {
+                out.extend_from_slice(format!("\"set_aside_by_keys\":{set_aside},").as_bytes());
+            }
+            w.push_json(&mut out);
+            out.push(b'}');
+            Inference::Inferred { json: Bytes::from(out), named: true }
+        }
+        n => {
+            strong.sort_by_key(|w| std::cmp::Reverse(w.start_us));
+            let mut out = format!("{{\"candidates\":{n},\"possible\":[").into_bytes();
+            for (i, w) in strong.iter().take(MAX_POSSIBLE).enumerate() {
+                if i > 0 {
+                    out.push(b',');
                 }
+                out.push(b'{');
                 w.push_json(&mut out);
                 out.push(b'}');
-                Inference::Inferred { json: Bytes::from(out), named: true }
             }
-            n => {
-                strong.sort_by_key(|w| std::cmp::Reverse(w.start_us));
-                let mut out = format!("{{\"candidates\":{n},\"possible\":[").into_bytes();
-                for (i, w) in strong.iter().take(MAX_POSSIBLE).enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.push(b'{');
-                    w.push_json(&mut out);
-                    out.push(b'}');
-                }
-                out.extend_from_slice(b"]}");
-                Inference::Inferred { json: Bytes::from(out), named: false }
-            }
+            out.extend_from_slice(b"]}");
+            Inference::Inferred { json: Bytes::from(out), named: false }
         }
     }
 }

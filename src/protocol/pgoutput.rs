@@ -317,36 +317,11 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
         b'O' => Message::Origin { origin_lsn: r.lsn()?, name: r.cstr()? },
         b'R' => parse_relation(&mut r, opts)?,
         b'Y' => Message::Type { xid: stream_xid(&mut r, opts)?, oid: r.u32()?, namespace: r.cstr()?, name: r.cstr()? },
-        b'I' => {
-            let xid = stream_xid(&mut r, opts)?;
-            let relid = r.u32()?;
-            expect_byte(&mut r, b'N')?;
-            Message::Insert { xid, relid, new: parse_tuple(&mut r)? }
-        }
+        b'I' => parse_insert(&mut r, opts)?,
         b'U' => parse_update(&mut r, opts)?,
-        b'D' => {
-            let xid = stream_xid(&mut r, opts)?;
-            let relid = r.u32()?;
-            let at = r.position();
-            let kind = match r.u8()? {
-                b'K' => OldKind::Key,
-                b'O' => OldKind::Old,
-                other => return Err(r.error_at(at, format!("expected 'K' or 'O', got {}", describe_byte(other)))),
-            };
-            Message::Delete { xid, relid, old: OldTuple { kind, tuple: parse_tuple(&mut r)? } }
-        }
+        b'D' => parse_delete(&mut r, opts)?,
         b'T' => parse_truncate(&mut r, opts)?,
-        b'M' => {
-            let xid = stream_xid(&mut r, opts)?;
-            let flags = r.u8()?;
-            Message::LogicalMessage {
-                xid,
-                transactional: flags & 1 != 0,
-                lsn: r.lsn()?,
-                prefix: r.cstr()?,
-                content: r.len_prefixed_bytes()?,
-            }
-        }
+        b'M' => parse_logical_message(&mut r, opts)?,
         b'S' => Message::StreamStart {
             xid: r.u32()?,
             // The server reads this as `== 1`; do the same.
@@ -360,13 +335,7 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
             end_lsn: r.lsn()?,
             commit_time: r.i64()?,
         },
-        b'A' => {
-            let xid = r.u32()?;
-            let subxid = r.u32()?;
-            let (abort_lsn, abort_time) =
-                if opts.stream_abort_has_lsn { (Some(r.lsn()?), Some(r.i64()?)) } else { (None, None) };
-            Message::StreamAbort { xid, subxid, abort_lsn, abort_time }
-        }
+        b'A' => parse_stream_abort(&mut r, opts)?,
         b'b' => Message::BeginPrepare {
             prepare_lsn: r.lsn()?,
             end_lsn: r.lsn()?,
@@ -374,42 +343,92 @@ pub fn parse(data: &Bytes, opts: ParseOptions) -> Result<Message, DecodeError> {
             xid: r.u32()?,
             gid: r.cstr()?,
         },
-        b'P' | b'p' => {
-            let flags = r.u8()?;
-            let prepare_lsn = r.lsn()?;
-            let end_lsn = r.lsn()?;
-            let prepare_time = r.i64()?;
-            let xid = r.u32()?;
-            let gid = r.cstr()?;
-            if tag == b'P' {
-                Message::Prepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
-            } else {
-                Message::StreamPrepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
-            }
-        }
-        b'K' => Message::CommitPrepared {
-            flags: r.u8()?,
-            commit_lsn: r.lsn()?,
-            end_lsn: r.lsn()?,
-            commit_time: r.i64()?,
-            xid: r.u32()?,
-            gid: r.cstr()?,
-        },
-        b'r' => Message::RollbackPrepared {
-            flags: r.u8()?,
-            prepare_end_lsn: r.lsn()?,
-            rollback_end_lsn: r.lsn()?,
-            prepare_time: r.i64()?,
-            rollback_time: r.i64()?,
-            xid: r.u32()?,
-            gid: r.cstr()?,
-        },
+        b'P' | b'p' => parse_prepare(&mut r, tag)?,
+        b'K' => parse_commit_prepared(&mut r)?,
+        b'r' => parse_rollback_prepared(&mut r)?,
         // name_for_tag accepted the byte, so every tag is matched above; this
         // arm only satisfies exhaustiveness without a panic path.
         _ => return Err(r.error_at(0, format!("unhandled message type {}", describe_byte(tag)))),
     };
     r.expect_end()?;
     Ok(msg)
+}
+
+fn parse_insert(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeError> {
+    let xid = stream_xid(r, opts)?;
+    let relid = r.u32()?;
+    expect_byte(r, b'N')?;
+    Ok(Message::Insert { xid, relid, new: parse_tuple(r)? })
+}
+
+fn parse_delete(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeError> {
+    let xid = stream_xid(r, opts)?;
+    let relid = r.u32()?;
+    let at = r.position();
+    let kind = match r.u8()? {
+        b'K' => OldKind::Key,
+        b'O' => OldKind::Old,
+        other => return Err(r.error_at(at, format!("expected 'K' or 'O', got {}", describe_byte(other)))),
+    };
+    Ok(Message::Delete { xid, relid, old: OldTuple { kind, tuple: parse_tuple(r)? } })
+}
+
+fn parse_logical_message(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeError> {
+    let xid = stream_xid(r, opts)?;
+    let flags = r.u8()?;
+    Ok(Message::LogicalMessage {
+        xid,
+        transactional: flags & 1 != 0,
+        lsn: r.lsn()?,
+        prefix: r.cstr()?,
+        content: r.len_prefixed_bytes()?,
+    })
+}
+
+fn parse_stream_abort(r: &mut Reader, opts: ParseOptions) -> Result<Message, DecodeError> {
+    let xid = r.u32()?;
+    let subxid = r.u32()?;
+    let (abort_lsn, abort_time) =
+        if opts.stream_abort_has_lsn { (Some(r.lsn()?), Some(r.i64()?)) } else { (None, None) };
+    Ok(Message::StreamAbort { xid, subxid, abort_lsn, abort_time })
+}
+
+/// Prepare ('P') and Stream Prepare ('p') share their layout.
+fn parse_prepare(r: &mut Reader, tag: u8) -> Result<Message, DecodeError> {
+    let flags = r.u8()?;
+    let prepare_lsn = r.lsn()?;
+    let end_lsn = r.lsn()?;
+    let prepare_time = r.i64()?;
+    let xid = r.u32()?;
+    let gid = r.cstr()?;
+    Ok(if tag == b'P' {
+        Message::Prepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
+    } else {
+        Message::StreamPrepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
+    })
+}
+
+fn parse_commit_prepared(r: &mut Reader) -> Result<Message, DecodeError> {
+    Ok(Message::CommitPrepared {
+        flags: r.u8()?,
+        commit_lsn: r.lsn()?,
+        end_lsn: r.lsn()?,
+        commit_time: r.i64()?,
+        xid: r.u32()?,
+        gid: r.cstr()?,
+    })
+}
+
+fn parse_rollback_prepared(r: &mut Reader) -> Result<Message, DecodeError> {
+    Ok(Message::RollbackPrepared {
+        flags: r.u8()?,
+        prepare_end_lsn: r.lsn()?,
+        rollback_end_lsn: r.lsn()?,
+        prepare_time: r.i64()?,
+        rollback_time: r.i64()?,
+        xid: r.u32()?,
+        gid: r.cstr()?,
+    })
 }
 
 fn stream_xid(r: &mut Reader, opts: ParseOptions) -> Result<Option<u32>, DecodeError> {
