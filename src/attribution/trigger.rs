@@ -917,54 +917,63 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
     // (table OID if known, what is left)
     let mut failed: Vec<(Option<u32>, Leftover)> = Vec::new();
     for t in tables {
-        let row = match c
-            .query_opt(
-                "SELECT c.oid, n.nspname::text, c.relname::text, c.relowner::regrole::text \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
-                &[t],
-            )
-            .await
-        {
-            Ok(Some(r)) => r,
-            // The table is gone, and its triggers with it.
-            Ok(None) => continue,
-            Err(e) => {
-                let mut l = unremoved(std::slice::from_ref(t), &q("cannot look up the table", e).message);
-                l.truncate(1);
-                failed.push((None, l.remove(0)));
-                continue;
-            }
-        };
-        let (oid, schema, name, owner): (u32, String, String, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        let mut names: Vec<String> = match c.query(OUR_TRIGGERS, &[&oid, &SCHEMA]).await {
-            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-            Err(_) => ALL_TRIGGERS.iter().map(|n| (*n).to_owned()).collect(),
-        };
-        names.dedup();
-        if names.is_empty() {
-            continue;
-        }
-        let table_sql = sql_table(&schema, &name);
-        let drops = drop_triggers_sql(&names, &table_sql);
-        let sql = format!("BEGIN; SET LOCAL lock_timeout = '100ms'; {drops} COMMIT");
-        if let Err(f) =
-            with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {table_sql}")).await
-        {
-            failed.push((
-                Some(oid),
-                Leftover {
-                    object: "trigger",
-                    name: names.join(", "),
-                    table: Some(format!("{schema}.{name}")),
-                    sql: drops,
-                    run_as: format!("the owner of {schema}.{name} (role {owner}) or a superuser"),
-                    privilege: f.exit == Exit::Privilege,
-                    error: f.message,
-                },
-            ));
+        if let Some(f) = remove_from_table(c, t).await {
+            failed.push(f);
         }
     }
+    remove_schema(c, failed).await
+}
+
+/// Drops our triggers from one table; what could not be dropped, with the table's OID when it is known.
+async fn remove_from_table(c: &Client, t: &str) -> Option<(Option<u32>, Leftover)> {
+    let row = match c
+        .query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relowner::regrole::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+            &[&t],
+        )
+        .await
+    {
+        Ok(Some(r)) => r,
+        // The table is gone, and its triggers with it.
+        Ok(None) => return None,
+        Err(e) => {
+            let mut l = unremoved(&[t.to_owned()], &q("cannot look up the table", e).message);
+            l.truncate(1);
+            return Some((None, l.remove(0)));
+        }
+    };
+    let (oid, schema, name, owner): (u32, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let mut names: Vec<String> = match c.query(OUR_TRIGGERS, &[&oid, &SCHEMA]).await {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(_) => ALL_TRIGGERS.iter().map(|n| (*n).to_owned()).collect(),
+    };
+    names.dedup();
+    if names.is_empty() {
+        return None;
+    }
+    let table_sql = sql_table(&schema, &name);
+    let drops = drop_triggers_sql(&names, &table_sql);
+    let sql = format!("BEGIN; SET LOCAL lock_timeout = '100ms'; {drops} COMMIT");
+    let f =
+        with_lock_retries(c, &sql, &format!("cannot remove the attribution triggers from {table_sql}")).await.err()?;
+    Some((
+        Some(oid),
+        Leftover {
+            object: "trigger",
+            name: names.join(", "),
+            table: Some(format!("{schema}.{name}")),
+            sql: drops,
+            run_as: format!("the owner of {schema}.{name} (role {owner}) or a superuser"),
+            privilege: f.exit == Exit::Privilege,
+            error: f.message,
+        },
+    ))
+}
+
+/// Drops the schema when no trigger of another table uses it; returns what is left (`failed`: what the
+/// tables' removals left).
+async fn remove_schema(c: &Client, failed: Vec<(Option<u32>, Leftover)>) -> Vec<Leftover> {
     let schema = c.query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&SCHEMA]).await;
     let owner: String = match schema {
         Ok(Some(r)) => r.get(0),
@@ -985,34 +994,32 @@ pub async fn remove_leaving(c: &Client, tables: &[String]) -> Vec<Leftover> {
         )
         .await
         .map(|r| r.get(0));
-    let mut left: Vec<Leftover> = Vec::new();
+    let unknown_table = known.len() < failed.len();
+    let mut left: Vec<Leftover> = failed.into_iter().map(|(_, l)| l).collect();
     match others {
         // Some table of another capture or install still uses the schema: it stays, and is not ours to report.
-        Ok(n) if n > 0 => left.extend(failed.into_iter().map(|(_, l)| l)),
+        Ok(n) if n > 0 => {}
         // A failed lookup leaves a trigger of unknown table: dropping the schema could take another's.
-        Ok(_) if known.len() < failed.len() => left.extend(failed.into_iter().map(|(_, l)| l)),
+        Ok(_) if unknown_table => {}
         Ok(_) => {
             let sql =
                 format!("BEGIN; SET LOCAL lock_timeout = '100ms'; DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; COMMIT");
             match with_lock_retries(c, &sql, &format!("cannot drop schema {SCHEMA}")).await {
                 Ok(()) => {
-                    if !failed.is_empty() {
+                    if !left.is_empty() {
                         tracing::info!(
                             "the attribution triggers DROP TRIGGER could not remove went with schema {SCHEMA}"
                         );
                     }
+                    left.clear();
                 }
                 Err(f) => {
-                    left.extend(failed.into_iter().map(|(_, l)| l));
                     let privilege = f.exit == Exit::Privilege;
                     left.push(Leftover { privilege, ..schema_leftover(Some(&owner), &f.message) });
                 }
             }
         }
-        Err(e) => {
-            left.extend(failed.into_iter().map(|(_, l)| l));
-            left.push(schema_leftover(Some(&owner), &q("cannot count the attribution triggers", e).message));
-        }
+        Err(e) => left.push(schema_leftover(Some(&owner), &q("cannot count the attribution triggers", e).message)),
     }
     left
 }
