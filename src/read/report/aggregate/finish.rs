@@ -20,15 +20,86 @@ impl Aggregator {
         for (n, &i) in ids.iter().enumerate() {
             new_id[i] = n;
         }
-        let pct = |part: u64, whole: u64| {
-            if whole == 0 {
-                0.0
-            } else {
-                (part as f64 * 1000.0 / whole as f64).round() / 10.0
-            }
-        };
-        let sessions = ids
+        let sessions = self.sessions_out(&ids);
+        let (minutes, median, threshold) = self.minutes_out(&new_id);
+        let (bin_seconds, shown) = self.bins.shown();
+        let bin_median = median_of(shown.iter().map(|b| b.1.rows).collect());
+        let bin_threshold = (3 * bin_median).max(10);
+        let bins = shown
             .iter()
+            .map(|(t, a)| BinOut {
+                start: format_unix_micros(*t)[..19].to_owned() + "Z",
+                rows: a.rows,
+                truncates: a.truncates,
+                burst: a.rows > bin_threshold,
+                sessions: session_list(&a.sessions, &new_id),
+            })
+            .collect();
+        let (shapes, statements_other) = self.shapes_out();
+        let (prefixes, prefixes_other) = self.prefixes_out();
+        let mut tables: Vec<TableOut> =
+            self.tables.iter().map(|(k, v)| TableOut { table: k.clone(), rows: v.0, truncates: v.1 }).collect();
+        tables.sort_by(|a, b| (b.rows, b.truncates).cmp(&(a.rows, a.truncates)).then(a.table.cmp(&b.table)));
+        let principals = self.principals_out();
+        let unattributed = self.unattributed_out();
+        let headline = headline(self.rows, self.truncates, principals.first(), &unattributed);
+        Report {
+            format: 1,
+            files: files.to_vec(),
+            lines,
+            skipped_lines: skipped,
+            transactions: self.transactions,
+            rows: self.rows,
+            truncates: self.truncates,
+            first_time: self.first.map(format_unix_micros),
+            last_time: self.last.map(format_unix_micros),
+            sessions,
+            unattributed,
+            minutes,
+            median_rows_per_minute: median,
+            burst_threshold: threshold,
+            statements: shapes,
+            statements_other,
+            key_prefixes: prefixes,
+            key_prefixes_other: prefixes_other,
+            tables,
+            gaps: self.gaps.clone(),
+            aborted_attempts: self.aborted_attempts,
+            aborted_rows: self.aborted_rows,
+            headline: Some(headline),
+            inferred_rows: self.inferred_rows,
+            by_application: self.groups_out(0),
+            by_user: self.groups_out(1),
+            by_client_host: self.groups_out(2),
+            principals,
+            bin_seconds: bin_seconds as u64,
+            bins,
+            median_rows_per_bin: bin_median,
+            bin_burst_threshold: bin_threshold,
+        }
+    }
+
+    /// Rows per minute, with their median and the burst threshold derived from it.
+    fn minutes_out(&self, new_id: &[usize]) -> (Vec<MinuteOut>, u64, u64) {
+        let median = median_of(self.minutes.values().map(|m| m.rows).collect());
+        let threshold = (3 * median).max(100);
+        let minutes = self
+            .minutes
+            .iter()
+            .map(|(&m, a)| MinuteOut {
+                minute: format_unix_micros(m * 60_000_000)[..16].to_owned() + "Z",
+                rows: a.rows,
+                truncates: a.truncates,
+                burst: a.rows > threshold,
+                sessions: session_list(&a.sessions, new_id),
+            })
+            .collect();
+        (minutes, median, threshold)
+    }
+
+    /// The sessions `ids` (in that order), numbered by their position.
+    fn sessions_out(&self, ids: &[usize]) -> Vec<SessionOut> {
+        ids.iter()
             .enumerate()
             .map(|(n, &i)| {
                 let s = &self.sessions[i];
@@ -59,52 +130,11 @@ impl Aggregator {
                     period_s: s.period.period_s(),
                 }
             })
-            .collect();
-        let session_list = |v: &[(Option<usize>, u64)]| {
-            let mut sess: Vec<MinuteSession> = v
-                .iter()
-                .filter(|(_, r)| *r > 0)
-                .map(|&(s, r)| MinuteSession { session: s.map(|i| new_id[i]), rows: r })
-                .collect();
-            sess.sort_by_key(|s| s.session.unwrap_or(usize::MAX));
-            sess
-        };
-        let median_of = |mut counts: Vec<u64>| {
-            counts.sort_unstable();
-            if counts.is_empty() {
-                0
-            } else if counts.len() % 2 == 1 {
-                counts[counts.len() / 2]
-            } else {
-                (counts[counts.len() / 2 - 1] + counts[counts.len() / 2]) / 2
-            }
-        };
-        let median = median_of(self.minutes.values().map(|m| m.rows).collect());
-        let threshold = (3 * median).max(100);
-        let minutes = self
-            .minutes
-            .iter()
-            .map(|(&m, a)| MinuteOut {
-                minute: format_unix_micros(m * 60_000_000)[..16].to_owned() + "Z",
-                rows: a.rows,
-                truncates: a.truncates,
-                burst: a.rows > threshold,
-                sessions: session_list(&a.sessions),
-            })
-            .collect();
-        let (bin_seconds, shown) = self.bins.shown();
-        let bin_median = median_of(shown.iter().map(|b| b.1.rows).collect());
-        let bin_threshold = (3 * bin_median).max(10);
-        let bins = shown
-            .iter()
-            .map(|(t, a)| BinOut {
-                start: format_unix_micros(*t)[..19].to_owned() + "Z",
-                rows: a.rows,
-                truncates: a.truncates,
-                burst: a.rows > bin_threshold,
-                sessions: session_list(&a.sessions),
-            })
-            .collect();
+            .collect()
+    }
+
+    /// The top statement shapes, and what the others add up to.
+    fn shapes_out(&self) -> (Vec<ShapeOut>, ShapesOther) {
         let mut shapes: Vec<ShapeOut> = self
             .shapes
             .iter()
@@ -118,13 +148,18 @@ impl Aggregator {
             })
             .collect();
         shapes.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.shape.cmp(&b.shape)));
-        let mut statements_other = self.shapes_other.clone();
+        let mut other = self.shapes_other.clone();
         for s in shapes.iter().skip(TOP) {
-            statements_other.shapes += 1;
-            statements_other.rows += s.rows;
-            statements_other.transactions += s.transactions;
+            other.shapes += 1;
+            other.rows += s.rows;
+            other.transactions += s.transactions;
         }
         shapes.truncate(TOP);
+        (shapes, other)
+    }
+
+    /// The top key prefixes, and what the others add up to.
+    fn prefixes_out(&self) -> (Vec<PrefixOut>, PrefixesOther) {
         let mut prefixes: Vec<PrefixOut> = self
             .prefixes
             .iter()
@@ -135,37 +170,40 @@ impl Aggregator {
             })
             .collect();
         prefixes.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.prefix.cmp(&b.prefix)));
-        let mut prefixes_other = self.prefixes_other.clone();
+        let mut other = self.prefixes_other.clone();
         for p in prefixes.iter().skip(TOP) {
-            prefixes_other.prefixes += 1;
-            prefixes_other.rows += p.rows;
+            other.prefixes += 1;
+            other.rows += p.rows;
         }
         prefixes.truncate(TOP);
-        let mut tables: Vec<TableOut> =
-            self.tables.iter().map(|(k, v)| TableOut { table: k.clone(), rows: v.0, truncates: v.1 }).collect();
-        tables.sort_by(|a, b| (b.rows, b.truncates).cmp(&(a.rows, a.truncates)).then(a.table.cmp(&b.table)));
+        (prefixes, other)
+    }
 
-        // Roll-ups, by rows then truncates; groups without either (filtered out) are left out.
-        let by = |kind: u8| {
-            let mut v: Vec<GroupOut> = self
-                .groups
-                .iter()
-                .filter(|(k, g)| k.0 == kind && g.rows + g.truncates > 0)
-                .map(|(k, g)| GroupOut {
-                    name: k.1.clone().or(k.2.clone()).or(k.3.clone()),
-                    rows: g.rows,
-                    rows_inferred: g.rows_inferred,
-                    truncates: g.truncates,
-                    transactions: g.transactions,
-                    sessions: g.sessions,
-                    row_share_pct: pct(g.rows, self.rows),
-                    period_s: g.period.period_s(),
-                })
-                .collect();
-            v.sort_by(|a, b| (b.rows, b.truncates).cmp(&(a.rows, a.truncates)).then(a.name.cmp(&b.name)));
-            v.truncate(TOP);
-            v
-        };
+    /// A roll-up (0 application, 1 user, 2 client host), by rows then truncates; groups without either
+    /// (filtered out) are left out.
+    fn groups_out(&self, kind: u8) -> Vec<GroupOut> {
+        let mut v: Vec<GroupOut> = self
+            .groups
+            .iter()
+            .filter(|(k, g)| k.0 == kind && g.rows + g.truncates > 0)
+            .map(|(k, g)| GroupOut {
+                name: k.1.clone().or(k.2.clone()).or(k.3.clone()),
+                rows: g.rows,
+                rows_inferred: g.rows_inferred,
+                truncates: g.truncates,
+                transactions: g.transactions,
+                sessions: g.sessions,
+                row_share_pct: pct(g.rows, self.rows),
+                period_s: g.period.period_s(),
+            })
+            .collect();
+        v.sort_by(|a, b| (b.rows, b.truncates).cmp(&(a.rows, a.truncates)).then(a.name.cmp(&b.name)));
+        v.truncate(TOP);
+        v
+    }
+
+    /// The principals (application, user, client host), by rows then truncates.
+    fn principals_out(&self) -> Vec<PrincipalOut> {
         let mut principals: Vec<PrincipalOut> = self
             .groups
             .iter()
@@ -192,11 +230,15 @@ impl Aggregator {
                 .then(a.client_host.cmp(&b.client_host))
         });
         principals.truncate(TOP);
+        principals
+    }
+
+    fn unattributed_out(&self) -> Unattributed {
         let mut reasons: Vec<ReasonOut> =
             self.un_reasons.iter().map(|(r, n)| ReasonOut { reason: r.clone(), rows: *n }).collect();
         reasons.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.reason.cmp(&b.reason)));
         reasons.truncate(TOP);
-        let unattributed = Unattributed {
+        Unattributed {
             rows: self.un_rows,
             truncates: self.un_truncates,
             transactions: self.un_transactions,
@@ -204,41 +246,37 @@ impl Aggregator {
             transaction_share_pct: pct(self.un_transactions, self.transactions),
             ambiguous_rows: self.un_ambiguous,
             reasons,
-        };
-        let headline = headline(self.rows, self.truncates, principals.first(), &unattributed);
-        Report {
-            format: 1,
-            files: files.to_vec(),
-            lines,
-            skipped_lines: skipped,
-            transactions: self.transactions,
-            rows: self.rows,
-            truncates: self.truncates,
-            first_time: self.first.map(format_unix_micros),
-            last_time: self.last.map(format_unix_micros),
-            sessions,
-            unattributed,
-            minutes,
-            median_rows_per_minute: median,
-            burst_threshold: threshold,
-            statements: shapes,
-            statements_other,
-            key_prefixes: prefixes,
-            key_prefixes_other: prefixes_other,
-            tables,
-            gaps: self.gaps.clone(),
-            aborted_attempts: self.aborted_attempts,
-            aborted_rows: self.aborted_rows,
-            headline: Some(headline),
-            inferred_rows: self.inferred_rows,
-            by_application: by(0),
-            by_user: by(1),
-            by_client_host: by(2),
-            principals,
-            bin_seconds: bin_seconds as u64,
-            bins,
-            median_rows_per_bin: bin_median,
-            bin_burst_threshold: bin_threshold,
         }
+    }
+}
+
+/// `part` of `whole` in percent, to one decimal.
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        (part as f64 * 1000.0 / whole as f64).round() / 10.0
+    }
+}
+
+/// A minute's or bin's rows by session, under the sessions' output ids (`new_id`), unattributed last.
+fn session_list(v: &[(Option<usize>, u64)], new_id: &[usize]) -> Vec<MinuteSession> {
+    let mut sess: Vec<MinuteSession> = v
+        .iter()
+        .filter(|(_, r)| *r > 0)
+        .map(|&(s, r)| MinuteSession { session: s.map(|i| new_id[i]), rows: r })
+        .collect();
+    sess.sort_by_key(|s| s.session.unwrap_or(usize::MAX));
+    sess
+}
+
+fn median_of(mut counts: Vec<u64>) -> u64 {
+    counts.sort_unstable();
+    if counts.is_empty() {
+        0
+    } else if counts.len() % 2 == 1 {
+        counts[counts.len() / 2]
+    } else {
+        (counts[counts.len() / 2 - 1] + counts[counts.len() / 2]) / 2
     }
 }
