@@ -27,6 +27,16 @@ fn or_dash(s: &Option<String>) -> Cow<'_, str> {
 /// The terminal rendering. Every string that comes from the log is escaped (`crate::term`): the
 /// culprit controls statements, keys, application names and more.
 pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
+    totals(r, w)?;
+    unattributed(r, w)?;
+    who(r, w)?;
+    sessions(r, w)?;
+    when(r, w)?;
+    what(r, w)
+}
+
+/// The title, the headline, the totals, gaps and aborted attempts.
+fn totals(r: &Report, w: &mut impl Write) -> io::Result<()> {
     writeln!(
         w,
         "walwitness report: {} ({} lines{})",
@@ -73,6 +83,11 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             thousands(r.aborted_rows)
         )?;
     }
+    Ok(())
+}
+
+/// The unattributed share, why, and the inferred rows.
+fn unattributed(r: &Report, w: &mut impl Write) -> io::Result<()> {
     let u = &r.unattributed;
     writeln!(
         w,
@@ -95,9 +110,11 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             thousands(r.inferred_rows)
         )?;
     }
-    let period =
-        |p: Option<f64>| p.map(|p| format!("  every ~{}", crate::read::rollup::fmt_period(p))).unwrap_or_default();
-    let inferred = |n: u64| if n > 0 { format!("  ({} inferred)", thousands(n)) } else { String::new() };
+    Ok(())
+}
+
+/// WHO: principals, then the roll-ups that have more than one entry.
+fn who(r: &Report, w: &mut impl Write) -> io::Result<()> {
     writeln!(w, "\nWHO — application (user@client host), across sessions")?;
     for p in r.principals.iter().take(20) {
         writeln!(
@@ -108,8 +125,8 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             thousands(p.transactions),
             thousands(p.sessions),
             clean(&principal_name(p)),
-            period(p.period_s),
-            inferred(p.rows_inferred)
+            period_note(p.period_s),
+            inferred_note(p.rows_inferred)
         )?;
     }
     if r.principals.is_empty() {
@@ -130,11 +147,16 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
                 thousands(g.transactions),
                 thousands(g.sessions),
                 or_dash(&g.name),
-                period(g.period_s),
-                inferred(g.rows_inferred)
+                period_note(g.period_s),
+                inferred_note(g.rows_inferred)
             )?;
         }
     }
+    Ok(())
+}
+
+/// WHO: the top sessions and their statements.
+fn sessions(r: &Report, w: &mut impl Write) -> io::Result<()> {
     writeln!(w, "\nWHO — per session (pid + backend start)")?;
     const SHOWN_SESSIONS: usize = 20;
     for s in r.sessions.iter().take(SHOWN_SESSIONS) {
@@ -160,7 +182,7 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             clean(&s.last_time),
             s.distinct_statements,
             if s.distinct_statements == 1 { "" } else { "s" },
-            period(s.period_s)
+            period_note(s.period_s)
         )?;
         for st in s.statements.iter().take(5) {
             writeln!(w, "      {:>9} rows  {}", thousands(st.rows), clean(&one_line(&st.statement, 120)))?;
@@ -180,6 +202,11 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     if r.sessions.is_empty() {
         writeln!(w, "  (no attributed rows)")?;
     }
+    Ok(())
+}
+
+/// WHEN: rows per bin, only the bursts when there are many bins.
+fn when(r: &Report, w: &mut impl Write) -> io::Result<()> {
     let width = crate::read::rollup::fmt_width(r.bin_seconds as i64);
     writeln!(
         w,
@@ -204,6 +231,11 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
     if hidden > 0 {
         writeln!(w, "  ({hidden} quieter bins not shown; --format json or --html has them all)")?;
     }
+    Ok(())
+}
+
+/// WHAT: statement shapes, key prefixes, tables.
+fn what(r: &Report, w: &mut impl Write) -> io::Result<()> {
     writeln!(w, "\nWHAT — statement shapes")?;
     for s in &r.statements {
         writeln!(
@@ -212,8 +244,8 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
             thousands(s.rows),
             thousands(s.transactions),
             clean(&one_line(&s.shape, 140)),
-            period(s.period_s),
-            inferred(s.rows_inferred)
+            period_note(s.period_s),
+            inferred_note(s.rows_inferred)
         )?;
     }
     if r.statements_other.shapes > 0 {
@@ -242,4 +274,18 @@ pub fn render_text(r: &Report, w: &mut impl Write) -> io::Result<()> {
         writeln!(w, "  {:>9} rows {:>5} truncates  {}", thousands(t.rows), thousands(t.truncates), clean(&t.table))?;
     }
     Ok(())
+}
+
+/// `  every ~…` for a regular period.
+fn period_note(p: Option<f64>) -> String {
+    p.map(|p| format!("  every ~{}", crate::read::rollup::fmt_period(p))).unwrap_or_default()
+}
+
+/// `  (… inferred)` when some rows are inferred.
+fn inferred_note(n: u64) -> String {
+    if n > 0 {
+        format!("  ({} inferred)", thousands(n))
+    } else {
+        String::new()
+    }
 }
