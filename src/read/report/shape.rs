@@ -21,22 +21,7 @@ pub fn normalize_statement(sql: &str) -> String {
                 if escapes {
                     out.pop();
                 }
-                i += 1;
-                while i < b.len() {
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == b'\'' {
-                        if i + 1 < b.len() && b[i + 1] == b'\'' {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
+                i = string_end(b, i, escapes);
                 out.push('?');
             }
             b'"' => {
@@ -58,21 +43,7 @@ pub fn normalize_statement(sql: &str) -> String {
                 i = end;
             }
             b'0'..=b'9' if !(i > 0 && ident_char(b[i - 1])) => {
-                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
-                    i += 1;
-                }
-                if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-                    let mut j = i + 1;
-                    if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
-                        j += 1;
-                    }
-                    if j < b.len() && b[j].is_ascii_digit() {
-                        i = j;
-                        while i < b.len() && b[i].is_ascii_digit() {
-                            i += 1;
-                        }
-                    }
-                }
+                i = number_end(b, i);
                 // A leading minus sign of a negative literal is kept: `- ?` and `-?` shapes are rare.
                 out.push('?');
             }
@@ -97,6 +68,47 @@ pub fn normalize_statement(sql: &str) -> String {
         out.pop();
     }
     collapse_in_lists(&out)
+}
+
+/// Where the quoted string starting at `b[i]` (the opening quote) ends: after its closing quote.
+/// Doubled quotes stay inside; with `escapes` (E'…') so does a backslash-escaped one.
+fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
+    i += 1;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == b'\'' {
+            if i + 1 < b.len() && b[i + 1] == b'\'' {
+                i += 2;
+                continue;
+            }
+            break;
+        }
+        i += 1;
+    }
+    i + 1
+}
+
+/// Where the numeric literal starting at `b[i]` ends (digits, dots, an exponent).
+fn number_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+        i += 1;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        if j < b.len() && b[j].is_ascii_digit() {
+            i = j;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+        }
+    }
+    i
 }
 
 fn utf8_len(first: u8) -> usize {
