@@ -159,7 +159,7 @@ impl fmt::Display for Key<'_> {
 }
 
 /// The `session` object, as far as the readers need it (see `crate::attribution::session::Session`).
-/// Owned, because it is parsed once and shared by every row of a transaction (see [`Parser`]).
+/// Owned, because it is parsed once and shared by every row of a transaction (see [`Parser`](super::Parser)).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct SessionRef {
     #[serde(default)]
@@ -250,10 +250,10 @@ pub struct Record<'a> {
     pub key: Field<Key<'a>>,
     #[serde(default)]
     pub old: Present,
-    /// The raw `session` JSON: parsed by [`Parser`] only when it differs from the previous line's.
+    /// The raw `session` JSON: parsed by [`Parser`](super::Parser) only when it differs from the previous line's.
     #[serde(rename = "session", borrow, default)]
     pub session_raw: Field<&'a serde_json::value::RawValue>,
-    /// The parsed session, filled in by [`Parser::parse`].
+    /// The parsed session, filled in by [`Parser::parse`](super::Parser::parse).
     #[serde(skip)]
     pub session: Field<Rc<SessionRef>>,
     #[serde(default)]
