@@ -331,6 +331,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::KeyValue;
+    use super::super::tests::{del, session, T};
     use super::*;
 
     #[test]
@@ -343,5 +345,77 @@ mod tests {
         assert_eq!(parse_time("2026-11-26T16:04:05+01:00"), parse_time("2026-11-26T15:04:05.000000Z"));
         assert_eq!(parse_time("2026-13-26T15:04:05.123456Z"), None);
         assert_eq!(parse_time("nope"), None);
+    }
+
+    #[test]
+    fn bad_lines() {
+        for (line, want) in [
+            ("{", "not a valid record"),
+            (r#"{"type":"update"}"#, "unknown record type"),
+            (r#"{"type":"delete","xid":"5"}"#, "invalid type"),
+            (r#"{"type":"capture_stopped","time":"2026-11-26T15:00:00Z"}"#, "reason, last_lsn"),
+            (r#"{"type":"capture_stopped","time":"yesterday","reason":"x","last_lsn":"0/1"}"#, "invalid time"),
+            ("", "empty line"),
+            ("[1,2]", "not a valid record"),
+        ] {
+            let e = parse_line(line.as_bytes()).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn repeated_session_is_parsed_once_and_still_checked() {
+        let s = session(7, "alice", "psql", "DELETE FROM t");
+        let mut p = Parser::new();
+        let mut scratch = Vec::new();
+        let l1 = del(5, 1, T, "a", &s);
+        let first = p.parse(l1.as_bytes(), &mut scratch).unwrap().1.session.value().cloned().unwrap();
+        let mut scratch = Vec::new();
+        let l2 = del(5, 1, T, "b", &s);
+        let (_, r2) = p.parse(l2.as_bytes(), &mut scratch).unwrap();
+        assert!(Rc::ptr_eq(r2.session.value().unwrap(), &first), "reused");
+        assert_eq!(r2.key.value().unwrap().to_string(), "b");
+        // The rest of the line is still parsed and checked.
+        let bad = l2.replace("\"xid\":5", "\"xid\":\"5\"");
+        let mut scratch = Vec::new();
+        assert!(p.parse(bad.as_bytes(), &mut scratch).is_err());
+        let missing = l2.replace("\"old\":null,", "");
+        let mut scratch = Vec::new();
+        let e = p.parse(missing.as_bytes(), &mut scratch).unwrap_err();
+        assert!(e.contains("old"), "{e}");
+        let broken = format!("{{\"type\":\"delete\",\"session\":{s}}}").replacen('{', "[", 1);
+        let mut scratch = Vec::new();
+        assert!(p.parse(broken.as_bytes(), &mut scratch).is_err());
+        // Another session is parsed.
+        let l3 = del(6, 2, T, "c", &session(8, "bob", "cron", "x"));
+        let mut scratch = Vec::new();
+        assert_eq!(p.parse(l3.as_bytes(), &mut scratch).unwrap().1.session.value().unwrap().pid, 8);
+    }
+
+    #[test]
+    fn key_and_session_parse() {
+        let s = session(7, "alice", "psql", "DELETE FROM t WHERE a = 'x\ny'");
+        let l = del(5, 1, T, "report:1", &s);
+        let (_, r) = parse_line(l.as_bytes()).unwrap();
+        assert_eq!(r.key.value().unwrap().to_string(), "report:1");
+        let sess = r.session.value().unwrap();
+        assert_eq!(sess.pid, 7);
+        assert_eq!(sess.query.as_deref(), Some("DELETE FROM t WHERE a = 'x\ny'"));
+        assert_eq!(sess.client(), "10.0.0.5:57");
+    }
+
+    #[test]
+    fn keys_that_are_not_utf8_show_their_bytes() {
+        let l =
+            del(5, 1, T, "x", "null").replace(r#"{"id":"x"}"#, r#"{"id":{"text_hex":"61ff"},"b":{"binary_hex":"00"}}"#);
+        let (_, r) = parse_line(l.as_bytes()).unwrap();
+        let k = r.key.value().unwrap();
+        assert_eq!(k.0[0].1, KeyValue::TextHex("61ff".into()));
+        assert_eq!(k.0[1].1, KeyValue::Other);
+        assert_eq!(k.to_string(), "id=\\x61ff,b={…}");
+        // A marker object with anything else is not taken for text.
+        let l = del(5, 1, T, "x", "null").replace(r#"{"id":"x"}"#, r#"{"id":{"text_hex":"61","x":1}}"#);
+        let (_, r) = parse_line(l.as_bytes()).unwrap();
+        assert_eq!(r.key.value().unwrap().0[0].1, KeyValue::Other);
     }
 }

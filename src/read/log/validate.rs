@@ -219,3 +219,103 @@ impl Validator {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse_line;
+    use super::super::tests::{commit, del, del2, renamed, session, CS, T};
+    use super::*;
+
+    fn run(lines: &[String]) -> (Vec<Action>, Vec<Damage>) {
+        let mut v = Validator::new();
+        let mut actions = Vec::new();
+        let mut damages = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let p = parse_line(l.as_bytes());
+            let verdict = v.check(i as u64 + 1, p.as_ref().map(|(k, r)| (*k, r)).map_err(Clone::clone));
+            actions.push(verdict.action);
+            damages.extend(verdict.damage);
+        }
+        damages.extend(v.finish(lines.len() as u64, 0));
+        (actions, damages)
+    }
+
+    #[test]
+    fn valid_log_has_no_damage() {
+        let s = session(7, "alice", "psql", "DELETE FROM t");
+        let lines = vec![
+            CS.to_owned(),
+            del(5, 1, T, "a", &s),
+            del(5, 1, T, "b", &s),
+            commit(5, 1, T, 2, &s),
+            del(6, 2, T, "c", "null"),
+            commit(6, 2, T, 1, "null"),
+        ];
+        let (actions, damages) = run(&lines);
+        assert!(damages.is_empty(), "{damages:?}");
+        use Action::*;
+        assert_eq!(actions, [Boundary, Row, Row, Commit, Row, Commit]);
+    }
+
+    #[test]
+    fn relation_renamed_belongs_to_its_transaction_and_is_not_counted() {
+        let lines = vec![
+            renamed(5, 1, ("public", "t"), ("public", "t_x")),
+            del2(5, 1, "public", "t_x", "a"),
+            commit(5, 1, T, 1, "null"),
+            // Cut before its rows' commit: it is dropped with them.
+            renamed(6, 2, ("public", "t_x"), ("public", "t")),
+        ];
+        let (actions, damages) = run(&lines);
+        use Action::*;
+        assert_eq!(actions, [Row, Row, Commit, Row]);
+        assert_eq!(damages.len(), 1, "{damages:?}");
+        assert_eq!(damages[0].aborted_rows, 1);
+        let (kind, rec) = parse_line(lines[0].as_bytes()).unwrap();
+        assert_eq!(kind, Kind::RelationRenamed);
+        assert_eq!(rec.named_relations().unwrap(), [("public", "t_x"), ("public", "t")]);
+        let bad = lines[0].replace(r#""previous_name":"t","#, "");
+        assert!(parse_line(bad.as_bytes()).unwrap_err().contains("previous_name"));
+    }
+
+    #[test]
+    fn rows_without_commit_are_damage() {
+        let s = "null";
+        let lines = vec![del(5, 1, T, "a", s), CS.to_owned(), del(6, 2, T, "b", s)];
+        let (_, damages) = run(&lines);
+        assert_eq!(damages.len(), 2);
+        assert_eq!(damages[0].line, 2);
+        assert_eq!(damages[0].aborted_rows, 1);
+        assert!(damages[0].message.contains("xid 5"), "{}", damages[0].message);
+        assert!(damages[1].message.contains("xid 6"));
+    }
+
+    #[test]
+    fn lsn_order_and_counts() {
+        let s = "null";
+        let lines = vec![
+            del(5, 2, T, "a", s),
+            commit(5, 2, T, 1, s),
+            del(6, 1, T, "b", s),
+            commit(6, 1, T, 2, s),
+            CS.to_owned(),
+            del(7, 1, T, "c", s),
+            commit(7, 1, T, 1, s),
+        ];
+        let (_, damages) = run(&lines);
+        assert_eq!(damages.len(), 1, "{damages:?}");
+        assert_eq!(damages[0].line, 4);
+        assert!(damages[0].message.contains("not after"));
+        assert!(damages[0].message.contains("counts 2 deletes"));
+    }
+
+    #[test]
+    fn commit_without_rows_and_wrong_xid() {
+        let s = "null";
+        let lines = vec![commit(5, 1, T, 1, s), del(6, 2, T, "a", s), commit(7, 2, T, 1, s)];
+        let (actions, damages) = run(&lines);
+        assert_eq!(actions, [Action::Skip, Action::Row, Action::Skip]);
+        assert_eq!(damages.len(), 2);
+        assert_eq!(damages[1].aborted_rows, 1);
+    }
+}
