@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::one_line;
-use super::summary::Report;
+use super::summary::{BinOut, Report};
 
 /// Session colours (colour-blind-friendly Okabe–Ito order, then extras); the unattributed share is grey.
 const PALETTE: [&str; 10] =
@@ -47,14 +47,17 @@ fn bin_index(start: &str, width: i64) -> Option<i64> {
     super::log::parse_time(start).map(|t| t.div_euclid(width.max(1) * 1_000_000))
 }
 
+/// The chart's size and margins (left, right, top, bottom), in SVG units.
+const W: f64 = 960.0;
+const H: f64 = 280.0;
+const L: f64 = 60.0;
+const R: f64 = 10.0;
+const T: f64 = 20.0;
+const B: f64 = 40.0;
+
+/// The SVG timeline: a stacked bar per bin, coloured by session, bursts marked.
 fn chart(r: &Report) -> String {
     let width = (r.bin_seconds as i64).max(1);
-    const W: f64 = 960.0;
-    const H: f64 = 280.0;
-    const L: f64 = 60.0;
-    const R: f64 = 10.0;
-    const T: f64 = 20.0;
-    const B: f64 = 40.0;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -68,12 +71,33 @@ fn chart(r: &Report) -> String {
     };
     let span = (last - first + 1) as f64;
     let plot_w = W - L - R;
-    let plot_h = H - T - B;
     let slot = plot_w / span;
     // A few minutes would otherwise become slabs as wide as the chart.
     let bar_w = slot.clamp(1.0, 48.0);
     let max = r.bins.iter().map(|m| m.rows).max().unwrap_or(1).max(1) as f64;
-    // Axes and a few gridlines.
+    axes(&mut s, max);
+    for (m, &i) in r.bins.iter().zip(&idx) {
+        let x = L + (i - first) as f64 * slot + (slot - bar_w) / 2.0;
+        bin_bars(&mut s, m, x, bar_w, max);
+    }
+    let cut = if width % 60 == 0 { 16 } else { 19 };
+    let label = |m: i64| crate::sink::record::format_unix_micros(m * width * 1_000_000)[..cut].replace('T', " ");
+    let _ = write!(
+        s,
+        "<text class=\"tick\" x=\"{L}\" y=\"{y}\">{a} UTC</text><text class=\"tick\" x=\"{x}\" y=\"{y}\" text-anchor=\"end\">{b} UTC</text>",
+        y = H - 14.0,
+        x = L + plot_w,
+        a = label(first),
+        b = label(last)
+    );
+    s.push_str("</svg>");
+    s
+}
+
+/// The axes, and gridlines at half and full height labelled with their row counts (`max` at the top).
+fn axes(s: &mut String, max: f64) {
+    let plot_w = W - L - R;
+    let plot_h = H - T - B;
     let _ = write!(
         s,
         "<line class=\"axis\" x1=\"{L}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line class=\"axis\" x1=\"{L}\" y1=\"{T}\" x2=\"{L}\" y2=\"{y0}\"/>",
@@ -91,44 +115,34 @@ fn chart(r: &Report) -> String {
             v = (max * f).round() as u64
         );
     }
-    for (m, &i) in r.bins.iter().zip(&idx) {
-        let x = L + (i - first) as f64 * slot + (slot - bar_w) / 2.0;
-        let mut y = T + plot_h;
-        for ms in &m.sessions {
-            let h = ms.rows as f64 / max * plot_h;
-            y -= h;
-            let who = ms.session.map_or("unattributed".to_owned(), |id| format!("session #{id}"));
-            let _ = write!(
-                s,
-                "<rect class=\"bar\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{bar_w:.2}\" height=\"{h:.2}\" fill=\"{c}\" data-bin=\"{mi}\" data-session=\"{sid}\" data-rows=\"{rows}\"><title>{mi}: {rows} rows, {who}</title></rect>",
-                c = colour(ms.session),
-                mi = esc(&m.start),
-                sid = ms.session.map_or("none".to_owned(), |i| i.to_string()),
-                rows = ms.rows
-            );
-        }
-        if m.burst {
-            let _ = write!(
-                s,
-                "<text class=\"burst\" x=\"{cx:.2}\" y=\"{ty:.2}\" text-anchor=\"middle\" data-burst=\"{mi}\">▼</text>",
-                cx = x + bar_w / 2.0,
-                ty = (y - 3.0).max(T - 4.0),
-                mi = esc(&m.start)
-            );
-        }
+}
+
+/// One bin's bar at `x`: a segment per session, stacked, and the burst mark above.
+fn bin_bars(s: &mut String, m: &BinOut, x: f64, bar_w: f64, max: f64) {
+    let plot_h = H - T - B;
+    let mut y = T + plot_h;
+    for ms in &m.sessions {
+        let h = ms.rows as f64 / max * plot_h;
+        y -= h;
+        let who = ms.session.map_or("unattributed".to_owned(), |id| format!("session #{id}"));
+        let _ = write!(
+            s,
+            "<rect class=\"bar\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{bar_w:.2}\" height=\"{h:.2}\" fill=\"{c}\" data-bin=\"{mi}\" data-session=\"{sid}\" data-rows=\"{rows}\"><title>{mi}: {rows} rows, {who}</title></rect>",
+            c = colour(ms.session),
+            mi = esc(&m.start),
+            sid = ms.session.map_or("none".to_owned(), |i| i.to_string()),
+            rows = ms.rows
+        );
     }
-    let cut = if width % 60 == 0 { 16 } else { 19 };
-    let label = |m: i64| crate::sink::record::format_unix_micros(m * width * 1_000_000)[..cut].replace('T', " ");
-    let _ = write!(
-        s,
-        "<text class=\"tick\" x=\"{L}\" y=\"{y}\">{a} UTC</text><text class=\"tick\" x=\"{x}\" y=\"{y}\" text-anchor=\"end\">{b} UTC</text>",
-        y = H - 14.0,
-        x = L + plot_w,
-        a = label(first),
-        b = label(last)
-    );
-    s.push_str("</svg>");
-    s
+    if m.burst {
+        let _ = write!(
+            s,
+            "<text class=\"burst\" x=\"{cx:.2}\" y=\"{ty:.2}\" text-anchor=\"middle\" data-burst=\"{mi}\">▼</text>",
+            cx = x + bar_w / 2.0,
+            ty = (y - 3.0).max(T - 4.0),
+            mi = esc(&m.start)
+        );
+    }
 }
 
 const CSS: &str = r#"
@@ -188,6 +202,24 @@ const JS: &str = r#"
 /// The whole page.
 pub fn render(r: &Report) -> String {
     let mut h = String::with_capacity(64 * 1024);
+    summary(&mut h, r);
+    when(&mut h, r);
+    principals(&mut h, r);
+    sessions(&mut h, r);
+    shapes(&mut h, r);
+    prefixes(&mut h, r);
+    tables(&mut h, r);
+    h.push_str("</table></div><div id=\"check\">Numbers not checked (JavaScript is off).</div>");
+    // '<' escaped as \u003c keeps "</script>" inside a statement from ending the block; still valid JSON.
+    let json = serde_json::to_string(r).unwrap_or_else(|_| "{}".to_owned()).replace('<', "\\u003c");
+    let _ =
+        write!(h, "<script type=\"application/json\" id=\"report\">{json}</script><script>{JS}</script></body></html>");
+    h.push('\n');
+    h
+}
+
+/// The head, the title line, the headline and the cards of totals.
+fn summary(h: &mut String, r: &Report) {
     let title = format!("walwitness report — {}", r.files.join(", "));
     let _ = write!(
         h,
@@ -232,7 +264,10 @@ pub fn render(r: &Report) -> String {
         );
     }
     h.push_str("</div>");
+}
 
+/// The chart of rows per bin, and its legend.
+fn when(h: &mut String, r: &Report) {
     let _ = write!(
         h,
         "<h2>When: deleted rows per {w}</h2><div class=\"sub\">Bins of {} s, chosen for the span of the commits; median {} rows per non-empty bin; ▼ marks a burst (more than {} rows).</div>",
@@ -257,8 +292,14 @@ pub fn render(r: &Report) -> String {
         h.push_str("<span>(colours repeat after 10 sessions)</span>");
     }
     let _ = write!(h, "<span><i class=\"sw\" style=\"background:{UNATTRIBUTED}\"></i>not attributed</span></div>");
+}
 
-    let period = |p: Option<f64>| p.map_or("–".to_owned(), |p| format!("every ~{}", super::rollup::fmt_period(p)));
+/// "every ~…" for a regular period, else a dash.
+fn period_cell(p: Option<f64>) -> String {
+    p.map_or("–".to_owned(), |p| format!("every ~{}", super::rollup::fmt_period(p)))
+}
+
+fn principals(h: &mut String, r: &Report) {
     h.push_str("<h2>Who: application, user and client host, across sessions</h2><div class=\"sub\">Sessions come and go (a job that connects each time has a new pid each time); these do not. <span class=\"tag inferred\">inferred</span> rows were attributed to the one session that could have run them, without evidence.</div><div class=\"wide\"><table id=\"principals\"><tr><th>application</th><th>user</th><th>client host</th><th class=\"r\">rows</th><th class=\"r\">share</th><th class=\"r\">of which inferred</th><th class=\"r\">transactions</th><th class=\"r\">sessions</th><th>period</th></tr>");
     for (i, p) in r.principals.iter().enumerate() {
         let _ = write!(
@@ -273,10 +314,15 @@ pub fn render(r: &Report) -> String {
             inf = num(&format!("principals.{i}.rows_inferred"), p.rows_inferred),
             tx = num(&format!("principals.{i}.transactions"), p.transactions),
             sess = num(&format!("principals.{i}.sessions"), p.sessions),
-            per = esc(&period(p.period_s)),
+            per = esc(&period_cell(p.period_s)),
         );
     }
     h.push_str("</table></div>");
+}
+
+/// The sessions table, ending with the unattributed share.
+fn sessions(h: &mut String, r: &Report) {
+    let u = &r.unattributed;
     h.push_str("<h2>Who: sessions</h2><div class=\"wide\"><table id=\"sessions\"><tr><th>#</th><th class=\"r\">pid</th><th>backend start</th><th>user</th><th>application</th><th>client</th><th>basis</th><th class=\"r\" title=\"transactions\">txns</th><th class=\"r\">rows</th><th class=\"r\" title=\"truncates\">trunc.</th><th>first / last commit</th><th>statements</th></tr>");
     for (i, s) in r.sessions.iter().enumerate() {
         let mut st = String::new();
@@ -328,7 +374,9 @@ pub fn render(r: &Report) -> String {
             .map(|x| format!("<div>{} · {} rows</div>", esc(&x.reason), x.rows))
             .collect::<String>()
     );
+}
 
+fn shapes(h: &mut String, r: &Report) {
     h.push_str("<h2>What: statement shapes</h2><div class=\"wide\"><table id=\"shapes\"><tr><th>shape (literals → ?)</th><th class=\"r\">rows</th><th class=\"r\">of which inferred</th><th class=\"r\">transactions</th><th class=\"r\">sessions</th><th>period</th></tr>");
     for (i, s) in r.statements.iter().enumerate() {
         let _ = write!(
@@ -339,7 +387,7 @@ pub fn render(r: &Report) -> String {
             num(&format!("statements.{i}.rows_inferred"), s.rows_inferred),
             num(&format!("statements.{i}.transactions"), s.transactions),
             num(&format!("statements.{i}.sessions"), s.sessions),
-            esc(&period(s.period_s))
+            esc(&period_cell(s.period_s))
         );
     }
     if r.statements_other.shapes > 0 {
@@ -352,7 +400,9 @@ pub fn render(r: &Report) -> String {
         );
     }
     h.push_str("</table></div>");
+}
 
+fn prefixes(h: &mut String, r: &Report) {
     h.push_str("<h2>What: key prefixes</h2><div class=\"sub\">Django cache keys (<code>KEY_PREFIX:VERSION:key</code>): the prefix, the version and the key's leading words, up to the first word with a digit; other keys: the text before the first <code>:</code> or <code>_</code>.</div><div class=\"wide\"><table id=\"prefixes\"><tr><th>prefix</th><th class=\"r\">rows</th></tr>");
     for (i, p) in r.key_prefixes.iter().enumerate() {
         let _ = write!(
@@ -370,6 +420,9 @@ pub fn render(r: &Report) -> String {
             num("key_prefixes_other.rows", r.key_prefixes_other.rows)
         );
     }
+}
+
+fn tables(h: &mut String, r: &Report) {
     h.push_str("</table></div><h2>Tables</h2><div class=\"wide\"><table id=\"tables\"><tr><th>table</th><th class=\"r\">rows</th><th class=\"r\">truncates</th></tr>");
     for (i, t) in r.tables.iter().enumerate() {
         let _ = write!(
@@ -380,13 +433,6 @@ pub fn render(r: &Report) -> String {
             num(&format!("tables.{i}.truncates"), t.truncates)
         );
     }
-    h.push_str("</table></div><div id=\"check\">Numbers not checked (JavaScript is off).</div>");
-    // '<' escaped as \u003c keeps "</script>" inside a statement from ending the block; still valid JSON.
-    let json = serde_json::to_string(r).unwrap_or_else(|_| "{}".to_owned()).replace('<', "\\u003c");
-    let _ =
-        write!(h, "<script type=\"application/json\" id=\"report\">{json}</script><script>{JS}</script></body></html>");
-    h.push('\n');
-    h
 }
 
 #[cfg(test)]

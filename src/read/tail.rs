@@ -391,47 +391,57 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
     let mut feeder = Feeder::new(name, true);
     feeder.warn_each = true;
     if !args.follow {
-        let (input, _) = super::log::open_input(&args.file).map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                format!("cannot open {name}: {e} (to wait for a log that does not exist yet, add -f)"),
-            )
-        })?;
-        let mut reader = super::log::LineReader::with_limit(input, args.limits.max_line_length);
-        loop {
-            let no = reader.line_no() + 1;
-            match reader.next_line() {
-                Ok(Some(line)) => feeder.line(no, line, &mut view)?,
-                Ok(None) => break,
-                Err(e) => {
-                    // What was read is shown; the rest cannot be: that is a failure, not an end.
-                    view.flush().map_err(output_error)?;
-                    if let Some(t) = super::log::too_long(&e) {
-                        return Err(super::too_long_failure(name, no, t));
-                    }
-                    return Err(Failure::new(
-                        Exit::DamagedLog,
-                        format!("{}:{no}: damaged log: cannot read further: {e}", crate::term::clean(name)),
-                    )
-                    .into());
+        return read_once(args, name, &mut feeder, &mut view);
+    }
+    follow(args, name, &mut feeder, &mut view)
+}
+
+/// Shows the log as it is now, then stops.
+fn read_once<W: Write>(args: &TailArgs, name: &str, feeder: &mut Feeder, view: &mut TailView<W>) -> Result<(), Stop> {
+    let (input, _) = super::log::open_input(&args.file).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot open {name}: {e} (to wait for a log that does not exist yet, add -f)"),
+        )
+    })?;
+    let mut reader = super::log::LineReader::with_limit(input, args.limits.max_line_length);
+    loop {
+        let no = reader.line_no() + 1;
+        match reader.next_line() {
+            Ok(Some(line)) => feeder.line(no, line, view)?,
+            Ok(None) => break,
+            Err(e) => {
+                // What was read is shown; the rest cannot be: that is a failure, not an end.
+                view.flush().map_err(output_error)?;
+                if let Some(t) = super::log::too_long(&e) {
+                    return Err(super::too_long_failure(name, no, t));
                 }
+                return Err(Failure::new(
+                    Exit::DamagedLog,
+                    format!("{}:{no}: damaged log: cannot read further: {e}", crate::term::clean(name)),
+                )
+                .into());
             }
         }
-        if reader.pending() > 0 {
-            eprintln!(
-                "walwitness tail: {name}:{}: the last line is incomplete ({} bytes without a newline): not shown",
-                reader.line_no() + 1,
-                reader.pending()
-            );
-        }
-        let open = feeder.validator.open_rows();
-        if open > 0 {
-            crate::term::eprint_line(&format!(
-                "walwitness tail: {open} row record(s) at the end of {name} have no commit yet: not shown"
-            ));
-        }
-        return view.flush().map_err(output_error);
     }
+    if reader.pending() > 0 {
+        eprintln!(
+            "walwitness tail: {name}:{}: the last line is incomplete ({} bytes without a newline): not shown",
+            reader.line_no() + 1,
+            reader.pending()
+        );
+    }
+    let open = feeder.validator.open_rows();
+    if open > 0 {
+        crate::term::eprint_line(&format!(
+            "walwitness tail: {open} row record(s) at the end of {name} have no commit yet: not shown"
+        ));
+    }
+    view.flush().map_err(output_error)
+}
+
+/// `-f`: shows the log and what is appended to it, across rotation and truncation, until interrupted.
+fn follow<W: Write>(args: &TailArgs, name: &str, feeder: &mut Feeder, view: &mut TailView<W>) -> Result<(), Stop> {
     if args.file == "-" {
         return Err(Failure::new(Exit::Usage, "tail -f follows a file; for standard input, drop -f").into());
     }
@@ -445,7 +455,7 @@ fn tail(args: &TailArgs) -> Result<(), Stop> {
         match event {
             Event::Line => {
                 let no = follower.line_no();
-                feeder.line(no, follower.line(), &mut view)?;
+                feeder.line(no, follower.line(), view)?;
             }
             Event::Idle | Event::Missing => {
                 if event == Event::Missing && !said_waiting {
