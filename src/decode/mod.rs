@@ -11,6 +11,7 @@
 //! server may send such transactions again after a restart (the slot's position is persisted only at
 //! checkpoints); a transaction whose commit record starts below that LSN is recognised at Begin and
 //! skipped whole.
+pub mod pipeline;
 pub mod relations;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -27,7 +28,7 @@ use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64, push_val
 use relations::{QName, RelationCache, WatchList};
 
 /// Commit position written into the synthesized Begin of a rolled-back streamed or prepared
-/// transaction replayed for `--include-aborted` (see `capture::spooled`). No real commit has it. The
+/// transaction replayed for `--include-aborted` (see `decode::pipeline`). No real commit has it. The
 /// Assembler undoes what such a replay taught the relation cache, as the server does for an aborted
 /// streamed transaction (its Relation messages count as sent only once it commits), and writes no
 /// `relation_renamed` for it.

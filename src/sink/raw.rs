@@ -39,7 +39,11 @@
 //! sessions of 'a' frames are reported as `activity`, whatever their JSON claims (see
 //! `crate::read::raw_replay`).
 //! Transactions the server streamed before commit (larger than `logical_decoding_work_mem`) and prepared
-//! transactions are assembled from their spool files and are not stored in the raw file.
+//! transactions are stored as received, every payload of them ('w' frames; before issue 14 they were
+//! left out): `replay --raw` holds them until final as the live capture does (`decode::pipeline`). The
+//! session and inference a live replay of one used ('a', 'i') come before the frame that made it final
+//! (Stream Commit, COMMIT PREPARED). What an abort discarded is not decoded offline (the file does not
+//! say whether the capture had `--include-aborted`).
 //!
 //! Readers stream the file frame by frame: memory is bounded by the largest frame accepted
 //! (`--max-line-length`, default 64 MiB), not by the file.
