@@ -22,9 +22,9 @@ use bytes::{Bytes, BytesMut};
 use crate::attribution::infer::Inference;
 use crate::attribution::trigger::{widen_xid, Close, ErrorReport, Evidence, Open, PREFIX as TRIGGER_PREFIX};
 use crate::attribution::{Attributor, Session, SessionJson};
-use crate::protocol::pgoutput::{Message, OldKind, Value};
+use crate::protocol::pgoutput::{Column, Message, OldKind, OldTuple, ReplicaIdentity, Value};
 use crate::protocol::Lsn;
-use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64, push_value};
+use crate::sink::record;
 use relations::{QName, RelationCache, WatchList};
 
 /// Commit position written into the synthesized Begin of a rolled-back streamed or prepared
@@ -71,12 +71,6 @@ struct Bracket {
     /// The statement record's number and the row-level session, once written.
     statement: Option<(u32, Bytes)>,
     session: Session,
-}
-
-/// The statement record (and row-level session) a record refers to.
-struct Chosen {
-    statement: u32,
-    small: Bytes,
 }
 
 struct Txn {
@@ -148,17 +142,45 @@ impl Txn {
         }
     }
 
+    fn new(xid: u32, final_lsn: Lsn, commit_time: i64) -> Txn {
+        Txn {
+            xid,
+            full_xid: None,
+            final_lsn,
+            commit_time,
+            skip: false,
+            origin: None,
+            common: BytesMut::new(),
+            deletes: 0,
+            truncates: 0,
+            activity: None,
+            activity_statement: None,
+            brackets: HashMap::new(),
+            statements: HashMap::new(),
+            seen: HashSet::new(),
+            last_open_id: None,
+            pid: None,
+            touched: HashSet::new(),
+            altered: HashSet::new(),
+            errors: Vec::new(),
+            renames: Vec::new(),
+            saved_relations: Vec::new(),
+            first_session: None,
+            attributed_trigger: 0,
+            attributed_activity: 0,
+            unattributed: 0,
+            missing: 0,
+            conflict: false,
+            rejected: Vec::new(),
+            problems: Vec::new(),
+            infer: false,
+            keys: Vec::new(),
+        }
+    }
+
     fn rebuild_common(&mut self) {
         let mut c = BytesMut::with_capacity(96);
-        c.extend_from_slice(b",\"commit_lsn\":");
-        push_lsn(&mut c, self.final_lsn);
-        c.extend_from_slice(b",\"commit_time\":");
-        push_str(&mut c, &format_pg_time(self.commit_time));
-        c.extend_from_slice(b",\"origin\":");
-        match &self.origin {
-            Some(o) => push_str(&mut c, o),
-            None => c.extend_from_slice(b"null"),
-        }
+        record::push_commit_fields(&mut c, self.final_lsn, self.commit_time, self.origin.as_deref());
         self.common = c;
     }
 
@@ -170,21 +192,136 @@ impl Txn {
             Some(&n) => n,
             None => {
                 let n = self.statements.len() as u32 + 1;
-                out.extend_from_slice(b"{\"type\":\"statement\",\"xid\":");
-                push_u64(out, u64::from(self.xid));
-                out.extend_from_slice(b",\"statement\":");
-                push_u64(out, u64::from(n));
-                out.extend_from_slice(b",\"lsn\":");
-                push_lsn(out, lsn);
-                out.extend_from_slice(&self.common);
-                out.extend_from_slice(b",\"session\":");
-                out.extend_from_slice(&full);
-                out.extend_from_slice(b"}\n");
+                record::write_statement(out, self.xid, n, lsn, &self.common, &full);
                 self.statements.insert(full, n);
                 n
             }
         };
         (n, session.small_json(n))
+    }
+
+    /// The trigger's evidence for a pending row: the first of the record's tables whose bracket covers
+    /// it (`Ok(table key)`), or why the first table has none.
+    fn evidence(&mut self, rels: &RelationCache, key: &PendingKey, lsn: Lsn) -> Result<String, &'static str> {
+        let tables: Vec<String> = match key {
+            PendingKey::Rel(relid) => {
+                rels.get(*relid).and_then(|r| r.watched).map(|i| vec![rels.table_key(i)]).unwrap_or_default()
+            }
+            PendingKey::Tables(tables) => tables.iter().map(|&i| rels.table_key(i)).collect(),
+        };
+        let mut verdict = Err("no_trigger_fired");
+        for (i, key) in tables.into_iter().enumerate() {
+            if !self.touched.contains(&key) {
+                self.touched.insert(key.clone());
+            }
+            match self.covering(&key, lsn) {
+                Ok(()) => return Ok(key),
+                Err(r) if i == 0 => verdict = Err(r),
+                Err(_) => {}
+            }
+        }
+        verdict
+    }
+
+    /// The small session of a pending row (the covering bracket's, else the activity source's), after
+    /// its statement record if that is not written yet; `None`: not attributed.
+    fn choose_session(&mut self, verdict: &Result<String, &str>, p: &Pending, out: &mut BytesMut) -> Option<Bytes> {
+        // A statement record written now goes before the row, which is the last thing in `out`: the row
+        // is set aside meanwhile (only then, so most rows are never copied).
+        let mut row: Option<BytesMut> = None;
+        let chosen = match verdict {
+            Ok(name) => {
+                let b = self.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
+                let (_, small) = match &b.statement {
+                    Some(s) => s.clone(),
+                    None => {
+                        let session = b.session.clone();
+                        let open_lsn = b.open_lsn;
+                        row = Some(out.split_off(p.start));
+                        let s = self.statement(out, open_lsn, &session);
+                        let b = self.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
+                        b.statement = Some(s.clone());
+                        s
+                    }
+                };
+                self.attributed_trigger += 1;
+                Some(small)
+            }
+            Err(_) => match self.activity.clone() {
+                Some(a) => {
+                    self.attributed_activity += 1;
+                    let (_, small) = match &self.activity_statement {
+                        Some(s) => s.clone(),
+                        None => {
+                            let session: Session = serde_json::from_slice(&a.json).unwrap_or_default();
+                            row = Some(out.split_off(p.start));
+                            let s = self.statement(out, p.lsn, &session);
+                            self.activity_statement = Some(s.clone());
+                            s
+                        }
+                    };
+                    Some(small)
+                }
+                None => {
+                    self.unattributed += 1;
+                    None
+                }
+            },
+        };
+        if let Some(r) = row {
+            out.extend_from_slice(&r);
+        }
+        chosen
+    }
+
+    /// Why a verified open cannot be this transaction's (a replayed or misplaced copy), if so.
+    fn open_rejection(&mut self, o: &Open, content: &[u8]) -> Option<String> {
+        let fresh = self.seen.insert(Bytes::copy_from_slice(content));
+        if !fresh {
+            Some("a copy of an earlier message of this transaction (replayed)".to_owned())
+        } else if self.full_xid.is_some_and(|x| x != o.xid) || o.xid % (1 << 32) != u64::from(self.xid) {
+            Some(format!("signed for xid {} but found in xid {}", o.xid, self.full_xid.unwrap_or(u64::from(self.xid))))
+        } else if self.pid.is_some_and(|p| p != o.pid) {
+            Some(format!("signed by pid {} in a transaction of pid {}", o.pid, self.pid.unwrap_or_default()))
+        } else if self.last_open_id.is_some_and(|l| o.id <= l) {
+            Some("older than an earlier statement of this transaction (replayed)".to_owned())
+        } else {
+            None
+        }
+    }
+
+    /// A statement's bracket opens on the table `key`.
+    fn open_bracket(&mut self, lsn: Lsn, key: String, o: Box<Open>) {
+        let table = o.table();
+        self.pid = Some(o.pid);
+        self.last_open_id = Some(o.id);
+        self.touched.insert(key.clone());
+        let mut session = o.session();
+        if let Some(a) = &self.activity {
+            if !SessionJson::new(&session).same_backend(a) {
+                session.conflict = serde_json::from_slice::<Session>(&a.json).ok().map(Box::new);
+                self.conflict = true;
+            }
+        }
+        let valid = if o.armed { Ok(()) } else { Err("closing_trigger_disabled") };
+        if !o.armed {
+            self.problem(
+                lsn,
+                format!(
+                    "statement on {table} (pid {}, application {:?}) ran without its closing trigger (disabled, dropped or replaced): its rows are not attributed",
+                    o.pid,
+                    o.app.as_deref().unwrap_or("")
+                ),
+            );
+        }
+        self.brackets.entry(key).or_default().push(Bracket {
+            open_lsn: lsn,
+            open: o,
+            valid,
+            resumed: false,
+            statement: None,
+            session,
+        });
     }
 
     /// Why the trigger's evidence does not cover a row of `table` at `lsn`, when no bracket does.
@@ -393,92 +530,21 @@ impl Assembler {
         let Some(p) = self.pending.take() else { return };
         let Some(t) = self.txn.as_mut() else { return };
         let trigger_mode = self.attributor.verifier.is_some();
-        // The trigger's evidence: the first of the record's tables whose bracket covers it.
-        let mut verdict: Result<String, &'static str> = Err("no_trigger_fired");
-        if trigger_mode {
-            let rels = &self.relations;
-            let tables: Vec<String> = match &p.key {
-                PendingKey::Rel(relid) => {
-                    rels.get(*relid).and_then(|r| r.watched).map(|i| vec![rels.table_key(i)]).unwrap_or_default()
-                }
-                PendingKey::Tables(tables) => tables.iter().map(|&i| rels.table_key(i)).collect(),
-            };
-            for (i, key) in tables.into_iter().enumerate() {
-                if !t.touched.contains(&key) {
-                    t.touched.insert(key.clone());
-                }
-                match t.covering(&key, p.lsn) {
-                    Ok(()) => {
-                        verdict = Ok(key);
-                        break;
-                    }
-                    Err(r) if i == 0 => verdict = Err(r),
-                    Err(_) => {}
-                }
+        let verdict = if trigger_mode { t.evidence(&self.relations, &p.key, p.lsn) } else { Err("no_trigger_fired") };
+        let session = t.choose_session(&verdict, &p, out);
+        let missing = match (trigger_mode, &verdict) {
+            (true, Err(reason)) => {
+                t.missing += 1;
+                Some(*reason)
             }
-        }
-        // A statement record written now goes before the row, which is the last thing in `out`: the row
-        // is set aside meanwhile (only then, so most rows are never copied).
-        let mut row: Option<BytesMut> = None;
-        let chosen = match &verdict {
-            Ok(name) => {
-                let b = t.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
-                let (n, small) = match &b.statement {
-                    Some(s) => s.clone(),
-                    None => {
-                        let session = b.session.clone();
-                        let open_lsn = b.open_lsn;
-                        row = Some(out.split_off(p.start));
-                        let s = t.statement(out, open_lsn, &session);
-                        let b = t.brackets.get_mut(name).and_then(|v| v.last_mut()).expect("covering bracket");
-                        b.statement = Some(s.clone());
-                        s
-                    }
-                };
-                t.attributed_trigger += 1;
-                Some(Chosen { statement: n, small })
-            }
-            Err(_) => match t.activity.clone() {
-                Some(a) => {
-                    t.attributed_activity += 1;
-                    let (n, small) = match &t.activity_statement {
-                        Some(s) => s.clone(),
-                        None => {
-                            let session: Session = serde_json::from_slice(&a.json).unwrap_or_default();
-                            row = Some(out.split_off(p.start));
-                            let s = t.statement(out, p.lsn, &session);
-                            t.activity_statement = Some(s.clone());
-                            s
-                        }
-                    };
-                    Some(Chosen { statement: n, small })
-                }
-                None => {
-                    t.unattributed += 1;
-                    None
-                }
-            },
+            _ => None,
         };
-        if let Some(r) = row {
-            out.extend_from_slice(&r);
-        }
-        if let (true, Err(reason)) = (trigger_mode, &verdict) {
-            t.missing += 1;
-            out.extend_from_slice(b",\"trigger_evidence\":\"missing\",\"trigger_evidence_reason\":");
-            push_str(out, reason);
-        }
-        out.extend_from_slice(b",\"session\":");
-        match chosen {
-            Some(c) => {
-                out.extend_from_slice(&c.small);
-                if t.first_session.is_none() {
-                    t.first_session = Some(c.small);
-                }
-                let _ = c.statement;
+        record::finish_row(out, missing, session.as_deref());
+        if let Some(s) = session {
+            if t.first_session.is_none() {
+                t.first_session = Some(s);
             }
-            None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b"}\n");
     }
 
     /// A message with our prefix, inside a transaction or not.
@@ -519,57 +585,12 @@ impl Assembler {
             }
             Ok(Evidence::Open(o)) => {
                 let Some(key) = self.relations.evidence_key(o.r) else { return };
-                let table = o.table();
-                let fresh = t.seen.insert(Bytes::copy_from_slice(content));
-                let why = if !fresh {
-                    Some("a copy of an earlier message of this transaction (replayed)".to_owned())
-                } else if t.full_xid.is_some_and(|x| x != o.xid) || o.xid % (1 << 32) != u64::from(t.xid) {
-                    Some(format!(
-                        "signed for xid {} but found in xid {}",
-                        o.xid,
-                        t.full_xid.unwrap_or(u64::from(t.xid))
-                    ))
-                } else if t.pid.is_some_and(|p| p != o.pid) {
-                    Some(format!("signed by pid {} in a transaction of pid {}", o.pid, t.pid.unwrap_or_default()))
-                } else if t.last_open_id.is_some_and(|l| o.id <= l) {
-                    Some("older than an earlier statement of this transaction (replayed)".to_owned())
-                } else {
-                    None
-                };
-                if let Some(why) = why {
+                if let Some(why) = t.open_rejection(&o, content) {
                     t.reject(lsn, why);
                     self.rejected_messages += 1;
                     return;
                 }
-                t.pid = Some(o.pid);
-                t.last_open_id = Some(o.id);
-                t.touched.insert(key.clone());
-                let mut session = o.session();
-                if let Some(a) = &t.activity {
-                    if !SessionJson::new(&session).same_backend(a) {
-                        session.conflict = serde_json::from_slice::<Session>(&a.json).ok().map(Box::new);
-                        t.conflict = true;
-                    }
-                }
-                let valid = if o.armed { Ok(()) } else { Err("closing_trigger_disabled") };
-                if !o.armed {
-                    t.problem(
-                        lsn,
-                        format!(
-                            "statement on {table} (pid {}, application {:?}) ran without its closing trigger (disabled, dropped or replaced): its rows are not attributed",
-                            o.pid,
-                            o.app.as_deref().unwrap_or("")
-                        ),
-                    );
-                }
-                t.brackets.entry(key).or_default().push(Bracket {
-                    open_lsn: lsn,
-                    open: o,
-                    valid,
-                    resumed: false,
-                    statement: None,
-                    session,
-                });
+                t.open_bracket(lsn, key, o);
             }
             Ok(Evidence::Close(c)) => {
                 let Some(key) = self.relations.evidence_key(c.r) else { return };
@@ -624,321 +645,41 @@ impl Assembler {
         if lsn < self.resume_after {
             return;
         }
-        out.extend_from_slice(b"{\"type\":\"trigger_error\",\"lsn\":");
-        push_lsn(out, lsn);
-        out.extend_from_slice(b",\"xid\":");
-        match r.xid {
-            Some(x) => push_u64(out, x % (1 << 32)),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"pid\":");
-        push_u64(out, r.pid.max(0) as u64);
-        out.extend_from_slice(b",\"table\":");
-        push_str(out, &table);
-        out.extend_from_slice(b",\"oid\":");
-        push_u64(out, u64::from(r.r));
-        out.extend_from_slice(b",\"op\":");
-        push_str(out, &r.op);
-        out.extend_from_slice(b",\"trigger\":");
-        push_str(out, &r.w);
-        out.extend_from_slice(b",\"error\":");
-        push_str(out, &r.e);
-        out.extend_from_slice(if r.signed { b",\"signed\":true}\n" } else { b",\"signed\":false}\n" });
+        record::write_trigger_error(
+            out,
+            &record::TriggerError {
+                lsn,
+                xid: r.xid.map(|x| x % (1 << 32)),
+                pid: r.pid.max(0) as u64,
+                table: &table,
+                oid: r.r,
+                op: &r.op,
+                trigger: &r.w,
+                error: &r.e,
+                signed: r.signed,
+            },
+        );
     }
 
     fn handle_inner(&mut self, lsn: Lsn, msg: Message, out: &mut BytesMut) -> Result<Step, AssembleError> {
         let name = msg.type_name();
         let err = |reason: String| AssembleError { lsn, message: name, reason };
         match msg {
-            Message::Begin { final_lsn, commit_time, xid } => {
-                if let Some(t) = &self.txn {
-                    return Err(err(format!("Begin of xid {xid} while xid {} is still open", t.xid)));
-                }
-                let full_xid = self.attributor.verifier.as_ref().map(|_| {
-                    let f = widen_xid(xid, self.xid_reference);
-                    self.xid_reference = self.xid_reference.max(f);
-                    f
-                });
-                let mut errors = Vec::new();
-                if let Some(f) = full_xid {
-                    self.error_reports.retain(|(l, x, table)| {
-                        let mine = *x == f;
-                        if mine {
-                            errors.push((*l, table.clone()));
-                        }
-                        !mine
-                    });
-                }
-                let activity = self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new);
-                let infer = activity.is_none() && self.attributor.activity.is_some();
-                let mut t = Txn {
-                    xid,
-                    full_xid,
-                    final_lsn,
-                    commit_time,
-                    skip: final_lsn < self.resume_after,
-                    origin: None,
-                    common: BytesMut::new(),
-                    deletes: 0,
-                    truncates: 0,
-                    activity,
-                    activity_statement: None,
-                    brackets: HashMap::new(),
-                    statements: HashMap::new(),
-                    seen: HashSet::new(),
-                    last_open_id: None,
-                    pid: None,
-                    touched: HashSet::new(),
-                    altered: HashSet::new(),
-                    errors,
-                    renames: Vec::new(),
-                    saved_relations: Vec::new(),
-                    first_session: None,
-                    attributed_trigger: 0,
-                    attributed_activity: 0,
-                    unattributed: 0,
-                    missing: 0,
-                    conflict: false,
-                    rejected: Vec::new(),
-                    problems: Vec::new(),
-                    infer,
-                    keys: Vec::new(),
-                };
-                t.rebuild_common();
-                self.txn = Some(t);
-            }
+            Message::Begin { final_lsn, commit_time, xid } => self.begin(final_lsn, commit_time, xid).map_err(err)?,
             Message::Origin { name: origin, .. } => {
                 let t = self.txn.as_mut().ok_or_else(|| err("Origin outside a transaction".into()))?;
                 t.origin = Some(origin);
                 t.rebuild_common();
             }
             Message::Relation { oid, namespace, name: relname, replica_identity, columns, .. } => {
-                if let Some(t) = self.txn.as_mut().filter(|t| t.final_lsn == ABORT_SENTINEL_LSN) {
-                    if !t.saved_relations.iter().any(|(o, _)| *o == oid) {
-                        t.saved_relations.push((oid, self.relations.save(oid)));
-                    }
-                }
-                self.relations.update(oid, namespace, relname, replica_identity, columns);
-                if let (Some(t), Some(r)) = (self.txn.as_mut(), self.relations.get(oid)) {
-                    // Sent again inside the transaction after evidence or rows of the table: its definition
-                    // or triggers changed since (ALTER TABLE … DISABLE TRIGGER, DROP TRIGGER, …).
-                    if let Some(key) = r.watched.map(|i| self.relations.table_key(i)) {
-                        if t.touched.contains(&key) {
-                            t.altered.insert(key);
-                        }
-                    }
-                }
+                self.relation(oid, namespace, relname, replica_identity, columns)
             }
-            Message::Delete { relid, old, .. } => {
-                let t = self.txn.as_mut().ok_or_else(|| err("Delete outside a transaction".into()))?;
-                let rel = self
-                    .relations
-                    .get(relid)
-                    .ok_or_else(|| err(format!("relation OID {relid} was never described by a Relation message")))?;
-                let Some(w) = rel.watched else {
-                    return Ok(Step::Continue);
-                };
-                let vals = &old.tuple.columns;
-                if vals.len() != rel.columns.len() {
-                    return Err(err(format!(
-                        "old tuple of {} has {} columns, its Relation message described {}",
-                        rel.name.qualified(),
-                        vals.len(),
-                        rel.columns.len()
-                    )));
-                }
-                note_rename(&mut self.relations, t, w, lsn, out);
-                if t.skip {
-                    return Ok(Step::Continue);
-                }
-                let Some(rel) = self.relations.get(relid) else {
-                    return Err(err(format!("relation OID {relid} vanished from the relation cache")));
-                };
-                let row_start = out.len();
-                out.extend_from_slice(&rel.delete_prefix);
-                push_u64(out, u64::from(t.xid));
-                out.extend_from_slice(b",\"lsn\":");
-                push_lsn(out, lsn);
-                out.extend_from_slice(&t.common);
-                out.extend_from_slice(b",\"key\":");
-                let key_cols = match old.kind {
-                    OldKind::Key => Some(&rel.identity_cols),
-                    OldKind::Old => rel.pk_cols.as_ref(),
-                };
-                if let (true, Some([i])) = (t.infer && t.keys.len() < MAX_KEYS, key_cols.map(Vec::as_slice)) {
-                    if let Some(Value::Text(v)) = vals.get(*i) {
-                        t.keys.push(String::from_utf8_lossy(v).into_owned());
-                    }
-                }
-                match key_cols {
-                    Some(cols) => push_object(out, cols.iter().map(|&i| (&rel.columns[i].name_json[..], &vals[i]))),
-                    None => out.extend_from_slice(b"null"),
-                }
-                out.extend_from_slice(b",\"old\":");
-                match old.kind {
-                    OldKind::Old => {
-                        push_object(out, rel.columns.iter().zip(vals.iter()).map(|(c, v)| (&c.name_json[..], v)))
-                    }
-                    OldKind::Key => out.extend_from_slice(b"null"),
-                }
-                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Rel(relid) });
-                t.deletes += 1;
-            }
+            Message::Delete { relid, old, .. } => self.delete(lsn, relid, old, out).map_err(err)?,
             Message::Truncate { relids, cascade, restart_identity, .. } => {
-                let t = self.txn.as_mut().ok_or_else(|| err("Truncate outside a transaction".into()))?;
-                // The watched relations it truncated (each once) and the watched tables they belong to.
-                let mut seen: Vec<u32> = Vec::with_capacity(relids.len());
-                let mut tables: Vec<usize> = Vec::new();
-                for relid in relids {
-                    let rel = self.relations.get(relid).ok_or_else(|| {
-                        err(format!("relation OID {relid} was never described by a Relation message"))
-                    })?;
-                    if let Some(w) = rel.watched {
-                        if !seen.contains(&relid) {
-                            seen.push(relid);
-                            if !tables.contains(&w) {
-                                tables.push(w);
-                            }
-                        }
-                    }
-                }
-                for &w in &tables {
-                    note_rename(&mut self.relations, t, w, lsn, out);
-                }
-                if seen.is_empty() || t.skip {
-                    return Ok(Step::Continue);
-                }
-                let row_start = out.len();
-                out.extend_from_slice(b"{\"type\":\"truncate\",\"tables\":[");
-                for (i, &w) in tables.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b",");
-                    }
-                    push_str(out, &self.relations.table(w).current.qualified());
-                }
-                out.extend_from_slice(b"],\"relations\":[");
-                for (i, relid) in seen.iter().enumerate() {
-                    let Some(rel) = self.relations.get(*relid) else { continue };
-                    let Some(w) = rel.watched else { continue };
-                    if i > 0 {
-                        out.extend_from_slice(b",");
-                    }
-                    out.extend_from_slice(b"{");
-                    self.relations.push_reference(out, w, rel);
-                    out.extend_from_slice(b"}");
-                }
-                out.extend_from_slice(b"],\"xid\":");
-                push_u64(out, u64::from(t.xid));
-                out.extend_from_slice(b",\"lsn\":");
-                push_lsn(out, lsn);
-                out.extend_from_slice(&t.common);
-                out.extend_from_slice(if cascade { b",\"cascade\":true" } else { b",\"cascade\":false" });
-                out.extend_from_slice(if restart_identity {
-                    b",\"restart_identity\":true"
-                } else {
-                    b",\"restart_identity\":false"
-                });
-                self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(tables) });
-                t.truncates += 1;
+                self.truncate(lsn, relids, cascade, restart_identity, out).map_err(err)?
             }
             Message::Commit { commit_lsn, end_lsn, commit_time, .. } => {
-                let mut t = self.txn.take().ok_or_else(|| err("Commit outside a transaction".into()))?;
-                if commit_lsn != t.final_lsn {
-                    return Err(err(format!(
-                        "Commit of xid {} at {commit_lsn} but its Begin announced {}",
-                        t.xid, t.final_lsn
-                    )));
-                }
-                // An aborted attempt's Relation messages never counted as sent (see ABORT_SENTINEL_LSN).
-                for (oid, saved) in t.saved_relations.drain(..).rev() {
-                    self.relations.restore(oid, saved);
-                }
-                let unclosed: Vec<(String, Lsn)> =
-                    t.brackets.values().flat_map(|v| v.iter().map(|b| (b.open.table(), b.open_lsn))).collect();
-                for (name, at) in unclosed {
-                    t.problem(commit_lsn, format!("the statement on {name} opened at {at} was never closed"));
-                }
-                let wrote = !t.skip && (t.deletes > 0 || t.truncates > 0);
-                if wrote {
-                    out.extend_from_slice(b"{\"type\":\"commit\",\"xid\":");
-                    push_u64(out, u64::from(t.xid));
-                    out.extend_from_slice(b",\"commit_lsn\":");
-                    push_lsn(out, commit_lsn);
-                    out.extend_from_slice(b",\"end_lsn\":");
-                    push_lsn(out, end_lsn);
-                    out.extend_from_slice(b",\"commit_time\":");
-                    push_str(out, &format_pg_time(commit_time));
-                    out.extend_from_slice(b",\"origin\":");
-                    match &t.origin {
-                        Some(o) => push_str(out, o),
-                        None => out.extend_from_slice(b"null"),
-                    }
-                    out.extend_from_slice(b",\"deletes\":");
-                    push_u64(out, t.deletes);
-                    out.extend_from_slice(b",\"truncates\":");
-                    push_u64(out, t.truncates);
-                    out.extend_from_slice(b",\"session\":");
-                    match &t.first_session {
-                        Some(s) => out.extend_from_slice(s),
-                        None => out.extend_from_slice(b"null"),
-                    }
-                    let total = t.deletes + t.truncates;
-                    let attribution = if t.attributed_trigger == total {
-                        "trigger"
-                    } else if t.attributed_activity == total {
-                        "activity"
-                    } else if t.unattributed == total {
-                        "none"
-                    } else {
-                        "partial"
-                    };
-                    out.extend_from_slice(b",\"attribution\":");
-                    push_str(out, attribution);
-                    // Inference for the rows without a session; why there is none when nothing named them.
-                    let mut named = t.unattributed == 0;
-                    let inference = match &self.attributor.activity {
-                        Some(m) if t.infer && t.unattributed > 0 => m.infer(t.xid, commit_time, &t.keys),
-                        _ => None,
-                    };
-                    if t.unattributed > 0 {
-                        match &inference {
-                            Some(Inference::Inferred { json, named: one }) => {
-                                out.extend_from_slice(b",\"inferred\":");
-                                out.extend_from_slice(json);
-                                named = *one;
-                            }
-                            Some(Inference::Unattributed(reason)) if t.first_session.is_none() => {
-                                out.extend_from_slice(b",\"unattributed_reason\":");
-                                push_str(out, reason);
-                            }
-                            _ => {}
-                        }
-                    }
-                    if let Some(i) = inference {
-                        self.last_inference = Some((t.xid, i));
-                    }
-                    self.written_transactions += 1;
-                    if !named {
-                        self.unnamed_transactions += 1;
-                    }
-                    if t.conflict {
-                        out.extend_from_slice(b",\"attribution_conflict\":true");
-                    }
-                    if t.missing > 0 {
-                        out.extend_from_slice(b",\"trigger_evidence_missing\":");
-                        push_u64(out, t.missing);
-                    }
-                    push_str_list(out, "rejected_attribution_messages", &t.rejected);
-                    push_str_list(out, "trigger_evidence_problems", &t.problems);
-                    out.extend_from_slice(b"}\n");
-                }
-                return Ok(Step::Committed {
-                    end_lsn,
-                    wrote,
-                    deletes: if wrote { t.deletes } else { 0 },
-                    truncates: if wrote { t.truncates } else { 0 },
-                    commit_time,
-                });
+                return self.commit(commit_lsn, end_lsn, commit_time, out).map_err(err)
             }
             Message::LogicalMessage { transactional, prefix, content, .. } if prefix == TRIGGER_PREFIX => {
                 self.trigger_message(lsn, transactional, &content, out);
@@ -965,6 +706,249 @@ impl Assembler {
         }
         Ok(Step::Continue)
     }
+
+    fn begin(&mut self, final_lsn: Lsn, commit_time: i64, xid: u32) -> Result<(), String> {
+        if let Some(t) = &self.txn {
+            return Err(format!("Begin of xid {xid} while xid {} is still open", t.xid));
+        }
+        let full_xid = self.attributor.verifier.as_ref().map(|_| {
+            let f = widen_xid(xid, self.xid_reference);
+            self.xid_reference = self.xid_reference.max(f);
+            f
+        });
+        // The trigger's error reports that arrived before the transaction (they are sent outside it).
+        let mut errors = Vec::new();
+        if let Some(f) = full_xid {
+            self.error_reports.retain(|(l, x, table)| {
+                let mine = *x == f;
+                if mine {
+                    errors.push((*l, table.clone()));
+                }
+                !mine
+            });
+        }
+        let activity = self.attributor.activity.as_ref().and_then(|m| m.lookup(xid)).map(Arc::new);
+        let infer = activity.is_none() && self.attributor.activity.is_some();
+        let mut t = Txn::new(xid, final_lsn, commit_time);
+        t.full_xid = full_xid;
+        t.skip = final_lsn < self.resume_after;
+        t.activity = activity;
+        t.errors = errors;
+        t.infer = infer;
+        t.rebuild_common();
+        self.txn = Some(t);
+        Ok(())
+    }
+
+    fn relation(
+        &mut self,
+        oid: u32,
+        namespace: String,
+        relname: String,
+        replica_identity: ReplicaIdentity,
+        columns: Vec<Column>,
+    ) {
+        if let Some(t) = self.txn.as_mut().filter(|t| t.final_lsn == ABORT_SENTINEL_LSN) {
+            if !t.saved_relations.iter().any(|(o, _)| *o == oid) {
+                t.saved_relations.push((oid, self.relations.save(oid)));
+            }
+        }
+        self.relations.update(oid, namespace, relname, replica_identity, columns);
+        if let (Some(t), Some(r)) = (self.txn.as_mut(), self.relations.get(oid)) {
+            // Sent again inside the transaction after evidence or rows of the table: its definition
+            // or triggers changed since (ALTER TABLE … DISABLE TRIGGER, DROP TRIGGER, …).
+            if let Some(key) = r.watched.map(|i| self.relations.table_key(i)) {
+                if t.touched.contains(&key) {
+                    t.altered.insert(key);
+                }
+            }
+        }
+    }
+
+    /// A `delete` record, up to its session (`pending`).
+    fn delete(&mut self, lsn: Lsn, relid: u32, old: OldTuple, out: &mut BytesMut) -> Result<(), String> {
+        let t = self.txn.as_mut().ok_or_else(|| "Delete outside a transaction".to_owned())?;
+        let rel = self
+            .relations
+            .get(relid)
+            .ok_or_else(|| format!("relation OID {relid} was never described by a Relation message"))?;
+        let Some(w) = rel.watched else {
+            return Ok(());
+        };
+        let vals = &old.tuple.columns;
+        if vals.len() != rel.columns.len() {
+            return Err(format!(
+                "old tuple of {} has {} columns, its Relation message described {}",
+                rel.name.qualified(),
+                vals.len(),
+                rel.columns.len()
+            ));
+        }
+        note_rename(&mut self.relations, t, w, lsn, out);
+        if t.skip {
+            return Ok(());
+        }
+        let Some(rel) = self.relations.get(relid) else {
+            return Err(format!("relation OID {relid} vanished from the relation cache"));
+        };
+        let key_cols = match old.kind {
+            OldKind::Key => Some(&rel.identity_cols),
+            OldKind::Old => rel.pk_cols.as_ref(),
+        };
+        if let (true, Some([i])) = (t.infer && t.keys.len() < MAX_KEYS, key_cols.map(Vec::as_slice)) {
+            if let Some(Value::Text(v)) = vals.get(*i) {
+                t.keys.push(String::from_utf8_lossy(v).into_owned());
+            }
+        }
+        let row_start = out.len();
+        let key = key_cols.map(|cols| cols.iter().map(|&i| (&rel.columns[i].name_json[..], &vals[i])));
+        let whole = rel.columns.iter().zip(vals.iter()).map(|(c, v)| (&c.name_json[..], v));
+        let whole = matches!(old.kind, OldKind::Old).then_some(whole);
+        record::write_delete(out, &rel.delete_prefix, t.xid, lsn, &t.common, key, whole);
+        self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Rel(relid) });
+        t.deletes += 1;
+        Ok(())
+    }
+
+    /// A `truncate` record of the watched relations among `relids`, up to its session (`pending`).
+    fn truncate(
+        &mut self,
+        lsn: Lsn,
+        relids: Vec<u32>,
+        cascade: bool,
+        restart_identity: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
+        let t = self.txn.as_mut().ok_or_else(|| "Truncate outside a transaction".to_owned())?;
+        // The watched relations it truncated (each once) and the watched tables they belong to.
+        let mut seen: Vec<u32> = Vec::with_capacity(relids.len());
+        let mut tables: Vec<usize> = Vec::new();
+        for relid in relids {
+            let rel = self
+                .relations
+                .get(relid)
+                .ok_or_else(|| format!("relation OID {relid} was never described by a Relation message"))?;
+            if let Some(w) = rel.watched {
+                if !seen.contains(&relid) {
+                    seen.push(relid);
+                    if !tables.contains(&w) {
+                        tables.push(w);
+                    }
+                }
+            }
+        }
+        for &w in &tables {
+            note_rename(&mut self.relations, t, w, lsn, out);
+        }
+        if seen.is_empty() || t.skip {
+            return Ok(());
+        }
+        let mut relations = BytesMut::new();
+        for (i, relid) in seen.iter().enumerate() {
+            let Some(rel) = self.relations.get(*relid) else { continue };
+            let Some(w) = rel.watched else { continue };
+            if i > 0 {
+                relations.extend_from_slice(b",");
+            }
+            relations.extend_from_slice(b"{");
+            self.relations.push_reference(&mut relations, w, rel);
+            relations.extend_from_slice(b"}");
+        }
+        let row_start = out.len();
+        let names = tables.iter().map(|&w| self.relations.table(w).current.qualified());
+        record::write_truncate(out, names, &relations, t.xid, lsn, &t.common, cascade, restart_identity);
+        self.pending = Some(Pending { lsn, start: row_start, key: PendingKey::Tables(tables) });
+        t.truncates += 1;
+        Ok(())
+    }
+
+    /// Ends the transaction: its `commit` record if it wrote rows.
+    fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64, out: &mut BytesMut) -> Result<Step, String> {
+        let mut t = self.txn.take().ok_or_else(|| "Commit outside a transaction".to_owned())?;
+        if commit_lsn != t.final_lsn {
+            return Err(format!("Commit of xid {} at {commit_lsn} but its Begin announced {}", t.xid, t.final_lsn));
+        }
+        // An aborted attempt's Relation messages never counted as sent (see ABORT_SENTINEL_LSN).
+        for (oid, saved) in t.saved_relations.drain(..).rev() {
+            self.relations.restore(oid, saved);
+        }
+        let unclosed: Vec<(String, Lsn)> =
+            t.brackets.values().flat_map(|v| v.iter().map(|b| (b.open.table(), b.open_lsn))).collect();
+        for (name, at) in unclosed {
+            t.problem(commit_lsn, format!("the statement on {name} opened at {at} was never closed"));
+        }
+        let wrote = !t.skip && (t.deletes > 0 || t.truncates > 0);
+        if wrote {
+            self.write_commit(&t, commit_lsn, end_lsn, commit_time, out);
+        }
+        Ok(Step::Committed {
+            end_lsn,
+            wrote,
+            deletes: if wrote { t.deletes } else { 0 },
+            truncates: if wrote { t.truncates } else { 0 },
+            commit_time,
+        })
+    }
+
+    /// The `commit` record, with how the rows were attributed (or what inference found for them).
+    fn write_commit(&mut self, t: &Txn, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64, out: &mut BytesMut) {
+        let total = t.deletes + t.truncates;
+        let attribution = if t.attributed_trigger == total {
+            "trigger"
+        } else if t.attributed_activity == total {
+            "activity"
+        } else if t.unattributed == total {
+            "none"
+        } else {
+            "partial"
+        };
+        // Inference for the rows without a session; why there is none when nothing named them.
+        let mut named = t.unattributed == 0;
+        let inference = match &self.attributor.activity {
+            Some(m) if t.infer && t.unattributed > 0 => m.infer(t.xid, commit_time, &t.keys),
+            _ => None,
+        };
+        let (mut inferred, mut unattributed_reason) = (None, None);
+        if t.unattributed > 0 {
+            match &inference {
+                Some(Inference::Inferred { json, named: one }) => {
+                    inferred = Some(&json[..]);
+                    named = *one;
+                }
+                Some(Inference::Unattributed(reason)) if t.first_session.is_none() => {
+                    unattributed_reason = Some(&reason[..]);
+                }
+                _ => {}
+            }
+        }
+        record::write_commit(
+            out,
+            &record::Commit {
+                xid: t.xid,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                origin: t.origin.as_deref(),
+                deletes: t.deletes,
+                truncates: t.truncates,
+                session: t.first_session.as_deref(),
+                attribution,
+                inferred,
+                unattributed_reason,
+                conflict: t.conflict,
+                evidence_missing: t.missing,
+                rejected: &t.rejected,
+                problems: &t.problems,
+            },
+        );
+        if let Some(i) = inference {
+            self.last_inference = Some((t.xid, i));
+        }
+        self.written_transactions += 1;
+        if !named {
+            self.unnamed_transactions += 1;
+        }
+    }
 }
 
 /// Writes `relation_renamed` before the first record that shows the watched table `i` under another
@@ -981,27 +965,21 @@ fn note_rename(relations: &mut RelationCache, t: &mut Txn, i: usize, lsn: Lsn, o
         return;
     }
     let st = relations.table(i);
-    out.extend_from_slice(b"{\"type\":\"relation_renamed\",\"oid\":");
-    match st.oid {
-        Some(o) => push_u64(out, u64::from(o)),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"table\":");
-    push_str(out, &st.current.qualified());
-    out.extend_from_slice(b",");
-    st.current.push_fields(out);
-    out.extend_from_slice(b",\"previous_table\":");
-    push_str(out, &previous.qualified());
-    out.extend_from_slice(b",\"previous_schema\":");
-    push_str(out, &previous.schema);
-    out.extend_from_slice(b",\"previous_name\":");
-    push_str(out, &previous.name);
-    out.extend_from_slice(b",\"xid\":");
-    push_u64(out, u64::from(t.xid));
-    out.extend_from_slice(b",\"lsn\":");
-    push_lsn(out, lsn);
-    out.extend_from_slice(&t.common);
-    out.extend_from_slice(b"}\n");
+    record::write_relation_renamed(
+        out,
+        &record::RelationRenamed {
+            oid: st.oid,
+            table: &st.current.qualified(),
+            schema: &st.current.schema,
+            name: &st.current.name,
+            previous_table: &previous.qualified(),
+            previous_schema: &previous.schema,
+            previous_name: &previous.name,
+            xid: t.xid,
+            lsn,
+            common: &t.common,
+        },
+    );
 }
 
 fn describe_unmatched(c: &Close, table: &str) -> String {
@@ -1009,35 +987,6 @@ fn describe_unmatched(c: &Close, table: &str) -> String {
         "a statement on {table} (depth {}) ended without a matching start: its opening trigger did not fire (disabled, dropped or failed), or the close was forged",
         c.d
     )
-}
-
-fn push_str_list(out: &mut BytesMut, name: &str, items: &[String]) {
-    if items.is_empty() {
-        return;
-    }
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":[");
-    for (i, r) in items.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b",");
-        }
-        push_str(out, r);
-    }
-    out.extend_from_slice(b"]");
-}
-
-fn push_object<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a [u8], &'a Value)>) {
-    out.extend_from_slice(b"{");
-    for (i, (name, v)) in fields.enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b",");
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b":");
-        push_value(out, v);
-    }
-    out.extend_from_slice(b"}");
 }
 
 #[cfg(test)]
