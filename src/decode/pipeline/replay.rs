@@ -7,7 +7,7 @@ use super::route::{Held, SpoolError};
 use crate::decode::ABORT_SENTINEL_LSN;
 use crate::protocol::pgoutput::{self, Message, ParseOptions};
 use crate::protocol::Lsn;
-use crate::sink::record::{format_pg_time, push_lsn, push_str, push_u64};
+use crate::sink::record::{self, format_pg_time, push_lsn, push_str, Kind};
 use crate::sink::spool::{Spool, SpoolReader};
 
 /// Commit time written into an aborted transaction's synthesized Begin, with `ABORT_SENTINEL_LSN`.
@@ -127,7 +127,7 @@ impl Replay {
     pub fn finish_last(&self, rendered: Bytes) -> Bytes {
         let Some(cut) = last_line_start(&rendered) else { return self.finish_rows(rendered) };
         let last = &rendered[cut..];
-        if !last.starts_with(b"{\"type\":\"commit\",") || !last.ends_with(b"}\n") {
+        if !last.starts_with(Kind::Commit.open()) || !last.ends_with(b"}\n") {
             return self.finish_rows(rendered);
         }
         let rows = self.finish_rows(rendered.slice(..cut));
@@ -146,11 +146,7 @@ impl Replay {
                 // The commit record from ",\"origin\":" on (origin, counts, session, attribution) is
                 // what the abort record says too; what comes before it is the sentinel commit data.
                 let Some(o) = memchr::memmem::find(last, b",\"origin\":") else { return rendered };
-                out.extend_from_slice(b"{\"type\":\"abort\",\"xid\":");
-                push_u64(&mut out, u64::from(self.xid));
-                out.extend_from_slice(b",\"subxid\":");
-                push_u64(&mut out, u64::from(subxid));
-                push_abort_fields(&mut out, abort_lsn, abort_time);
+                record::write_abort_head(&mut out, self.xid, subxid, abort_lsn, abort_time);
                 out.extend_from_slice(&last[o..last.len() - 2]);
                 if let Some(g) = &self.gid {
                     out.extend_from_slice(b",\"gid\":");
@@ -170,19 +166,6 @@ fn last_line_start(b: &[u8]) -> Option<usize> {
     Some(b[..b.len() - 1].iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1))
 }
 
-fn push_abort_fields(out: &mut BytesMut, abort_lsn: Option<Lsn>, abort_time: Option<i64>) {
-    out.extend_from_slice(b",\"abort_lsn\":");
-    match abort_lsn {
-        Some(l) => push_lsn(out, l),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"abort_time\":");
-    match abort_time {
-        Some(t) => push_str(out, &format_pg_time(t)),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// `delete`/`truncate` lines rendered with the sentinel commit data become `aborted_delete` /
 /// `aborted_truncate` with `commit_lsn`/`commit_time` null and `abort_lsn`/`abort_time`.
 fn rewrite_aborted(rendered: &[u8], abort_lsn: Option<Lsn>, abort_time: Option<i64>) -> Bytes {
@@ -193,23 +176,18 @@ fn rewrite_aborted(rendered: &[u8], abort_lsn: Option<Lsn>, abort_time: Option<i
     push_str(&mut sentinel, &format_pg_time(ABORT_SENTINEL_TIME));
     let mut replacement = BytesMut::new();
     replacement.extend_from_slice(b",\"commit_lsn\":null,\"commit_time\":null");
-    push_abort_fields(&mut replacement, abort_lsn, abort_time);
+    record::push_abort_fields(&mut replacement, abort_lsn, abort_time);
     let finder = memchr::memmem::Finder::new(&sentinel[..]);
     let mut out = BytesMut::with_capacity(rendered.len() + rendered.len() / 8);
     for line in rendered.split_inclusive(|&c| c == b'\n') {
-        let rest = if let Some(r) = line.strip_prefix(b"{\"type\":\"delete\",".as_slice()) {
-            out.extend_from_slice(b"{\"type\":\"aborted_delete\",");
-            r
-        } else if let Some(r) = line.strip_prefix(b"{\"type\":\"truncate\",".as_slice()) {
-            out.extend_from_slice(b"{\"type\":\"aborted_truncate\",");
-            r
-        } else if let Some(r) = line.strip_prefix(b"{\"type\":\"statement\",".as_slice()) {
-            out.extend_from_slice(b"{\"type\":\"aborted_statement\",");
-            r
-        } else {
+        let aborted = [Kind::Delete, Kind::Truncate, Kind::Statement]
+            .into_iter()
+            .find_map(|k| Some((line.strip_prefix(k.open())?, k.aborted()?)));
+        let Some((rest, kind)) = aborted else {
             out.extend_from_slice(line);
             continue;
         };
+        out.extend_from_slice(kind.open());
         match finder.find(rest) {
             Some(i) => {
                 out.extend_from_slice(&rest[..i]);
