@@ -292,3 +292,54 @@ fn reset_forgets_partial_streams() {
     h.feed(0x410, stream_commit(TOP, 0x400, 0x410));
     assert_eq!(h.keys("delete"), ["1"]);
 }
+
+/// `Pipeline::feed` (offline decoding, `replay --raw`) writes what the live loop's path writes, for
+/// streamed, prepared and ordinary transactions alike, whatever the spill size.
+#[test]
+fn offline_feed_writes_what_the_live_path_writes() {
+    let frames: Vec<(u64, Bytes)> = vec![
+        (0x100, stream_start(TOP, true)),
+        (0x100, relation(Some(TOP))),
+        (0x110, delete(Some(TOP), "1")),
+        (0x120, delete(Some(701), "2")),
+        (0x130, stream_stop()),
+        (0x200, begin(800, 0x230)),
+        (0x200, relation(None)),
+        (0x210, delete(None, "x")),
+        (0x238, commit(0x230, 0x240)),
+        (0x300, stream_start(TOP, false)),
+        (0x300, stream_abort(TOP, 701)),
+        (0x310, delete(Some(TOP), "3")),
+        (0x320, stream_stop()),
+        (0x410, stream_commit(TOP, 0x400, 0x410)),
+        (0x500, begin_prepare(900, "g")),
+        (0x500, relation(None)),
+        (0x505, delete(None, "p")),
+        (0x510, prepare(900, "g")),
+        (0x600, commit_prepared(900, "g", 0x600, 0x610)),
+    ];
+    let mut live = Harness::new(false, Lsn(0));
+    for (lsn, f) in &frames {
+        live.feed(*lsn, f.clone());
+    }
+    assert_eq!(live.keys("delete"), ["x", "1", "3", "p"]);
+    for spill_at in [0, 64, usize::MAX] {
+        let mut off = Harness::new(false, Lsn(0));
+        let mut log = Vec::new();
+        for (lsn, f) in &frames {
+            let mut spilled = Vec::new();
+            let ended = off
+                .p
+                .feed(Lsn(*lsn), f, &mut off.out, spill_at, &mut |b| {
+                    spilled.extend_from_slice(&b);
+                    Ok(())
+                })
+                .unwrap();
+            log.extend_from_slice(&spilled);
+            if ended.is_some() {
+                log.extend_from_slice(&off.out.split());
+            }
+        }
+        assert_eq!(String::from_utf8(log).unwrap(), String::from_utf8(live.log.clone()).unwrap(), "{spill_at}");
+    }
+}
