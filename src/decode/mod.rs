@@ -1,8 +1,8 @@
 //! Transaction assembly: turns the pgoutput message sequence into forensic log records.
 //!
-//! Pure: messages in, bytes of JSON lines out. The pipeline (`pipeline`) feeds every decoded message with the
-//! LSN from its XLogData header (for a change, the change's own LSN) and forwards the bytes to the
-//! writer. Rows are written as they arrive — pgoutput sends a non-streamed transaction only after it
+//! Pure: messages in, bytes of JSON lines out. The pipeline (`pipeline`) feeds every decoded message
+//! with the LSN from its XLogData header (for a change, the change's own LSN); the capture loop
+//! forwards the bytes to the writer. Rows are written as they arrive — pgoutput sends a non-streamed transaction only after it
 //! committed, and Begin already carries its commit LSN and time — so memory does not grow with the
 //! size of a transaction. The commit record closes the transaction; a transaction cut short by a lost
 //! connection is rolled back in the file by the writer (see `sink::writer`).
