@@ -1,4 +1,5 @@
-//! The Assembler on hand-built message sequences: records, attribution and trigger evidence.
+//! The Assembler on hand-built message sequences: records, attribution and trigger evidence. Compiled
+//! only for tests (`#[cfg(test)] mod tests` in `decode`).
 use super::*;
 use crate::attribution::activity::ActivityMap;
 use crate::attribution::trigger::{pads, Verifier};
