@@ -15,8 +15,8 @@
 //! | | [`cmd`] | one file per subcommand: flags → options → run (`cmd::capture`, `cmd::server`, `cmd::docs`); `main` prints failures |
 //! | | [`cli`] | every flag (clap); turned into option structs before anything runs |
 //! | evidence | [`attribution`] | who ran a transaction: the activity sampler, inference from statement windows (`attribution::infer`, kept apart from evidence) and the trigger's signed statement brackets |
-//! | log | [`sink`] | the record format, the durable writer and its chain, raw and spool files, safe output files |
-//! | decoding | [`decode`] | pgoutput messages → log records: relation cache, transaction assembly (pure) |
+//! | log | [`sink`] | the record format with its `Kind`s and encoders (`sink::record`), the durable writer and its chain, raw and spool files, safe output files |
+//! | decoding | [`decode`] | pgoutput messages → log records: relation cache, transaction assembly (pure); `decode::pipeline` (parse → hold streamed and prepared transactions in spools → assemble), the one path of the live loop and `replay --raw` |
 //! | | [`protocol`] | bytes → replication frames and pgoutput messages (pure), LSNs; `protocol::encode` builds messages for tests, fuzzing and benches |
 //! | server | [`pg`] | connection settings (DSN, service, pgpass), TLS, the replication connection, SQL sessions, catalog queries, quoting, leftovers |
 //! | shared | [`error`], [`term`] | exit codes and failures; terminal-safe output and byte counts for people |

@@ -13,16 +13,18 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::acks::{Acks, Ticket};
-use super::spooled::{self, Replay, Route, Spooled};
+use super::spooled::{self, Spooled};
 use super::status::Progress;
 use super::Outcome;
+use crate::attribution::infer::Inference;
+use crate::decode::pipeline::{Pipeline, PipelineError, Received, Replay, ReplayKind};
 use crate::decode::{Assembler, Step};
 use crate::error::{from_pg, Exit, Failure};
 use crate::pg::config::ConnSpec;
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
 use crate::pg::error::{DbError, PgError};
 use crate::pg::names::{quote_ident, quote_literal};
-use crate::protocol::pgoutput::{self, Message, ParseOptions};
+use crate::protocol::pgoutput::Message;
 use crate::protocol::replication::{
     encode_standby_status, parse_copy_data, unix_micros_to_pg_micros, ReplicationMessage,
 };
@@ -51,7 +53,9 @@ impl StopReason {
     }
 }
 
-pub struct LoopOptions {
+/// `S`: the streamed and prepared transactions held (`Spooled`) until the loop takes them into its
+/// pipeline (`()` after that).
+pub struct LoopOptions<S = Spooled> {
     /// The raw capture file, if requested.
     pub raw: Option<crate::sink::raw::RawWriter>,
     pub keep_slot: bool,
@@ -70,11 +74,54 @@ pub struct LoopOptions {
     /// Reconnect when nothing at all arrives for this long (`--receive-timeout`; `None`: never).
     pub receive_timeout: Option<Duration>,
     /// Streamed and prepared transactions, held until they are final.
-    pub spooled: Spooled,
+    pub spooled: S,
     /// The periodic check that the publication still covers the watched tables (`coverage`).
     pub coverage: Option<super::coverage::Checker>,
     /// Catalog lookups of relations the stream describes that are not known to be watched.
     pub partitions: super::partitions::PartitionLookup,
+}
+
+impl LoopOptions {
+    /// The held transactions apart from the rest.
+    fn split(self) -> (Spooled, LoopOptions<()>) {
+        let LoopOptions {
+            raw,
+            keep_slot,
+            max_retained_wal,
+            drop_on_lag,
+            slot,
+            publication,
+            endpos,
+            endpos_later,
+            duration,
+            status_every,
+            progress,
+            progress_interval,
+            receive_timeout,
+            spooled,
+            coverage,
+            partitions,
+        } = self;
+        let o = LoopOptions {
+            raw,
+            keep_slot,
+            max_retained_wal,
+            drop_on_lag,
+            slot,
+            publication,
+            endpos,
+            endpos_later,
+            duration,
+            status_every,
+            progress,
+            progress_interval,
+            receive_timeout,
+            spooled: (),
+            coverage,
+            partitions,
+        };
+        (spooled, o)
+    }
 }
 
 /// Flush a transaction's rows to the writer in pieces of this size, so memory does not grow with it.
@@ -85,9 +132,10 @@ struct Loop {
     target: StreamTarget,
     repl: ReplicationConnection,
     writer: Writer,
-    asm: Assembler,
+    /// Parse, route, assemble (`decode::pipeline`).
+    pipe: Pipeline,
     out: BytesMut,
-    o: LoopOptions,
+    o: LoopOptions<()>,
     /// What may be acknowledged and where the log resumes (`acks`).
     acks: Acks,
     last_status: Instant,
@@ -223,16 +271,17 @@ pub async fn run(
 ) -> Result<Outcome, Failure> {
     let Signals { mut sigint, mut sigterm } = signals;
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut durable = writer.durable();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let now = Instant::now();
     let progress = Progress::new(o.progress, o.progress_interval, retained);
+    let (spooled, o) = o.split();
+    let pipe = Pipeline::new(asm, spooled, target.stream_abort_has_lsn);
     let mut lp = Loop {
         target,
         repl,
         writer,
-        asm,
+        pipe,
         out: BytesMut::with_capacity(CHUNK * 2),
         o,
         acks: Acks::new(start_lsn),
@@ -248,109 +297,11 @@ pub async fn run(
         last_heard: now,
         advised: false,
     };
-    let result: Result<StopReason, Failure> = async {
-        loop {
-            let step: Result<Flow, Failure> = tokio::select! {
-                biased;
-                _ = sigint.recv() => Ok(Flow::Stop(StopReason::Sigint)),
-                _ = sigterm.recv() => Ok(Flow::Stop(StopReason::Sigterm)),
-                _ = sleep_until_opt(deadline), if deadline.is_some() => Ok(Flow::Stop(StopReason::Duration)),
-                r = durable.changed() => {
-                    if r.is_err() || durable.borrow().error.is_some() {
-                        return Err(lp.writer_failure());
-                    }
-                    Ok(Flow::Go)
-                }
-                _ = lp.tick.tick() => {
-                    if let Some(rx) = &lp.o.endpos_later {
-                        if let Some(e) = *rx.borrow() {
-                            lp.o.endpos = Some(e);
-                        }
-                    }
-                    // Batched transactions wait at most one tick for the writer.
-                    match lp.flush_batch().await {
-                        Ok(()) => match lp.flush_deferred_ack_and_coverage().await {
-                            Ok(()) => match lp.on_tick().await {
-                                Ok(()) => lp.check_receive_timeout().map(|()| Flow::Go),
-                                Err(e) => Err(e),
-                            },
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    }
-                }
-                ev = lp.repl.recv() => match ev {
-                    Ok(CopyEvent::Data(b)) => lp.on_frames(b).await,
-                    Ok(CopyEvent::Notice(n)) => lp.on_notice(n).map(|()| Flow::Go),
-                    Ok(CopyEvent::Skipped(_)) => {
-                        lp.last_heard = Instant::now();
-                        Ok(Flow::Go)
-                    }
-                    Err(e) if e.db_error().is_some_and(publication_missing_error) => Err(lp.publication_gap(&e.to_string())),
-                    Ok(CopyEvent::Done) => {
-                        let mut f = Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?)");
-                        f.transient = true;
-                        Err(f)
-                    }
-                    Err(e) => Err(from_pg("replication connection lost", e)),
-                },
-            };
-            match step {
-                Ok(Flow::Go) if lp.lag_stop && !lp.asm.in_transaction() => return Ok(StopReason::MaxRetainedWal),
-                Ok(Flow::Go) => {}
-                Ok(Flow::Stop(r)) => return Ok(r),
-                Err(f) if f.transient && lp.target.reconnect_attempts > 0 => {
-                    if let Some(r) = lp.reconnect(f, &mut sigint, &mut sigterm, deadline).await? {
-                        return Ok(r);
-                    }
-                }
-                Err(mut f) => {
-                    if f.transient {
-                        f.message.push_str("; run the same command again to resume");
-                    }
-                    return Err(f);
-                }
-            }
-        }
-    }
-    .await;
+    let result = lp.events(&mut sigint, &mut sigterm, deadline).await;
     lp.progress.finish();
     match result {
         Ok(reason) => lp.stop(reason).await,
-        Err(f) => {
-            // Keep what is durable acknowledged, then give up; the slot stays for a resume.
-            if let Some((batch, t)) = lp.take_batch() {
-                if lp.writer.send(batch).await.is_ok() {
-                    lp.acks.record_queued(t);
-                }
-            }
-            if lp.asm.in_transaction() {
-                let _ = lp.writer.send(Chunk::Rollback).await;
-            }
-            // The stream may have failed because coverage ended (the publication was dropped): say so.
-            if let Some(c) = lp.o.coverage.as_mut() {
-                let events = c.check_now(Duration::from_secs(5)).await;
-                if !events.is_empty() {
-                    let mut rec = BytesMut::new();
-                    super::coverage::push_events(&mut rec, &lp.o.slot, &events);
-                    let _ = lp.writer.send(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }).await;
-                }
-            }
-            lp.raw_write(|r| r.flush());
-            let cap = lp.o.spooled.ack_cap();
-            let d = lp.writer.close().await;
-            let flush = lp.acks.flush(d.lsn, cap);
-            lp.status_buf.clear();
-            encode_standby_status(&mut lp.status_buf, flush, flush, flush, now_pg_micros(), false);
-            let _ = lp.repl.send_copy_data(&lp.status_buf).await;
-            if let Some(e) = d.error {
-                return Err(Failure::new(
-                    Exit::Output,
-                    format!("{e}; nothing after LSN {flush} was acknowledged, so the next run resumes there"),
-                ));
-            }
-            Err(f)
-        }
+        Err(f) => lp.fail(f).await,
     }
 }
 
@@ -367,6 +318,114 @@ fn publication_skipped_warning(n: &DbError) -> bool {
 }
 
 impl Loop {
+    /// Runs until a deliberate end (its reason) or a failure that reconnecting did not cure.
+    async fn events(
+        &mut self,
+        sigint: &mut tokio::signal::unix::Signal,
+        sigterm: &mut tokio::signal::unix::Signal,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<StopReason, Failure> {
+        let mut durable = self.writer.durable();
+        loop {
+            let step: Result<Flow, Failure> = tokio::select! {
+                biased;
+                _ = sigint.recv() => Ok(Flow::Stop(StopReason::Sigint)),
+                _ = sigterm.recv() => Ok(Flow::Stop(StopReason::Sigterm)),
+                _ = sleep_until_opt(deadline), if deadline.is_some() => Ok(Flow::Stop(StopReason::Duration)),
+                r = durable.changed() => {
+                    if r.is_err() || durable.borrow().error.is_some() {
+                        return Err(self.writer_failure());
+                    }
+                    Ok(Flow::Go)
+                }
+                _ = self.tick.tick() => self.on_tick_all().await,
+                ev = self.repl.recv() => match ev {
+                    Ok(CopyEvent::Data(b)) => self.on_frames(b).await,
+                    Ok(CopyEvent::Notice(n)) => self.on_notice(n).map(|()| Flow::Go),
+                    Ok(CopyEvent::Skipped(_)) => {
+                        self.last_heard = Instant::now();
+                        Ok(Flow::Go)
+                    }
+                    Err(e) if e.db_error().is_some_and(publication_missing_error) => Err(self.publication_gap(&e.to_string())),
+                    Ok(CopyEvent::Done) => {
+                        let mut f = Failure::new(Exit::Stream, "the server ended the replication stream (is it shutting down?)");
+                        f.transient = true;
+                        Err(f)
+                    }
+                    Err(e) => Err(from_pg("replication connection lost", e)),
+                },
+            };
+            match step {
+                Ok(Flow::Go) if self.lag_stop && !self.pipe.asm.in_transaction() => {
+                    return Ok(StopReason::MaxRetainedWal)
+                }
+                Ok(Flow::Go) => {}
+                Ok(Flow::Stop(r)) => return Ok(r),
+                Err(f) if f.transient && self.target.reconnect_attempts > 0 => {
+                    if let Some(r) = self.reconnect(f, sigint, sigterm, deadline).await? {
+                        return Ok(r);
+                    }
+                }
+                Err(mut f) => {
+                    if f.transient {
+                        f.message.push_str("; run the same command again to resume");
+                    }
+                    return Err(f);
+                }
+            }
+        }
+    }
+
+    /// The status tick: a later --endpos, batched transactions (they wait at most one tick for the
+    /// writer), the deferred acknowledgement and coverage, the status update, the receive timeout.
+    async fn on_tick_all(&mut self) -> Result<Flow, Failure> {
+        if let Some(rx) = &self.o.endpos_later {
+            if let Some(e) = *rx.borrow() {
+                self.o.endpos = Some(e);
+            }
+        }
+        self.flush_batch().await?;
+        self.flush_deferred_ack_and_coverage().await?;
+        self.on_tick().await?;
+        self.check_receive_timeout().map(|()| Flow::Go)
+    }
+
+    /// A failure ends the capture: keep what is durable acknowledged, then give up; the slot stays
+    /// for a resume.
+    async fn fail(mut self, f: Failure) -> Result<Outcome, Failure> {
+        if let Some((batch, t)) = self.take_batch() {
+            if self.writer.send(batch).await.is_ok() {
+                self.acks.record_queued(t);
+            }
+        }
+        if self.pipe.asm.in_transaction() {
+            let _ = self.writer.send(Chunk::Rollback).await;
+        }
+        // The stream may have failed because coverage ended (the publication was dropped): say so.
+        if let Some(c) = self.o.coverage.as_mut() {
+            let events = c.check_now(Duration::from_secs(5)).await;
+            if !events.is_empty() {
+                let mut rec = BytesMut::new();
+                super::coverage::push_events(&mut rec, &self.o.slot, &events);
+                let _ = self.writer.send(Chunk::Append { data: rec.freeze(), boundary: true, ack: None }).await;
+            }
+        }
+        self.raw_write(|r| r.flush());
+        let cap = self.pipe.held.ack_cap();
+        let d = self.writer.close().await;
+        let flush = self.acks.flush(d.lsn, cap);
+        self.status_buf.clear();
+        encode_standby_status(&mut self.status_buf, flush, flush, flush, now_pg_micros(), false);
+        let _ = self.repl.send_copy_data(&self.status_buf).await;
+        if let Some(e) = d.error {
+            return Err(Failure::new(
+                Exit::Output,
+                format!("{e}; nothing after LSN {flush} was acknowledged, so the next run resumes there"),
+            ));
+        }
+        Err(f)
+    }
+
     /// Writes to the raw capture file; a failure there is reported once and ends raw capture, never
     /// the capture itself (the log is the evidence, the raw file a companion).
     fn raw_write(&mut self, f: impl FnOnce(&mut crate::sink::raw::RawWriter) -> std::io::Result<()>) {
@@ -412,11 +471,11 @@ impl Loop {
     /// Hands the end of the last transaction that wrote nothing to the writer. Only between
     /// transactions: the empty chunk is a rollback boundary.
     async fn flush_deferred_ack(&mut self) -> Result<(), Failure> {
-        if self.asm.in_transaction() {
+        if self.pipe.asm.in_transaction() {
             return Ok(());
         }
         self.flush_batch().await?;
-        if let Some(t) = self.acks.take_deferred(self.o.spooled.ack_cap()) {
+        if let Some(t) = self.acks.take_deferred(self.pipe.held.ack_cap()) {
             self.push_raw(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(t.ack) }, Some(t)).await?;
         }
         Ok(())
@@ -429,7 +488,7 @@ impl Loop {
 
     /// Writes what the coverage check found, between transactions (`now`: check first).
     async fn write_coverage(&mut self, now: bool) -> Result<(), Failure> {
-        if self.asm.in_transaction() {
+        if self.pipe.asm.in_transaction() {
             return Ok(());
         }
         let Some(c) = self.o.coverage.as_mut() else { return Ok(()) };
@@ -444,7 +503,7 @@ impl Loop {
 
     /// The flush position to report now: durable, capped below a waiting prepare, never below the floor.
     fn flush_pos(&self) -> Lsn {
-        self.acks.flush(self.writer.durable().borrow().lsn, self.o.spooled.ack_cap())
+        self.acks.flush(self.writer.durable().borrow().lsn, self.pipe.held.ack_cap())
     }
 
     /// Reconnects with capped exponential backoff and resumes from what is durable. Transactions the
@@ -463,16 +522,16 @@ impl Loop {
             self.writer.send(batch).await.map_err(|_| self.writer_failure())?;
             self.acks.record_queued(t);
         }
-        if self.asm.in_transaction() {
-            self.asm.abandon_transaction();
+        if self.pipe.asm.in_transaction() {
+            self.pipe.asm.abandon_transaction();
             self.out.clear();
             self.writer.send(Chunk::Rollback).await.map_err(|_| self.writer_failure())?;
         }
         self.raw_write(|r| r.reconnected());
         // Partly streamed and prepared transactions are sent again from their start (prepared ones
         // whose spool is durable are kept: the server may not send them again).
-        self.o.spooled.reset();
-        self.asm.set_resume_after(self.acks.queued());
+        self.pipe.reset();
+        self.pipe.asm.set_resume_after(self.acks.queued());
         let mut delay = Duration::from_millis(250);
         let max = self.target.reconnect_attempts;
         for attempt in 1..=max {
@@ -492,6 +551,7 @@ impl Loop {
             match self.target.connect_and_start(from).await {
                 Ok(conn) => {
                     self.repl = conn;
+                    self.pipe.stream_abort_has_lsn = self.target.stream_abort_has_lsn;
                     self.acks.reconnected(from);
                     self.last_heard = Instant::now();
                     eprintln!("walwitness: reconnected; resuming from LSN {from}");
@@ -523,7 +583,7 @@ impl Loop {
             format!(
                 "{}; nothing after LSN {} was acknowledged, so the next run resumes there",
                 d.error.unwrap_or_else(|| "the log writer stopped".into()),
-                self.acks.flush(d.lsn, self.o.spooled.ack_cap())
+                self.acks.flush(d.lsn, self.pipe.held.ack_cap())
             ),
         )
     }
@@ -544,8 +604,8 @@ impl Loop {
 
     /// The batched transactions' bytes with their ticket, which must be recorded once the chunk is queued.
     fn take_batch(&mut self) -> Option<(Chunk, Ticket)> {
-        let t = self.acks.take_batch(self.o.spooled.ack_cap())?;
-        let data = self.asm.split_prefix(&mut self.out, self.batched_len);
+        let t = self.acks.take_batch(self.pipe.held.ack_cap())?;
+        let data = self.pipe.asm.split_prefix(&mut self.out, self.batched_len);
         self.batched_len = 0;
         Some((Chunk::Append { data, boundary: true, ack: Some(t.ack) }, t))
     }
@@ -614,7 +674,7 @@ impl Loop {
         let since = self.last_status.elapsed();
         // Waiting for --endpos on an idle server: ask for a keepalive, which carries the server's position.
         let endpos_reply = self.o.endpos.is_some()
-            && !self.asm.in_transaction()
+            && !self.pipe.asm.in_transaction()
             && self.last_reply_request.elapsed() >= Duration::from_millis(500);
         // Silent for half the receive timeout: ask for a keepalive, so a live server proves it is there
         // (an idle walsender whose client is caught up sends nothing on its own).
@@ -623,7 +683,7 @@ impl Loop {
             .receive_timeout
             .is_some_and(|t| self.last_heard.elapsed() >= t / 2 && self.last_reply_request.elapsed() >= t / 4);
         let want_reply = endpos_reply || probe;
-        self.o.spooled.release(durable.lsn);
+        self.pipe.held.release(durable.lsn);
         let flush = self.flush_pos();
         if since >= self.o.status_every || flush > self.acks.sent() || want_reply {
             self.send_status(want_reply).await?;
@@ -701,89 +761,71 @@ impl Loop {
         match msg {
             ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                 self.server_end = self.server_end.max(wal_end);
-                let opts = ParseOptions {
-                    in_stream: self.o.spooled.in_stream_block(),
-                    stream_abort_has_lsn: self.target.stream_abort_has_lsn,
-                };
-                let m = pgoutput::parse(&data, opts)
-                    .map_err(|e| Failure::new(Exit::Stream, format!("at LSN {wal_start}: {e}")))?;
-                // Streamed and prepared transactions are held in spools until final (`spooled`).
-                let m = match self.o.spooled.route(wal_start, &data, m, self.acks.acked()) {
-                    Ok(Route::Pass(m)) => m,
-                    Ok(Route::Held) => return Ok(Flow::Go),
-                    Ok(Route::Replay(r)) => return self.replay(*r).await,
-                    Err(e) => return Err(Failure::new(Exit::Stream, e.to_string())),
-                };
-                if let (Some(endpos), Message::Begin { final_lsn, .. }) = (self.o.endpos, &m) {
-                    if *final_lsn > endpos {
-                        return Ok(Flow::Stop(StopReason::Endpos));
-                    }
-                }
-                let is_begin = matches!(m, Message::Begin { .. });
-                self.await_sample(&m).await;
-                self.lookup_relation(&m).await?;
-                let step = self
-                    .asm
-                    .handle(wal_start, m, &mut self.out)
-                    .map_err(|e| Failure::new(Exit::Stream, e.to_string()))?;
-                if self.o.raw.is_some() {
-                    // The session used at Begin goes first, so offline decoding finds it at the Begin.
-                    let activity = if is_begin { self.asm.current_activity() } else { None };
-                    // The inference made at a Commit goes before it, so offline decoding uses it there.
-                    let inference = self.asm.take_inference();
-                    self.raw_write(|r| {
-                        if let Some((xid, json)) = activity {
-                            r.activity(xid, &json)?;
-                        }
-                        if let Some((xid, i)) = inference {
-                            r.inference(xid, &i.encode())?;
-                        }
-                        r.xlog(wal_start, &data)
-                    });
-                }
-                match step {
-                    Step::Continue => {
-                        if self.out.len() >= CHUNK {
-                            self.flush_batch().await?;
-                            let data = self.asm.take_complete(&mut self.out);
-                            self.push_raw(Chunk::Append { data, boundary: false, ack: None }, None).await?;
-                        }
-                    }
-                    Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
-                        if !wrote && self.out.is_empty() {
-                            // Nothing to write (PostgreSQL 14 sends an empty Begin/Commit for every
-                            // transaction in the database): a writer round trip each would cost more
-                            // than decoding them, so only remember the position; the next tick (or
-                            // commit, keepalive, or stop) hands it to the writer.
-                            self.acks.nothing_open_until(end_lsn);
-                        } else {
-                            self.acks.batched_commit(end_lsn);
-                            self.batched_len = self.out.len();
-                            if self.batched_len >= CHUNK {
-                                self.flush_batch().await?;
-                            }
-                        }
-                        if wrote {
-                            self.progress.committed(deletes, truncates, commit_time);
-                            self.advise();
-                        }
-                        if self.o.endpos.is_some_and(|e| end_lsn >= e) {
-                            return Ok(Flow::Stop(StopReason::Endpos));
-                        }
-                    }
-                }
+                self.on_xlog(wal_start, data).await
             }
             ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                 self.server_end = self.server_end.max(wal_end);
-                if !self.asm.in_transaction() && !self.o.spooled.streams_open() && wal_end > self.acks.queued() {
-                    // Nothing of ours is open below wal_end: once what is queued is durable, it may be acked.
-                    let t = self.acks.ticket(wal_end, self.o.spooled.ack_cap());
-                    self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(t.ack) }, Some(t)).await?;
+                self.on_keepalive(wal_end, reply_requested).await
+            }
+        }
+    }
+
+    /// One pgoutput payload through the decoding pipeline; the raw capture file gets every payload.
+    async fn on_xlog(&mut self, wal_start: Lsn, data: Bytes) -> Result<Flow, Failure> {
+        // Streamed and prepared transactions are held in spools until final (`decode::pipeline`).
+        match self.pipe.receive(wal_start, &data, self.acks.acked()).map_err(stream_failure)? {
+            Received::Message(m) => self.assemble(wal_start, &data, m).await,
+            Received::Held => {
+                self.raw_write(|r| r.xlog(wal_start, &data));
+                Ok(Flow::Go)
+            }
+            Received::Replay(r) => self.replay(*r, wal_start, &data).await,
+        }
+    }
+
+    /// A message of an ordinary transaction (or between transactions): its records are batched.
+    async fn assemble(&mut self, wal_start: Lsn, data: &Bytes, m: Message) -> Result<Flow, Failure> {
+        if let (Some(endpos), Message::Begin { final_lsn, .. }) = (self.o.endpos, &m) {
+            if *final_lsn > endpos {
+                return Ok(Flow::Stop(StopReason::Endpos));
+            }
+        }
+        let is_begin = matches!(m, Message::Begin { .. });
+        self.await_sample(&m).await;
+        self.lookup_relation(&m).await?;
+        let step = self.pipe.assemble(wal_start, m, &mut self.out).map_err(stream_failure)?;
+        if self.o.raw.is_some() {
+            let activity = if is_begin { self.pipe.asm.current_activity() } else { None };
+            let inference = self.pipe.asm.take_inference();
+            self.raw_frames(activity, inference, wal_start, data);
+        }
+        match step {
+            Step::Continue => {
+                if self.out.len() >= CHUNK {
+                    self.flush_batch().await?;
+                    let data = self.pipe.asm.take_complete(&mut self.out);
+                    self.push_raw(Chunk::Append { data, boundary: false, ack: None }, None).await?;
                 }
-                if reply_requested {
-                    self.send_status(false).await?;
+            }
+            Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
+                if !wrote && self.out.is_empty() {
+                    // Nothing to write (PostgreSQL 14 sends an empty Begin/Commit for every
+                    // transaction in the database): a writer round trip each would cost more
+                    // than decoding them, so only remember the position; the next tick (or
+                    // commit, keepalive, or stop) hands it to the writer.
+                    self.acks.nothing_open_until(end_lsn);
+                } else {
+                    self.acks.batched_commit(end_lsn);
+                    self.batched_len = self.out.len();
+                    if self.batched_len >= CHUNK {
+                        self.flush_batch().await?;
+                    }
                 }
-                if !self.asm.in_transaction() && self.o.endpos.is_some_and(|e| wal_end >= e) {
+                if wrote {
+                    self.progress.committed(deletes, truncates, commit_time);
+                    self.advise();
+                }
+                if self.o.endpos.is_some_and(|e| end_lsn >= e) {
                     return Ok(Flow::Stop(StopReason::Endpos));
                 }
             }
@@ -791,10 +833,46 @@ impl Loop {
         Ok(Flow::Go)
     }
 
+    /// A payload for the raw capture file, after what offline decoding must know before it: the
+    /// session used at a Begin (found there offline), the inference made at a Commit (used there).
+    fn raw_frames(
+        &mut self,
+        activity: Option<(u32, Bytes)>,
+        inference: Option<(u32, Inference)>,
+        wal_start: Lsn,
+        data: &[u8],
+    ) {
+        self.raw_write(|r| {
+            if let Some((xid, json)) = activity {
+                r.activity(xid, &json)?;
+            }
+            if let Some((xid, i)) = inference {
+                r.inference(xid, &i.encode())?;
+            }
+            r.xlog(wal_start, data)
+        });
+    }
+
+    async fn on_keepalive(&mut self, wal_end: Lsn, reply_requested: bool) -> Result<Flow, Failure> {
+        if !self.pipe.asm.in_transaction() && !self.pipe.held.streams_open() && wal_end > self.acks.queued() {
+            // Nothing of ours is open below wal_end: once what is queued is durable, it may be acked.
+            let t = self.acks.ticket(wal_end, self.pipe.held.ack_cap());
+            self.push(Chunk::Append { data: Bytes::new(), boundary: true, ack: Some(t.ack) }, Some(t)).await?;
+        }
+        if reply_requested {
+            self.send_status(false).await?;
+        }
+        if !self.pipe.asm.in_transaction() && self.o.endpos.is_some_and(|e| wal_end >= e) {
+            return Ok(Flow::Stop(StopReason::Endpos));
+        }
+        Ok(Flow::Go)
+    }
+
     /// A streamed or prepared transaction became final: feeds it through the Assembler and hands the
     /// records to the writer like an ordinary transaction's (a commit acknowledges its end; an abort
-    /// written with --include-aborted acknowledges nothing).
-    async fn replay(&mut self, mut r: Replay) -> Result<Flow, Failure> {
+    /// written with --include-aborted acknowledges nothing). The payload that made it final goes to
+    /// the raw capture file last, after the session and inference the replay used.
+    async fn replay(&mut self, mut r: Replay, wal_start: Lsn, data: &Bytes) -> Result<Flow, Failure> {
         if let (Some(endpos), Some(c)) = (self.o.endpos, r.commit_lsn()) {
             if c > endpos {
                 return Ok(Flow::Stop(StopReason::Endpos));
@@ -802,37 +880,46 @@ impl Loop {
         }
         // The replayed transaction's records are cut from `out` as a whole: nothing else may be in it.
         self.flush_batch().await?;
-        let fail = |e: String| Failure::new(Exit::Stream, e);
-        while let Some((lsn, m)) = r.next_message().map_err(|e| fail(e.to_string()))? {
+        let (mut activity, mut inference) = (None, None);
+        while let Some((lsn, m)) = r.next_message().map_err(|e| stream_failure(e.into()))? {
+            let is_begin = matches!(m, Message::Begin { .. });
             self.await_sample(&m).await;
             self.lookup_relation(&m).await?;
-            match self.asm.handle(lsn, m, &mut self.out).map_err(|e| fail(e.to_string()))? {
+            let step = self.pipe.assemble(lsn, m, &mut self.out).map_err(stream_failure)?;
+            if self.o.raw.is_some() {
+                if is_begin {
+                    activity = self.pipe.asm.current_activity();
+                }
+                inference = inference.or(self.pipe.asm.take_inference());
+            }
+            match step {
                 Step::Continue => {
                     if self.out.len() >= CHUNK {
-                        let data = r.finish_rows(self.asm.take_complete(&mut self.out));
+                        let data = r.finish_rows(self.pipe.asm.take_complete(&mut self.out));
                         self.push(Chunk::Append { data, boundary: false, ack: None }, None).await?;
                     }
                 }
                 Step::Committed { end_lsn, wrote, deletes, truncates, commit_time } => {
-                    let data = r.finish_last(self.out.split().freeze());
+                    let records = r.finish_last(self.out.split().freeze());
                     let ticket = match r.kind {
-                        spooled::ReplayKind::Commit { .. } => {
+                        ReplayKind::Commit { .. } => {
                             if wrote {
                                 self.progress.committed(deletes, truncates, commit_time);
                                 self.advise();
                             }
-                            Some(self.acks.ticket(end_lsn, self.o.spooled.ack_cap()))
+                            Some(self.acks.ticket(end_lsn, self.pipe.held.ack_cap()))
                         }
-                        spooled::ReplayKind::Abort { .. } => None,
+                        ReplayKind::Abort { .. } => None,
                     };
                     let ack = ticket.map(|t| t.ack);
-                    self.push(Chunk::Append { data, boundary: true, ack }, ticket).await?;
+                    self.push(Chunk::Append { data: records, boundary: true, ack }, ticket).await?;
+                    self.raw_frames(activity, inference, wal_start, data);
                     let at = match r.kind {
-                        spooled::ReplayKind::Commit { end_lsn, .. } => end_lsn,
-                        spooled::ReplayKind::Abort { abort_lsn, .. } => abort_lsn.unwrap_or(self.server_end),
+                        ReplayKind::Commit { end_lsn, .. } => end_lsn,
+                        ReplayKind::Abort { abort_lsn, .. } => abort_lsn.unwrap_or(self.server_end),
                     };
                     let stop = r.commit_lsn().is_some() && self.o.endpos.is_some_and(|e| end_lsn >= e);
-                    self.o.spooled.retire(at, r);
+                    self.pipe.held.retire(at, r);
                     return Ok(if stop { Flow::Stop(StopReason::Endpos) } else { Flow::Go });
                 }
             }
@@ -843,7 +930,7 @@ impl Loop {
     /// Before a Begin that will need inference: waits until the sampler has looked at the sessions
     /// after the commit (at most two intervals and a second), so the statement that committed is known.
     async fn await_sample(&mut self, m: &Message) {
-        if let Some((map, commit_time)) = self.asm.wants_sample_after(m) {
+        if let Some((map, commit_time)) = self.pipe.asm.wants_sample_after(m) {
             let limit = map.interval * 2 + Duration::from_secs(1);
             map.wait_sampled_after(commit_time, limit).await;
         }
@@ -851,12 +938,12 @@ impl Loop {
 
     /// Says once, after `ADVICE_AFTER` written transactions, when most had no session named.
     fn advise(&mut self) {
-        let (n, unnamed) = (self.asm.written_transactions, self.asm.unnamed_transactions);
+        let (n, unnamed) = (self.pipe.asm.written_transactions, self.pipe.asm.unnamed_transactions);
         if self.advised || n < ADVICE_AFTER || unnamed * 4 < n {
             return;
         }
         self.advised = true;
-        let interval = self.asm.inferring_map().map(|m| m.interval);
+        let interval = self.pipe.asm.inferring_map().map(|m| m.interval);
         let how = match interval {
             Some(i) => format!("the activity sampler (every {}) saw no session, or several, for them", humantime_ms(i)),
             None => "no attribution source named their session".into(),
@@ -872,7 +959,7 @@ impl Loop {
     /// A relation the stream describes that is not known to be watched may be a partition attached
     /// since the start (`partitions`); raw captures record what was found.
     async fn lookup_relation(&mut self, m: &Message) -> Result<(), Failure> {
-        if let Some(f) = self.o.partitions.before(&mut self.asm, m).await? {
+        if let Some(f) = self.o.partitions.before(&mut self.pipe.asm, m).await? {
             self.raw_write(|r| r.partition(f.oid, f.root, f.primary_key.as_deref()));
         }
         Ok(())
@@ -882,9 +969,9 @@ impl Loop {
     /// the caller after the cleanup (`teardown`), when it knows what is left.
     async fn stop(mut self, reason: StopReason) -> Result<Outcome, Failure> {
         self.flush_batch().await?;
-        if self.asm.in_transaction() {
+        if self.pipe.asm.in_transaction() {
             // Its commit has not arrived; with --keep-slot it is sent again on the next run.
-            self.asm.abandon_transaction();
+            self.pipe.asm.abandon_transaction();
             self.out.clear();
             self.push(Chunk::Rollback, None).await?;
         }
@@ -894,8 +981,8 @@ impl Loop {
         self.raw_write(|r| r.flush());
         // `capture_stopped` is written by the caller once it knows what the cleanup left (`teardown`).
         let last_lsn = self.acks.covered();
-        let cap = self.o.spooled.ack_cap();
-        let Loop { mut repl, writer, progress, mut status_buf, acks, o, .. } = self;
+        let cap = self.pipe.held.ack_cap();
+        let Loop { mut repl, writer, progress, mut status_buf, acks, o, pipe, .. } = self;
         let (d, chain) = writer.close_with_chain().await;
         if let Some(e) = d.error {
             return Err(Failure::new(Exit::Output, e));
@@ -903,7 +990,7 @@ impl Loop {
         let flush = acks.flush(d.lsn, cap);
         // Unfinished streamed transactions come again on the next run; prepared ones whose spool is
         // durable stay for it only if the slot does.
-        o.spooled.finish(o.keep_slot && reason != StopReason::MaxRetainedWal);
+        pipe.held.finish(o.keep_slot && reason != StopReason::MaxRetainedWal);
         status_buf.clear();
         encode_standby_status(&mut status_buf, flush, flush, flush, now_pg_micros(), false);
         let _ = repl.send_copy_data(&status_buf).await;
@@ -913,4 +1000,8 @@ impl Loop {
         let chain_head = d.head.as_ref().map(crate::sink::chain::to_hex);
         Ok(Outcome { reason, deletes, truncates, transactions, last_lsn, left_behind: Vec::new(), chain_head, chain })
     }
+}
+
+fn stream_failure(e: PipelineError) -> Failure {
+    Failure::new(Exit::Stream, e.to_string())
 }

@@ -337,19 +337,15 @@ impl RelationCache {
     }
 
     fn delete_prefix(&self, rel: &Relation) -> Vec<u8> {
-        let mut prefix = BytesMut::new();
-        prefix.extend_from_slice(b"{\"type\":\"delete\",");
-        match rel.watched {
-            Some(i) => self.push_reference(&mut prefix, i, rel),
+        crate::sink::record::delete_prefix(|prefix| match rel.watched {
+            Some(i) => self.push_reference(prefix, i, rel),
             None => {
                 prefix.extend_from_slice(b"\"table\":");
-                push_str(&mut prefix, &rel.name.qualified());
+                push_str(prefix, &rel.name.qualified());
                 prefix.extend_from_slice(b",");
-                rel.name.push_fields(&mut prefix);
+                rel.name.push_fields(prefix);
             }
-        }
-        prefix.extend_from_slice(b",\"xid\":");
-        prefix.to_vec()
+        })
     }
 
     /// `"table":"…","schema":"…","name":"…"` of the watched table `i`, and `,"partition":{…}` when

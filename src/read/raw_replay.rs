@@ -1,5 +1,6 @@
 //! `walwitness replay --raw FILE…`: decodes raw capture files offline into the transaction records
-//! (delete, truncate, commit) a live capture wrote — the same decoder, the same bytes.
+//! (delete, truncate, commit) a live capture wrote — the same pipeline (`decode::pipeline`: streamed and
+//! prepared transactions are held until final here too), the same bytes.
 //!
 //! The file is streamed frame by frame (see `crate::sink::raw`): memory is bounded by the largest frame
 //! (`--max-line-length`), and a transaction's records wait for its commit in memory only up to
@@ -21,11 +22,13 @@ use bytes::BytesMut;
 
 use crate::attribution::activity::ActivityMap;
 use crate::attribution::{Attributor, Session};
+use crate::decode::pipeline::{stream_abort_has_lsn, Pipeline, PipelineError, Spooled};
 use crate::decode::relations::WatchList;
-use crate::decode::{Assembler, Step};
+use crate::decode::Assembler;
 use crate::error::{Exit, Failure};
-use crate::protocol::pgoutput::{parse, ParseOptions};
-use crate::sink::raw::{Frame, RawError, RawReader};
+use crate::protocol::Lsn;
+use crate::sink::raw::{Frame, RawError, RawHeader, RawReader};
+use crate::sink::spool::SpoolDir;
 
 use super::held::Held;
 
@@ -85,24 +88,12 @@ fn decode_file(path: &str, max_frame: usize, out: &mut impl Write) -> Result<(),
             reader.version()
         );
     }
-    let mut watch = WatchList::new();
-    for t in &header.tables {
-        match t.oid {
-            Some(oid) => {
-                watch.add_table(oid, &t.schema, &t.table, t.primary_key.clone());
-                for p in &t.partitions {
-                    watch.add_partition(p.oid, oid, p.primary_key.clone());
-                }
-            }
-            None => watch.add(&t.schema, &t.table, t.primary_key.clone()),
-        }
-    }
-    let map = Arc::new(ActivityMap::new());
-    let attributor = Attributor { activity: Some(map.clone()), verifier: None };
-    let mut asm = Assembler::new(watch, Default::default(), attributor);
-    // A transaction is written only once its commit is decoded, as the live log's rollback would leave it.
-    let mut buf = BytesMut::new();
-    let mut held = Held::new();
+    let mut d = Decoder::new(&header).map_err(|e| {
+        Ok(Failure::new(
+            Exit::Output,
+            format!("cannot make a temporary directory for the spools of streamed and prepared transactions: {e}"),
+        ))
+    })?;
     loop {
         let at = reader.offset();
         let frame = match reader.next_frame() {
@@ -116,57 +107,113 @@ fn decode_file(path: &str, max_frame: usize, out: &mut impl Write) -> Result<(),
             }
             Err(e) => return Err(damaged(path, e)),
         };
+        d.frame(frame, out).map_err(|e| match e {
+            Ok(FrameError::Damaged(kind, why)) => {
+                damaged(path, format!("damaged raw file: the {kind} frame at byte {at} {why}"))
+            }
+            Ok(FrameError::Decode { wal_start, e: PipelineError::Parse { source, .. } }) => {
+                damaged(path, format!("the frame at byte {at} (LSN {wal_start}) is not a pgoutput message: {source}"))
+            }
+            Ok(FrameError::Decode { e, .. }) => damaged(path, format!("at the frame at byte {at}: {e}")),
+            Err(io) => Err(io),
+        })?;
+    }
+    Ok(())
+}
+
+/// The watched tables a raw file's header names, by OID when it has them (else by name).
+fn watch_list(header: &RawHeader) -> WatchList {
+    let mut watch = WatchList::new();
+    for t in &header.tables {
+        match t.oid {
+            Some(oid) => {
+                watch.add_table(oid, &t.schema, &t.table, t.primary_key.clone());
+                for p in &t.partitions {
+                    watch.add_partition(p.oid, oid, p.primary_key.clone());
+                }
+            }
+            None => watch.add(&t.schema, &t.table, t.primary_key.clone()),
+        }
+    }
+    watch
+}
+
+/// Why a frame cannot be decoded.
+enum FrameError {
+    /// The kind of frame, and what is wrong with it.
+    Damaged(&'static str, &'static str),
+    Decode {
+        wal_start: Lsn,
+        e: PipelineError,
+    },
+}
+
+/// One raw file's frames through the pipeline the live capture used (`decode::pipeline`).
+struct Decoder {
+    pipe: Pipeline,
+    map: Arc<ActivityMap>,
+    /// Records of the transaction being decoded.
+    buf: BytesMut,
+    /// A transaction is written only once its commit is decoded, as the live log's rollback would
+    /// leave it; a large one waits on disk, not in memory.
+    waiting: Held,
+}
+
+impl Decoder {
+    fn new(header: &RawHeader) -> io::Result<Decoder> {
+        let map = Arc::new(ActivityMap::new());
+        let attributor = Attributor { activity: Some(map.clone()), verifier: None };
+        let asm = Assembler::new(watch_list(header), Default::default(), attributor);
+        // Two-phase messages are in the file only if the capture asked for them; aborted attempts are
+        // not written (the file does not say whether the capture wrote them).
+        let mut held = Spooled::new(SpoolDir::temporary()?, false, true, None);
+        // Kept across a reconnection, like the live capture's durable ones: the server may not send a
+        // PREPARE again.
+        held.durable_prepared()?;
+        let pipe = Pipeline::new(asm, held, stream_abort_has_lsn(header.proto_version));
+        Ok(Decoder { pipe, map, buf: BytesMut::new(), waiting: Held::new() })
+    }
+
+    /// Handles one frame; `Err(Ok(_))` when it cannot be decoded, `Err(Err(_))` when the output fails.
+    fn frame(&mut self, frame: Frame, out: &mut impl Write) -> Result<(), Result<FrameError, io::Error>> {
         match frame {
             Frame::Activity { xid, session } => match activity_session(&session) {
-                Some(s) => map.record(Instant::now(), vec![(xid, s)]),
-                None => {
-                    return Err(damaged(
-                        path,
-                        format!("damaged raw file: the activity frame at byte {at} is not a session"),
-                    ))
-                }
+                Some(s) => self.map.record(Instant::now(), vec![(xid, s)]),
+                None => return Err(Ok(FrameError::Damaged("activity", "is not a session"))),
             },
             Frame::Inference { xid, encoded } => match crate::attribution::infer::Inference::decode(&encoded) {
-                Some(i) => map.replay_inference(xid, i),
-                None => {
-                    return Err(damaged(
-                        path,
-                        format!("damaged raw file: the inference frame at byte {at} is not understood"),
-                    ))
-                }
+                Some(i) => self.map.replay_inference(xid, i),
+                None => return Err(Ok(FrameError::Damaged("inference", "is not understood"))),
             },
             Frame::Partition { oid, root, primary_key } => {
-                asm.add_partition(oid, root, primary_key);
+                self.pipe.asm.add_partition(oid, root, primary_key);
             }
             Frame::Reconnected => {
-                asm.abandon_transaction();
-                buf.clear();
-                held.clear();
+                self.pipe.reset();
+                self.buf.clear();
+                self.waiting.clear();
             }
             Frame::XLog { wal_start, payload } => {
-                let msg = parse(&payload, ParseOptions::default()).map_err(|e| {
-                    damaged(path, format!("the frame at byte {at} (LSN {wal_start}) is not a pgoutput message: {e}"))
-                })?;
-                match asm.handle(wal_start, msg, &mut buf) {
-                    Ok(Step::Committed { end_lsn, .. }) => {
-                        asm.set_resume_after(end_lsn);
-                        held.write_to(out).map_err(Err)?;
-                        out.write_all(&buf).map_err(Err)?;
-                        buf.clear();
+                let waiting = &mut self.waiting;
+                let ended = self
+                    .pipe
+                    .feed(wal_start, &payload, &mut self.buf, 1 << 20, &mut |b| waiting.push_bytes(&b))
+                    .map_err(|e| match e {
+                        PipelineError::Spill(e) => Err(e),
+                        e => Ok(FrameError::Decode { wal_start, e }),
+                    })?;
+                if let Some(ended) = ended {
+                    if let Some(end) = ended.end_lsn {
+                        self.pipe.asm.set_resume_after(end);
                     }
-                    Ok(Step::Continue) => {
-                        // A large transaction waits for its commit on disk, not in memory.
-                        if buf.len() >= 1 << 20 {
-                            held.push_bytes(&buf).map_err(Err)?;
-                            buf.clear();
-                        }
-                    }
-                    Err(e) => return Err(damaged(path, format!("at the frame at byte {at}: {e}"))),
+                    self.waiting.write_to(out).map_err(Err)?;
+                    out.write_all(&self.buf).map_err(Err)?;
+                    self.buf.clear();
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -39,7 +39,11 @@
 //! sessions of 'a' frames are reported as `activity`, whatever their JSON claims (see
 //! `crate::read::raw_replay`).
 //! Transactions the server streamed before commit (larger than `logical_decoding_work_mem`) and prepared
-//! transactions are assembled from their spool files and are not stored in the raw file.
+//! transactions are stored as received, every payload of them ('w' frames; before issue 14 they were
+//! left out): `replay --raw` holds them until final as the live capture does (`decode::pipeline`). The
+//! session and inference a live replay of one used ('a', 'i') come before the frame that made it final
+//! (Stream Commit, COMMIT PREPARED). What an abort discarded is not decoded offline (the file does not
+//! say whether the capture had `--include-aborted`).
 //!
 //! Readers stream the file frame by frame: memory is bounded by the largest frame accepted
 //! (`--max-line-length`, default 64 MiB), not by the file.
@@ -407,32 +411,35 @@ impl<R: Read> RawReader<R> {
             }
             len += 4;
         }
-        let u32_at = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-        let frame = match tag[0] {
-            b'w' => {
-                let mut lsn = [0u8; 8];
-                lsn.copy_from_slice(&head[..8]);
-                Frame::XLog { wal_start: Lsn(u64::from_be_bytes(lsn)), payload: Bytes::from(payload) }
-            }
-            b'a' => Frame::Activity { xid: u32_at(0), session: Bytes::from(payload) },
-            b'i' => Frame::Inference { xid: u32_at(0), encoded: Bytes::from(payload) },
-            b'p' => {
-                let primary_key = serde_json::from_slice(&payload).map_err(|e| RawError::Damaged {
-                    at,
-                    what: format!("(a partition frame) is not understood: {e}"),
-                })?;
-                Frame::Partition { oid: u32_at(0), root: u32_at(4), primary_key }
-            }
-            _ => {
-                if n != 0 {
-                    return Err(RawError::Damaged { at, what: "(a reconnection frame) has a payload".into() });
-                }
-                Frame::Reconnected
-            }
-        };
+        let frame = frame_of(tag[0], head, payload, at)?;
         self.pos += len;
         Ok(Some(frame))
     }
+}
+
+/// The frame of a checked tag, fixed fields (`head`) and payload; the frame at `at` for errors.
+fn frame_of(tag: u8, head: &[u8], payload: Vec<u8>, at: u64) -> Result<Frame, RawError> {
+    let u32_at = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    Ok(match tag {
+        b'w' => {
+            let mut lsn = [0u8; 8];
+            lsn.copy_from_slice(&head[..8]);
+            Frame::XLog { wal_start: Lsn(u64::from_be_bytes(lsn)), payload: Bytes::from(payload) }
+        }
+        b'a' => Frame::Activity { xid: u32_at(0), session: Bytes::from(payload) },
+        b'i' => Frame::Inference { xid: u32_at(0), encoded: Bytes::from(payload) },
+        b'p' => {
+            let primary_key = serde_json::from_slice(&payload)
+                .map_err(|e| RawError::Damaged { at, what: format!("(a partition frame) is not understood: {e}") })?;
+            Frame::Partition { oid: u32_at(0), root: u32_at(4), primary_key }
+        }
+        _ => {
+            if !payload.is_empty() {
+                return Err(RawError::Damaged { at, what: "(a reconnection frame) has a payload".into() });
+            }
+            Frame::Reconnected
+        }
+    })
 }
 
 #[cfg(test)]

@@ -119,6 +119,102 @@ use serde::Serialize;
 use crate::protocol::pgoutput::Value;
 use crate::protocol::Lsn;
 
+mod encode;
+
+pub use encode::*;
+
+/// The record types (the table above), by their `"type"`. Writers start a record with `open`, readers
+/// of the log may `parse` the type they found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    CaptureStarted,
+    Statement,
+    Delete,
+    Truncate,
+    RelationRenamed,
+    Commit,
+    TriggerError,
+    AbortedDelete,
+    AbortedTruncate,
+    AbortedStatement,
+    Abort,
+    CaptureStopped,
+    Gap,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 13] = [
+        Kind::CaptureStarted,
+        Kind::Statement,
+        Kind::Delete,
+        Kind::Truncate,
+        Kind::RelationRenamed,
+        Kind::Commit,
+        Kind::TriggerError,
+        Kind::AbortedDelete,
+        Kind::AbortedTruncate,
+        Kind::AbortedStatement,
+        Kind::Abort,
+        Kind::CaptureStopped,
+        Kind::Gap,
+    ];
+
+    /// The `"type"` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::CaptureStarted => "capture_started",
+            Kind::Statement => "statement",
+            Kind::Delete => "delete",
+            Kind::Truncate => "truncate",
+            Kind::RelationRenamed => "relation_renamed",
+            Kind::Commit => "commit",
+            Kind::TriggerError => "trigger_error",
+            Kind::AbortedDelete => "aborted_delete",
+            Kind::AbortedTruncate => "aborted_truncate",
+            Kind::AbortedStatement => "aborted_statement",
+            Kind::Abort => "abort",
+            Kind::CaptureStopped => "capture_stopped",
+            Kind::Gap => "gap",
+        }
+    }
+
+    /// `{"type":"<name>",`: how every record of the kind begins (each has more fields after it).
+    pub const fn open(self) -> &'static [u8] {
+        match self {
+            Kind::CaptureStarted => b"{\"type\":\"capture_started\",",
+            Kind::Statement => b"{\"type\":\"statement\",",
+            Kind::Delete => b"{\"type\":\"delete\",",
+            Kind::Truncate => b"{\"type\":\"truncate\",",
+            Kind::RelationRenamed => b"{\"type\":\"relation_renamed\",",
+            Kind::Commit => b"{\"type\":\"commit\",",
+            Kind::TriggerError => b"{\"type\":\"trigger_error\",",
+            Kind::AbortedDelete => b"{\"type\":\"aborted_delete\",",
+            Kind::AbortedTruncate => b"{\"type\":\"aborted_truncate\",",
+            Kind::AbortedStatement => b"{\"type\":\"aborted_statement\",",
+            Kind::Abort => b"{\"type\":\"abort\",",
+            Kind::CaptureStopped => b"{\"type\":\"capture_stopped\",",
+            Kind::Gap => b"{\"type\":\"gap\",",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// What a record of a streamed or prepared transaction that rolled back becomes (`--include-aborted`).
+    pub const fn aborted(self) -> Option<Kind> {
+        match self {
+            Kind::Delete => Some(Kind::AbortedDelete),
+            Kind::Truncate => Some(Kind::AbortedTruncate),
+            Kind::Statement => Some(Kind::AbortedStatement),
+            _ => None,
+        }
+    }
+}
+
+/// Every log begins with its first run's `capture_started` record, written by serde with `type` first.
+pub const LOG_START: &[u8] = br#"{"type":"capture_started""#;
+
 /// Version of this format, written in `capture_started`. 2: schema/name, partitions, renames, open gaps
 /// and the tamper-evident chain (`chain`, `chain_prev`, `repaired_tail`). 3: trigger statement brackets
 /// (`statement` records, small row sessions, `trigger_evidence`, `trigger_error`). Older logs are read as
@@ -354,7 +450,7 @@ impl<'a> Gap<'a> {
     /// A gap whose both ends are known.
     pub fn closed(slot: &'a str, reason: &'a str, from_lsn: Lsn, to_lsn: Lsn, detail: &'a str) -> Gap<'a> {
         Gap {
-            kind: "gap",
+            kind: Kind::Gap.name(),
             time: now_rfc3339(),
             slot,
             from_lsn,
@@ -370,7 +466,7 @@ impl<'a> Gap<'a> {
     /// Coverage ended at `from_lsn`; the end is not known yet.
     pub fn opened(slot: &'a str, reason: &'a str, table: Option<&'a str>, from_lsn: Lsn, detail: &'a str) -> Gap<'a> {
         Gap {
-            kind: "gap",
+            kind: Kind::Gap.name(),
             time: now_rfc3339(),
             slot,
             from_lsn,
@@ -393,7 +489,7 @@ impl<'a> Gap<'a> {
         detail: &'a str,
     ) -> Gap<'a> {
         Gap {
-            kind: "gap",
+            kind: Kind::Gap.name(),
             time: now_rfc3339(),
             slot,
             from_lsn,
@@ -507,5 +603,15 @@ mod tests {
         push_value(&mut b, &Value::UnchangedToast);
         push_value(&mut b, &Value::Binary(bytes::Bytes::from_static(&[0, 255])));
         assert_eq!(&b[..], b"null{\"unchanged_toast\":true}{\"binary_hex\":\"00ff\"}");
+    }
+
+    #[test]
+    fn every_kind_opens_with_its_name() {
+        for k in Kind::ALL {
+            assert_eq!(k.open(), format!("{{\"type\":\"{}\",", k.name()).as_bytes());
+            assert_eq!(Kind::parse(k.name()), Some(k));
+            assert!(LOG_START.starts_with(&Kind::CaptureStarted.open()[..LOG_START.len()]));
+        }
+        assert_eq!(Kind::parse("nothing"), None);
     }
 }

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::chain::{split_chained, Chainer, Head};
+use super::record::{Kind, LOG_START};
 use crate::protocol::Lsn;
 
 /// Where the log goes.
@@ -171,9 +172,6 @@ pub fn open_log(path: &Path) -> Result<(File, Recovery), SinkError> {
     Ok((file, rec))
 }
 
-/// Every log begins with its first run's `capture_started` record, written by serde with `type` first.
-const LOG_START: &[u8] = br#"{"type":"capture_started""#;
-
 /// An existing `--out` file must be empty or begin like a walwitness log (a first line torn by a crash
 /// included), so that a mistyped path never gets its lines "repaired" away.
 fn check_is_log(file: &mut File) -> io::Result<()> {
@@ -222,22 +220,23 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     let len = file.seek(SeekFrom::End(0))?;
     let mut cut_at: Option<u64> = None;
     let mut cut_lines = 0u64;
-    let mut last_commit_end = None;
-    let mut last_run: Option<LastRun> = None;
     let mut chain_head = None;
-    let mut stopped: Option<(bool, Option<Lsn>)> = None;
-    // Of the last run, read backwards: gaps closed later, gaps still open.
-    let mut closed: Vec<(String, Option<String>, Lsn)> = Vec::new();
-    let mut open_gaps: Vec<OpenGap> = Vec::new();
-    let lsn = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Lsn>().ok());
+    let mut found = Found::default();
     let mut lines = BackwardLines::new(len);
     while let Some((start, line, terminated)) = lines.next_line(file)? {
         let peek: Option<Peek> = if terminated { serde_json::from_slice(&line).ok() } else { None };
         let is_boundary = match &peek {
             // Aborted rows are closed by their `abort` record like rows by their commit.
             Some(p) => !matches!(
-                p.kind.as_str(),
-                "delete" | "truncate" | "statement" | "aborted_delete" | "aborted_truncate" | "aborted_statement"
+                Kind::parse(&p.kind),
+                Some(
+                    Kind::Delete
+                        | Kind::Truncate
+                        | Kind::Statement
+                        | Kind::AbortedDelete
+                        | Kind::AbortedTruncate
+                        | Kind::AbortedStatement
+                )
             ),
             None => false,
         };
@@ -253,67 +252,15 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
             }
         }
         if let Some(p) = peek {
-            match p.kind.as_str() {
-                "commit" if last_commit_end.is_none() => last_commit_end = lsn(&p.end_lsn),
-                "capture_stopped" if last_run.is_none() && stopped.is_none() => {
-                    stopped = Some((p.slot_kept.unwrap_or(true), lsn(&p.last_lsn)));
-                }
-                "gap" if last_run.is_none() => {
-                    let key = (
-                        text(&p.reason).unwrap_or_default(),
-                        text(&p.table),
-                        lsn(&text(&p.from_lsn)).unwrap_or_default(),
-                    );
-                    if p.closes.as_ref().and_then(|v| v.as_bool()) == Some(true) {
-                        closed.push(key);
-                    } else if p.open.as_ref().and_then(|v| v.as_bool()) == Some(true) && !closed.contains(&key) {
-                        open_gaps.push(OpenGap { reason: key.0, table: key.1, from_lsn: key.2 });
-                    }
-                }
-                "capture_started" if last_run.is_none() => {
-                    open_gaps.reverse();
-                    last_run = Some(LastRun {
-                        slot: p.slot.unwrap_or_default(),
-                        covered_to: lsn(&p.start_lsn)
-                            .unwrap_or_default()
-                            .max(stopped.and_then(|s| s.1).unwrap_or_default()),
-                        stopped: stopped.map(|s| s.0),
-                        system_identifier: text(&p.system_identifier).unwrap_or_default(),
-                        database: text(&p.database).unwrap_or_default(),
-                        timeline: p.timeline.as_ref().and_then(|v| v.as_u64()).and_then(|t| u32::try_from(t).ok()),
-                        resume_after: lsn(&text(&p.resume_after)),
-                        // Commits read before reaching its start are its own.
-                        last_commit_end,
-                        open_gaps: std::mem::take(&mut open_gaps),
-                    });
-                }
-                _ => {}
-            }
-            if last_commit_end.is_some() && last_run.is_some() {
+            found.note(p);
+            if found.last_commit_end.is_some() && found.last_run.is_some() {
                 break;
             }
         }
     }
-    if let Some(run) = last_run.as_mut() {
-        // What the run covered: its own commits and what it resumed after. Logs without `resume_after`
-        // (older versions) did not change servers behind the log's back: their last commit counts.
-        let own = match run.resume_after {
-            Some(r) => run.last_commit_end.unwrap_or_default().max(r),
-            None => last_commit_end.unwrap_or_default(),
-        };
-        run.covered_to = run.covered_to.max(own);
-    }
+    let (last_commit_end, last_run) = found.finish();
     let keep = cut_at.unwrap_or(0);
-    let mut cut_sha256 = None;
-    if keep < len {
-        cut_sha256 = Some(sha256_of_range(file, keep, len)?);
-        file.set_len(keep)?;
-    }
-    // Only a regular file has anything to sync (a device such as /dev/full refuses fsync with EINVAL).
-    if file.metadata()?.is_file() {
-        file.sync_all()?;
-    }
-    file.seek(SeekFrom::Start(keep))?;
+    let cut_sha256 = cut_and_sync(file, keep, len)?;
     Ok(Recovery {
         last_commit_end,
         cut_bytes: len - keep,
@@ -324,6 +271,90 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
         chain_head,
         cut_sha256,
     })
+}
+
+/// What repair finds reading the kept lines backwards: the last commit, and the last run's records.
+#[derive(Default)]
+struct Found {
+    last_commit_end: Option<Lsn>,
+    last_run: Option<LastRun>,
+    stopped: Option<(bool, Option<Lsn>)>,
+    // Of the last run, read backwards: gaps closed later, gaps still open.
+    closed: Vec<(String, Option<String>, Lsn)>,
+    open_gaps: Vec<OpenGap>,
+}
+
+fn lsn(s: &Option<String>) -> Option<Lsn> {
+    s.as_deref().and_then(|s| s.parse::<Lsn>().ok())
+}
+
+impl Found {
+    fn note(&mut self, p: Peek) {
+        match Kind::parse(&p.kind) {
+            Some(Kind::Commit) if self.last_commit_end.is_none() => self.last_commit_end = lsn(&p.end_lsn),
+            Some(Kind::CaptureStopped) if self.last_run.is_none() && self.stopped.is_none() => {
+                self.stopped = Some((p.slot_kept.unwrap_or(true), lsn(&p.last_lsn)));
+            }
+            Some(Kind::Gap) if self.last_run.is_none() => {
+                let key =
+                    (text(&p.reason).unwrap_or_default(), text(&p.table), lsn(&text(&p.from_lsn)).unwrap_or_default());
+                if p.closes.as_ref().and_then(|v| v.as_bool()) == Some(true) {
+                    self.closed.push(key);
+                } else if p.open.as_ref().and_then(|v| v.as_bool()) == Some(true) && !self.closed.contains(&key) {
+                    self.open_gaps.push(OpenGap { reason: key.0, table: key.1, from_lsn: key.2 });
+                }
+            }
+            Some(Kind::CaptureStarted) if self.last_run.is_none() => {
+                self.open_gaps.reverse();
+                self.last_run = Some(LastRun {
+                    slot: p.slot.unwrap_or_default(),
+                    covered_to: lsn(&p.start_lsn)
+                        .unwrap_or_default()
+                        .max(self.stopped.and_then(|s| s.1).unwrap_or_default()),
+                    stopped: self.stopped.map(|s| s.0),
+                    system_identifier: text(&p.system_identifier).unwrap_or_default(),
+                    database: text(&p.database).unwrap_or_default(),
+                    timeline: p.timeline.as_ref().and_then(|v| v.as_u64()).and_then(|t| u32::try_from(t).ok()),
+                    resume_after: lsn(&text(&p.resume_after)),
+                    // Commits read before reaching its start are its own.
+                    last_commit_end: self.last_commit_end,
+                    open_gaps: std::mem::take(&mut self.open_gaps),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The last commit's end, and the last run with what it covered.
+    fn finish(self) -> (Option<Lsn>, Option<LastRun>) {
+        let Found { last_commit_end, mut last_run, .. } = self;
+        if let Some(run) = last_run.as_mut() {
+            // What the run covered: its own commits and what it resumed after. Logs without
+            // `resume_after` (older versions) did not change servers behind the log's back: their last
+            // commit counts.
+            let own = match run.resume_after {
+                Some(r) => run.last_commit_end.unwrap_or_default().max(r),
+                None => last_commit_end.unwrap_or_default(),
+            };
+            run.covered_to = run.covered_to.max(own);
+        }
+        (last_commit_end, last_run)
+    }
+}
+
+/// Cuts the file at `keep` (returning the SHA-256 of what was cut), syncs it and positions it there.
+fn cut_and_sync(file: &mut File, keep: u64, len: u64) -> io::Result<Option<Head>> {
+    let mut cut_sha256 = None;
+    if keep < len {
+        cut_sha256 = Some(sha256_of_range(file, keep, len)?);
+        file.set_len(keep)?;
+    }
+    // Only a regular file has anything to sync (a device such as /dev/full refuses fsync with EINVAL).
+    if file.metadata()?.is_file() {
+        file.sync_all()?;
+    }
+    file.seek(SeekFrom::Start(keep))?;
+    Ok(cut_sha256)
 }
 
 /// SHA-256 of the file's bytes from `from` to `to`, read in blocks (an unfinished transaction can be
@@ -463,68 +494,16 @@ enum Target {
 }
 
 fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender<Durable>, base_len: u64) -> Chainer {
-    let mut len = base_len;
-    let mut boundary_len = base_len;
-    let mut synced_lsn = Lsn::INVALID;
     // Chain values are added here, on the bytes exactly as written (see `crate::sink::chain`).
-    let mut chain = Chainer::new();
-    let mut out: Vec<u8> = Vec::new();
+    let mut w = Written { len: base_len, boundary_len: base_len, chain: Chainer::new(), out: Vec::new() };
+    let mut synced_lsn = Lsn::INVALID;
     while let Some(first) = rx.blocking_recv() {
-        let mut pending_ack: Option<Lsn> = None;
-        let mut dirty = false;
-        let mut next = Some(first);
-        let result: io::Result<()> = (|| {
-            while let Some(chunk) = next.take() {
-                match chunk {
-                    Chunk::Append { data, boundary, ack } => {
-                        if !data.is_empty() {
-                            out.clear();
-                            chain.feed(&data, &mut out);
-                            target.write_all(&out)?;
-                            len += out.len() as u64;
-                            dirty = true;
-                            // Do not keep a large transaction's buffer around.
-                            if out.capacity() > 1 << 20 {
-                                out = Vec::new();
-                            }
-                        }
-                        if boundary {
-                            boundary_len = len;
-                            chain.mark_boundary();
-                        }
-                        if let Some(a) = ack {
-                            pending_ack = Some(pending_ack.map_or(a, |p| p.max(a)));
-                        }
-                    }
-                    Chunk::Rollback => {
-                        if len != boundary_len {
-                            target.truncate(boundary_len)?;
-                            len = boundary_len;
-                            dirty = true;
-                        }
-                        if target.can_truncate() {
-                            chain.rollback();
-                        } else {
-                            // The bytes stay in the pipe, and in the chain.
-                            chain.drop_carry();
-                        }
-                    }
-                }
-                // Coalesce whatever is already queued into this sync.
-                next = rx.try_recv().ok();
-            }
-            // With nothing new written since the last sync, an ack needs no second sync.
-            if dirty {
-                target.sync()?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
+        match w.write_batch(&mut target, first, &mut rx) {
+            Ok(pending_ack) => {
                 if let Some(a) = pending_ack {
                     synced_lsn = synced_lsn.max(a);
                 }
-                durable.send_replace(Durable { lsn: synced_lsn, bytes: len, error: None, head: chain.head() });
+                durable.send_replace(Durable { lsn: synced_lsn, bytes: w.len, error: None, head: w.chain.head() });
             }
             Err(e) => {
                 let msg = match &target {
@@ -535,7 +514,7 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
                 };
                 durable.send_replace(Durable {
                     lsn: synced_lsn,
-                    bytes: boundary_len.min(len),
+                    bytes: w.boundary_len.min(w.len),
                     error: Some(msg),
                     head: None,
                 });
@@ -544,7 +523,76 @@ fn run(mut target: Target, mut rx: mpsc::Receiver<Chunk>, durable: watch::Sender
             }
         }
     }
-    chain
+    w.chain
+}
+
+/// What the writer thread has written.
+struct Written {
+    len: u64,
+    /// The length at the last transaction boundary: where a rollback cuts back to.
+    boundary_len: u64,
+    chain: Chainer,
+    /// The bytes of a chunk with chain values added.
+    out: Vec<u8>,
+}
+
+impl Written {
+    /// Writes `first` and whatever is already queued behind it, then syncs once; returns the highest
+    /// acknowledgement the batch carried (durable once this returns).
+    fn write_batch(
+        &mut self,
+        target: &mut Target,
+        first: Chunk,
+        rx: &mut mpsc::Receiver<Chunk>,
+    ) -> io::Result<Option<Lsn>> {
+        let mut pending_ack: Option<Lsn> = None;
+        let mut dirty = false;
+        let mut next = Some(first);
+        while let Some(chunk) = next.take() {
+            match chunk {
+                Chunk::Append { data, boundary, ack } => {
+                    if !data.is_empty() {
+                        self.out.clear();
+                        self.chain.feed(&data, &mut self.out);
+                        target.write_all(&self.out)?;
+                        self.len += self.out.len() as u64;
+                        dirty = true;
+                        // Do not keep a large transaction's buffer around.
+                        if self.out.capacity() > 1 << 20 {
+                            self.out = Vec::new();
+                        }
+                    }
+                    if boundary {
+                        self.boundary_len = self.len;
+                        self.chain.mark_boundary();
+                    }
+                    if let Some(a) = ack {
+                        pending_ack = Some(pending_ack.map_or(a, |p| p.max(a)));
+                    }
+                }
+                Chunk::Rollback => {
+                    if self.len != self.boundary_len {
+                        target.truncate(self.boundary_len)?;
+                        self.len = self.boundary_len;
+                        dirty = true;
+                    }
+                    if target.can_truncate() {
+                        self.chain.rollback();
+                    } else {
+                        // The bytes stay in the pipe, and in the chain.
+                        self.chain.drop_carry();
+                    }
+                }
+            }
+            // Coalesce whatever is already queued into this sync.
+            next = rx.try_recv().ok();
+        }
+        // With nothing new written since the last sync, an ack needs no second sync.
+        if dirty {
+            target.sync()?;
+        }
+        Ok(pending_ack)
+    }
 }
 
 impl Target {

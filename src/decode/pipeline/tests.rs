@@ -3,6 +3,7 @@ use super::*;
 use crate::attribution::Attributor;
 use crate::decode::relations::WatchList;
 use crate::decode::{Assembler, Step};
+use crate::sink::spool::SpoolDir;
 
 const REL: u32 = 16384;
 const TOP: u32 = 700;
@@ -60,8 +61,7 @@ fn commit(fin: u64, end: u64) -> Bytes {
 }
 
 struct Harness {
-    sp: Spooled,
-    asm: Assembler,
+    p: Pipeline,
     log: Vec<u8>,
     out: BytesMut,
     _tmp: tempfile::TempDir,
@@ -74,8 +74,11 @@ impl Harness {
         let mut w = WatchList::new();
         w.add("public", "t", Some(vec!["id".into()]));
         Harness {
-            sp: Spooled::new(dir, include_aborted, true, None),
-            asm: Assembler::new(w, resume_after, Attributor::default()),
+            p: Pipeline::new(
+                Assembler::new(w, resume_after, Attributor::default()),
+                Spooled::new(dir, include_aborted, true, None),
+                false,
+            ),
             log: Vec::new(),
             out: BytesMut::new(),
             _tmp: tmp,
@@ -84,24 +87,22 @@ impl Harness {
 
     /// What the capture loop does with one frame (without the writer).
     fn feed(&mut self, lsn: u64, raw: Bytes) {
-        let opts = ParseOptions { in_stream: self.sp.in_stream_block(), stream_abort_has_lsn: false };
-        let m = pgoutput::parse(&raw, opts).unwrap();
         let out = &mut self.out;
-        match self.sp.route(Lsn(lsn), &raw, m, Lsn(1)).unwrap() {
-            Route::Pass(m) => {
-                self.asm.handle(Lsn(lsn), m, out).unwrap();
+        match self.p.receive(Lsn(lsn), &raw, Lsn(1)).unwrap() {
+            Received::Message(m) => {
+                self.p.assemble(Lsn(lsn), m, out).unwrap();
                 // A pending row stays in `out` until the next message, as in the capture loop.
-                let b = self.asm.take_complete(out);
+                let b = self.p.asm.take_complete(out);
                 self.log.extend_from_slice(&b);
             }
-            Route::Held => {}
-            Route::Replay(mut r) => loop {
+            Received::Held => {}
+            Received::Replay(mut r) => loop {
                 let Some((l, m)) = r.next_message().unwrap() else { break };
-                if let Step::Committed { .. } = self.asm.handle(l, m, out).unwrap() {
+                if let Step::Committed { .. } = self.p.assemble(l, m, out).unwrap() {
                     let b = r.finish_last(out.split().freeze());
                     self.log.extend_from_slice(&b);
                 } else if out.len() > 64 {
-                    let b = self.asm.take_complete(out);
+                    let b = self.p.asm.take_complete(out);
                     self.log.extend_from_slice(&r.finish_rows(b));
                 }
             },
@@ -121,7 +122,7 @@ impl Harness {
     }
 
     fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.sp.dir.path()).unwrap().count()
+        std::fs::read_dir(self.p.held.dir.path()).unwrap().count()
     }
 }
 
@@ -253,7 +254,7 @@ fn two_phase_commit_and_rollback_prepared() {
     h.feed(0x100, begin_prepare(900, "g1"));
     h.feed(0x100, relation(None));
     h.feed(0x110, delete(None, "1"));
-    assert_eq!(h.sp.ack_cap(), Some(Lsn(1)));
+    assert_eq!(h.p.held.ack_cap(), Some(Lsn(1)));
     h.feed(0x510, prepare(900, "g1"));
     h.feed(0x100, begin_prepare(901, "g2"));
     h.feed(0x120, delete(None, "2"));
@@ -261,7 +262,7 @@ fn two_phase_commit_and_rollback_prepared() {
     assert!(h.log.is_empty(), "nothing before COMMIT PREPARED");
     h.feed(0x700, commit_prepared(900, "g1", 0x700, 0x710));
     h.feed(0x900, rollback_prepared(901, "g2"));
-    assert_eq!(h.sp.ack_cap(), None);
+    assert_eq!(h.p.held.ack_cap(), None);
     assert_eq!(h.keys("delete"), ["1"]);
     assert_eq!(h.keys("aborted_delete"), ["2"]);
     let recs = h.records();
@@ -279,9 +280,9 @@ fn reset_forgets_partial_streams() {
     h.feed(0x100, stream_start(TOP, true));
     h.feed(0x100, relation(Some(TOP)));
     h.feed(0x110, delete(Some(TOP), "1"));
-    assert!(h.sp.streams_open());
-    h.sp.reset();
-    assert!(!h.sp.streams_open());
+    assert!(h.p.held.streams_open());
+    h.p.held.reset();
+    assert!(!h.p.held.streams_open());
     assert_eq!(h.spool_files(), 0);
     // The server sends it again from its first block.
     h.feed(0x100, stream_start(TOP, true));
@@ -290,4 +291,55 @@ fn reset_forgets_partial_streams() {
     h.feed(0x130, stream_stop());
     h.feed(0x410, stream_commit(TOP, 0x400, 0x410));
     assert_eq!(h.keys("delete"), ["1"]);
+}
+
+/// `Pipeline::feed` (offline decoding, `replay --raw`) writes what the live loop's path writes, for
+/// streamed, prepared and ordinary transactions alike, whatever the spill size.
+#[test]
+fn offline_feed_writes_what_the_live_path_writes() {
+    let frames: Vec<(u64, Bytes)> = vec![
+        (0x100, stream_start(TOP, true)),
+        (0x100, relation(Some(TOP))),
+        (0x110, delete(Some(TOP), "1")),
+        (0x120, delete(Some(701), "2")),
+        (0x130, stream_stop()),
+        (0x200, begin(800, 0x230)),
+        (0x200, relation(None)),
+        (0x210, delete(None, "x")),
+        (0x238, commit(0x230, 0x240)),
+        (0x300, stream_start(TOP, false)),
+        (0x300, stream_abort(TOP, 701)),
+        (0x310, delete(Some(TOP), "3")),
+        (0x320, stream_stop()),
+        (0x410, stream_commit(TOP, 0x400, 0x410)),
+        (0x500, begin_prepare(900, "g")),
+        (0x500, relation(None)),
+        (0x505, delete(None, "p")),
+        (0x510, prepare(900, "g")),
+        (0x600, commit_prepared(900, "g", 0x600, 0x610)),
+    ];
+    let mut live = Harness::new(false, Lsn(0));
+    for (lsn, f) in &frames {
+        live.feed(*lsn, f.clone());
+    }
+    assert_eq!(live.keys("delete"), ["x", "1", "3", "p"]);
+    for spill_at in [0, 64, usize::MAX] {
+        let mut off = Harness::new(false, Lsn(0));
+        let mut log = Vec::new();
+        for (lsn, f) in &frames {
+            let mut spilled = Vec::new();
+            let ended = off
+                .p
+                .feed(Lsn(*lsn), f, &mut off.out, spill_at, &mut |b| {
+                    spilled.extend_from_slice(&b);
+                    Ok(())
+                })
+                .unwrap();
+            log.extend_from_slice(&spilled);
+            if ended.is_some() {
+                log.extend_from_slice(&off.out.split());
+            }
+        }
+        assert_eq!(String::from_utf8(log).unwrap(), String::from_utf8(live.log.clone()).unwrap(), "{spill_at}");
+    }
 }
