@@ -8,9 +8,10 @@ use crate::term::clean;
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::attribution::trigger;
-use crate::error::{from_pg, Exit, Failure};
+use crate::error::{Exit, Failure};
 use crate::pg::catalog::OWNER_COMMENT;
 use crate::pg::config::ConnSpec;
+use crate::pg::error::from_pg;
 use crate::pg::names::quote_ident;
 
 pub struct CleanupArgs {

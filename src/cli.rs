@@ -27,13 +27,11 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ColorChoice {
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
+pub use crate::term::ColorChoice;
+
+/// The longest line the readers accept by default (`--max-line-length`): far above any record
+/// walwitness writes for ordinary rows, and what bounds the readers' memory whatever the input.
+pub const DEFAULT_MAX_LINE: usize = 64 << 20;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -354,7 +352,7 @@ pub struct LimitArgs {
 
 impl Default for LimitArgs {
     fn default() -> Self {
-        LimitArgs { max_line_length: crate::read::log::DEFAULT_MAX_LINE }
+        LimitArgs { max_line_length: DEFAULT_MAX_LINE }
     }
 }
 

@@ -3,8 +3,6 @@
 //! Scripts branch on the exit status, so the numbers are a contract (README, "Exit status").
 use std::fmt;
 
-use crate::pg::error::PgError;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Ok = 0,
@@ -65,17 +63,6 @@ impl Failure {
     }
 }
 
-/// Whether an error from the server connection is worth a reconnection attempt.
-pub fn is_transient(e: &PgError) -> bool {
-    match e {
-        PgError::Io(_) | PgError::Closed | PgError::Connect { .. } => true,
-        // 57P01-03: administrator/crash shutdown, cannot connect now; 08: connection exceptions;
-        // 55006: the slot is still held by the walsender of the connection we lost.
-        PgError::Db(db) => db.code.starts_with("57P") || db.code.starts_with("08") || db.code == "55006",
-        _ => false,
-    }
-}
-
 impl fmt::Display for Failure {
     /// One line, with control characters escaped: messages carry server text (errors, names) and
     /// file names, which must not drive the terminal (`crate::term`).
@@ -85,33 +72,6 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
-
-/// Maps a connection-level error to what the user should know, with the server's words kept.
-pub fn from_pg(context: &str, e: PgError) -> Failure {
-    let exit = match &e {
-        PgError::Config(_) => Exit::Config,
-        PgError::Connect { .. } => Exit::Connect,
-        PgError::Tls(_) => Exit::Connect,
-        PgError::Auth(_) => Exit::Auth,
-        PgError::Db(db) => match db.code.as_str() {
-            "28P01" | "28000" => Exit::Auth,
-            "42501" => Exit::Privilege,
-            "55006" => Exit::SlotInUse,
-            "3D000" => Exit::Config,
-            "53300" => Exit::ServerSetup,
-            _ => Exit::Stream,
-        },
-        _ => Exit::Stream,
-    };
-    let mut msg = format!("{context}: {e}");
-    if let PgError::Db(db) = &e {
-        if db.code == "42501" && db.message.contains("WAL sender") {
-            msg.push_str(" (grant it with: ALTER ROLE <user> REPLICATION)");
-        }
-    }
-    let transient = is_transient(&e);
-    Failure { exit, message: msg, transient }
-}
 
 /// Maps an error of an ordinary SQL statement (tokio-postgres): a missing privilege is `Privilege`,
 /// anything else `Internal`; the server's message and hint are kept.

@@ -55,17 +55,25 @@ pub fn eprint_line(msg: &str) {
     eprintln!("{}", clean(msg));
 }
 
-static COLOUR: std::sync::OnceLock<crate::cli::ColorChoice> = std::sync::OnceLock::new();
+/// `--color`: whether output is coloured (`colour_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ColorChoice {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+static COLOUR: std::sync::OnceLock<ColorChoice> = std::sync::OnceLock::new();
 
 /// Records `--color` for the whole process (set once, by `main`).
-pub fn set_colour_choice(choice: crate::cli::ColorChoice) {
+pub fn set_colour_choice(choice: ColorChoice) {
     let _ = COLOUR.set(choice);
 }
 
 /// Whether to colour output going to a stream that is (or is not) a terminal: `--color always` or
 /// `never` decide; `auto` colours a terminal unless NO_COLOR is set to anything non-empty (no-color.org).
 pub fn colour_for(is_terminal: bool) -> bool {
-    use crate::cli::ColorChoice;
     match COLOUR.get().copied().unwrap_or_default() {
         ColorChoice::Always => true,
         ColorChoice::Never => false,

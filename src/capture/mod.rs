@@ -28,8 +28,9 @@ use std::time::Duration;
 
 use crate::attribution::Sources;
 use crate::cli::AttributionSource;
-use crate::error::{from_pg, Exit, Failure};
+use crate::error::{Exit, Failure};
 use crate::pg::config::ConnSpec;
+use crate::pg::error::from_pg;
 use crate::pg::leftover::Leftover;
 use crate::protocol::Lsn;
 use crate::sink::writer::Output;

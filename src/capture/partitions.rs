@@ -14,8 +14,9 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::decode::Assembler;
-use crate::error::{from_pg, Exit, Failure};
+use crate::error::{Exit, Failure};
 use crate::pg::config::ConnSpec;
+use crate::pg::error::from_pg;
 use crate::protocol::pgoutput::Message;
 
 pub struct PartitionLookup {

@@ -19,9 +19,10 @@ use super::Outcome;
 use crate::attribution::infer::Inference;
 use crate::decode::pipeline::{Pipeline, PipelineError, Received, Replay, ReplayKind};
 use crate::decode::{Assembler, Step};
-use crate::error::{from_pg, Exit, Failure};
+use crate::error::{Exit, Failure};
 use crate::pg::config::ConnSpec;
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
+use crate::pg::error::from_pg;
 use crate::pg::error::{DbError, PgError};
 use crate::pg::names::{quote_ident, quote_literal};
 use crate::protocol::pgoutput::Message;
@@ -558,7 +559,7 @@ impl Loop {
                     return Ok(None);
                 }
                 Err(e) => {
-                    let transient = crate::error::is_transient(&e);
+                    let transient = crate::pg::error::is_transient(&e);
                     why = from_pg("reconnection failed", e);
                     if !transient {
                         return Err(why);

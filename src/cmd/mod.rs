@@ -11,7 +11,7 @@ use crate::error::{Exit, Failure};
 pub async fn run(command: Command, quiet: bool) -> Result<Exit, Failure> {
     match command {
         Command::Capture(args) => capture::run(*args, quiet).await,
-        Command::Attribution(cmd) => crate::attribution::run_command(cmd).await.map(|()| Exit::Ok),
+        Command::Attribution(cmd) => server::attribution(cmd).await.map(|()| Exit::Ok),
         Command::Doctor(args) => server::doctor(args).await,
         Command::Cleanup(args) => server::cleanup(args).await,
         Command::Demo(args) => crate::demo::run(args).await.map(|()| Exit::Ok),

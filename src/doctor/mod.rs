@@ -12,8 +12,9 @@ mod tables;
 
 use tokio_postgres::Client;
 
-use crate::error::{from_pg, Exit, Failure};
+use crate::error::{Exit, Failure};
 use crate::pg::config::ConnSpec;
+use crate::pg::error::from_pg;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {

@@ -10,6 +10,8 @@
 use std::fmt;
 use std::io;
 
+use crate::error::{Exit, Failure};
+
 /// A server-side error (or notice) as sent in an ErrorResponse/NoticeResponse.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DbError {
@@ -227,4 +229,42 @@ pub(crate) fn from_tokio_postgres(e: tokio_postgres::Error, target: &str) -> PgE
         return PgError::Io(io::Error::other(text));
     }
     PgError::Protocol(text)
+}
+
+/// Whether an error from the server connection is worth a reconnection attempt.
+pub fn is_transient(e: &PgError) -> bool {
+    match e {
+        PgError::Io(_) | PgError::Closed | PgError::Connect { .. } => true,
+        // 57P01-03: administrator/crash shutdown, cannot connect now; 08: connection exceptions;
+        // 55006: the slot is still held by the walsender of the connection we lost.
+        PgError::Db(db) => db.code.starts_with("57P") || db.code.starts_with("08") || db.code == "55006",
+        _ => false,
+    }
+}
+
+/// Maps a connection-level error to what the user should know, with the server's words kept.
+pub fn from_pg(context: &str, e: PgError) -> Failure {
+    let exit = match &e {
+        PgError::Config(_) => Exit::Config,
+        PgError::Connect { .. } => Exit::Connect,
+        PgError::Tls(_) => Exit::Connect,
+        PgError::Auth(_) => Exit::Auth,
+        PgError::Db(db) => match db.code.as_str() {
+            "28P01" | "28000" => Exit::Auth,
+            "42501" => Exit::Privilege,
+            "55006" => Exit::SlotInUse,
+            "3D000" => Exit::Config,
+            "53300" => Exit::ServerSetup,
+            _ => Exit::Stream,
+        },
+        _ => Exit::Stream,
+    };
+    let mut msg = format!("{context}: {e}");
+    if let PgError::Db(db) = &e {
+        if db.code == "42501" && db.message.contains("WAL sender") {
+            msg.push_str(" (grant it with: ALTER ROLE <user> REPLICATION)");
+        }
+    }
+    let transient = is_transient(&e);
+    Failure { exit, message: msg, transient }
 }

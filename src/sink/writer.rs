@@ -226,13 +226,15 @@ fn repair_tail(file: &mut File) -> io::Result<Recovery> {
     while let Some((start, line, terminated)) = lines.next_line(file)? {
         let peek: Option<Peek> = if terminated { serde_json::from_slice(&line).ok() } else { None };
         let is_boundary = match &peek {
-            // Aborted rows are closed by their `abort` record like rows by their commit.
+            // Aborted rows are closed by their `abort` record like rows by their commit; a rename is
+            // written inside its transaction, before the first row that shows the new name.
             Some(p) => !matches!(
                 Kind::parse(&p.kind),
                 Some(
                     Kind::Delete
                         | Kind::Truncate
                         | Kind::Statement
+                        | Kind::RelationRenamed
                         | Kind::AbortedDelete
                         | Kind::AbortedTruncate
                         | Kind::AbortedStatement
@@ -689,6 +691,20 @@ mod tests {
         let (rec, s) = recover(&format!("{good}{{\"type\":\"statement\"}}\n{DEL}{{\"type\":\"statement\"}}\n"));
         assert_eq!(s, good);
         assert_eq!(rec.cut_lines, 3);
+    }
+
+    #[test]
+    fn an_open_transactions_rename_is_cut_with_its_rows() {
+        // A crash after the rename and a row of the same transaction: keeping the rename (and the row before
+        // it) would leave that row twice in the log once the transaction is decoded again.
+        let good = format!("{STARTED}{DEL}{COMMIT1}");
+        let renamed = "{\"type\":\"relation_renamed\",\"xid\":7}\n";
+        let (rec, s) = recover(&format!("{good}{DEL}{renamed}{DEL}"));
+        assert_eq!(s, good);
+        assert_eq!(rec.cut_lines, 3);
+        // Inside a transaction that committed, it stays.
+        let log = format!("{good}{DEL}{renamed}{DEL}{COMMIT2}");
+        assert_eq!(recover(&log).1, log);
     }
 
     #[test]

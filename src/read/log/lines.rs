@@ -5,9 +5,7 @@ use std::fmt;
 use std::io::{self, BufRead};
 use std::sync::mpsc::SyncSender;
 
-/// The longest line the readers accept by default (`--max-line-length`): far above any record
-/// walwitness writes for ordinary rows, and what bounds the readers' memory whatever the input.
-pub const DEFAULT_MAX_LINE: usize = 64 << 20;
+pub use crate::cli::DEFAULT_MAX_LINE;
 
 /// A line longer than the limit: the input is not a log walwitness wrote (or a row was enormous).
 #[derive(Debug)]
