@@ -147,7 +147,9 @@ async fn wait_for_capture_start(
 ) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if std::fs::read_to_string(log).is_ok_and(|s| s.contains("\"capture_started\"")) {
+        if std::fs::read_to_string(log).is_ok_and(|s| {
+            s.contains(std::str::from_utf8(crate::sink::record::Kind::CaptureStarted.open()).unwrap_or_default())
+        }) {
             return Ok(());
         }
         if capture.is_finished() || tokio::time::Instant::now() > deadline {

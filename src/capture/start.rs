@@ -239,7 +239,7 @@ fn first_records(
     push_record(
         &mut first,
         &CaptureStarted {
-            kind: "capture_started",
+            kind: crate::sink::record::Kind::CaptureStarted.name(),
             time: now_rfc3339(),
             slot,
             publication: &x.c.publication,

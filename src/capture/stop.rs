@@ -99,7 +99,7 @@ fn write_stopped(
     push_record(
         &mut rec,
         &CaptureStopped {
-            kind: "capture_stopped",
+            kind: crate::sink::record::Kind::CaptureStopped.name(),
             time: now_rfc3339(),
             reason: outcome.reason.as_str(),
             last_lsn: outcome.last_lsn,

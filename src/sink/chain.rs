@@ -26,6 +26,8 @@
 //! chain`). Verification is `walwitness replay --verify` (`crate::read::verify`).
 use sha2::{Digest, Sha256};
 
+use super::record::Kind;
+
 /// A chain value.
 pub type Head = [u8; 32];
 
@@ -39,24 +41,29 @@ const TAIL_LEN: usize = 64 + 2;
 /// transaction's closing record covers instead of one of its own. Matches the writer's own output
 /// byte for byte: every record starts with `{"type":"<type>"`.
 pub fn is_row_line(line: &[u8]) -> bool {
-    let Some(rest) = line.strip_prefix(b"{\"type\":\"") else {
-        return false;
-    };
-    [
-        &b"delete\""[..],
-        b"truncate\"",
-        b"statement\"",
-        b"aborted_delete\"",
-        b"aborted_truncate\"",
-        b"aborted_statement\"",
-    ]
-    .iter()
-    .any(|t| rest.starts_with(t))
+    matches!(
+        line_kind(line),
+        Some(
+            Kind::Delete
+                | Kind::Truncate
+                | Kind::Statement
+                | Kind::AbortedDelete
+                | Kind::AbortedTruncate
+                | Kind::AbortedStatement
+        )
+    )
 }
 
 /// Whether the line starts a capture run (and so a segment of the chain).
 pub fn starts_run(line: &[u8]) -> bool {
-    line.starts_with(b"{\"type\":\"capture_started\"")
+    line_kind(line) == Some(Kind::CaptureStarted)
+}
+
+/// The record type a line opens with, read from its first bytes only.
+fn line_kind(line: &[u8]) -> Option<Kind> {
+    let rest = line.strip_prefix(b"{\"type\":\"")?;
+    let end = rest.iter().take(32).position(|&b| b == b'"')?;
+    Kind::parse(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
 /// Splits a line (without its newline) that ends with a chain value into the hashed part (up to and
