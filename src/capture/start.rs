@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::attribution::Attributor;
+use crate::decode::pipeline::Pipeline;
 use crate::decode::relations::WatchList;
 use crate::decode::Assembler;
 use crate::error::{Exit, Failure};
@@ -86,8 +87,9 @@ pub(super) async fn capture_with_objects(
     let status_every = status_every(&x).await;
     let retained = status::spawn_retained_wal_probe(spec.clone(), checked.slot.clone());
     let raw = raw_writer(&x, proto)?;
-    let loop_opts = loop_options(&x, raw, spooled, status_every, (expect, coverage_start));
-    let outcome = stream::run(signals, target, repl, writer, assembler, loop_opts, retained, start_lsn).await?;
+    let pipe = Pipeline::new(assembler, spooled, target.stream_abort_has_lsn);
+    let loop_opts = loop_options(&x, raw, status_every, (expect, coverage_start));
+    let outcome = stream::run(signals, target, repl, writer, pipe, loop_opts, retained, start_lsn).await?;
     Ok((outcome, log_tail))
 }
 
@@ -397,7 +399,6 @@ fn raw_writer(x: &Ctx<'_>, proto: u32) -> Result<Option<crate::sink::raw::RawWri
 fn loop_options(
     x: &Ctx<'_>,
     raw: Option<crate::sink::raw::RawWriter>,
-    spooled: spooled::Spooled,
     status_every: Duration,
     (expect, coverage_start): (coverage::Expect, Lsn),
 ) -> stream::LoopOptions {
@@ -416,7 +417,6 @@ fn loop_options(
         progress: opts.progress,
         progress_interval: opts.progress_interval,
         receive_timeout: opts.receive_timeout,
-        spooled,
         coverage: Some(coverage::Checker::spawn(
             x.sql.clone(),
             x.spec.clone(),

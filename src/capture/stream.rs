@@ -13,12 +13,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::acks::{Acks, Ticket};
-use super::spooled::{self, Spooled};
+use super::spooled;
 use super::status::Progress;
 use super::Outcome;
 use crate::attribution::infer::Inference;
 use crate::decode::pipeline::{Pipeline, PipelineError, Received, Replay, ReplayKind};
-use crate::decode::{Assembler, Step};
+use crate::decode::Step;
 use crate::error::{Exit, Failure};
 use crate::pg::config::ConnSpec;
 use crate::pg::conn::{CopyEvent, ReplicationConnection};
@@ -54,9 +54,7 @@ impl StopReason {
     }
 }
 
-/// `S`: the streamed and prepared transactions held (`Spooled`) until the loop takes them into its
-/// pipeline (`()` after that).
-pub struct LoopOptions<S = Spooled> {
+pub struct LoopOptions {
     /// The raw capture file, if requested.
     pub raw: Option<crate::sink::raw::RawWriter>,
     pub keep_slot: bool,
@@ -74,55 +72,10 @@ pub struct LoopOptions<S = Spooled> {
     pub progress_interval: Duration,
     /// Reconnect when nothing at all arrives for this long (`--receive-timeout`; `None`: never).
     pub receive_timeout: Option<Duration>,
-    /// Streamed and prepared transactions, held until they are final.
-    pub spooled: S,
     /// The periodic check that the publication still covers the watched tables (`coverage`).
     pub coverage: Option<super::coverage::Checker>,
     /// Catalog lookups of relations the stream describes that are not known to be watched.
     pub partitions: super::partitions::PartitionLookup,
-}
-
-impl LoopOptions {
-    /// The held transactions apart from the rest.
-    fn split(self) -> (Spooled, LoopOptions<()>) {
-        let LoopOptions {
-            raw,
-            keep_slot,
-            max_retained_wal,
-            drop_on_lag,
-            slot,
-            publication,
-            endpos,
-            endpos_later,
-            duration,
-            status_every,
-            progress,
-            progress_interval,
-            receive_timeout,
-            spooled,
-            coverage,
-            partitions,
-        } = self;
-        let o = LoopOptions {
-            raw,
-            keep_slot,
-            max_retained_wal,
-            drop_on_lag,
-            slot,
-            publication,
-            endpos,
-            endpos_later,
-            duration,
-            status_every,
-            progress,
-            progress_interval,
-            receive_timeout,
-            spooled: (),
-            coverage,
-            partitions,
-        };
-        (spooled, o)
-    }
 }
 
 /// Flush a transaction's rows to the writer in pieces of this size, so memory does not grow with it.
@@ -136,7 +89,7 @@ struct Loop {
     /// Parse, route, assemble (`decode::pipeline`).
     pipe: Pipeline,
     out: BytesMut,
-    o: LoopOptions<()>,
+    o: LoopOptions,
     /// What may be acknowledged and where the log resumes (`acks`).
     acks: Acks,
     last_status: Instant,
@@ -265,7 +218,7 @@ pub async fn run(
     target: StreamTarget,
     repl: ReplicationConnection,
     writer: Writer,
-    asm: Assembler,
+    pipe: Pipeline,
     o: LoopOptions,
     retained: watch::Receiver<Option<i64>>,
     start_lsn: Lsn,
@@ -276,8 +229,6 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let now = Instant::now();
     let progress = Progress::new(o.progress, o.progress_interval, retained);
-    let (spooled, o) = o.split();
-    let pipe = Pipeline::new(asm, spooled, target.stream_abort_has_lsn);
     let mut lp = Loop {
         target,
         repl,
