@@ -428,19 +428,15 @@ fn error_v3(text: &str) -> Result<ErrorReport, String> {
 
 /// The signed version 3 open (its order is `open_function_sql`'s).
 fn open_v3(text: &str) -> Result<Open, String> {
-    let mut a = text_array(text.as_bytes(), 21, "open message")?;
+    let mut a = text_array(text.as_bytes(), 22, "open message")?;
     if a[0].as_deref() != Some("3") {
         return Err(format!("unknown payload version {:?}", a[0]));
     }
-    // The server sends one character past the limit when the statement is longer.
-    let mut q = a[11].take();
-    let mut qt = false;
-    if let Some(text) = &mut q {
-        if let Some((cut, _)) = text.char_indices().nth(QUERY_LIMIT) {
-            text.truncate(cut);
-            qt = true;
-        }
-    }
+    let qt = match a[21].as_deref() {
+        Some("true") => true,
+        Some("false") | None => false,
+        Some(other) => return Err(format!("statement cut flag is not a boolean: {other:?}")),
+    };
     // Whether the closing trigger fires for this statement, as PostgreSQL decides it for the session's
     // session_replication_role (`tgenabled`: O origin and local, R replica, A always, D disabled).
     let replica = a[20].as_deref() == Some("replica");
@@ -463,7 +459,7 @@ fn open_v3(text: &str) -> Result<Open, String> {
         app: a[8].take(),
         ca: a[9].take(),
         cp: number_or_null(&a[10], "client port")?,
-        q,
+        q: a[11].take(),
         qt,
         xs: ts_from_hex(a[12].as_deref(), "transaction start")?,
         ss: ts_from_hex(a[13].as_deref(), "statement start")?,
@@ -551,6 +547,7 @@ DECLARE
   xt pg_catalog.text;
   p pg_catalog.text;
   e pg_catalog.text;
+  seen pg_catalog.bool := false;
 BEGIN
   BEGIN
     -- Nothing in this block writes, so its subtransaction gets no xid (no lock, no WAL of its own);
@@ -562,24 +559,28 @@ BEGIN
     FOR i IN 1..{BACKEND_SCAN} LOOP
       IF pg_catalog.pg_stat_get_backend_pid(i) OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() THEN
         bs := pg_catalog.pg_stat_get_backend_start(i);
+        seen := true;
         EXIT;
       END IF;
     END LOOP;
-    IF bs IS NULL THEN
+    IF NOT seen THEN
       SELECT a.backend_start INTO bs FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a;
     END IF;
     -- The payload, version {PAYLOAD_VERSION}: ["3", system identifier, full xid, statement id (clock), pid,
-    -- backend start, session user, role, application, client address, client port, statement (one
-    -- character past the limit tells it was cut), transaction start, statement start, depth, operation,
-    -- table OID, schema, table, the closing trigger's tgenabled (null: absent, not ours, not statement
-    -- level AFTER <op>, or with a WHEN), session_replication_role]; timestamps as hex (see ts_hex).
+    -- backend start, session user, role, application, client address, client port, statement (cut at the
+    -- limit), transaction start, statement start, depth, operation, table OID, schema, table, the closing
+    -- trigger's tgenabled (null: absent, not ours, not statement level AFTER <op>, or with a WHEN),
+    -- session_replication_role, whether the statement was cut]; timestamps as hex (see ts_hex). The cut
+    -- is decided here, in the database's own characters: in SQL_ASCII `left` counts bytes, and the
+    -- capture cannot tell a cut multi-byte statement from a whole one.
     SELECT pg_catalog.array_to_json(ARRAY['{PAYLOAD_VERSION}', h.system_identifier, xt, {id}, pg_catalog.pg_backend_pid()::pg_catalog.text,
         {bs}, SESSION_USER::pg_catalog.text, pg_catalog.current_setting('role'), pg_catalog.current_setting('application_name'),
         pg_catalog.host(pg_catalog.inet_client_addr()), pg_catalog.inet_client_port()::pg_catalog.text,
-        pg_catalog.left(pg_catalog.current_query(), {query_cut}), {xs}, {ss},
+        pg_catalog.left(pg_catalog.current_query(), {QUERY_LIMIT}), {xs}, {ss},
         (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.-) 1)::pg_catalog.text, TG_OP, TG_RELID::pg_catalog.text,
         TG_TABLE_SCHEMA::pg_catalog.text, TG_TABLE_NAME::pg_catalog.text, t.tgenabled::pg_catalog.text,
-        pg_catalog.current_setting('session_replication_role')])::pg_catalog.text,
+        pg_catalog.current_setting('session_replication_role'),
+        (pg_catalog.length(pg_catalog.current_query()) OPERATOR(pg_catalog.>) {QUERY_LIMIT})::pg_catalog.text])::pg_catalog.text,
       h.ipad, h.opad, h.system_identifier
       INTO STRICT p, ki, ko, sys
       FROM {SCHEMA}.hmac_key h LEFT JOIN pg_catalog.pg_trigger t
@@ -613,7 +614,6 @@ $walwitness$"#,
         bs = ts_hex("bs"),
         xs = ts_hex("pg_catalog.transaction_timestamp()"),
         ss = ts_hex("pg_catalog.statement_timestamp()"),
-        query_cut = QUERY_LIMIT + 1,
         mac_p = hmac_sql("p"),
         mac_e = hmac_sql("e"),
     )
@@ -1154,7 +1154,7 @@ pub mod tests {
         let ts = format!("{:016x}", 1_767_225_600_000_000i64 - PG_EPOCH_UNIX_MICROS);
         let en = tgenabled.map_or("null".to_owned(), |e| format!("\"{e}\""));
         format!(
-            r#"["3","{sys}","4294968530","{ts}","42","{ts}","app","none","cron","10.0.0.7","5432",{q},"{ts}","{ts}","0","DELETE","16384","public","t",{en},"{srr}"]"#,
+            r#"["3","{sys}","4294968530","{ts}","42","{ts}","app","none","cron","10.0.0.7","5432",{q},"{ts}","{ts}","0","DELETE","16384","public","t",{en},"{srr}","false"]"#,
             q = serde_json::to_string(q).unwrap()
         )
     }
@@ -1231,18 +1231,25 @@ pub mod tests {
     }
 
     #[test]
-    fn version_3_statement_one_character_past_the_limit_is_cut_and_flagged() {
+    fn version_3_statement_cut_is_the_servers_word() {
+        // The server cuts the statement in its own characters (bytes, in SQL_ASCII) and says so: the text
+        // here, a multi-byte character cut in half as SQL_ASCII's `left` would, is not counted again.
         let (i, o) = pads(&[7u8; 32]);
         let v = Verifier::from_pads(i, o).for_cluster("42", 1000);
-        for (len, cut) in [(QUERY_LIMIT, false), (QUERY_LIMIT + 1, true)] {
-            let q: String = "é".repeat(len);
-            let Evidence::Open(open) = v.verify(&signed(&v, &open_v3_payload("42", &q, Some("O"), "origin"))).unwrap()
-            else {
-                panic!()
-            };
-            assert_eq!(open.qt, cut);
-            assert_eq!(open.q.unwrap().chars().count(), QUERY_LIMIT.min(len));
-        }
+        let p = open_v3_payload("42", "QQQ", Some("O"), "origin").replacen(",\"false\"]", ",\"true\"]", 1);
+        let mut q = "é".repeat(4095).into_bytes();
+        q.extend_from_slice(&[b'x', 0xc3]);
+        let (a, b) = p.split_once("QQQ").unwrap();
+        let payload = [a.as_bytes(), &q, b.as_bytes()].concat();
+        let msg = [hex::encode(v.mac(&payload)).as_bytes(), b" ", &payload].concat();
+        let Evidence::Open(open) = v.verify(&msg).unwrap() else { panic!() };
+        assert!(open.qt);
+        assert!(open.q.unwrap().ends_with("x\u{fffd}"));
+        let whole = open_v3_payload("42", "DELETE FROM t", Some("O"), "origin");
+        let Evidence::Open(open) = v.verify(&signed(&v, &whole)).unwrap() else { panic!() };
+        assert!(!open.qt);
+        let odd = whole.replacen(",\"false\"]", ",\"maybe\"]", 1);
+        assert!(v.verify(&signed(&v, &odd)).is_err());
     }
 
     #[test]

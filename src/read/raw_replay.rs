@@ -13,6 +13,9 @@
 //! trigger's exactness gets no more than the activity source's standing), without the fields only the
 //! trigger sets; trigger messages cannot be verified offline (the key stays on the server) and
 //! attribute nothing.
+//!
+//! Each file is decoded with its own held transactions: a transaction prepared in one file and committed
+//! in another is reported as never prepared (a capture appends to one `--raw-out` file across runs).
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::sync::Arc;

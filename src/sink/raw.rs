@@ -135,8 +135,20 @@ impl RawWriter {
         }
         // Appending after a previous run: find where its last complete frame ends.
         let end = {
-            let (_, mut r) = RawReader::open(BufReader::with_capacity(256 * 1024, &mut f), usize::MAX)
+            let (existing, mut r) = RawReader::open(BufReader::with_capacity(256 * 1024, &mut f), usize::MAX)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}; give another --raw-out file")))?;
+            // `replay --raw` parses a file's messages with the layout of its header's protocol version
+            // (Stream Abort grew in version 4): a run on another version would make the file unreadable.
+            if existing.proto_version != header.proto_version {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "it holds pgoutput protocol version {} messages and this capture receives version {} \
+                         (another server version): give another --raw-out file",
+                        existing.proto_version, header.proto_version
+                    ),
+                ));
+            }
             if !r.checked() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -626,6 +638,19 @@ mod tests {
             Err(RawError::TooLarge { at: a, bytes: 5000, limit: 4096 }) => assert_eq!(a, at),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn appending_with_another_protocol_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.raw");
+        let h = |v| RawHeader { tables: vec![], slot: "s".into(), publication: "p".into(), proto_version: v };
+        drop(RawWriter::open(&p, &h(3)).unwrap());
+        let before = std::fs::read(&p).unwrap();
+        let e = RawWriter::open(&p, &h(4)).err().unwrap();
+        assert!(e.to_string().contains("protocol version 3"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before, "refused untouched");
+        assert!(RawWriter::open(&p, &h(3)).is_ok());
     }
 
     /// Issue 13: `--raw-out` is opened like the log: no symbolic link, and no appending to a file that

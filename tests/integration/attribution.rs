@@ -414,6 +414,9 @@ async fn the_trigger_function_cannot_be_hijacked() {
         "CREATE OPERATOR public.|| (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = public.ev_bcat)",
         "CREATE FUNCTION public.ev_minus(int, int) RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.-) $2 $$",
         "CREATE OPERATOR public.- (LEFTARG = int, RIGHTARG = int, FUNCTION = public.ev_minus)",
+        "CREATE FUNCTION public.ev_gt(int, int) RETURNS boolean LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT $1 OPERATOR(pg_catalog.>) $2 $$",
+        "CREATE OPERATOR public.> (LEFTARG = int, RIGHTARG = int, FUNCTION = public.ev_gt)",
+        "CREATE FUNCTION public.length(text) RETURNS int LANGUAGE sql AS $$ ALTER ROLE mallory SUPERUSER; SELECT 1 $$",
     ] {
         m.batch_execute(f).await.unwrap();
     }

@@ -175,12 +175,22 @@ async fn sql_ascii_foreign_messages_with_trigger_attribution() {
     )
     .await
     .unwrap();
+    // 8,200 bytes, 4,100 characters in UTF-8: SQL_ASCII counts them as 8,200, so the trigger cuts the
+    // statement at 8,192 of them and must say so (the capture cannot count the database's characters).
+    c.batch_execute(&format!("DELETE FROM t WHERE k = 'k4' /* {} */", "é".repeat(4100))).await.unwrap();
     let stderr = env.stop_capture(bg).await;
     let recs = records(&out);
     check_structure(&recs);
     let dels = of_type(&recs, "delete");
     let keys: Vec<Vec<u8>> = dels.iter().map(|r| logged_bytes(&r["key"]["k"]).unwrap()).collect();
-    assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec(), b"\xff".to_vec(), b"k3".to_vec()], "{stderr}");
+    assert_eq!(
+        keys,
+        vec![b"k1".to_vec(), b"k2".to_vec(), b"\xff".to_vec(), b"k3".to_vec(), b"k4".to_vec()],
+        "{stderr}"
+    );
+    let cut = full_session(&recs, dels[4]);
+    assert_eq!(cut["query_truncated"], true, "{cut}");
+    assert_eq!(full_session(&recs, dels[0])["query_truncated"], false);
     for d in &dels {
         assert_eq!(d["session"]["attributed_by"], "trigger", "{d}");
     }

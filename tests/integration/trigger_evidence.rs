@@ -214,7 +214,9 @@ async fn a_long_statement_is_written_once_not_per_row() {
     check_structure(&recs);
     assert_eq!(of_type(&recs, "delete").len(), 2000);
     assert_eq!(of_type(&recs, "statement").len(), 1);
-    assert!(full_session(&recs, of_type(&recs, "delete")[0])["query"].as_str().unwrap().contains(&comment));
+    let session = full_session(&recs, of_type(&recs, "delete")[0]);
+    assert!(session["query"].as_str().unwrap().contains(&comment));
+    assert_eq!(session["query_truncated"], false);
     let bytes = std::fs::metadata(&out).unwrap().len();
     // Format 1 wrote the 8 KB session on each row: 17.3 MB.
     assert!(bytes < 1_000_000, "log of {bytes} bytes");
