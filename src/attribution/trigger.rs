@@ -532,9 +532,9 @@ $walwitness$"#,
 /// Its cost is what attribution costs the server, so it is built to do little (see
 /// `scripts/bench-trigger.sh` and `proto-notes/attribution.md`): one query reads the key, the closing
 /// trigger's state and every value of the payload at once; the payload is one text array turned into
-/// JSON (each value escaped by the same code, no per-field `to_json`), and the server-side checks the
-/// capture can do itself (the closing trigger's enabled state against `session_replication_role`, the
-/// statement's truncation) are left to it. The signature is the same HMAC-SHA256 as before.
+/// JSON (each value escaped by the same code, no per-field `to_json`), and the check the capture can do
+/// itself (the closing trigger's enabled state against `session_replication_role`) is left to it. The
+/// signature is the same HMAC-SHA256 as before.
 fn open_function_sql(close_oid: u32) -> String {
     format!(
         r#"CREATE OR REPLACE FUNCTION {SCHEMA}.{OPEN_FN}() RETURNS trigger
