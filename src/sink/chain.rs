@@ -37,33 +37,27 @@ pub const FIELD: &[u8] = b",\"chain\":\"";
 /// Bytes after the hashed part of a chained line (without its newline): the value and `"}`.
 const TAIL_LEN: usize = 64 + 2;
 
+/// The record types whose lines the chain value of their transaction's closing record covers.
+const ROW_KINDS: [Kind; 6] =
+    [Kind::Delete, Kind::Truncate, Kind::Statement, Kind::AbortedDelete, Kind::AbortedTruncate, Kind::AbortedStatement];
+
 /// Whether the line (its first bytes suffice) is a row record, which the chain value of its
 /// transaction's closing record covers instead of one of its own. Matches the writer's own output
-/// byte for byte: every record starts with `{"type":"<type>"`.
+/// byte for byte: every record starts with `{"type":"<type>"`. Called for every line written, so it
+/// compares bytes and nothing more.
 pub fn is_row_line(line: &[u8]) -> bool {
-    matches!(
-        line_kind(line),
-        Some(
-            Kind::Delete
-                | Kind::Truncate
-                | Kind::Statement
-                | Kind::AbortedDelete
-                | Kind::AbortedTruncate
-                | Kind::AbortedStatement
-        )
-    )
+    ROW_KINDS.iter().any(|&k| opens_as(line, k))
 }
 
 /// Whether the line starts a capture run (and so a segment of the chain).
 pub fn starts_run(line: &[u8]) -> bool {
-    line_kind(line) == Some(Kind::CaptureStarted)
+    opens_as(line, Kind::CaptureStarted)
 }
 
-/// The record type a line opens with, read from its first bytes only.
-fn line_kind(line: &[u8]) -> Option<Kind> {
-    let rest = line.strip_prefix(b"{\"type\":\"")?;
-    let end = rest.iter().take(32).position(|&b| b == b'"')?;
-    Kind::parse(std::str::from_utf8(&rest[..end]).ok()?)
+fn opens_as(line: &[u8], kind: Kind) -> bool {
+    line.strip_prefix(b"{\"type\":\"")
+        .and_then(|rest| rest.strip_prefix(kind.name().as_bytes()))
+        .is_some_and(|rest| rest.first() == Some(&b'"'))
 }
 
 /// Splits a line (without its newline) that ends with a chain value into the hashed part (up to and
