@@ -176,15 +176,7 @@ async fn stalled_stdout_reader_and_a_cut_connection_lose_nothing() {
 /// A cluster that allows prepared transactions, with table `t` of 100 rows; `None` (skipped) before
 /// PostgreSQL 15, which cannot decode them.
 async fn two_phase_env() -> Option<Env> {
-    let env = Env::with(ClusterOptions {
-        extra_conf: vec![("max_prepared_transactions".into(), "10".into())],
-        ..Default::default()
-    })
-    .await;
-    if env.cluster.version_num() < 150000 {
-        eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
-        return None;
-    }
+    let env = Env::two_phase().await?;
     env.exec(&format!("{T}{}", fill(100))).await;
     Some(env)
 }

@@ -4,8 +4,6 @@ use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::time::Duration;
 
-use walwitness::cluster::ClusterOptions;
-
 use crate::util::*;
 
 const T: &str = "CREATE TABLE t (id int PRIMARY KEY, pad text NOT NULL);";
@@ -286,15 +284,7 @@ async fn stream_every_change_streams_and_attributes_small_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_commit_and_rollback_prepared() {
-    let env = Env::with(ClusterOptions {
-        extra_conf: vec![("max_prepared_transactions".into(), "10".into())],
-        ..Default::default()
-    })
-    .await;
-    if env.cluster.version_num() < 150000 {
-        eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
-        return;
-    }
+    let Some(env) = Env::two_phase().await else { return };
     env.exec(&format!("{T}{}", fill(100))).await;
     let out = env.log_path("2pc.jsonl");
     let bg = env.start_capture(&out, &["t"], &["--two-phase", "--include-aborted", "--attribution", "none"]).await;
@@ -329,15 +319,7 @@ async fn two_phase_commit_and_rollback_prepared() {
 /// pipeline into the live log's records (a savepoint rolled back inside the streamed one included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_capture_keeps_streamed_and_prepared_transactions() {
-    let env = Env::with(ClusterOptions {
-        extra_conf: vec![("max_prepared_transactions".into(), "10".into())],
-        ..Default::default()
-    })
-    .await;
-    if env.cluster.version_num() < 150000 {
-        eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
-        return;
-    }
+    let Some(env) = Env::two_phase().await else { return };
     env.exec(&format!("{T}{}", fill(20_000))).await;
     let out = env.log_path("s.jsonl");
     let raw = env.log_path("s.raw");

@@ -37,6 +37,21 @@ impl Env {
         Env { cluster, dsn, sql, dir: tempfile::tempdir().unwrap() }
     }
 
+    /// A cluster that allows prepared transactions; `None` (skipped, said on stderr) before PostgreSQL 15,
+    /// which cannot decode them.
+    pub async fn two_phase() -> Option<Env> {
+        let env = Self::with(ClusterOptions {
+            extra_conf: vec![("max_prepared_transactions".into(), "10".into())],
+            ..Default::default()
+        })
+        .await;
+        if env.cluster.version_num() < 150000 {
+            eprintln!("skipped: two-phase decoding needs PostgreSQL 15+, this is {}", env.cluster.version_num());
+            return None;
+        }
+        Some(env)
+    }
+
     pub async fn exec(&self, sql: &str) {
         if let Err(e) = self.sql.batch_execute(sql).await {
             panic!("SQL failed: {sql}\n{e:?}\nserver log:\n{}", self.cluster.log_tail(30));
