@@ -18,33 +18,11 @@ command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get in
 cargo build -q
 WW=$PWD/target/debug/walwitness
 
-D=$(mktemp -d /tmp/walwitness-bench-ir.XXXXXX)
-RUN=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$D"; RUN=(runuser -u postgres --); fi
-PORT=$(( 20000 + RANDOM % 20000 ))
-cleanup() { "${RUN[@]}" "$BIN/pg_ctl" -D "$D/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$D"; }
-trap cleanup EXIT
-"${RUN[@]}" "$BIN/initdb" -D "$D/data" -A trust -U postgres --no-sync >/dev/null
-cat >>"$D/data/postgresql.conf" <<EOC
-wal_level = logical
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$D'
-max_connections = 100
-shared_buffers = 32MB
-synchronous_commit = off
-autovacuum = off
-EOC
-DSN="host=$D port=$PORT user=postgres dbname=postgres"
-P=("$BIN/psql" -qXAt -d "$DSN" -v ON_ERROR_STOP=1)
-"${RUN[@]}" "$BIN/pg_ctl" -D "$D/data" -l "$D/log" -w start >/dev/null
-"${P[@]}" -c "CREATE TABLE cache (cache_key varchar(255) PRIMARY KEY, value text NOT NULL, expires timestamptz NOT NULL);
-  INSERT INTO cache SELECT 'k' || g, 'v', now() FROM generate_series(1, 100000) g;"
-"$WW" attribution install --dsn "$DSN" --table cache 2>/dev/null
-"${RUN[@]}" "$BIN/pg_ctl" -D "$D/data" -w stop >/dev/null
-mkdir "$D/cg"
-[ "$(id -u)" = 0 ] && chown postgres "$D/cg"
-"${RUN[@]}" bash -c "cd '$D' && exec valgrind --tool=callgrind --callgrind-out-file='$D/cg/cg.%p' '$BIN/postgres' -D '$D/data'" >"$D/valgrind.log" 2>&1 &
+. scripts/bench-cache-cluster.sh
+"${RUN[@]}" "$BIN/pg_ctl" -D "$DIR/data" -w stop >/dev/null
+mkdir "$DIR/cg"
+[ "$(id -u)" = 0 ] && chown postgres "$DIR/cg"
+"${RUN[@]}" bash -c "cd '$DIR' && exec valgrind --tool=callgrind --callgrind-out-file='$DIR/cg/cg.%p' '$BIN/postgres' -D '$DIR/data'" >"$DIR/valgrind.log" 2>&1 &
 for _ in $(seq 300); do "${P[@]}" -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done
 
 script() { # N: the session's SQL (its first line prints the backend's pid)
@@ -54,14 +32,14 @@ script() { # N: the session's SQL (its first line prints the backend's pid)
         echo "BEGIN; DELETE FROM cache WHERE cache_key = 'k$k'; INSERT INTO cache VALUES ('k$k', 'v', now()) ON CONFLICT DO NOTHING; COMMIT;"
     done
 }
-script "$N" >"$D/n.sql"
-script $((2 * N)) >"$D/2n.sql"
+script "$N" >"$DIR/n.sql"
+script $((2 * N)) >"$DIR/2n.sql"
 session_ir() { # file: instructions of the backend that ran it
     local pid t
     "${P[@]}" -c "VACUUM cache" >/dev/null
     pid=$("${P[@]}" -f "$1" | head -1)
     for _ in $(seq 600); do
-        t=$(grep -m1 '^totals:' "$D/cg/cg.$pid" 2>/dev/null | awk '{print $2}') || true
+        t=$(grep -m1 '^totals:' "$DIR/cg/cg.$pid" 2>/dev/null | awk '{print $2}') || true
         [ -n "$t" ] && { echo "$t"; return; }
         sleep 0.2
     done
@@ -82,8 +60,8 @@ CONFIGS=(none both open close)
 [ "$HAS_CLOSE" = 1 ] || { CONFIGS=(none both); IR[open]=0; IR[close]=0; }
 for c in "${CONFIGS[@]}"; do
     set_triggers "$c"
-    a=$(session_ir "$D/n.sql")
-    b=$(session_ir "$D/2n.sql")
+    a=$(session_ir "$DIR/n.sql")
+    b=$(session_ir "$DIR/2n.sql")
     IR[$c]=$(( (b - a) / N ))
     printf '  %-6s %8d\n' "$c" "${IR[$c]}"
 done
